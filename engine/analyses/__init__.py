@@ -1,0 +1,2 @@
+"""Analyses of trained (or untrained) networks: inference-only functions of
+(weights, config, data) that return plain, JSON-serialisable results."""

