@@ -26,6 +26,8 @@ class Evaluation:
     active_frac_i: float
     cell_rates_e_hz: np.ndarray  # [n_e], mean over samples
     cell_rates_i_hz: np.ndarray  # [n_i]
+    spikes_e: torch.Tensor | None = None  # bool [T, k, n_e] of the first k samples, if kept
+    spikes_i: torch.Tensor | None = None
 
 
 def batches(n: int, batch_size: int, order: torch.Tensor | None = None):
@@ -35,13 +37,16 @@ def batches(n: int, batch_size: int, order: torch.Tensor | None = None):
 
 
 @torch.no_grad()
-def evaluate(weights: Weights, split: Split, config: Config, tag: str = "test") -> Evaluation:
+def evaluate(weights: Weights, split: Split, config: Config, tag: str = "test",
+             keep_spikes: int = 0) -> Evaluation:
     """Run the split through the network. Input spikes come from generators keyed on
-    (seed, tag, batch), so every epoch sees the same test spikes."""
+    (seed, tag, batch), so every epoch sees the same test spikes. `keep_spikes`
+    returns the spike trains of that many leading samples."""
     trial_s = config.n_steps * config.dt_ms / 1000.0
     correct, loss_sum = 0, 0.0
     counts_e = torch.zeros(config.n_e, dtype=torch.float64)
     counts_i = torch.zeros(config.n_i, dtype=torch.float64)
+    kept_e, kept_i = [], []
     for b, index in enumerate(batches(len(split.labels), config.batch_size)):
         x = poisson_encode(split.images[index], config, batch_generator(config.seed, tag, 0, b))
         out = simulate(weights, x, config)
@@ -50,6 +55,9 @@ def evaluate(weights: Weights, split: Split, config: Config, tag: str = "test") 
         correct += int((out["logits"].argmax(-1) == labels).sum())
         counts_e += out["s_e"].sum((0, 1)).to(torch.float64).cpu()
         counts_i += out["s_i"].sum((0, 1)).to(torch.float64).cpu()
+        if sum(k.shape[1] for k in kept_e) < keep_spikes:
+            kept_e.append(out["s_e"].bool().cpu())
+            kept_i.append(out["s_i"].bool().cpu())
     n = len(split.labels)
     rates_e = (counts_e / (n * trial_s)).numpy()
     rates_i = (counts_i / (n * trial_s)).numpy()
@@ -62,4 +70,6 @@ def evaluate(weights: Weights, split: Split, config: Config, tag: str = "test") 
         active_frac_i=float((counts_i > 0).double().mean()),
         cell_rates_e_hz=rates_e,
         cell_rates_i_hz=rates_i,
+        spikes_e=torch.cat(kept_e, 1)[:, :keep_spikes] if kept_e else None,
+        spikes_i=torch.cat(kept_i, 1)[:, :keep_spikes] if kept_i else None,
     )

@@ -1,0 +1,135 @@
+"""The `spikeboard` command line: train, simulate, serve, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.config import ARCHS, BACKENDS, TIERS, Config, ConfigError
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string such as ping
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """Config from --config FILE, then the named flags, then --set KEY=VALUE."""
+    fields: dict[str, Any] = {}
+    if args.config:
+        fields.update(json.loads(Path(args.config).read_text()))
+    for name in ("arch", "tier", "seed", "epochs", "device", "backend"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(key, "needs KEY=VALUE after --set")
+        fields[key] = _parse_value(value)
+    return Config.from_dict(fields)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engine.train import train
+
+    config = build_config(args)
+    bar = tqdm(total=0, unit="batch", desc=f"{config.arch} seed {config.seed}", file=sys.stderr)
+
+    def on_progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        bar.set_postfix(epoch=record["epoch"], acc=f"{record['test_acc']:.1f}%",
+                        rate_e=f"{record['rate_e_hz']:.1f}Hz")
+
+    try:
+        summary = train(config, args.out, resume=args.resume, on_epoch=on_epoch, on_progress=on_progress)
+    finally:
+        bar.close()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from engine.inspect import simulate_run
+
+    result = simulate_run(args.run, weights=args.weights, samples=args.samples)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from app.server import serve
+
+    serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spikeboard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one network into a run folder")
+    train.add_argument("--arch", choices=ARCHS)
+    train.add_argument("--tier", choices=TIERS)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--device", help="cpu, cuda or cuda:N")
+    train.add_argument("--backend", choices=BACKENDS)
+    train.add_argument("--config", help="JSON file of config fields")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="any config field, value as JSON (repeatable), e.g. --set n_e=200")
+    train.add_argument("--out", required=True, help="run folder")
+    train.add_argument("--resume", action="store_true", help="continue from the folder's last checkpoint")
+
+    simulate = sub.add_parser("simulate", help="run inference with a run folder's weights")
+    simulate.add_argument("--run", required=True, help="run folder")
+    simulate.add_argument("--weights", choices=("final", "init", "last"), default="final")
+    simulate.add_argument("--samples", type=int, default=None, help="test images to use (default: all)")
+
+    serve = sub.add_parser("serve", help="serve the API and dashboard")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--data-dir", default="spikeboard-data")
+    serve.add_argument("--workers", type=int, default=1, help="runs executed at once")
+    serve.add_argument("--token", default=None, help="bearer token required by mutating endpoints")
+
+    sub.add_parser("bench", help="benchmark reference vs fast engine (see --help after bench)", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from engine.data import DataError
+    from engine.train import NonFiniteError, TrainingCancelled
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the benchmark parses its own flags
+        from engine.bench import main as bench_main
+
+        return bench_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    commands = {"train": cmd_train, "simulate": cmd_simulate, "serve": cmd_serve}
+    try:
+        return commands[args.command](args)
+    except ConfigError as exc:
+        print(f"spikeboard: invalid config: {exc}", file=sys.stderr)
+    except (DataError, NonFiniteError, FileNotFoundError, ValueError) as exc:
+        print(f"spikeboard: {exc}", file=sys.stderr)
+    except (TrainingCancelled, KeyboardInterrupt):
+        print("spikeboard: stopped; resume with --resume", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

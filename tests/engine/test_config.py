@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import torch
+
+from engine import Config, ConfigError
+
+
+def test_defaults_follow_model_md_and_resolve_from_arch():
+    ping, coba = Config(arch="ping"), Config(arch="coba")
+    assert (ping.n_e, ping.n_i, ping.n_input, ping.n_out) == (800, 200, 784, 10)
+    assert ping.ei_strength == 0.05 and coba.ei_strength == 0.0
+    assert ping.v_grad_dampen == 1000.0 and coba.v_grad_dampen == 1.0
+    assert ping.n_steps == 2000 and ping.trainable == ("W_in", "W_out")
+    assert Config(arch="ping", v_grad_dampen=10.0).v_grad_dampen == 10.0
+
+
+def test_keyword_overrides_accept_torch_dtype():
+    config = Config(n_e=80, n_i=20, dtype=torch.float64)
+    assert config.dtype == "float64" and config.torch_dtype is torch.float64
+
+
+def test_json_round_trip_is_exact():
+    config = Config(arch="coba", n_e=80, trainable=["W_in", "W_out", "W_ie"], dtype=torch.float64, seed=7)
+    text = config.to_json()
+    assert Config.from_json(text) == config
+    assert json.loads(text)["trainable"] == ["W_in", "W_out", "W_ie"]
+
+
+@pytest.mark.parametrize("fields, field, message", [
+    ({"ei_strength": -1}, "ei_strength", "ei_strength must be >= 0, got -1"),
+    ({"n_e": 0}, "n_e", "n_e must be > 0, got 0"),
+    ({"n_e": 1.5}, "n_e", "n_e must be an integer, got 1.5"),
+    ({"arch": "hh"}, "arch", "arch must be one of ['ping', 'coba'], got 'hh'"),
+    ({"tier": "huge"}, "tier", None),
+    ({"dt_ms": float("nan")}, "dt_ms", "dt_ms must be finite, got nan"),
+    ({"p_ei": 1.5}, "p_ei", "p_ei must be in [0, 1], got 1.5"),
+    ({"trainable": ["W_x"]}, "trainable", None),
+    ({"arch": "coba", "ei_strength": 0.1}, "ei_strength", None),
+    ({"v_grad_dampen": 0.5}, "v_grad_dampen", None),
+    ({"device": "tpu"}, "device", None),
+    ({"detach_reset": "yes"}, "detach_reset", None),
+    ({"lr": "fast"}, "lr", None),
+])
+def test_invalid_configs_name_the_field(fields, field, message):
+    with pytest.raises(ConfigError) as err:
+        Config(**fields)
+    assert err.value.field == field
+    if message:
+        assert str(err.value) == message
+
+
+def test_unknown_json_field_is_rejected_by_name():
+    with pytest.raises(ConfigError) as err:
+        Config.from_dict({"arch": "ping", "n_exc": 10})
+    assert err.value.field == "n_exc"

@@ -1,0 +1,74 @@
+"""MODEL.md "Gradients": finite at the defaults over 2000 steps in float32."""
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from engine import Config, init_weights, poisson_encode, simulate
+from engine.data import load_tier
+
+
+def input_gradients(config: Config, samples: int = 2):
+    split = load_tier("smoke").train
+    images, labels = split.images[::150][:samples], split.labels[::150][:samples]
+    weights = init_weights(config)
+    for name in config.trainable:
+        weights[name].requires_grad_(True)
+    x = poisson_encode(images, config, torch.Generator().manual_seed(0))
+    loss = F.cross_entropy(simulate(weights, x, config)["logits"], labels)
+    loss.backward()
+    return {name: weights[name].grad for name in config.trainable}
+
+
+def test_ping_and_coba_gradients_are_finite_over_2000_steps():
+    for arch in ("ping", "coba"):
+        grads = input_gradients(Config(arch=arch, t_ms=200.0, dtype="float32"))
+        for name, grad in grads.items():
+            norm = grad.norm().item()
+            print(f"{arch} ||dL/d{name}|| = {norm:.4g}")
+            assert torch.isfinite(grad).all() and norm > 0, (arch, name)
+
+
+def test_undamped_ping_gradient_explodes():
+    # the failure v_grad_dampen exists for: without it the closed loop blows up
+    grads = input_gradients(Config(arch="ping", v_grad_dampen=1.0, t_ms=50.0, dtype="float32"))
+    damped = input_gradients(Config(arch="ping", t_ms=50.0, dtype="float32"))
+    assert not torch.isfinite(grads["W_in"].norm()) or grads["W_in"].norm() > 1e6 * damped["W_in"].norm()
+
+
+class ElementCounter(TorchDispatchMode):
+    """Counts the elements every op writes: a proxy for work that ignores timing noise."""
+
+    def __init__(self):
+        super().__init__()
+        self.elements = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.elements += t.numel()
+        return out
+
+
+def backward_elements(steps: int) -> int:
+    config = Config(n_e=50, n_i=12, t_ms=steps * 0.1, trainable=("W_in", "W_ei", "W_ie", "W_out"))
+    weights = init_weights(config)
+    for w in weights.values():
+        w.requires_grad_(True)
+    x = poisson_encode(load_tier("smoke").train.images[:2], config, torch.Generator().manual_seed(0))
+    loss = simulate(weights, x, config)["logits"].sum()
+    counter = ElementCounter()
+    with counter:
+        loss.backward()
+    return counter.elements
+
+
+def test_reference_backward_cost_is_linear_in_steps():
+    # The check: elements written by all backward ops at T, 2T, 4T grow by ~2x per
+    # doubling. Indexing a [T, ...] tensor that needs grad inside the loop would
+    # allocate a [T, ...] gradient per step and make this ratio ~4.
+    counts = [backward_elements(steps) for steps in (100, 200, 400)]
+    ratios = [b / a for a, b in zip(counts, counts[1:])]
+    print("backward elements:", counts, "ratios:", ratios)
+    assert all(1.8 < r < 2.2 for r in ratios)

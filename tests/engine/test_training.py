@@ -1,0 +1,93 @@
+import json
+import math
+
+import pytest
+import torch
+
+import engine.train
+from engine import NonFiniteError, TrainingCancelled, train
+from engine.rundir import RunDir
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize("arch", ["ping", "coba"])
+def test_smoke_training_learns_well_above_chance(arch, tmp_path):
+    config = tiny_config(arch=arch, epochs=3)
+    records = []
+    summary = train(config, tmp_path, on_epoch=records.append)
+    accs = [r["test_acc"] for r in records]
+    print(arch, "test accuracy by epoch:", accs, "E rate:", [round(r["rate_e_hz"], 1) for r in records])
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert accs[-1] >= 40.0  # chance is 10 %
+    assert summary["final"]["test_acc"] == accs[-1]
+    assert set(records[-1]["w_norm"]) == set(records[-1]["grad_ratio"]) == {"W_in", "W_out"}
+    if arch == "coba":
+        assert all(r["rate_i_hz"] == 0 for r in records)
+
+
+def test_run_folder_layout(tmp_path):
+    config = tiny_config(epochs=2)
+    summary = train(config, tmp_path)
+    run = RunDir(tmp_path)
+    assert run.read_config() == config
+    lines = run.metrics_path.read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert json.loads(run.summary_path.read_text()) == summary
+    assert set(summary["slopes"]) == {"test_acc_pp_per_epoch", "rate_e_hz_per_epoch", "window"}
+    for name in ("weights_init", "weights_final", "rates"):
+        assert (run.artifacts / f"{name}.npz").exists()
+    init, final = run.load_weights("init"), run.load_weights("final")
+    assert not torch.equal(init["W_in"], final["W_in"]) and torch.equal(init["W_ie"], final["W_ie"])
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path):
+    config = tiny_config(epochs=3)
+    straight = tmp_path / "straight"
+    train(config, straight)
+
+    interrupted = tmp_path / "interrupted"
+    seen = []
+
+    def stop_in_epoch_two() -> bool:
+        return len(seen) == 1  # first batch of epoch 2
+
+    with pytest.raises(TrainingCancelled):
+        train(config, interrupted, on_epoch=seen.append, should_stop=stop_in_epoch_two)
+    replayed = []
+    train(config, interrupted, on_epoch=replayed.append)
+    assert [r["epoch"] for r in replayed] == [1, 2, 3]  # epoch 1 replayed from the folder
+
+    def without_time(records):
+        return [{k: v for k, v in r.items() if k != "epoch_s"} for r in records]
+
+    assert without_time(RunDir(interrupted).read_metrics()) == without_time(RunDir(straight).read_metrics())
+    assert torch.equal(RunDir(interrupted).load_weights("final")["W_in"],
+                       RunDir(straight).load_weights("final")["W_in"])
+
+
+def test_nan_loss_fails_with_reason_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    config = tiny_config(epochs=3)
+    real_simulate = engine.train.simulate
+    calls = {"n": 0}
+
+    def poisoned(weights, x, cfg):
+        out = real_simulate(weights, x, cfg)
+        calls["n"] += 1
+        if calls["n"] > 4:  # epoch 1 has 4 batches of 100
+            out["logits"] = out["logits"] * math.nan
+        return out
+
+    monkeypatch.setattr(engine.train, "simulate", poisoned)
+    with pytest.raises(NonFiniteError, match="loss became nan in epoch 2, batch 1"):
+        train(config, tmp_path)
+    checkpoint = RunDir(tmp_path).load_checkpoint()
+    assert checkpoint["epoch"] == 1
+    assert all(torch.isfinite(w).all() for w in checkpoint["weights"].values())
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    train(tiny_config(epochs=1), tmp_path)
+    with pytest.raises(ValueError, match="another config"):
+        train(tiny_config(epochs=2, lr=0.1), tmp_path)
+    summary = train(tiny_config(epochs=2), tmp_path)  # more epochs is a continuation
+    assert summary["epochs"] == 2
