@@ -1,0 +1,243 @@
+"""Benchmark (not a test): reference vs fast backend on the same machine and inputs.
+
+    python -m engine.bench [--batch 64] [--steps 2000] [--reps 3] [--ref-batch N]
+                           [--infer-batch 16] [--arch ping] [--threads N] [--device cpu]
+
+Every measurement runs in a fresh subprocess so that its peak memory is its own:
+on CPU the peak is the growth of the process's maximum resident set size
+(the kernel's VmHWM, reset just before the call, minus
+the resident set size before it; ru_maxrss where /proc is missing) across the measured call, on CUDA
+torch.cuda.max_memory_allocated. Repetitions are interleaved (reference, fast,
+reference, fast, ...) and best and median are reported. The reference at batch 64
+x 2000 steps needs about 11 GB and many minutes, so `--ref-batch` can measure it at
+a smaller batch; its batch-`--batch` figures are then a linear projection in the
+batch size and are labelled so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+# Reference peak memory per sample-step, measured on the canonical network in
+# float32 (2.8 GB at 16 x 2000): used only to choose a reference batch that fits.
+_REF_BYTES_PER_SAMPLE_STEP = 8.5e4
+_REF_MEMORY_LIMIT = 12e9
+TRAIN_IMAGES, TEST_IMAGES, EPOCHS = 1600, 400, 100
+
+
+def _measure(spec: dict) -> dict:
+    """Run one training step or one inference pass as `spec` says; time and memory."""
+    import torch
+    import torch.nn.functional as F
+
+    from engine import Config, init_weights, poisson_encode
+    from engine.data import load_tier
+    from engine.simulate import simulate
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    config = Config(arch=spec["arch"], backend=spec["backend"], dtype=spec["dtype"],
+                    device=spec["device"], t_ms=spec["steps"] * 0.1)
+    images = load_tier("smoke").train
+    index = torch.arange(spec["batch"]) % len(images.labels)
+    x = poisson_encode(images.images[index], config, torch.Generator().manual_seed(0))
+    labels = images.labels[index].to(config.torch_device)
+    weights = init_weights(config)
+    train = spec["mode"] == "train"
+    for name in config.trainable:
+        weights[name].requires_grad_(train)
+
+    def once(inputs):
+        with torch.set_grad_enabled(train):
+            out = simulate(weights, inputs, config)
+            if train:
+                F.cross_entropy(out["logits"], labels).backward()
+        if config.device != "cpu":
+            torch.cuda.synchronize()
+
+    once(x[:20])  # warm-up: libraries, allocator, first-call paths
+    cuda = config.device != "cpu"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    gc.collect()
+    rss_before = _current_rss()
+    _reset_peak_rss()
+    wall, cpu = time.perf_counter(), time.process_time()
+    once(x)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    peak = (torch.cuda.max_memory_allocated() - base if cuda
+            else max(0, _peak_rss() - rss_before))
+    return {"wall_s": wall, "cpu_s": cpu, "peak_bytes": peak, "threads": torch.get_num_threads()}
+
+
+def _current_rss() -> int:
+    """Resident set size now (Linux /proc; falls back to the high-water mark)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's high-water mark (Linux >= 4.0) so the peak is this call's own."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    """VmHWM (reset above) or, without /proc, the process's ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _run_worker(spec: dict) -> dict:
+    cmd = [sys.executable, "-m", "engine.bench", "--worker", json.dumps(spec)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _machine(threads: int) -> str:
+    import torch
+
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    return (f"{platform.node()} | {os.cpu_count()} CPUs ({cpu}) | torch {torch.__version__} | "
+            f"intra-op threads {threads or torch.get_num_threads()} | "
+            f"load average at start {', '.join(f'{x:.2f}' for x in load)}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="spikeboard bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=64, help="training batch (default 64)")
+    ap.add_argument("--steps", type=int, default=2000, help="steps per trial (default 2000)")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
+    ap.add_argument("--ref-batch", type=int, default=0,
+                    help="batch at which to measure the reference training step "
+                         "(default: --batch, or smaller if it would need > 12 GB)")
+    ap.add_argument("--infer-batch", type=int, default=16, help="inference batch (default 16)")
+    ap.add_argument("--arch", choices=("ping", "coba"), default="ping")
+    ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    return ap
+
+
+def _reference_batch(args) -> int:
+    if args.ref_batch:
+        return args.ref_batch
+    batch = args.batch
+    while batch > 1 and batch * args.steps * _REF_BYTES_PER_SAMPLE_STEP > _REF_MEMORY_LIMIT:
+        batch //= 2
+    return batch
+
+
+def _cases(args) -> list[dict]:
+    base = {"arch": args.arch, "dtype": args.dtype, "device": args.device, "threads": args.threads,
+            "steps": args.steps}
+    return [
+        {**base, "backend": "reference", "mode": "train", "batch": _reference_batch(args)},
+        {**base, "backend": "fast", "mode": "train", "batch": args.batch},
+        {**base, "backend": "reference", "mode": "infer", "batch": args.infer_batch},
+        {**base, "backend": "fast", "mode": "infer", "batch": args.infer_batch},
+    ]
+
+
+def _summarise(case: dict, runs: list[dict], target_batch: int) -> dict:
+    """Best/median at the measured batch, and scaled to target_batch (a projection if different)."""
+    scale = target_batch / case["batch"]
+    walls = sorted(r["wall_s"] for r in runs)
+    return {
+        "best": walls[0], "median": statistics.median(walls),
+        "cpu": statistics.median(r["cpu_s"] for r in runs),
+        "peak": max(r["peak_bytes"] for r in runs),
+        "best_at": walls[0] * scale, "median_at": statistics.median(walls) * scale,
+        "peak_at": max(r["peak_bytes"] for r in runs) * scale,
+        "rate": case["batch"] * case["steps"] / walls[0],
+        "projected": scale != 1,
+    }
+
+
+def _line(name: str, case: dict, s: dict) -> str:
+    return (f"  {name:<22} batch {case['batch']:>3} x {case['steps']} steps: best {s['best']:8.2f} s, "
+            f"median {s['median']:8.2f} s (cpu {s['cpu']:8.2f} s), "
+            f"{s['rate']:9.0f} sample-steps/s, peak +{s['peak'] / 2**20:8.0f} MB")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.worker:
+        print(json.dumps(_measure(json.loads(args.worker))))
+        return 0
+    cases = _cases(args)
+    print("spikeboard bench:", _machine(args.threads))
+    print(f"  arch {args.arch}, {args.dtype}, device {args.device}, canonical 800 E / 200 I, "
+          f"smoke-tier MNIST Poisson input, {args.reps} interleaved repetitions, fresh process each")
+    print("  peak = peak RSS (VmHWM, reset before the call) minus RSS before the call; CUDA: max_memory_allocated")
+    runs: list[list[dict]] = [[] for _ in cases]
+    for rep in range(args.reps):
+        for i, case in enumerate(cases):
+            runs[i].append(_run_worker(case))
+            print(f"  rep {rep + 1}/{args.reps} {case['backend']:>9} {case['mode']:<5} "
+                  f"batch {case['batch']}: {runs[i][-1]['wall_s']:.2f} s", flush=True)
+    targets = [args.batch, args.batch, args.infer_batch, args.infer_batch]
+    stats = [_summarise(c, r, t) for c, r, t in zip(cases, runs, targets)]
+    _report(args, cases, stats)
+    return 0
+
+
+def _report(args, cases, stats) -> None:
+    names = ["reference train step", "fast train step", "reference inference", "fast inference"]
+    print("\nResults (one training step = forward + backward of cross-entropy):")
+    for name, case, s in zip(names, cases, stats):
+        print(_line(name, case, s))
+    ref_train, fast_train, ref_inf, fast_inf = stats
+    if ref_train["projected"]:
+        print(f"  PROJECTION: the reference training step was measured at batch {cases[0]['batch']}; "
+              f"at batch {args.batch} it would take about best {ref_train['best_at']:.1f} s / median "
+              f"{ref_train['median_at']:.1f} s and +{ref_train['peak_at'] / 2**30:.1f} GB "
+              f"(linear in batch)")
+    print("\nRatios (reference / fast):")
+    print(f"  training speed-up at batch {args.batch}: best {ref_train['best_at'] / fast_train['best']:.1f}x, "
+          f"median {ref_train['median_at'] / fast_train['median']:.1f}x"
+          + (" (reference side projected)" if ref_train["projected"] else ""))
+    print(f"  training peak memory: fast is 1/{ref_train['peak_at'] / max(fast_train['peak'], 2**20):.1f} "
+          f"of the reference")
+    print(f"  inference speed-up at batch {args.infer_batch}: best {ref_inf['best'] / fast_inf['best']:.1f}x, "
+          f"median {ref_inf['median'] / fast_inf['median']:.1f}x")
+    print(f"\nProjected canonical cell ({EPOCHS} epochs x ({TRAIN_IMAGES} training images at batch "
+          f"{args.batch} + {TEST_IMAGES} test images inferred), {args.steps} steps, best times):")
+    for label, train, infer in (("reference", ref_train, ref_inf), ("fast", fast_train, fast_inf)):
+        per_epoch = (TRAIN_IMAGES / args.batch) * train["best_at"] + TEST_IMAGES * args.steps / infer["rate"]
+        print(f"  {label:<9}: {per_epoch:8.1f} s per epoch, {per_epoch * EPOCHS / 3600:8.2f} h per run")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""The fast backend against the reference: identical float64 spikes, gradients to 1e-6.
+
+Canonical network (800 E / 200 I), 2 MNIST samples of the smoke tier as Poisson
+input, 2000 steps for PING and COBA; shorter trials for the flag variants. The loss
+is cross-entropy plus a rate term on s_e and s_i, so the spike outputs' own
+gradients are checked as well as the readout's.
+
+The module pins one intra-op thread: the reference's thousands of small matmuls
+run several times slower when OpenMP threads compete with other processes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import Config, ConfigError, init_weights, poisson_encode, simulate
+from engine.data import load_tier
+from engine.fast import simulate_fast
+from engine.reference import simulate_reference
+
+ALL_WEIGHTS = ("W_in", "W_ei", "W_ie", "W_out")
+GRAD_RTOL = 1e-6
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    return load_tier("smoke")
+
+
+def poisson_input(smoke, config: Config, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return poisson_encode(smoke.train.images[:batch], config, torch.Generator().manual_seed(seed))
+
+
+def run(backend, config: Config, x: torch.Tensor, labels: torch.Tensor, record_voltage=False):
+    """Output and the gradient of every trainable weight for one backend."""
+    weights = init_weights(config)
+    for name in config.trainable:
+        weights[name].requires_grad_(True)
+    out = backend(weights, x, config, record_voltage=record_voltage)
+    loss = (F.cross_entropy(out["logits"], labels) + 0.01 * out["s_e"].sum(0).mean()
+            + 0.01 * out["s_i"].sum(0).mean())
+    loss.backward()
+    return out, {name: weights[name].grad for name in config.trainable}
+
+
+def assert_equivalent(config: Config, x: torch.Tensor, labels: torch.Tensor, record_voltage=False):
+    ref, ref_grads = run(simulate_reference, config, x, labels, record_voltage)
+    fast, fast_grads = run(simulate_fast, config, x, labels, record_voltage)
+    assert torch.equal(fast["s_e"], ref["s_e"]), "E spikes differ"
+    assert torch.equal(fast["s_i"], ref["s_i"]), "I spikes differ"
+    assert ref["s_e"].sum() > 0
+    torch.testing.assert_close(fast["logits"], ref["logits"], rtol=1e-10, atol=1e-12)
+    if record_voltage:
+        assert torch.equal(fast["v_e"], ref["v_e"]) and torch.equal(fast["v_i"], ref["v_i"])
+    for name in config.trainable:
+        reference = ref_grads[name]
+        assert torch.isfinite(fast_grads[name]).all(), name
+        if reference.norm() == 0:
+            assert fast_grads[name].norm() == 0, name
+            continue
+        rel = float((fast_grads[name] - reference).norm() / reference.norm())
+        assert rel < GRAD_RTOL, f"{name}: relative gradient error {rel:.2e}"
+    return ref
+
+
+# --- canonical network, full trial -------------------------------------------------
+
+def test_ping_canonical_2000_steps_all_weights_trainable(smoke):
+    config = Config(arch="ping", dtype="float64", trainable=ALL_WEIGHTS)
+    x = poisson_input(smoke, config)
+    ref = assert_equivalent(config, x, smoke.train.labels[:2])
+    assert ref["s_i"].sum() > 0, "the PING loop must be engaged"
+
+
+def test_coba_canonical_2000_steps(smoke):
+    config = Config(arch="coba", dtype="float64", trainable=("W_in", "W_ei", "W_out"))
+    x = poisson_input(smoke, config, seed=1)
+    assert_equivalent(config, x, smoke.train.labels[:2])
+
+
+# --- flags, canonical network, shorter trials --------------------------------------
+
+@pytest.mark.parametrize("changes", [
+    {"detach_recurrent": True},
+    {"v_grad_dampen": 1.0},
+], ids=["detach_recurrent", "v_grad_dampen_1"])
+def test_ping_flags(smoke, changes):
+    config = Config(arch="ping", dtype="float64", t_ms=50.0, trainable=ALL_WEIGHTS, **changes)
+    x = poisson_input(smoke, config, seed=2)
+    assert_equivalent(config, x, smoke.train.labels[:2])
+
+
+def test_short_trial_all_weights_with_voltages(smoke):
+    config = Config(arch="ping", dtype="float64", t_ms=30.0, beta=3.0, trainable=ALL_WEIGHTS)
+    x = poisson_input(smoke, config, batch=3, seed=3)
+    assert_equivalent(config, x, smoke.train.labels[:3], record_voltage=True)
+
+
+# --- small network with a strong loop: every flag, signed W_in ----------------------
+
+SMALL = dict(n_e=30, n_i=8, ei_strength=0.6, ie_strength=0.5, t_ms=30.0, dtype="float64",
+             trainable=ALL_WEIGHTS)
+
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"detach_reset": False},
+    {"detach_recurrent": True, "detach_reset": False},
+    {"v_grad_dampen": 1.0, "beta": 5.0},
+    {"arch": "coba", "ei_strength": 0.0},
+], ids=["default", "keep_reset", "detach_both", "undamped", "coba"])
+def test_small_network_flags(smoke, changes):
+    config = Config(**{**SMALL, **changes})
+    weights = init_weights(config)
+    # signed W_in: some entries negative (GABA input), some exactly zero
+    sign = torch.where(torch.rand(weights["W_in"].shape, generator=torch.Generator().manual_seed(5)) < 0.3, -1.0, 1.0)
+    x = poisson_input(smoke, config, batch=2, seed=4)
+    labels = smoke.train.labels[:2]
+    grads, outs = [], []
+    for backend in (simulate_reference, simulate_fast):
+        w = {name: t.clone() for name, t in init_weights(config).items()}
+        w["W_in"] = 3.0 * w["W_in"] * sign.to(w["W_in"].dtype)
+        for name in config.trainable:
+            w[name].requires_grad_(True)
+        out = backend(w, x, config)
+        (F.cross_entropy(out["logits"], labels) + 0.01 * out["s_e"].sum(0).mean()).backward()
+        outs.append(out)
+        # a weight the loss does not reach has no gradient in the reference (None)
+        grads.append({name: w[name].grad if w[name].grad is not None else torch.zeros_like(w[name])
+                      for name in config.trainable})
+    assert torch.equal(outs[0]["s_e"], outs[1]["s_e"]) and torch.equal(outs[0]["s_i"], outs[1]["s_i"])
+    for name in config.trainable:
+        ref = grads[0][name]
+        err = (grads[1][name] - ref).norm()
+        assert err <= GRAD_RTOL * ref.norm() + 1e-300, f"{name}: {float(err / ref.norm()):.2e}"
+
+
+# --- dispatch, inference, dtype and unsupported combinations ------------------------
+
+def test_simulate_dispatches_to_fast_and_runs_without_grad(smoke):
+    config = Config(arch="ping", t_ms=20.0, backend="fast")
+    x = poisson_input(smoke, config, batch=4)
+    with torch.no_grad():
+        out = simulate(init_weights(config), x, config, record_voltage=True)
+        ref = simulate_reference(init_weights(config), x, config, record_voltage=True)
+    assert out["s_e"].dtype == torch.float32 and out["logits"].shape == (4, 10)
+    assert out["v_e"].shape == ref["v_e"].shape and out["v_i"].shape == ref["v_i"].shape
+    # float32 may round differently from the reference; spike counts stay close
+    assert abs(float(out["s_e"].sum() - ref["s_e"].sum())) <= 0.02 * float(ref["s_e"].sum()) + 2
+
+
+def test_float32_gradients_finite(smoke):
+    config = Config(arch="ping", t_ms=50.0, backend="fast", trainable=ALL_WEIGHTS)
+    x = poisson_input(smoke, config, batch=2)
+    _, grads = run(simulate_fast, config, x, smoke.train.labels[:2])
+    assert all(torch.isfinite(g).all() and g.norm() > 0 for g in grads.values())
+
+
+def test_membrane_penalty_is_refused():
+    config = Config(backend="fast", mem_reg_weight=0.1, t_ms=1.0)
+    x = torch.zeros(10, 1, config.n_input, dtype=torch.bool)
+    with pytest.raises(ConfigError) as info:
+        simulate(init_weights(config), x, config)
+    assert info.value.field == "backend"
