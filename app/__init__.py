@@ -1,0 +1,1 @@
+"""spikeboard for people and scripts: the REST API, the server and (later) the dashboard."""

@@ -1,0 +1,1 @@
+"""REST routers, assembled in `app.api.router`."""

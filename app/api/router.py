@@ -1,0 +1,10 @@
+"""All REST routers under one APIRouter, mounted at /api by `create_app`."""
+
+from fastapi import APIRouter
+
+from app.api import health, runs, sweeps
+
+api_router = APIRouter()
+api_router.include_router(runs.router)
+api_router.include_router(sweeps.router)
+api_router.include_router(health.router)

@@ -1,0 +1,113 @@
+"""/api/runs: submit, list, inspect, follow, cancel, rerun, delete, analyse."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from typing import Annotated, Iterator
+
+from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import FileResponse, PlainTextResponse
+from sse_starlette.sse import EventSourceResponse
+
+from app.api.deps import Authorized, JobServiceDep
+from app.api.schemas import (AnalysisCreate, ArtifactPublic, ArtifactsPublic, MetricsPublic, RunCreate,
+                             RunPublic, RunsPublic)
+from jobs.models import InvalidRequest, RunKind, RunState
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+RunId = Annotated[str, "run id"]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0, le=10**9)]
+
+
+@contextmanager
+def fields_under(prefix: str) -> Iterator[None]:
+    """Name a bad field by its place in the request body (config.n_e, params.x)."""
+    try:
+        yield
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{prefix}.{exc.field}", exc.message) from exc
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
+def submit_run(body: RunCreate, jobs: JobServiceDep) -> RunPublic:
+    with fields_under("config"):
+        run = jobs.submit_run(body.config.model_dump())
+    return RunPublic.of(run)
+
+
+@router.get("")
+def list_runs(jobs: JobServiceDep, state: RunState | None = None, kind: RunKind | None = None,
+              sweep_id: str | None = None, limit: Limit = 100, offset: Offset = 0) -> RunsPublic:
+    runs, count = jobs.list_runs(state=state, kind=kind, sweep_id=sweep_id, limit=limit, offset=offset)
+    return RunsPublic(data=[RunPublic.of(r) for r in runs], count=count)
+
+
+@router.get("/{run_id}")
+def get_run(run_id: RunId, jobs: JobServiceDep) -> RunPublic:
+    return RunPublic.of(jobs.get_run(run_id))
+
+
+@router.get("/{run_id}/metrics", response_model=MetricsPublic,
+            responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV on request"}})
+def get_metrics(run_id: RunId, jobs: JobServiceDep, format: Annotated[str | None, Query(pattern="^(json|csv)$")] = None,
+                accept: Annotated[str | None, Header()] = None):
+    """JSON by default; CSV with `?format=csv` or `Accept: text/csv`."""
+    wants_csv = format == "csv" or (format is None and "text/csv" in (accept or ""))
+    if wants_csv:
+        return PlainTextResponse(jobs.metrics_csv(run_id), media_type="text/csv")
+    records = jobs.metrics(run_id)
+    return MetricsPublic(data=records, count=len(records))
+
+
+@router.get("/{run_id}/events", response_class=EventSourceResponse,
+            responses={200: {"content": {"text/event-stream": {}}, "description": "state and epoch events"}})
+async def follow_run(run_id: RunId, jobs: JobServiceDep) -> EventSourceResponse:
+    """Server-Sent Events: `state` (now and on each change), `epoch` (each new
+    epoch), then `end` once the run is finished."""
+    jobs.get_run(run_id)  # 404 before the stream starts
+
+    async def stream():
+        async for event, data in jobs.events(run_id):
+            yield {"event": event, "data": json.dumps(data)}
+        yield {"event": "end", "data": json.dumps({"id": run_id})}
+
+    return EventSourceResponse(stream())
+
+
+@router.post("/{run_id}/cancel", dependencies=[Authorized])
+def cancel_run(run_id: RunId, jobs: JobServiceDep) -> RunPublic:
+    """Queued: cancelled at once. Running: cancelled within seconds. Finished: 409."""
+    return RunPublic.of(jobs.cancel_run(run_id))
+
+
+@router.post("/{run_id}/rerun", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
+def rerun(run_id: RunId, jobs: JobServiceDep) -> RunPublic:
+    return RunPublic.of(jobs.rerun(run_id))
+
+
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Authorized])
+def delete_run(run_id: RunId, jobs: JobServiceDep) -> Response:
+    """Finished runs only: a queued or running run answers 409 (cancel it first)."""
+    jobs.delete_run(run_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{run_id}/analyses", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
+def submit_analysis(run_id: RunId, body: AnalysisCreate, jobs: JobServiceDep) -> RunPublic:
+    """Queue an analysis (e.g. coupling_sweep) of a succeeded train run."""
+    return RunPublic.of(jobs.submit_analysis(run_id, body.name, body.params))
+
+
+@router.get("/{run_id}/artifacts")
+def list_artifacts(run_id: RunId, jobs: JobServiceDep) -> ArtifactsPublic:
+    files = [ArtifactPublic(**f) for f in jobs.list_artifacts(run_id)]
+    return ArtifactsPublic(data=files, count=len(files))
+
+
+@router.get("/{run_id}/artifacts/{name:path}", response_class=FileResponse,
+            responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"}})
+def get_artifact(run_id: RunId, name: str, jobs: JobServiceDep) -> FileResponse:
+    """A file inside the run's folder (e.g. artifacts/rates.npz); nothing outside it."""
+    return FileResponse(jobs.artifact_path(run_id, name))

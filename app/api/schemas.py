@@ -1,0 +1,137 @@
+"""Request and response models. The run config model is derived from the engine's
+`Config` dataclass (names, types, defaults), so it is never written twice."""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import MISSING, fields
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from engine.config import ARCHS, BACKENDS, DTYPES, TIERS, Config
+from jobs.models import Run, RunKind, RunState, Sweep
+
+STRICT = ConfigDict(strict=True, extra="forbid")
+
+# Choice fields get enums in the schema (the engine validates them again).
+_CHOICES: dict[str, tuple[str, ...]] = {"arch": ARCHS, "tier": TIERS, "backend": BACKENDS,
+                                       "dtype": tuple(DTYPES)}
+
+
+def _config_model() -> type[BaseModel]:
+    hints = typing.get_type_hints(Config)
+    definitions: dict[str, Any] = {}
+    for f in fields(Config):
+        annotation = Literal[_CHOICES[f.name]] if f.name in _CHOICES else hints[f.name]
+        if f.name == "trainable":
+            annotation = list[str]  # JSON has arrays, not tuples
+        default = f.default if f.default is not MISSING else f.default_factory()
+        if isinstance(default, tuple):
+            default = list(default)
+        definitions[f.name] = (annotation, Field(default=default))
+    return create_model("RunConfig", __config__=STRICT,
+                        __doc__="A run's config: every field of the engine's Config, all optional.",
+                        **definitions)
+
+
+RunConfig = _config_model()
+
+
+class RunCreate(BaseModel):
+    model_config = STRICT
+    config: RunConfig = Field(default_factory=RunConfig)  # type: ignore[valid-type]
+
+
+class RunPublic(BaseModel):
+    id: str
+    kind: RunKind
+    state: RunState
+    config: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    progress: float
+    error: str | None
+    code_version: str | None
+    sweep_id: str | None
+    source_run_id: str | None
+    attempt: int
+    n_epochs: int
+    resumed_from_epoch: int | None
+    cancel_requested: bool
+    worker_pid: int | None
+    heartbeat_at: float | None
+
+    @classmethod
+    def of(cls, run: Run) -> "RunPublic":
+        return cls(id=run.id, kind=run.kind, state=run.state, config=run.config, created_at=run.created_at,
+                   started_at=run.started_at, finished_at=run.finished_at, progress=run.progress,
+                   error=run.error, code_version=run.code_version, sweep_id=run.sweep_id,
+                   source_run_id=run.source_run_id, attempt=run.attempt, n_epochs=run.n_epochs,
+                   resumed_from_epoch=run.resumed_from_epoch, cancel_requested=run.cancel_requested,
+                   worker_pid=run.worker_pid, heartbeat_at=run.heartbeat_at)
+
+
+class RunsPublic(BaseModel):
+    data: list[RunPublic]
+    count: int
+
+
+class MetricsPublic(BaseModel):
+    data: list[dict[str, Any]]
+    count: int
+
+
+class AnalysisCreate(BaseModel):
+    model_config = STRICT
+    name: str = Field(min_length=1, max_length=100)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    size_bytes: int
+
+
+class ArtifactsPublic(BaseModel):
+    data: list[ArtifactPublic]
+    count: int
+
+
+GridValue = bool | int | float | str | list[str]
+
+
+class SweepCreate(BaseModel):
+    model_config = STRICT
+    base: RunConfig = Field(default_factory=RunConfig)  # type: ignore[valid-type]
+    # values of config fields: scalars, or lists of names (trainable)
+    grid: dict[str, list[GridValue]] = Field(min_length=1, examples=[{"arch": ["ping", "coba"], "seed": [42, 43]}])
+
+
+class SweepPublic(BaseModel):
+    id: str
+    state: RunState
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    created_at: float
+    run_ids: list[str]
+    counts: dict[str, int]
+
+    @classmethod
+    def of(cls, sweep: Sweep) -> "SweepPublic":
+        counts = {s.value: sum(1 for c in sweep.child_states if c is s) for s in RunState}
+        return cls(id=sweep.id, state=sweep.state, base=sweep.base, grid=sweep.grid,
+                   created_at=sweep.created_at, run_ids=list(sweep.run_ids), counts=counts)
+
+
+class SweepsPublic(BaseModel):
+    data: list[SweepPublic]
+    count: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    version: str
+    queued: int
+    running: int

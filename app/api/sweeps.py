@@ -1,0 +1,36 @@
+"""/api/sweeps: one request, many child runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from app.api.deps import Authorized, JobServiceDep
+from app.api.schemas import SweepCreate, SweepPublic, SweepsPublic
+
+router = APIRouter(prefix="/sweeps", tags=["sweeps"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
+def submit_sweep(body: SweepCreate, jobs: JobServiceDep) -> SweepPublic:
+    """Grid over config fields (seeds included): {"base": {...}, "grid": {"arch": ["ping", "coba"]}}."""
+    return SweepPublic.of(jobs.submit_sweep(body.base.model_dump(), body.grid))
+
+
+@router.get("")
+def list_sweeps(jobs: JobServiceDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+                offset: Annotated[int, Query(ge=0, le=10**9)] = 0) -> SweepsPublic:
+    sweeps, count = jobs.list_sweeps(limit=limit, offset=offset)
+    return SweepsPublic(data=[SweepPublic.of(s) for s in sweeps], count=count)
+
+
+@router.get("/{sweep_id}")
+def get_sweep(sweep_id: str, jobs: JobServiceDep) -> SweepPublic:
+    return SweepPublic.of(jobs.get_sweep(sweep_id))
+
+
+@router.post("/{sweep_id}/cancel", dependencies=[Authorized])
+def cancel_sweep(sweep_id: str, jobs: JobServiceDep) -> SweepPublic:
+    """Cancels every unfinished child; finished children keep their state."""
+    return SweepPublic.of(jobs.cancel_sweep(sweep_id))

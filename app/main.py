@@ -1,0 +1,52 @@
+"""`create_app(settings)`: the FastAPI app. Nothing is built at import time."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.deps import Services
+from app.api.errors import install_error_handlers
+from app.api.router import api_router
+from app.settings import Settings
+from jobs.executors import make_executor
+from jobs.paths import DataDir
+from jobs.scheduler import Scheduler
+from jobs.service import JobService
+from jobs.store import RunStore
+
+
+def build_services(settings: Settings) -> Services:
+    data = DataDir.at(settings.data_dir)
+    store = RunStore(data.db_path)
+    executor = make_executor(settings.executor, data_dir=data.root, slots=settings.workers,
+                             threads_per_run=settings.threads_per_run, grace_s=settings.cancel_grace_s,
+                             use_gpus=settings.use_gpus)
+    scheduler = Scheduler(store, executor, stale_after_s=settings.stale_after_s,
+                          grace_s=settings.cancel_grace_s)
+    jobs = JobService(store, data, cancel_worker=scheduler.cancel)
+    return Services(settings=settings, store=store, jobs=jobs, scheduler=scheduler)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    services = build_services(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        services.scheduler.start()  # requeues runs a dead server left running
+        try:
+            yield
+        finally:
+            await services.scheduler.stop()  # workers requeue their runs
+            services.store.close()
+
+    app = FastAPI(title="spikeboard", version="0.1.0", lifespan=lifespan,
+                  description="Queue, follow and inspect spiking E/I network runs and sweeps.")
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(api_router, prefix="/api")
+    # The Panel dashboard mounts here, on the same services (no second code path):
+    #     from app.dashboard import mount_dashboard; mount_dashboard(app, services)
+    return app

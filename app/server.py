@@ -1,0 +1,46 @@
+"""`serve(...)`: build the app and run it under uvicorn (what `spikeboard serve` calls).
+
+Workers run as subprocesses that die with the server (Linux parent-death signal,
+plus a parent check in their heartbeat): a killed server leaves no training
+behind; its runs go back to the queue and resume from their checkpoints on the
+next start. A graceful stop (Ctrl-C, SIGTERM) does the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from app.main import create_app
+from app.settings import Settings
+
+log = logging.getLogger("app.server")
+
+
+def serve(host: str, port: int, data_dir: str, workers: int, token: str | None) -> None:
+    settings = Settings.from_env(host=host, port=port, data_dir=data_dir, workers=workers, token=token)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not settings.is_loopback and settings.token is None:
+        log.warning("serving on %s without a token: anyone who can reach this port can queue, cancel "
+                    "and delete runs; pass --token (or SPIKEBOARD_TOKEN)", host)
+    app = create_app(settings)
+    log.info("data in %s, %d worker slot(s)", settings.data_dir.resolve(), settings.workers)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m app.server`: the same as `spikeboard serve` (used by tests)."""
+    parser = argparse.ArgumentParser(prog="python -m app.server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--token", default=None)
+    args = parser.parse_args(argv)
+    serve(args.host, args.port, args.data_dir, args.workers, args.token)
+
+
+if __name__ == "__main__":
+    main()

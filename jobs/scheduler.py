@@ -1,0 +1,126 @@
+"""The scheduler: one asyncio task in the server that starts queued runs when a
+slot is free, settles workers that ended, and requeues runs whose worker is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from jobs.executors.base import Executor, Exited
+from jobs.models import Conflict, InvalidTransition, RunState
+from jobs.store import RunStore
+
+log = logging.getLogger("jobs.scheduler")
+
+
+def pid_alive(pid: int | None) -> bool:
+    """True if `pid` is a live (not zombie) process on this machine."""
+    if not pid:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        # the state letter follows the parenthesised command name
+        return stat.read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+class Scheduler:
+    def __init__(self, store: RunStore, executor: Executor, *, tick_s: float = 0.25,
+                 stale_after_s: float = 30.0, grace_s: float = 3.0, max_attempts: int = 3):
+        self.store, self.executor, self.max_attempts = store, executor, max_attempts
+        self.tick_s, self.stale_after_s, self.grace_s = tick_s, stale_after_s, grace_s
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def recover(self) -> list[str]:
+        """At start: runs left `running` by a previous server whose worker is dead
+        go back to the queue at once (they resume from their checkpoint); runs
+        with a live orphan worker are left to it, or to the heartbeat reaper."""
+        requeued = []
+        for run in self._running():
+            if not self.executor.is_alive(run.id) and not pid_alive(run.worker_pid):
+                if self.store.requeue(run.id, run.attempt):
+                    requeued.append(run.id)
+        if requeued:
+            log.info("requeued %d run(s) left running by a previous server: %s", len(requeued), requeued)
+        return requeued
+
+    def _running(self):
+        runs, _ = self.store.list_runs(state=RunState.RUNNING, limit=10_000)
+        return runs
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for exited in self.executor.poll():
+            self.settle(exited)
+        for run_id in self.store.reap_stale(now, self.stale_after_s):
+            log.warning("run %s: heartbeat lapsed, requeued", run_id)
+        while self.executor.free_slots() > 0:
+            run = self.store.claim_next(now)
+            if run is None:
+                break
+            try:
+                self.executor.submit(run)
+            except OSError as exc:
+                self.store.transition(run.id, RunState.FAILED, error=f"could not start worker: {exc}")
+
+    def settle(self, exited: Exited) -> None:
+        """A worker ended. If it did not record an outcome itself (killed, crashed),
+        record one: cancelled if that was asked for; else requeued to resume from
+        its checkpoint, until `max_attempts` crashes make it failed."""
+        run = self.store.get_run(exited.run_id)
+        if run.state is not RunState.RUNNING or run.attempt != exited.attempt:
+            return
+        if run.cancel_requested:
+            target, error = RunState.CANCELLED, None
+        elif run.attempt < self.max_attempts:
+            log.warning("run %s: worker exited with code %d; requeued", run.id, exited.returncode)
+            self.store.requeue(run.id, run.attempt)
+            return
+        else:
+            target, error = RunState.FAILED, (f"worker exited with code {exited.returncode} without a "
+                                              f"result (attempt {run.attempt} of {self.max_attempts})")
+        try:
+            self.store.transition(run.id, target, error=error, attempt=exited.attempt)
+        except (Conflict, InvalidTransition) as exc:
+            log.info("run %s moved on: %s", run.id, exc)
+
+    def cancel(self, run_id: str) -> None:
+        """Signal the run's worker. Safe from any thread: the executor is only ever
+        touched from the scheduler's loop, so request threads hand the call over."""
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self.executor.cancel, run_id)
+        else:
+            self.executor.cancel(run_id)
+
+    async def _run_forever(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:  # a bad tick must not stop scheduling for good
+                log.exception("scheduler tick failed")
+            await asyncio.sleep(self.tick_s)
+
+    def start(self) -> None:
+        self.recover()
+        self._loop = asyncio.get_running_loop()
+        self._task = self._loop.create_task(self._run_forever(), name="scheduler")
+
+    async def stop(self) -> None:
+        """Server shutdown: workers get SIGTERM and give their runs back to the
+        queue; any that had to be killed are requeued here, to resume next start."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for exited in self.executor.shutdown(self.grace_s):
+            run = self.store.get_run(exited.run_id)
+            if run.state is RunState.RUNNING and run.cancel_requested:
+                self.settle(exited)
+            else:
+                self.store.requeue(exited.run_id, exited.attempt)

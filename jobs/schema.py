@@ -1,0 +1,46 @@
+"""Table definitions, in one place (as huey's SqliteStorage keeps them)."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    config TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    progress REAL NOT NULL DEFAULT 0,
+    error TEXT,
+    code_version TEXT,
+    sweep_id TEXT REFERENCES sweeps(id),
+    source_run_id TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    heartbeat_at REAL,
+    worker_pid INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    resumed_from_epoch INTEGER
+);
+CREATE INDEX IF NOT EXISTS runs_state ON runs(state, created_at);
+CREATE INDEX IF NOT EXISTS runs_sweep ON runs(sweep_id);
+
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+    epoch INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    PRIMARY KEY (run_id, epoch)
+);
+
+CREATE TABLE IF NOT EXISTS sweeps (
+    id TEXT PRIMARY KEY,
+    base TEXT NOT NULL,
+    grid TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+# Every read of a run goes through this projection, so `Run.from_row` sees one shape.
+RUN_COLUMNS = """
+    runs.*, (SELECT COUNT(*) FROM metrics m WHERE m.run_id = runs.id) AS n_epochs
+"""

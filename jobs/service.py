@@ -1,0 +1,207 @@
+"""The service layer: what the REST routers, the CLI and the dashboard call.
+
+One code path per action; each validates its input, changes the store in one
+transaction and, where a worker must be told (cancel), tells the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import shutil
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from engine.config import Config, ConfigError
+from jobs.models import (Conflict, InvalidRequest, InvalidTransition, Run, RunKind, RunNotFound,
+                         RunState, Sweep)
+from jobs.paths import DataDir
+from jobs.store import RunStore
+from jobs.sweeps import expand_grid
+from jobs.version import code_version
+
+EVENT_POLL_S = 0.25
+
+
+class NotFound(RunNotFound):
+    """A file that is not (or may not be served) inside a run's folder."""
+
+
+def validate_config(fields: dict[str, Any]) -> dict[str, Any]:
+    """The one validation of a run config: the engine's own."""
+    try:
+        return Config.from_dict(fields).to_dict()
+    except ConfigError as exc:
+        raise InvalidRequest(exc.field, exc.message) from exc
+    except TypeError as exc:  # e.g. a value the dataclass cannot hold at all
+        raise InvalidRequest("config", str(exc)) from exc
+
+
+class JobService:
+    def __init__(self, store: RunStore, data: DataDir, cancel_worker=None):
+        # cancel_worker(run_id) signals the run's worker; the server passes the
+        # scheduler's, a process without workers (a script, tests) passes none.
+        self.store, self.data = store, data
+        self._cancel_worker = cancel_worker or (lambda run_id: None)
+
+    # --- runs -------------------------------------------------------------------
+    def submit_run(self, fields: dict[str, Any]) -> Run:
+        return self.store.create_run(RunKind.TRAIN, validate_config(fields), code_version=code_version())
+
+    def get_run(self, run_id: str) -> Run:
+        return self.store.get_run(run_id)
+
+    def list_runs(self, **filters: Any) -> tuple[list[Run], int]:
+        return self.store.list_runs(**filters)
+
+    def cancel_run(self, run_id: str) -> Run:
+        run = self.store.request_cancel(run_id)
+        if run.state is RunState.RUNNING:
+            self._cancel_worker(run_id)
+        return run
+
+    def rerun(self, run_id: str) -> Run:
+        """A new queued run with the same config (and source, for an analysis)."""
+        old = self.store.get_run(run_id)
+        return self.store.create_run(old.kind, old.config, source_run_id=old.source_run_id,
+                                     code_version=code_version())
+
+    def delete_run(self, run_id: str) -> None:
+        """Finished runs only (409 otherwise: cancel first); removes its folder too."""
+        self.store.delete_run(run_id)
+        shutil.rmtree(self.data.run_dir(run_id), ignore_errors=True)
+
+    # --- metrics and files ----------------------------------------------------------
+    def metrics(self, run_id: str, after_epoch: int = 0) -> list[dict[str, Any]]:
+        self.store.get_run(run_id)  # 404 for an unknown run, not an empty list
+        return self.store.metrics(run_id, after_epoch=after_epoch)
+
+    def metrics_csv(self, run_id: str) -> str:
+        rows = [flatten(r) for r in self.metrics(run_id)]
+        columns = list(dict.fromkeys(k for row in rows for k in row)) or ["epoch"]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return out.getvalue()
+
+    def list_artifacts(self, run_id: str) -> list[dict[str, Any]]:
+        self.store.get_run(run_id)
+        root = self.data.run_dir(run_id).resolve()
+        if not root.is_dir():
+            return []
+        # only what artifact_path would serve: no links out, no half-written temporaries
+        return [{"name": p.relative_to(root).as_posix(), "size_bytes": p.stat().st_size}
+                for p in sorted(root.rglob("*"))
+                if p.is_file() and p.resolve().is_relative_to(root) and ".tmp" not in p.name]
+
+    def artifact_path(self, run_id: str, name: str) -> Path:
+        """The file `name` inside the run's folder; anything resolving outside it
+        (.., absolute paths, symlinks out) is reported as not found."""
+        self.store.get_run(run_id)
+        root = self.data.run_dir(run_id).resolve()
+        try:
+            path = (root / name).resolve()
+        except (OSError, ValueError) as exc:
+            raise NotFound(f"{run_id}/{name}") from exc
+        if not path.is_relative_to(root) or not path.is_file():
+            raise NotFound(f"{run_id}/{name}")
+        return path
+
+    # --- analyses -------------------------------------------------------------------
+    def submit_analysis(self, run_id: str, name: str, params: dict[str, Any]) -> Run:
+        source = self.store.get_run(run_id)
+        if source.kind is not RunKind.TRAIN or source.state is not RunState.SUCCEEDED:
+            raise Conflict(f"run {run_id} is a {source.state.value} {source.kind.value} run; "
+                           f"analyses need a succeeded train run")
+        checked = validate_analysis(name, params)
+        return self.store.create_run(RunKind.ANALYSIS, {"name": name, "params": checked},
+                                     source_run_id=run_id, code_version=code_version())
+
+    # --- sweeps ---------------------------------------------------------------------
+    def submit_sweep(self, base: dict[str, Any], grid: dict[str, list[Any]]) -> Sweep:
+        configs = expand_grid(base, grid)
+        return self.store.create_sweep(base, grid, configs, code_version=code_version())
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        return self.store.get_sweep(sweep_id)
+
+    def list_sweeps(self, limit: int = 100, offset: int = 0) -> tuple[list[Sweep], int]:
+        return self.store.list_sweeps(limit=limit, offset=offset)
+
+    def cancel_sweep(self, sweep_id: str) -> Sweep:
+        sweep = self.store.get_sweep(sweep_id)
+        if sweep.state.finished:
+            raise Conflict(f"sweep {sweep_id} is {sweep.state.value}; there is nothing to cancel")
+        self.store.mark_sweep_cancelled(sweep_id)
+        for run_id, state in zip(sweep.run_ids, sweep.child_states):
+            if not state.finished:
+                try:
+                    self.cancel_run(run_id)
+                except InvalidTransition:
+                    pass  # finished meanwhile
+        return self.store.get_sweep(sweep_id)
+
+    # --- live events ------------------------------------------------------------------
+    async def events(self, run_id: str, poll_s: float = EVENT_POLL_S) -> AsyncIterator[tuple[str, dict]]:
+        """(event, data) pairs: the current state first, then each new epoch and
+        each state change, until the run is finished (its last epochs included)."""
+        run = self.store.get_run(run_id)
+        yield "state", run_summary(run)
+        last_epoch, last_state = 0, run.state
+        while True:
+            try:
+                run = self.store.get_run(run_id)
+            except RunNotFound:  # deleted while followed
+                yield "state", {"id": run_id, "state": "deleted"}
+                return
+            for record in self.store.metrics(run_id, after_epoch=last_epoch):
+                last_epoch = int(record["epoch"])
+                yield "epoch", record
+            if run.state is not last_state:
+                last_state = run.state
+                yield "state", run_summary(run)
+            if run.state.finished:
+                return
+            await asyncio.sleep(poll_s)
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    return {"id": run.id, "state": run.state.value, "progress": run.progress, "error": run.error,
+            "n_epochs": run.n_epochs}
+
+
+def flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested per-weight dicts become columns: w_norm.W_in, grad_ratio.W_out, ..."""
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def list_analyses() -> list[dict[str, Any]]:
+    """The analyses a finished run can be given, with their default parameters."""
+    from engine.analyses import registry
+
+    return [{"name": name, "description": getattr(spec, "description", ""),
+             "defaults": getattr(spec, "defaults", {})}
+            for name, spec in sorted(getattr(registry, "ANALYSES", {}).items())]
+
+
+def validate_analysis(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Checked by the analysis's own spec in the engine's registry."""
+    from engine.analyses import registry
+
+    analyses = getattr(registry, "ANALYSES", {})
+    if name not in analyses:
+        raise InvalidRequest("name", f"unknown analysis {name!r}; known: {sorted(analyses)}")
+    rejected = (getattr(registry, "AnalysisError", ValueError), ValueError, TypeError, KeyError)
+    try:
+        return analyses[name].validate(params)
+    except rejected as exc:  # any refusal of user input is a 422, never a 500
+        field = getattr(exc, "field", None)
+        raise InvalidRequest(f"params.{field}" if field else "params", str(exc)) from exc

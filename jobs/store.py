@@ -1,0 +1,262 @@
+"""RunStore: the SQLite source of truth for runs, their epochs and sweeps.
+
+One connection per store (one writer per process), WAL so readers in other
+processes never block the writer, and a busy timeout so concurrent writers
+(the server and its workers) wait instead of failing. Every state change is one
+transaction made through `_tx()`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from jobs.models import (FINISHED_STATES, Conflict, Run, RunKind, RunNotFound, RunState, Sweep,
+                         SweepNotFound, check_transition)
+from jobs.schema import RUN_COLUMNS, SCHEMA
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class RunStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The server shares this connection between its event loop and request
+        # threads; the lock makes each transaction atomic within the process.
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                     timeout=BUSY_TIMEOUT_MS / 1000)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        with self._tx() as conn:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: BEGIN IMMEDIATE takes the write lock up front,
+        so a read-then-write (check a transition, then apply it) cannot race."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _read(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._conn.execute(sql, params).fetchall()
+
+    # --- runs ---------------------------------------------------------------------
+    def create_run(self, kind: RunKind, config: dict[str, Any], *, sweep_id: str | None = None,
+                   source_run_id: str | None = None, code_version: str | None = None) -> Run:
+        with self._tx() as conn:
+            run_id = _insert_run(conn, kind, config, sweep_id, source_run_id, code_version)
+        return self.get_run(run_id)
+
+    def get_run(self, run_id: str) -> Run:
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise RunNotFound(run_id)
+        return Run.from_row(rows[0])
+
+    def list_runs(self, *, state: RunState | None = None, kind: RunKind | None = None,
+                  sweep_id: str | None = None, limit: int = 100, offset: int = 0) -> tuple[list[Run], int]:
+        where, params = _run_filters(state, kind, sweep_id)
+        count = self._read(f"SELECT COUNT(*) FROM runs {where}", params)[0][0]
+        rows = self._read(f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY created_at DESC, id "
+                          f"LIMIT ? OFFSET ?", (*params, limit, offset))
+        return [Run.from_row(r) for r in rows], count
+
+    def transition(self, run_id: str, target: RunState, *, error: str | None = None,
+                   attempt: int | None = None) -> Run:
+        """Move a run to `target` if the table allows it (and, for a worker, if
+        it still holds the run's current attempt)."""
+        with self._tx() as conn:
+            _transition(conn, run_id, target, error=error, attempt=attempt)
+        return self.get_run(run_id)
+
+    def claim_next(self, now: float | None = None) -> Run | None:
+        """Queued -> running for the oldest queued run, in one statement, so two
+        schedulers can never start the same run."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            row = conn.execute(
+                "UPDATE runs SET state = 'running', attempt = attempt + 1, heartbeat_at = ?, "
+                "started_at = COALESCE(started_at, ?), worker_pid = NULL "
+                "WHERE id = (SELECT id FROM runs WHERE state = 'queued' ORDER BY created_at, id LIMIT 1) "
+                "AND state = 'queued' RETURNING id", (now, now)).fetchone()
+        return None if row is None else self.get_run(row["id"])
+
+    def set_worker_pid(self, run_id: str, attempt: int, pid: int) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE runs SET worker_pid = ? WHERE id = ? AND attempt = ?", (pid, run_id, attempt))
+
+    def heartbeat(self, run_id: str, attempt: int, *, now: float | None = None,
+                  progress: float | None = None) -> bool:
+        """Record that the worker of `attempt` is alive; False once it lost the run
+        (requeued, finished, or claimed again by a newer attempt)."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET heartbeat_at = ?, progress = COALESCE(?, progress) "
+                "WHERE id = ? AND attempt = ? AND state = 'running'", (now, progress, run_id, attempt))
+            return cur.rowcount == 1
+
+    def mark_resumed(self, run_id: str, attempt: int, epoch: int) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE runs SET resumed_from_epoch = ? WHERE id = ? AND attempt = ?",
+                         (epoch, run_id, attempt))
+
+    def request_cancel(self, run_id: str) -> Run:
+        """Queued runs are cancelled at once; running ones get the flag their worker
+        polls. A finished run cannot be cancelled (InvalidTransition)."""
+        with self._tx() as conn:
+            state = _state(conn, run_id)
+            if state is RunState.QUEUED:
+                _transition(conn, run_id, RunState.CANCELLED)
+            else:
+                check_transition(run_id, state, RunState.CANCELLED)
+                conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+        return self.get_run(run_id)
+
+    def cancel_requested(self, run_id: str) -> bool:
+        rows = self._read("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,))
+        return bool(rows and rows[0][0])
+
+    def delete_run(self, run_id: str) -> None:
+        """Delete a finished run's records; unfinished runs must be cancelled first."""
+        with self._tx() as conn:
+            state = _state(conn, run_id)
+            if state not in FINISHED_STATES:
+                raise Conflict(f"run {run_id} is {state.value}; cancel it before deleting it")
+            conn.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def reap_stale(self, now: float, stale_after_s: float) -> list[str]:
+        """Requeue running runs whose heartbeat lapsed (their worker is gone);
+        they resume from their last checkpoint when claimed again."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                "UPDATE runs SET state = 'queued', worker_pid = NULL "
+                "WHERE state = 'running' AND (heartbeat_at IS NULL OR heartbeat_at < ?) RETURNING id",
+                (now - stale_after_s,)).fetchall()
+        return [r["id"] for r in rows]
+
+    def requeue(self, run_id: str, attempt: int) -> bool:
+        """Give a running run back to the queue (its worker stopped without finishing)."""
+        with self._tx() as conn:
+            cur = conn.execute("UPDATE runs SET state = 'queued', worker_pid = NULL "
+                               "WHERE id = ? AND attempt = ? AND state = 'running'", (run_id, attempt))
+            return cur.rowcount == 1
+
+    # --- metrics --------------------------------------------------------------------
+    def record_epoch(self, run_id: str, epoch: int, record: dict[str, Any]) -> bool:
+        """Store one epoch; a replayed epoch (resume) is ignored. True if new."""
+        with self._tx() as conn:
+            cur = conn.execute("INSERT OR IGNORE INTO metrics (run_id, epoch, record, recorded_at) "
+                               "VALUES (?, ?, ?, ?)", (run_id, epoch, json.dumps(record), time.time()))
+            return cur.rowcount == 1
+
+    def metrics(self, run_id: str, *, after_epoch: int = 0) -> list[dict[str, Any]]:
+        rows = self._read("SELECT record FROM metrics WHERE run_id = ? AND epoch > ? ORDER BY epoch",
+                          (run_id, after_epoch))
+        return [json.loads(r["record"]) for r in rows]
+
+    # --- sweeps ---------------------------------------------------------------------
+    def create_sweep(self, base: dict[str, Any], grid: dict[str, list[Any]],
+                     configs: list[dict[str, Any]], code_version: str | None = None) -> Sweep:
+        sweep_id = new_id()
+        with self._tx() as conn:
+            conn.execute("INSERT INTO sweeps (id, base, grid, created_at) VALUES (?, ?, ?, ?)",
+                         (sweep_id, json.dumps(base), json.dumps(grid), time.time()))
+            for config in configs:
+                _insert_run(conn, RunKind.TRAIN, config, sweep_id, None, code_version)
+        return self.get_sweep(sweep_id)
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        rows = self._read("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
+        if not rows:
+            raise SweepNotFound(sweep_id)
+        children = self._read("SELECT id, state FROM runs WHERE sweep_id = ? ORDER BY created_at, id",
+                              (sweep_id,))
+        row = rows[0]
+        return Sweep(id=row["id"], base=json.loads(row["base"]), grid=json.loads(row["grid"]),
+                     created_at=row["created_at"], run_ids=tuple(c["id"] for c in children),
+                     child_states=tuple(RunState(c["state"]) for c in children),
+                     cancel_requested=bool(row["cancel_requested"]))
+
+    def list_sweeps(self, *, limit: int = 100, offset: int = 0) -> tuple[list[Sweep], int]:
+        count = self._read("SELECT COUNT(*) FROM sweeps")[0][0]
+        rows = self._read("SELECT id FROM sweeps ORDER BY created_at DESC, id LIMIT ? OFFSET ?",
+                          (limit, offset))
+        return [self.get_sweep(r["id"]) for r in rows], count
+
+    def mark_sweep_cancelled(self, sweep_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE sweeps SET cancel_requested = 1 WHERE id = ?", (sweep_id,))
+
+
+# --- helpers that run inside a transaction ---------------------------------------------
+
+def _insert_run(conn: sqlite3.Connection, kind: RunKind, config: dict[str, Any], sweep_id: str | None,
+                source_run_id: str | None, code_version: str | None) -> str:
+    run_id = new_id()
+    conn.execute("INSERT INTO runs (id, kind, config, state, created_at, code_version, sweep_id, "
+                 "source_run_id) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                 (run_id, kind.value, json.dumps(config), time.time(), code_version, sweep_id, source_run_id))
+    return run_id
+
+
+def _state(conn: sqlite3.Connection, run_id: str) -> RunState:
+    row = conn.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+    if row is None:
+        raise RunNotFound(run_id)
+    return RunState(row["state"])
+
+
+def _transition(conn: sqlite3.Connection, run_id: str, target: RunState, *, error: str | None = None,
+                attempt: int | None = None) -> None:
+    current = _state(conn, run_id)
+    check_transition(run_id, current, target)
+    now = time.time()
+    finished = now if target in FINISHED_STATES else None
+    sql = ("UPDATE runs SET state = ?, error = COALESCE(?, error), finished_at = ?, "
+           "progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END, "
+           "started_at = CASE WHEN ? = 'running' THEN COALESCE(started_at, ?) ELSE started_at END "
+           "WHERE id = ?")
+    params: tuple = (target.value, error, finished, target.value, target.value, now, run_id)
+    if attempt is not None:
+        sql += " AND attempt = ?"
+        params += (attempt,)
+    if conn.execute(sql, params).rowcount != 1:
+        raise Conflict(f"run {run_id} was claimed by another attempt")
+
+
+def _run_filters(state: RunState | None, kind: RunKind | None, sweep_id: str | None) -> tuple[str, tuple]:
+    clauses, params = [], []
+    for column, value in (("state", state), ("kind", kind), ("sweep_id", sweep_id)):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value.value if hasattr(value, "value") else value)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)

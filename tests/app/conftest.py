@@ -1,0 +1,102 @@
+"""A real server (`python -m app.server`) on 127.0.0.1, a free port and a tmp data dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from jobs.client import Client
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    process: subprocess.Popen
+    token: str | None = None
+
+    def client(self, token: str | None = "default") -> Client:
+        return Client(self.url, token=self.token if token == "default" else token)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_server(data_dir: Path, *, workers: int = 1, token: str | None = None,
+                 port: int | None = None, log_name: str = "server.log") -> Server:
+    port = port or free_port()
+    args = [sys.executable, "-m", "app.server", "--host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(data_dir), "--workers", str(workers)]
+    if token:
+        args += ["--token", token]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = open(data_dir / log_name, "ab")
+    process = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    server = Server(f"http://127.0.0.1:{port}", data_dir, process, token)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(server.url + "/api/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError(f"server did not start: {(data_dir / log_name).read_text()[-2000:]}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def server_factory(tmp_path):
+    servers: list[Server] = []
+
+    def make(data_dir: Path | None = None, **options) -> Server:
+        server = start_server(data_dir or tmp_path / "data", **options)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def queue_only_server(tmp_path_factory):
+    """No worker slots: runs stay queued (API behaviour without training)."""
+    server = start_server(tmp_path_factory.mktemp("queue-only") / "data", workers=0)
+    yield server
+    server.stop()
+
+
+def small_config(**overrides):
+    fields = dict(arch="ping", n_e=40, n_i=10, t_ms=20.0, epochs=2, batch_size=200, tier="smoke")
+    fields.update(overrides)
+    return fields

@@ -1,0 +1,41 @@
+"""An analysis job on a finished run, through the real server and registry."""
+
+import json
+
+import pytest
+
+from jobs.client import ApiError
+
+from tests.app.conftest import small_config
+
+registry = pytest.importorskip("engine.analyses.registry")
+if not hasattr(registry, "run_analysis") or "coupling_sweep" not in getattr(registry, "ANALYSES", {}):
+    pytest.skip("engine.analyses.registry has no run_analysis / coupling_sweep yet (the lead's part)",
+                allow_module_level=True)
+
+
+def _small_params():
+    """The smallest valid coupling sweep, from the spec's own defaults."""
+    spec = registry.ANALYSES["coupling_sweep"]
+    params = spec.validate({})
+    params["factors"] = params["factors"][:2]  # a 2 x 2 grid keeps the test short
+    params["samples"] = 50
+    return spec.validate(params)
+
+
+def test_coupling_sweep_on_a_finished_run(server_factory):
+    server = server_factory()
+    with server.client() as api:
+        source = api.submit(small_config(epochs=1))
+        assert api.wait(source["id"], timeout_s=120)["state"] == "succeeded"
+        analysis = api.analyse(source["id"], "coupling_sweep", _small_params())
+        assert analysis["kind"] == "analysis" and analysis["source_run_id"] == source["id"]
+        done = api.wait(analysis["id"], timeout_s=180)
+        assert done["state"] == "succeeded", done["error"]
+        names = {a["name"] for a in api.artifacts(analysis["id"])}
+        assert "result.json" in names
+        result = json.loads(api.download(analysis["id"], "result.json"))
+        assert result["complete"] and len(result["cells"]) == 4 and done["progress"] == 1.0
+        with pytest.raises(ApiError) as bad:
+            api.analyse(source["id"], "coupling_sweep", {"factors": [-1]})
+        assert bad.value.status_code == 422 and bad.value.detail[0]["loc"] == ["body", "params", "factors"]

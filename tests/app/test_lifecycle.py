@@ -1,0 +1,135 @@
+"""Runs end to end through a real server: follow, cancel, crash recovery, sweeps, load."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+
+from jobs.scheduler import pid_alive
+from tests.app.conftest import small_config
+
+
+def _wait_for(predicate, timeout_s, poll_s=0.05):
+    deadline = time.monotonic() + timeout_s
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(poll_s)
+    return value
+
+
+def test_submit_follow_events_and_fetch_metrics(server_factory):
+    server = server_factory()
+    with server.client() as api:
+        run = api.submit(small_config(epochs=2))
+        events = list(api.follow(run["id"], timeout_s=120))
+        names = [name for name, _ in events]
+        assert names[-1] == "end" and names[0] == "state"
+        assert [data["epoch"] for name, data in events if name == "epoch"] == [1, 2]
+        states = [data["state"] for name, data in events if name == "state"]
+        assert states[-1] == "succeeded" and "running" in states
+        metrics = api.metrics(run["id"])
+        assert [m["epoch"] for m in metrics] == [1, 2] and 0 <= metrics[-1]["test_acc"] <= 100
+        lines = api.metrics_csv(run["id"]).splitlines()
+        header = lines[0].split(",")
+        assert len(lines) == 3 and "w_norm.W_in" in header and "test_acc" in header
+        accept_csv = httpx.get(f"{server.url}/api/runs/{run['id']}/metrics", headers={"Accept": "text/csv"})
+        assert accept_csv.headers["content-type"].startswith("text/csv") and accept_csv.text.splitlines() == lines
+        names = {a["name"] for a in httpx.get(f"{server.url}/api/runs/{run['id']}/artifacts").json()["data"]}
+        assert {"config.json", "metrics.jsonl", "artifacts/weights_final.npz"} <= names
+        config = httpx.get(f"{server.url}/api/runs/{run['id']}/artifacts/config.json").json()
+        assert config == api.get(run["id"])["config"]
+
+
+def test_cancel_a_running_job_within_five_seconds(server_factory):
+    server = server_factory()
+    with server.client() as api:
+        run = api.submit(small_config(epochs=100))
+        running = _wait_for(lambda: (r := api.get(run["id"]))["progress"] > 0 and r["worker_pid"] and r, 120)
+        pid = running["worker_pid"]
+        start = time.monotonic()
+        api.cancel(run["id"])
+        _wait_for(lambda: api.get(run["id"])["state"] == "cancelled" and not pid_alive(pid), 5)
+        latency = time.monotonic() - start
+        print(f"\ncancel latency: {latency:.2f} s (state cancelled and worker {pid} gone)")
+        assert latency < 5
+        slot_free = api.submit(small_config(epochs=1))  # the one slot takes the next run
+        _wait_for(lambda: api.get(slot_free["id"])["state"] != "queued", 10)
+
+
+def _kill_mid_run_and_restart(server_factory, tmp_path, kill_worker_too: bool):
+    data_dir = tmp_path / "data"
+    server = server_factory(data_dir)
+    with server.client() as api:
+        run = api.submit(small_config(epochs=2))
+        _wait_for(lambda: api.get(run["id"])["n_epochs"] >= 1, 120)
+    pid = httpx.get(f"{server.url}/api/runs/{run['id']}").json()["worker_pid"]
+    if kill_worker_too:  # the box died: nothing gets to run shutdown code
+        os.kill(pid, signal.SIGKILL)
+    server.kill()
+    # A worker never outlives its server: it gets SIGTERM when its parent dies.
+    _wait_for(lambda: not pid_alive(pid), 10)
+    killed_at = time.monotonic()
+    restarted = server_factory(data_dir, log_name="server2.log")
+    with restarted.client() as api:
+        _wait_for(lambda: api.get(run["id"])["attempt"] == 2 and api.get(run["id"])["state"] == "running", 30)
+        recovery = time.monotonic() - killed_at
+        done = api.wait(run["id"], timeout_s=120, poll_s=0.2)
+        metrics = api.metrics(run["id"])
+    print(f"\nrecovery (kill -9{' + worker' if kill_worker_too else ''} -> running again): {recovery:.2f} s")
+    assert done["state"] == "succeeded", done["error"]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert done["resumed_from_epoch"] >= 1  # resumed from its checkpoint, not from zero
+    jsonl = [json.loads(line)["epoch"] for line in (data_dir / "runs" / run["id"] / "metrics.jsonl").open()]
+    assert jsonl == [1, 2]
+
+
+def test_kill_9_server_mid_run_resumes_on_restart(server_factory, tmp_path):
+    _kill_mid_run_and_restart(server_factory, tmp_path, kill_worker_too=False)
+
+
+def test_kill_9_server_and_worker_mid_run_resumes_on_restart(server_factory, tmp_path):
+    _kill_mid_run_and_restart(server_factory, tmp_path, kill_worker_too=True)
+
+
+def test_sweep_of_two_archs_and_two_seeds(server_factory):
+    server = server_factory(workers=2)
+    with server.client() as api:
+        sweep = api.sweep(small_config(epochs=1), {"arch": ["ping", "coba"], "seed": [1, 2]})
+        assert len(sweep["run_ids"]) == 4 and sweep["state"] == "running"
+        done = api.wait_sweep(sweep["id"], timeout_s=180, poll_s=0.3)
+        children = api.list(sweep_id=sweep["id"])["data"]
+    assert done["state"] == "succeeded" and done["counts"]["succeeded"] == 4
+    assert sorted((c["config"]["arch"], c["config"]["seed"]) for c in children) == \
+        [("coba", 1), ("coba", 2), ("ping", 1), ("ping", 2)]
+    assert all(c["n_epochs"] == 1 for c in children)
+
+
+def test_twenty_concurrent_clients_while_jobs_run(server_factory):
+    server = server_factory(workers=2)
+    with server.client() as api:
+        runs = [api.submit(small_config(epochs=1, seed=s)) for s in (1, 2)]
+    failures: list[str] = []
+    requests: list[str] = []  # list.append is atomic across threads; += on an int is not
+
+    def poll(n: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for i in range(10):
+                for path in ("/api/runs", f"/api/runs/{runs[i % 2]['id']}",
+                             f"/api/runs/{runs[n % 2]['id']}/metrics", "/api/health"):
+                    response = http.get(path)
+                    requests.append(path)
+                    if response.status_code != 200:
+                        failures.append(f"{path}: {response.status_code} {response.text[:200]}")
+                time.sleep(0.05)
+
+    clients = [threading.Thread(target=poll, args=(n,)) for n in range(20)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(120)
+    assert failures == [] and len(requests) == 20 * 10 * 4
+    with server.client() as api:
+        assert all(api.wait(r["id"], timeout_s=120)["state"] == "succeeded" for r in runs)

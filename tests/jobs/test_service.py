@@ -1,0 +1,128 @@
+"""The service layer without a server: what routers and the dashboard call."""
+
+import asyncio
+import os
+import threading
+
+import pytest
+
+from engine.analyses import registry
+from jobs import worker
+from jobs.models import Conflict, InvalidRequest, RunKind, RunState
+from jobs.paths import DataDir
+from jobs.service import JobService, NotFound, flatten
+from jobs.store import RunStore
+
+from tests.jobs.conftest import small_config
+
+
+@pytest.fixture
+def service(tmp_path):
+    data = DataDir.at(tmp_path / "data")
+    store = RunStore(data.db_path)
+    cancelled: list[str] = []
+    service = JobService(store, data, cancel_worker=cancelled.append)
+    service.cancelled = cancelled
+    yield service
+    store.close()
+
+
+def _succeeded(service):
+    run = service.submit_run(small_config())
+    service.store.claim_next()
+    return service.store.transition(run.id, RunState.SUCCEEDED)
+
+
+def test_submit_validates_with_the_engine(service):
+    with pytest.raises(InvalidRequest) as error:
+        service.submit_run(small_config(tau_m_e_ms=0.0))
+    assert error.value.field == "tau_m_e_ms"
+    run = service.submit_run(small_config())
+    assert run.code_version and run.config["v_grad_dampen"] == 1000.0
+
+
+def test_cancel_running_run_signals_its_worker(service):
+    run = service.submit_run(small_config())
+    service.store.claim_next()
+    assert service.cancel_run(run.id).cancel_requested
+    assert service.cancelled == [run.id]
+
+
+def test_artifact_paths_stay_inside_the_run_folder(service, tmp_path):
+    run = _succeeded(service)
+    root = service.data.run_dir(run.id)
+    (root / "artifacts").mkdir(parents=True)
+    (root / "artifacts" / "rates.npz").write_bytes(b"x")
+    (tmp_path / "secret").write_text("no")
+    os.symlink(tmp_path / "secret", root / "artifacts" / "link")
+    assert service.artifact_path(run.id, "artifacts/rates.npz") == (root / "artifacts" / "rates.npz").resolve()
+    assert service.data.db_path.exists()
+    for name in ("../../spikeboard.db", "../../../secret", str(tmp_path / "secret"), "artifacts/link",
+                 "artifacts", "bad\x00name", "artifacts/../../" + run.id + "/artifacts/rates.npz/.."):
+        with pytest.raises(NotFound):
+            service.artifact_path(run.id, name)
+    assert [a["name"] for a in service.list_artifacts(run.id)] == ["artifacts/rates.npz"]
+
+
+def test_delete_removes_records_and_folder(service):
+    run = _succeeded(service)
+    service.data.run_dir(run.id).mkdir(parents=True)
+    service.delete_run(run.id)
+    assert not service.data.run_dir(run.id).exists()
+    queued = service.submit_run(small_config())
+    with pytest.raises(Conflict):
+        service.delete_run(queued.id)
+
+
+def test_csv_flattens_per_weight_columns(service):
+    run = _succeeded(service)
+    service.store.record_epoch(run.id, 1, {"epoch": 1, "test_acc": 50.0, "w_norm": {"W_in": 2.0}})
+    assert service.metrics_csv(run.id).splitlines() == ["epoch,test_acc,w_norm.W_in", "1,50.0,2.0"]
+    assert flatten({"a": {"b": {"c": 1}}}) == {"a.b.c": 1}
+
+
+def test_events_end_when_the_run_finishes(service):
+    run = service.submit_run(small_config())
+    claimed = service.store.claim_next()
+
+    async def collect():
+        seen = []
+        async for event, data in service.events(run.id, poll_s=0.01):
+            seen.append((event, data.get("epoch", data.get("state"))))
+            if len(seen) == 1:
+                service.store.record_epoch(run.id, 1, {"epoch": 1})
+                service.store.transition(run.id, RunState.SUCCEEDED, attempt=claimed.attempt)
+        return seen
+
+    assert asyncio.run(asyncio.wait_for(collect(), 5)) == [("state", "running"), ("epoch", 1), ("state", "succeeded")]
+
+
+class _FakeSpec:
+    def validate(self, params):
+        if params.get("steps", 3) < 1:
+            raise ValueError("steps must be >= 1")
+        return {"steps": params.get("steps", 3)}
+
+
+def test_analysis_is_validated_by_its_spec_and_runs_through_the_registry(service, monkeypatch):
+    monkeypatch.setattr(registry, "ANALYSES", {"fake": _FakeSpec()}, raising=False)
+    calls = []
+
+    def run_analysis(name, source_run, params, out_dir, *, on_progress=None, should_stop=None):
+        calls.append((name, source_run, params, out_dir))
+        on_progress(1, 1)
+        return {"ok": True}
+
+    monkeypatch.setattr(registry, "run_analysis", run_analysis, raising=False)
+    source = _succeeded(service)
+    with pytest.raises(InvalidRequest) as error:
+        service.submit_analysis(source.id, "nope", {})
+    assert error.value.field == "name"
+    with pytest.raises(InvalidRequest):
+        service.submit_analysis(source.id, "fake", {"steps": 0})
+    run = service.submit_analysis(source.id, "fake", {})
+    assert run.kind is RunKind.ANALYSIS and run.config == {"name": "fake", "params": {"steps": 3}}
+    claimed = service.store.claim_next()
+    stop = threading.Event()
+    worker.execute(claimed, service.data, service.store, worker.Heartbeat(service.store, claimed, stop), stop)
+    assert calls == [("fake", service.data.run_dir(source.id), {"steps": 3}, service.data.run_dir(run.id))]

@@ -1,0 +1,148 @@
+import itertools
+import threading
+
+import pytest
+
+from jobs.models import (TRANSITIONS, Conflict, InvalidTransition, RunKind, RunNotFound, RunState,
+                         sweep_state)
+from jobs.store import RunStore
+
+ALL_PAIRS = list(itertools.product(RunState, RunState))
+
+
+def _run_in(store: RunStore, state: RunState):
+    """A run brought to `state` through allowed transitions only."""
+    run = store.create_run(RunKind.TRAIN, {"epochs": 1})
+    if state is RunState.QUEUED:
+        return run
+    claimed = store.claim_next()
+    assert claimed.id == run.id
+    if state is RunState.RUNNING:
+        return claimed
+    return store.transition(run.id, state)
+
+
+@pytest.mark.parametrize("current,target", ALL_PAIRS, ids=lambda s: s.value)
+def test_transition_allowed_exactly_by_the_table(store, current, target):
+    run = _run_in(store, current)
+    if target in TRANSITIONS[current]:
+        assert store.transition(run.id, target).state is target
+    else:
+        with pytest.raises(InvalidTransition):
+            store.transition(run.id, target)
+        assert store.get_run(run.id).state is current
+
+
+def test_finished_states_have_no_way_out():
+    for state in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED):
+        assert TRANSITIONS[state] == frozenset() and state.finished
+
+
+def test_unknown_run_is_not_found(store):
+    with pytest.raises(RunNotFound):
+        store.get_run("nope")
+    with pytest.raises(RunNotFound):
+        store.transition("nope", RunState.RUNNING)
+
+
+def test_epoch_insert_is_idempotent(store):
+    run = store.create_run(RunKind.TRAIN, {})
+    assert store.record_epoch(run.id, 1, {"epoch": 1, "test_acc": 10.0})
+    assert not store.record_epoch(run.id, 1, {"epoch": 1, "test_acc": 99.0})  # a resume replay
+    assert store.record_epoch(run.id, 2, {"epoch": 2, "test_acc": 20.0})
+    assert [r["test_acc"] for r in store.metrics(run.id)] == [10.0, 20.0]
+    assert store.get_run(run.id).n_epochs == 2
+    assert [r["epoch"] for r in store.metrics(run.id, after_epoch=1)] == [2]
+
+
+def test_claim_takes_oldest_and_each_run_once(tmp_path):
+    first = RunStore(tmp_path / "db")
+    second = RunStore(tmp_path / "db")  # another process's connection to the same file
+    ids = [first.create_run(RunKind.TRAIN, {"seed": i}).id for i in range(20)]
+    claimed: list[str] = []
+
+    def drain(store):
+        while (run := store.claim_next()) is not None:
+            claimed.append(run.id)
+
+    threads = [threading.Thread(target=drain, args=(s,)) for s in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(ids) and len(set(claimed)) == 20
+    run = first.get_run(ids[0])
+    assert run.state is RunState.RUNNING and run.attempt == 1 and run.started_at is not None
+
+
+def test_reap_stale_uses_the_given_time(store):
+    run = store.create_run(RunKind.TRAIN, {})
+    claimed = store.claim_next(now=1000.0)
+    assert store.heartbeat(run.id, claimed.attempt, now=1010.0, progress=0.5)
+    assert store.reap_stale(now=1030.0, stale_after_s=30.0) == []  # beat 20 s ago: alive
+    assert store.reap_stale(now=1041.0, stale_after_s=30.0) == [run.id]
+    requeued = store.get_run(run.id)
+    assert requeued.state is RunState.QUEUED and requeued.progress == 0.5
+
+
+def test_heartbeat_of_an_old_attempt_reports_the_lease_lost(store):
+    run = store.create_run(RunKind.TRAIN, {})
+    first = store.claim_next()
+    store.reap_stale(now=first.heartbeat_at + 100, stale_after_s=30)
+    second = store.claim_next()
+    assert second.attempt == first.attempt + 1
+    assert not store.heartbeat(run.id, first.attempt)
+    assert store.heartbeat(run.id, second.attempt)
+    with pytest.raises(Conflict):
+        store.transition(run.id, RunState.SUCCEEDED, attempt=first.attempt)
+
+
+def test_cancel_queued_at_once_running_by_flag_finished_refused(store):
+    queued = store.create_run(RunKind.TRAIN, {})
+    assert store.request_cancel(queued.id).state is RunState.CANCELLED
+    running = _run_in(store, RunState.RUNNING)
+    after = store.request_cancel(running.id)
+    assert after.state is RunState.RUNNING and after.cancel_requested
+    done = _run_in(store, RunState.SUCCEEDED)
+    with pytest.raises(InvalidTransition):
+        store.request_cancel(done.id)
+
+
+def test_delete_refuses_unfinished_runs(store):
+    running = _run_in(store, RunState.RUNNING)
+    with pytest.raises(Conflict):
+        store.delete_run(running.id)
+    done = _run_in(store, RunState.FAILED)
+    store.record_epoch(done.id, 1, {"epoch": 1})
+    store.delete_run(done.id)
+    with pytest.raises(RunNotFound):
+        store.get_run(done.id)
+    assert store.metrics(done.id) == []
+
+
+def test_list_filters_and_pages(store):
+    for i in range(5):
+        store.create_run(RunKind.TRAIN, {"seed": i})
+    store.create_run(RunKind.ANALYSIS, {"name": "x"}, source_run_id="abc")
+    runs, count = store.list_runs(kind=RunKind.TRAIN, limit=2, offset=1)
+    assert count == 5 and len(runs) == 2
+    runs, count = store.list_runs(state=RunState.RUNNING)
+    assert (runs, count) == ([], 0)
+
+
+@pytest.mark.parametrize("children,cancelled,expected", [
+    ((RunState.QUEUED, RunState.SUCCEEDED), False, RunState.RUNNING),
+    ((RunState.RUNNING, RunState.FAILED), False, RunState.RUNNING),
+    ((RunState.SUCCEEDED, RunState.SUCCEEDED), False, RunState.SUCCEEDED),
+    ((RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED), False, RunState.FAILED),
+    ((RunState.SUCCEEDED, RunState.CANCELLED), True, RunState.CANCELLED),
+])
+def test_sweep_state_follows_children(children, cancelled, expected):
+    assert sweep_state(children, cancelled) is expected
+
+
+def test_sweep_creates_its_children_in_one_go(store):
+    sweep = store.create_sweep({"epochs": 1}, {"seed": [1, 2, 3]}, [{"seed": s} for s in (1, 2, 3)])
+    assert len(sweep.run_ids) == 3 and sweep.state is RunState.RUNNING
+    runs, count = store.list_runs(sweep_id=sweep.id)
+    assert count == 3 and {r.config["seed"] for r in runs} == {1, 2, 3}
