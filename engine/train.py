@@ -94,7 +94,7 @@ def _start(config: Config, run: RunDir, resume: bool):
         epoch = 0
     else:
         stored = run.read_config()
-        if stored.replace(epochs=config.epochs) != config.replace(epochs=stored.epochs):
+        if stored.replace(epochs=config.epochs) != config:
             raise ValueError(f"{run.root} holds a run of another config; resume needs the same one "
                              "(only epochs may grow)")
         run.create(config)  # records a raised epoch count

@@ -1,10 +1,10 @@
+import importlib
 import json
 import math
 
 import pytest
 import torch
 
-import engine.train
 from engine import NonFiniteError, TrainingCancelled, train
 from engine.rundir import RunDir
 from tests.conftest import tiny_config
@@ -67,7 +67,9 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
 
 def test_nan_loss_fails_with_reason_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     config = tiny_config(epochs=3)
-    real_simulate = engine.train.simulate
+    # the package exports the function `train`, which hides the module's name
+    train_module = importlib.import_module("engine.train")
+    real_simulate = train_module.simulate
     calls = {"n": 0}
 
     def poisoned(weights, x, cfg):
@@ -77,7 +79,7 @@ def test_nan_loss_fails_with_reason_and_keeps_last_good_checkpoint(tmp_path, mon
             out["logits"] = out["logits"] * math.nan
         return out
 
-    monkeypatch.setattr(engine.train, "simulate", poisoned)
+    monkeypatch.setattr(train_module, "simulate", poisoned)
     with pytest.raises(NonFiniteError, match="loss became nan in epoch 2, batch 1"):
         train(config, tmp_path)
     checkpoint = RunDir(tmp_path).load_checkpoint()
