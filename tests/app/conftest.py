@@ -94,9 +94,3 @@ def queue_only_server(tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("queue-only") / "data", workers=0)
     yield server
     server.stop()
-
-
-def small_config(**overrides):
-    fields = dict(arch="ping", n_e=40, n_i=10, t_ms=20.0, epochs=2, batch_size=200, tier="smoke")
-    fields.update(overrides)
-    return fields

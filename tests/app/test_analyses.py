@@ -6,7 +6,7 @@ import pytest
 
 from jobs.client import ApiError
 
-from tests.app.conftest import small_config
+from tests.conftest import small_config
 
 registry = pytest.importorskip("engine.analyses.registry")
 if not hasattr(registry, "run_analysis") or "coupling_sweep" not in getattr(registry, "ANALYSES", {}):

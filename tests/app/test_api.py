@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from tests.app.conftest import small_config
+from tests.conftest import small_config
 
 
 @pytest.fixture

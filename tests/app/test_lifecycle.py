@@ -9,7 +9,7 @@ import time
 import httpx
 
 from jobs.scheduler import pid_alive
-from tests.app.conftest import small_config
+from tests.conftest import small_config
 
 
 def _wait_for(predicate, timeout_s, poll_s=0.05):

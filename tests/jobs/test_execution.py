@@ -16,7 +16,7 @@ from jobs.paths import DataDir
 from jobs.scheduler import Scheduler, pid_alive
 from jobs.store import RunStore
 
-from tests.jobs.conftest import small_config
+from tests.conftest import small_config
 
 
 def _fake_python(tmp_path, body: str) -> str:

@@ -13,7 +13,7 @@ from jobs.paths import DataDir
 from jobs.service import JobService, NotFound, flatten
 from jobs.store import RunStore
 
-from tests.jobs.conftest import small_config
+from tests.conftest import small_config
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import pytest
 from jobs.models import InvalidRequest
 from jobs.sweeps import MAX_CHILDREN, expand_grid
 
-from tests.jobs.conftest import small_config
+from tests.conftest import small_config
 
 
 def test_grid_expands_to_the_product_of_its_values():
