@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     recorded_at REAL NOT NULL,
     PRIMARY KEY (run_id, epoch)
 );
+CREATE INDEX IF NOT EXISTS metrics_recorded ON metrics(recorded_at);
 
 CREATE TABLE IF NOT EXISTS sweeps (
     id TEXT PRIMARY KEY,

@@ -144,6 +144,10 @@ class JobService:
         return self.store.get_sweep(sweep_id)
 
     # --- live events ------------------------------------------------------------------
+    def changes(self, since: float) -> tuple[list[Run], list[tuple[str, float, dict]]]:
+        """Runs and epochs that changed since `since`, for all runs at once (the dashboard's live feed)."""
+        return self.store.changes_since(since)
+
     async def events(self, run_id: str, poll_s: float = EVENT_POLL_S) -> AsyncIterator[tuple[str, dict]]:
         """(event, data) pairs: the current state first, then each new epoch and
         each state change, until the run is finished (its last epochs included)."""

@@ -183,6 +183,21 @@ class RunStore:
                           (run_id, after_epoch))
         return [json.loads(r["record"]) for r in rows]
 
+    def changes_since(self, since: float) -> tuple[list[Run], list[tuple[str, float, dict]]]:
+        """One cheap poll for everything a live view may need: runs that are
+        unfinished or were created or finished at or after `since`, and the epochs
+        recorded at or after it as (run_id, recorded_at, record). Workers stamp
+        epochs with their own clock just before committing, so a poller should
+        look back a little and drop the (run_id, epoch) pairs it has seen."""
+        with self._lock:
+            epochs = self._conn.execute("SELECT run_id, recorded_at, record FROM metrics "
+                                        "WHERE recorded_at >= ? ORDER BY recorded_at", (since,)).fetchall()
+            runs = self._conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM runs WHERE state IN ('queued', 'running') "
+                f"OR created_at >= ? OR finished_at >= ?", (since, since)).fetchall()
+        return ([Run.from_row(r) for r in runs],
+                [(r["run_id"], r["recorded_at"], json.loads(r["record"])) for r in epochs])
+
     # --- sweeps ---------------------------------------------------------------------
     def create_sweep(self, base: dict[str, Any], grid: dict[str, list[Any]],
                      configs: list[dict[str, Any]], code_version: str | None = None) -> Sweep:
