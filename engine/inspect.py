@@ -7,7 +7,8 @@ from typing import Any
 
 import torch
 
-from engine.analyses.spectrum import gamma_spectrum
+from engine.analyses.coupling import scaled_weights
+from engine.analyses.spectrum import gamma_spectrum, population_rate
 from engine.config import Config
 from engine.data import Split, load_tier
 from engine.evaluate import evaluate
@@ -50,4 +51,35 @@ def simulate_run(run_dir: str | Path, weights: str = "final", samples: int | Non
         "rate_e_hz": result.rate_e_hz, "rate_i_hz": result.rate_i_hz,
         "active_frac_e": result.active_frac_e, "active_frac_i": result.active_frac_i,
         **peak,
+    }
+
+
+def spike_raster(run_dir: str | Path, sample: int = 0, weights: str = "final",
+                 ei_factor: float = 1.0, ie_factor: float = 1.0) -> dict[str, Any]:
+    """One test image through a run's network (W_ei, W_ie optionally scaled as in
+    the coupling sweep): E and I spike times, the E population rate in 1 ms bins
+    and its spectrum. Plain lists, ready for JSON or a plot."""
+    config, w = load_run(run_dir, weights)
+    test = load_tier(config.tier).test
+    if not 0 <= sample < len(test.labels):
+        raise IndexError(f"sample must be in [0, {len(test.labels) - 1}], got {sample}")
+    one = Split(test.images[sample:sample + 1], test.labels[sample:sample + 1])
+    result = evaluate(scaled_weights(w, ei_factor, ie_factor), one, config, keep_spikes=1)
+    e_steps, e_cells = result.spikes_e[:, 0].nonzero(as_tuple=True)
+    i_steps, i_cells = result.spikes_i[:, 0].nonzero(as_tuple=True)
+    rate = population_rate(result.spikes_e, config.dt_ms)[0]
+    try:
+        spectrum = gamma_spectrum(result.spikes_e, config.dt_ms).to_dict()
+    except ValueError:  # a trial too short for a spectrum
+        spectrum = None
+    return {
+        "sample": sample, "label": int(test.labels[sample]), "t_ms": config.t_ms,
+        "n_e": config.n_e, "n_i": config.n_i, "ei_factor": ei_factor, "ie_factor": ie_factor,
+        "correct": result.accuracy_pct == 100.0,
+        "rate_e_hz": result.rate_e_hz, "rate_i_hz": result.rate_i_hz,
+        "e_times_ms": (e_steps.double() * config.dt_ms).tolist(), "e_cells": e_cells.tolist(),
+        "i_times_ms": (i_steps.double() * config.dt_ms).tolist(), "i_cells": i_cells.tolist(),
+        "rate_time_ms": [float(t) + 0.5 for t in range(rate.shape[0])],
+        "population_rate_hz": rate.tolist(),
+        "spectrum": spectrum,
     }

@@ -109,6 +109,27 @@ class JobService:
             raise NotFound(f"{run_id}/{name}")
         return path
 
+    def spike_raster(self, run_id: str, sample: int = 0, ei_factor: float = 1.0,
+                     ie_factor: float = 1.0) -> dict[str, Any]:
+        """Spikes of one test image through a train run's weights (final ones once
+        it has succeeded, else its last checkpoint), W_ei and W_ie optionally scaled."""
+        from engine.inspect import spike_raster
+
+        run = self.store.get_run(run_id)
+        if run.kind is not RunKind.TRAIN:
+            raise Conflict(f"run {run_id} is a {run.kind.value} run; rasters need a train run")
+        run_dir = self.data.run_dir(run_id)
+        weights = "final" if (run_dir / "artifacts" / "weights_final.npz").exists() else "last"
+        if weights == "last" and not (run_dir / "checkpoints" / "last.pt").exists():
+            raise Conflict(f"run {run_id} has no weights yet (no finished epoch)")
+        for name, factor in (("ei_factor", ei_factor), ("ie_factor", ie_factor)):
+            if not 0.0 <= factor <= 100.0:
+                raise InvalidRequest(name, f"must be in [0, 100], got {factor}")
+        try:
+            return spike_raster(run_dir, sample, weights, ei_factor, ie_factor)
+        except IndexError as exc:
+            raise InvalidRequest("sample", str(exc)) from exc
+
     # --- analyses -------------------------------------------------------------------
     def submit_analysis(self, run_id: str, name: str, params: dict[str, Any]) -> Run:
         source = self.store.get_run(run_id)

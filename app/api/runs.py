@@ -11,8 +11,8 @@ from fastapi.responses import FileResponse, PlainTextResponse
 from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import Authorized, JobServiceDep
-from app.api.schemas import (AnalysisCreate, ArtifactPublic, ArtifactsPublic, MetricsPublic, RunCreate,
-                             RunPublic, RunsPublic)
+from app.api.schemas import (AnalysisCreate, ArtifactPublic, ArtifactsPublic, MetricsPublic, RasterPublic,
+                             RunCreate, RunPublic, RunsPublic)
 from jobs.models import InvalidRequest, RunKind, RunState
 
 router = APIRouter(prefix="/runs", tags=["runs"])
@@ -98,6 +98,16 @@ def delete_run(run_id: RunId, jobs: JobServiceDep) -> Response:
 def submit_analysis(run_id: RunId, body: AnalysisCreate, jobs: JobServiceDep) -> RunPublic:
     """Queue an analysis (e.g. coupling_sweep) of a succeeded train run."""
     return RunPublic.of(jobs.submit_analysis(run_id, body.name, body.params))
+
+
+@router.get("/{run_id}/raster")
+def get_raster(run_id: RunId, jobs: JobServiceDep, sample: Annotated[int, Query(ge=0, le=100_000)] = 0,
+               ei_factor: Annotated[float, Query(ge=0, le=100)] = 1.0,
+               ie_factor: Annotated[float, Query(ge=0, le=100)] = 1.0) -> RasterPublic:
+    """Simulate test image `sample` through the run's weights (W_ei, W_ie scaled by
+    the factors, as in the coupling sweep) and return its spikes and spectrum."""
+    with fields_under("query"):
+        return RasterPublic(**jobs.spike_raster(run_id, sample, ei_factor, ie_factor))
 
 
 @router.get("/{run_id}/artifacts")

@@ -89,6 +89,35 @@ class AnalysisCreate(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class SpectrumPublic(BaseModel):
+    freqs_hz: list[float]
+    power: list[float]
+    peak_hz: float
+    prominence: float
+
+
+class RasterPublic(BaseModel):
+    """One test image through a run's network: spike times per population, the E
+    population rate (1 ms bins) and its spectrum (null for trials under ~60 ms)."""
+    sample: int
+    label: int
+    t_ms: float
+    n_e: int
+    n_i: int
+    ei_factor: float
+    ie_factor: float
+    correct: bool
+    rate_e_hz: float
+    rate_i_hz: float
+    e_times_ms: list[float]
+    e_cells: list[int]
+    i_times_ms: list[float]
+    i_cells: list[int]
+    rate_time_ms: list[float]
+    population_rate_hz: list[float]
+    spectrum: SpectrumPublic | None
+
+
 class ArtifactPublic(BaseModel):
     name: str
     size_bytes: int

@@ -81,6 +81,13 @@ def test_analysis_needs_a_succeeded_train_run(http):
     assert response.status_code == 409 and "succeeded" in response.json()["detail"]
 
 
+def test_raster_of_an_untrained_run_is_409_and_bad_factors_422(http):
+    run = _submit(http)
+    assert http.get(f"/api/runs/{run['id']}/raster").status_code == 409
+    response = http.get(f"/api/runs/{run['id']}/raster", params={"ei_factor": -1})
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "ei_factor"]
+
+
 @pytest.mark.parametrize("name", ["../../spikeboard.db", "..%2F..%2Fspikeboard.db", "/etc/passwd",
                                   "checkpoints/../../other", "%2Fetc%2Fpasswd"])
 def test_artifacts_never_escape_the_run_folder(http, name):
