@@ -77,6 +77,10 @@ class JobService:
         self.store.get_run(run_id)  # 404 for an unknown run, not an empty list
         return self.store.metrics(run_id, after_epoch=after_epoch)
 
+    def last_epochs(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each run's latest epoch record (runs without one are absent)."""
+        return self.store.last_epochs(run_ids)
+
     def metrics_csv(self, run_id: str) -> str:
         rows = [flatten(r) for r in self.metrics(run_id)]
         columns = list(dict.fromkeys(k for row in rows for k in row)) or ["epoch"]

@@ -183,6 +183,16 @@ class RunStore:
                           (run_id, after_epoch))
         return [json.loads(r["record"]) for r in rows]
 
+    def last_epochs(self, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The latest stored epoch record of each run that has one (one query, for tables)."""
+        if not run_ids:
+            return {}
+        marks = ",".join("?" * len(run_ids))
+        rows = self._read(f"SELECT m.run_id, m.record FROM metrics m JOIN (SELECT run_id, MAX(epoch) AS epoch "
+                          f"FROM metrics WHERE run_id IN ({marks}) GROUP BY run_id) last "
+                          f"ON m.run_id = last.run_id AND m.epoch = last.epoch", tuple(run_ids))
+        return {r["run_id"]: json.loads(r["record"]) for r in rows}
+
     def changes_since(self, since: float) -> tuple[list[Run], list[tuple[str, float, dict]]]:
         """One cheap poll for everything a live view may need: runs that are
         unfinished or were created or finished at or after `since`, and the epochs

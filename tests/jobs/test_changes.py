@@ -31,3 +31,14 @@ def test_runs_reported_while_unfinished_and_once_finished_after_since(store: Run
     assert [(r.id, r.state) for r in runs] == [(run.id, RunState.SUCCEEDED)]
     runs, _ = store.changes_since(time.time() + 60)
     assert runs == []  # finished before `since`: nothing to redraw
+
+
+def test_last_epochs_gives_each_runs_latest_record(store: RunStore):
+    a = store.create_run(RunKind.TRAIN, {"epochs": 3})
+    b = store.create_run(RunKind.TRAIN, {"epochs": 3})
+    c = store.create_run(RunKind.TRAIN, {"epochs": 3})
+    for epoch in (1, 3, 2):
+        store.record_epoch(a.id, epoch, {"epoch": epoch})
+    store.record_epoch(b.id, 1, {"epoch": 1})
+    assert store.last_epochs([a.id, b.id, c.id]) == {a.id: {"epoch": 3}, b.id: {"epoch": 1}}
+    assert store.last_epochs([]) == {}
