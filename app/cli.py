@@ -71,7 +71,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.server import serve
 
-    serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token)
+    serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
+          executor=args.executor, ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu)
     return 0
 
 
@@ -103,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default="spikeboard-data")
     serve.add_argument("--workers", type=int, default=1, help="runs executed at once")
     serve.add_argument("--token", default=None, help="bearer token required by mutating endpoints")
+    serve.add_argument("--executor", choices=("local", "ray"), default=None,
+                       help="local subprocesses (default) or one Ray task per run")
+    serve.add_argument("--ray-address", default=None,
+                       help="Ray cluster to join (auto, HOST:PORT, ray://HOST:PORT); default: a local Ray instance")
+    serve.add_argument("--runs-per-gpu", type=int, default=None,
+                       help="runs sharing each GPU on a CUDA box (local executor; default 1)")
 
     sub.add_parser("bench", help="benchmark reference vs fast engine (see --help after bench)", add_help=False)
     return parser

@@ -22,7 +22,8 @@ def build_services(settings: Settings) -> Services:
     store = RunStore(data.db_path)
     executor = make_executor(settings.executor, data_dir=data.root, slots=settings.workers,
                              threads_per_run=settings.threads_per_run, grace_s=settings.cancel_grace_s,
-                             use_gpus=settings.use_gpus)
+                             use_gpus=settings.use_gpus, runs_per_gpu=settings.runs_per_gpu,
+                             ray_address=settings.ray_address)
     scheduler = Scheduler(store, executor, stale_after_s=settings.stale_after_s,
                           grace_s=settings.cancel_grace_s)
     jobs = JobService(store, data, cancel_worker=scheduler.cancel)

@@ -19,14 +19,18 @@ from app.settings import Settings
 log = logging.getLogger("app.server")
 
 
-def serve(host: str, port: int, data_dir: str, workers: int, token: str | None) -> None:
-    settings = Settings.from_env(host=host, port=port, data_dir=data_dir, workers=workers, token=token)
+def serve(host: str, port: int, data_dir: str, workers: int, token: str | None, *,
+          executor: str | None = None, ray_address: str | None = None, runs_per_gpu: int | None = None) -> None:
+    """Flags left None fall back to SPIKEBOARD_* variables, then the defaults."""
+    settings = Settings.from_env(host=host, port=port, data_dir=data_dir, workers=workers, token=token,
+                                 executor=executor, ray_address=ray_address, runs_per_gpu=runs_per_gpu)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not settings.is_loopback and settings.token is None:
         log.warning("serving on %s without a token: anyone who can reach this port can queue, cancel "
                     "and delete runs; pass --token (or SPIKEBOARD_TOKEN)", host)
     app = create_app(settings)
-    log.info("data in %s, %d worker slot(s)", settings.data_dir.resolve(), settings.workers)
+    log.info("data in %s, %s executor, %d worker slot(s)%s", settings.data_dir.resolve(), settings.executor,
+             settings.workers, f" at Ray {settings.ray_address}" if settings.ray_address else "")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 
@@ -38,8 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--token", default=None)
+    parser.add_argument("--executor", default=None)
+    parser.add_argument("--ray-address", default=None)
+    parser.add_argument("--runs-per-gpu", type=int, default=None)
     args = parser.parse_args(argv)
-    serve(args.host, args.port, args.data_dir, args.workers, args.token)
+    serve(args.host, args.port, args.data_dir, args.workers, args.token, executor=args.executor,
+          ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,34 @@
 """Executors start and stop worker processes; the store stays the source of truth.
 
-`LocalExecutor` runs one subprocess per run. A Ray executor would implement the
-same `Executor` protocol (submit / cancel / poll / is_alive / free_slots /
-shutdown), import ray lazily, and launch `jobs.worker.main` as a remote task;
-it is not written yet, and `make_executor` refuses the name rather than pretend.
+`LocalExecutor` runs one subprocess per run on this machine; `RayExecutor` runs
+each run as a Ray task (ray imported only when one is built). Both implement the
+`Executor` protocol (submit / cancel / poll / is_alive / free_slots / shutdown)
+and launch the same worker, `python -m jobs.worker`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from jobs.executors.base import Executor, Exited
 from jobs.executors.local import LocalExecutor
 
-__all__ = ["Executor", "Exited", "LocalExecutor", "make_executor"]
+__all__ = ["EXECUTORS", "Executor", "Exited", "LocalExecutor", "make_executor"]
+
+EXECUTORS = ("local", "ray")
 
 
-def make_executor(name: str, **options) -> Executor:
+def make_executor(name: str, *, data_dir: str | Path, slots: int = 1, threads_per_run: int = 1,
+                  grace_s: float = 3.0, use_gpus: bool = True, runs_per_gpu: int = 1,
+                  ray_address: str | None = None) -> Executor:
+    """`slots` is the number of runs at once: on this machine's CPU for local
+    (its GPUs decide on a CUDA box), on the cluster for Ray."""
     if name == "local":
-        return LocalExecutor(**options)
-    raise ValueError(f"executor {name!r} is not available (only 'local'; a Ray executor is planned)")
+        return LocalExecutor(data_dir, slots=slots, threads_per_run=threads_per_run, grace_s=grace_s,
+                             use_gpus=use_gpus, runs_per_gpu=runs_per_gpu)
+    if name == "ray":
+        from jobs.executors.ray import RayExecutor
+
+        return RayExecutor(data_dir, address=ray_address, slots=slots, threads_per_run=threads_per_run,
+                           grace_s=grace_s)
+    raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {name!r}")

@@ -1,4 +1,4 @@
-"""One subprocess per run, N slots; on a CUDA box one slot per GPU."""
+"""One subprocess per run, N slots; on a CUDA box `runs_per_gpu` slots per GPU."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from jobs.executors.base import Exited
+from jobs.executors.launch import cuda_index, repo_root, worker_argv, worker_env
 from jobs.models import Run
-from jobs.worker import THREADS_ENV
 
 log = logging.getLogger("jobs.executors.local")
 
@@ -33,23 +33,26 @@ class _Worker:
     kill_at: float | None = field(default=None)
 
 
-def detect_slots(cpu_slots: int) -> list[Slot]:
-    """One slot per visible GPU where there are GPUs, else `cpu_slots` CPU slots.
-    torch is imported here, lazily, so building the server does not pay for it."""
+def detect_slots(cpu_slots: int, runs_per_gpu: int = 1) -> list[Slot]:
+    """`runs_per_gpu` slots per visible GPU where there are GPUs (several small
+    runs share a GPU when its memory holds them: the operator's call, from the
+    peak memory `spikeboard bench --device cuda` reports), else `cpu_slots` CPU
+    slots. torch is imported here, lazily, so building the server does not pay for it."""
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if gpus:
-        return [Slot(i, i) for i in range(gpus)]
+        return [Slot(i, i // runs_per_gpu) for i in range(gpus * runs_per_gpu)]
     return [Slot(i, None) for i in range(max(0, cpu_slots))]
 
 
 class LocalExecutor:
     def __init__(self, data_dir: str | Path, *, slots: int = 1, threads_per_run: int = 1,
-                 grace_s: float = 3.0, use_gpus: bool = True, python: str = sys.executable):
+                 grace_s: float = 3.0, use_gpus: bool = True, runs_per_gpu: int = 1,
+                 python: str = sys.executable):
         self.data_dir = Path(data_dir)
         self.threads_per_run, self.grace_s, self.python = threads_per_run, grace_s, python
-        self._cpu_slots, self._use_gpus = slots, use_gpus
+        self._cpu_slots, self._use_gpus, self._runs_per_gpu = slots, use_gpus, runs_per_gpu
         self._slots: list[Slot] | None = None
         self._workers: dict[str, _Worker] = {}
 
@@ -57,7 +60,7 @@ class LocalExecutor:
         if self._cpu_slots == 0:
             return []  # a queue-only server: runs wait for a server with slots
         if self._slots is None:
-            self._slots = (detect_slots(self._cpu_slots) if self._use_gpus
+            self._slots = (detect_slots(self._cpu_slots, self._runs_per_gpu) if self._use_gpus
                            else [Slot(i, None) for i in range(max(0, self._cpu_slots))])
         return self._slots
 
@@ -65,24 +68,36 @@ class LocalExecutor:
         return len(self._all_slots()) - len(self._workers)
 
     def submit(self, run: Run) -> None:
-        busy = {w.slot.index for w in self._workers.values()}
-        slot = next(s for s in self._all_slots() if s.index not in busy)
+        pinned = cuda_index(run.config)
+        slot = self._pick_slot(pinned)
         process = subprocess.Popen(
-            [self.python, "-m", "jobs.worker", str(self.data_dir), run.id, str(run.attempt)],
-            env=self._env(slot), cwd=_repo_root(),
+            worker_argv(self.python, self.data_dir, run.id, run.attempt),
+            env=self._env(slot, pinned), cwd=repo_root(),
             # Own session: a Ctrl-C on the server's terminal must not kill workers
             # mid-write; they stop through SIGTERM (shutdown) or their parent-death signal.
             start_new_session=True)
         self._workers[run.id] = _Worker(run.id, run.attempt, slot, process)
         log.info("run %s attempt %d started as pid %d in slot %d", run.id, run.attempt, process.pid, slot.index)
 
-    def _env(self, slot: Slot) -> dict[str, str]:
-        env = dict(os.environ)
-        threads = str(self.threads_per_run)
-        env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, **{THREADS_ENV: threads})
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_repo_root(), env.get("PYTHONPATH")) if p)
-        if slot.cuda_device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = str(slot.cuda_device)
+    def _pick_slot(self, pinned_gpu: int | None) -> Slot:
+        """A free slot on the GPU running the fewest runs, so runs spread over the
+        GPUs before they share one. A run pinned to "cuda:N" takes a slot of GPU N
+        when one is free; if none is, it takes another slot and still runs on GPU N
+        (so servers should ask for "cuda" and let the executor place runs)."""
+        busy = [w.slot for w in self._workers.values()]
+        free = [s for s in self._all_slots() if s not in busy]
+        on_pinned = [s for s in free if pinned_gpu is not None and s.cuda_device == pinned_gpu]
+        return (on_pinned or sorted(free, key=lambda s: sum(b.cuda_device == s.cuda_device for b in busy)))[0]
+
+    def _env(self, slot: Slot, pinned_gpu: int | None = None) -> dict[str, str]:
+        env = worker_env(os.environ, self.threads_per_run)
+        # "cuda" means cuda:0 of what the worker sees: show it its slot's GPU only.
+        # A run pinned to "cuda:N" keeps the server's view, so that N is the GPU it named.
+        if slot.cuda_device is not None and pinned_gpu is None:
+            # slot GPUs index what the server sees, which may itself be masked
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            env["CUDA_VISIBLE_DEVICES"] = (visible.split(",")[slot.cuda_device] if visible
+                                           else str(slot.cuda_device))
         return env
 
     def cancel(self, run_id: str) -> bool:
@@ -130,7 +145,3 @@ def _signal(process: subprocess.Popen, signum: int) -> None:
         process.send_signal(signum)
     except ProcessLookupError:
         pass  # already gone
-
-
-def _repo_root() -> str:
-    return str(Path(__file__).resolve().parents[2])

@@ -172,13 +172,6 @@ def test_one_slot_per_gpu_with_its_device_visible(data, monkeypatch):
     assert "CUDA_VISIBLE_DEVICES" not in cpu_only._env(cpu_only._all_slots()[0])
 
 
-def test_only_the_local_executor_exists_yet(data):
-    from jobs.executors import make_executor
-
-    with pytest.raises(ValueError, match="ray"):
-        make_executor("ray", data_dir=data.root)
-
-
 def test_shutdown_gives_running_runs_back_to_the_queue(tmp_path, data):
     import asyncio
 

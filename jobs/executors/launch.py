@@ -1,0 +1,37 @@
+"""How any executor starts the worker: the command line and its environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping
+
+from jobs.worker import THREADS_ENV
+
+
+def repo_root() -> str:
+    return str(Path(__file__).resolve().parents[2])
+
+
+def worker_argv(python: str, data_dir: str | Path, run_id: str, attempt: int) -> list[str]:
+    return [python, "-m", "jobs.worker", str(data_dir), run_id, str(attempt)]
+
+
+def worker_env(environ: Mapping[str, str], threads: int) -> dict[str, str]:
+    """The parent's environment with the thread limits (so N workers do not
+    oversubscribe the cores) and this checkout importable as `jobs`."""
+    env = dict(environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **{THREADS_ENV: str(threads)})
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root(), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def cuda_index(config: Mapping) -> int | None:
+    """N for a run pinned to "cuda:N"; None for "cuda" (any GPU) and the CPU."""
+    device = str(config.get("device", "cpu"))
+    index = device.partition("cuda:")[2]
+    return int(index) if device.startswith("cuda:") and index.isdigit() else None
+
+
+def wants_gpu(config: Mapping) -> bool:
+    return str(config.get("device", "cpu")).startswith("cuda")
