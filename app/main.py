@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     app.include_router(api_router, prefix="/api")
-    # The Panel dashboard mounts here, on the same services (no second code path):
-    #     from app.dashboard import mount_dashboard; mount_dashboard(app, services)
+    from app.dashboard import mount_dashboard
+
+    mount_dashboard(app, services)  # after the API, whose routes it must not shadow
     return app

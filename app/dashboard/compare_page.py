@@ -1,0 +1,174 @@
+"""Compare: selected runs overlaid (e.g. PING vs COBA, three seeds each):
+trajectories, per-cell rate histograms, the spike budget and the seed table."""
+
+from __future__ import annotations
+
+import html
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from app.api.deps import Services
+from app.dashboard import layout, plots
+from app.dashboard.live import LiveFeed, News
+from engine.convergence import summarise
+from jobs.models import JobsError, Run, RunKind
+
+MAX_RUNS = 24
+ARCH_COLORS = {"ping": plots.E_COLOR, "coba": "#dd6b20"}
+DASHES = ("solid", "dashed", "dotted", "dotdash", "dashdot")
+
+
+def run_label(run: Run) -> str:
+    return f"{run.config.get('arch', '?').upper()} seed {run.config.get('seed')} · {run.id[:6]}"
+
+
+def spike_budget(run: Run, last: dict) -> dict:
+    """MODEL.md "Spike budget": E, I, E + I and the population-weighted per-cell total."""
+    n_e, n_i = run.config["n_e"], run.config["n_i"]
+    r_e, r_i = last["rate_e_hz"], last["rate_i_hz"]
+    return {"E": r_e, "I": r_i, "E + I": r_e + r_i, "per-cell total": (n_e * r_e + n_i * r_i) / (n_e + n_i)}
+
+
+class ComparePage(param.Parameterized):
+    version = param.Integer(default=0, doc="bumped when any compared run gains epochs")
+
+    def __init__(self, services: Services, feed: LiveFeed, runs: list[Run], **params):
+        super().__init__(**params)
+        self.jobs, self.runs = services.jobs, runs
+        self.records = {run.id: self.jobs.metrics(run.id) for run in runs}
+        self.seed_table = pn.widgets.Tabulator(self._seed_frame(), show_index=False, disabled=True,
+                                               sizing_mode="stretch_width", layout="fit_data_stretch")
+        if pn.state.curdoc:
+            key = feed.subscribe(pn.state.curdoc, self._on_news)
+            pn.state.on_session_destroyed(lambda _ctx: feed.unsubscribe(key))
+
+    def _on_news(self, news: News) -> None:
+        changed = False
+        for run in self.runs:
+            fresh = [r for r in news.epochs.get(run.id, []) if r["epoch"] > len(self.records[run.id])]
+            if fresh:
+                self.records[run.id] = self.records[run.id] + fresh
+                changed = True
+        if changed:
+            self.version += 1
+            self.seed_table.value = self._seed_frame()
+
+    def _style(self, index: int, run: Run) -> dict:
+        same_arch = [r for r in self.runs[:index] if r.config.get("arch") == run.config.get("arch")]
+        color = ARCH_COLORS.get(run.config.get("arch"), plots.SERIES_COLORS[index % len(plots.SERIES_COLORS)])
+        return {"color": color, "line_dash": DASHES[len(same_arch) % len(DASHES)]}
+
+    # --- tables ------------------------------------------------------------------------
+    def _seed_frame(self) -> pd.DataFrame:
+        rows = []
+        for run in self.runs:
+            records = self.records[run.id]
+            row = {"run": run.id, "arch": run.config.get("arch"), "seed": run.config.get("seed"),
+                   "epochs": len(records), "state": run.state.value}
+            if records:
+                s = summarise(records)
+                row.update({"final acc (%)": s["final"]["test_acc"], "final E rate (Hz)": s["final"]["rate_e_hz"],
+                            "final I rate (Hz)": s["final"]["rate_i_hz"],
+                            "acc slope (pp/ep)": s["slopes"]["test_acc_pp_per_epoch"],
+                            "E-rate slope (Hz/ep)": s["slopes"]["rate_e_hz_per_epoch"],
+                            "acc converged": s["converged"]["test_acc"],
+                            "rate converged": s["converged"]["rate_e"]})
+            rows.append(row)
+        return pd.DataFrame(rows).round(3)
+
+    def _budget_frame(self) -> pd.DataFrame:
+        rows = [{"run": run_label(run), "measure": measure, "rate (Hz)": value}
+                for run in self.runs if self.records[run.id]
+                for measure, value in spike_budget(run, self.records[run.id][-1]).items()]
+        return pd.DataFrame(rows, columns=["run", "measure", "rate (Hz)"])
+
+    def _trajectory_frame(self) -> pd.DataFrame:
+        frames = [plots.metrics_frame(self.records[run.id]).assign(run=run.id) for run in self.runs]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    # --- figures -----------------------------------------------------------------------
+    def _overlay(self, column: str, ylabel: str, title: str) -> hv.Overlay:
+        layers = []
+        for index, run in enumerate(self.runs):
+            frame = plots.metrics_frame(self.records[run.id])
+            data = frame[["epoch", column]] if column in frame else pd.DataFrame({"epoch": [], column: []})
+            layers.append(hv.Curve(data.rename(columns={column: ylabel}), "epoch", ylabel, label=run_label(run))
+                          .opts(line_width=2, tools=["hover"], **self._style(index, run)))
+        return hv.Overlay(layers).opts(title=title, legend_position="bottom_right", **plots.BASE)
+
+    @param.depends("version")
+    def accuracy(self):
+        return self._overlay("test_acc", "test accuracy (%)", "Test accuracy")
+
+    @param.depends("version")
+    def rate_e(self):
+        return self._overlay("rate_e_hz", "E rate (Hz)", "E rate")
+
+    @param.depends("version")
+    def rate_i(self):
+        return self._overlay("rate_i_hz", "I rate (Hz)", "I rate")
+
+    @param.depends("version")
+    def loss(self):
+        return self._overlay("test_loss", "test loss", "Test loss")
+
+    def _cell_rates(self, population: str) -> dict[str, np.ndarray]:
+        samples = {}
+        for run in self.runs:
+            try:
+                with np.load(self.jobs.artifact_path(run.id, "artifacts/rates.npz")) as data:
+                    samples[run_label(run)] = data[f"rate_{population.lower()}_hz"]
+            except JobsError:
+                continue  # unfinished runs have no per-cell rates yet
+        return samples
+
+    def cell_rates(self, population: str):
+        return plots.histograms(self._cell_rates(population), [run_label(r) for r in self.runs], title=f"Per-cell {population} rates (final)",
+                                xlabel="rate (Hz)", bins=30)
+
+    @param.depends("version")
+    def budget(self):
+        frame = self._budget_frame()
+        return hv.Bars(frame, ["measure", "run"], "rate (Hz)").opts(
+            title="Spike budget (final epoch, test set)", tools=["hover"], multi_level=True,
+            xrotation=0, cmap="Category10", color="run", show_legend=False, **{**plots.BASE, "height": 320})
+
+    # --- view --------------------------------------------------------------------------
+    def view(self) -> pn.Column:
+        f = lambda method, name, frame: plots.figure_panel(hv.DynamicMap(method), method, frame, name)  # noqa: E731
+        trajectories = self._trajectory_frame
+        grid = lambda *items: pn.GridBox(*items, ncols=2, sizing_mode="stretch_width")  # noqa: E731
+        rates = {p: (lambda p=p: self.cell_rates(p)) for p in ("E", "I")}
+        hist_frame = {p: (lambda p=p: plots.histogram_frame(self._cell_rates(p))) for p in ("E", "I")}
+        links = " · ".join(f'<a href="/run?id={r.id}">{html.escape(run_label(r))}</a>' for r in self.runs)
+        return layout.page(
+            f"Compare {len(self.runs)} runs", "/compare",
+            layout.section("Runs", pn.pane.HTML(f"<p>{links}</p>"), self.seed_table),
+            layout.section("Trajectories", grid(
+                f(self.accuracy, "compare-accuracy", trajectories), f(self.loss, "compare-loss", trajectories),
+                f(self.rate_e, "compare-rate-e", trajectories), f(self.rate_i, "compare-rate-i", trajectories))),
+            layout.section("Rates and spike budget", grid(
+                plots.figure_panel(rates["E"](), rates["E"], hist_frame["E"], "compare-cell-rates-e"),
+                plots.figure_panel(rates["I"](), rates["I"], hist_frame["I"], "compare-cell-rates-i")),
+                f(self.budget, "compare-spike-budget", self._budget_frame)))
+
+
+def create(services: Services, feed: LiveFeed) -> pn.Column:
+    wanted = [i for i in (layout.query_param("runs") or "").split(",") if i][:MAX_RUNS]
+    runs = []
+    for run_id in wanted:
+        try:
+            run = services.jobs.get_run(run_id)
+        except JobsError:
+            continue
+        if run.kind is RunKind.TRAIN:
+            runs.append(run)
+    if not runs:
+        return layout.page("Compare runs", "/compare", layout.section("Pick runs first", pn.pane.HTML(
+            '<p>Tick two or more runs on the <a href="/">Runs</a> page and press <b>Compare selected</b> '
+            "(or open <code>/compare?runs=ID,ID,...</code>).</p>")))
+    return ComparePage(services, feed, runs).view()

@@ -1,0 +1,194 @@
+"""Coupling sweep: the W_ei x W_ie heatmap of a trained run, filling in live as
+the sweep's cells finish; a click on a cell shows its raster and rates."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+
+import holoviews as hv
+import pandas as pd
+import panel as pn
+import param
+
+from app.api.deps import Services
+from app.dashboard import layout, plots
+from app.dashboard.live import LiveFeed, News
+from engine.analyses.coupling import DEFAULT_FACTORS
+from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
+
+ANALYSIS = "coupling_sweep"
+
+
+class CouplingPage(param.Parameterized):
+    metric = param.Selector(default="rate_total_hz", objects=list(plots.COUPLING_METRICS))
+    result = param.Dict(default={})
+    cell_raster = param.Dict(default=None, allow_None=True)
+
+    def __init__(self, services: Services, feed: LiveFeed, run: Run, analysis: Run | None, **params):
+        super().__init__(**params)
+        self.jobs, self.run, self.analysis = services.jobs, run, analysis
+        self.status = layout.status_line()
+        self.progress = pn.pane.HTML(margin=(0, 10))
+        self.cell_info = pn.pane.HTML('<p class="muted">Click a cell to see its raster.</p>',
+                                      sizing_mode="stretch_width")
+        self.factors = pn.widgets.TextInput(name="multipliers (both axes)", width=320,
+                                            value=", ".join(f"{f:g}" for f in DEFAULT_FACTORS))
+        self.samples = pn.widgets.IntInput(name="test images (0: all)", value=0, start=0, width=150)
+        self.launch_button = pn.widgets.Button(name="Run coupling sweep", button_type="primary", align="end")
+        self.launch_button.on_click(self.launch)
+        self._load()
+        if pn.state.curdoc:
+            key = feed.subscribe(pn.state.curdoc, self._on_news)
+            pn.state.on_session_destroyed(lambda _ctx: feed.unsubscribe(key))
+
+    # --- data --------------------------------------------------------------------------
+    def _load(self) -> None:
+        if self.analysis is None:
+            self.result, self.progress.object = {}, '<p class="muted">No sweep of this run yet: launch one.</p>'
+            return
+        try:
+            self.result = json.loads(self.jobs.artifact_path(self.analysis.id, "result.json").read_text())
+        except (JobsError, json.JSONDecodeError):
+            self.result = {}
+        done, total = len(self.result.get("cells", [])), self.result.get("total") or "?"
+        self.progress.object = (f"<p>Sweep <a href=\"/run?id={self.analysis.id}\">{self.analysis.id}</a>: "
+                                f"<b>{self.analysis.state.value}</b>, {done} of {total} cells</p>")
+
+    def _on_news(self, news: News) -> None:
+        if self.analysis is not None and self.analysis.id in news.runs:
+            self.analysis = news.runs[self.analysis.id]
+            self._load()
+
+    def _factors(self) -> list[float]:
+        return self.result.get("factors") or self.result.get("params", {}).get("factors") or []
+
+    def _frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.result.get("cells", []))
+
+    # --- actions -----------------------------------------------------------------------
+    def launch(self, _event=None) -> None:
+        try:
+            factors = [float(x) for x in self.factors.value.replace(";", ",").split(",") if x.strip()]
+        except ValueError:
+            layout.say(self.status, "Multipliers must be numbers separated by commas.", "danger")
+            return
+        params = {"factors": factors, "samples": self.samples.value or None}
+        try:
+            self.analysis = self.jobs.submit_analysis(self.run.id, ANALYSIS, params)
+        except InvalidRequest as exc:
+            layout.say(self.status, f"Not launched: {exc.field} {exc.message}", "danger")
+            return
+        except JobsError as exc:
+            layout.say(self.status, f"Not launched: {exc}", "danger")
+            return
+        layout.say(self.status, f"Queued coupling sweep {self.analysis.id}; cells appear as they finish.")
+        self.cell_raster = None
+        self._load()
+
+    async def show_cell(self, x=None, y=None) -> None:
+        """A tapped cell: its rates and accuracy, then its raster (simulated now)."""
+        if x is None or y is None:
+            return
+        cell = next((c for c in self.result.get("cells", [])
+                     if plots.factor_label(c["ei_factor"]) == str(x)
+                     and plots.factor_label(c["ie_factor"]) == str(y)), None)
+        if cell is None:
+            return
+        self.cell_info.object = (
+            f"<p>W_ei × <b>{cell['ei_factor']:g}</b>, W_ie × <b>{cell['ie_factor']:g}</b>: "
+            f"total {cell['rate_total_hz']:.2f} Hz (E {cell['rate_e_hz']:.2f} | I {cell['rate_i_hz']:.2f}), "
+            f"accuracy {cell['test_acc']:.1f} % — simulating test image 0…</p>")
+        try:
+            self.cell_raster = await asyncio.to_thread(self.jobs.spike_raster, self.run.id, 0,
+                                                       cell["ei_factor"], cell["ie_factor"])
+        except JobsError as exc:
+            layout.say(self.status, f"No raster: {exc}", "warning")
+            return
+        self.cell_info.object = self.cell_info.object.replace("simulating test image 0…", "raster of test image 0:")
+
+    # --- figures -----------------------------------------------------------------------
+    @param.depends("result", "metric")
+    def heatmap(self):
+        return plots.coupling_heatmap(self.result.get("cells", []), self._factors(), self.metric)
+
+    @param.depends("result")
+    def diagonal(self):
+        return plots.coupling_diagonal(self.result.get("cells", []))
+
+    @param.depends("cell_raster")
+    def raster(self):
+        return plots.raster(self.cell_raster)
+
+    @param.depends("cell_raster")
+    def population_rate(self):
+        return plots.population_rate(self.cell_raster)
+
+    # --- view --------------------------------------------------------------------------
+    def view(self) -> pn.Column:
+        heatmap = hv.DynamicMap(self.heatmap)
+        tap = hv.streams.Tap(source=heatmap)
+        tap.add_subscriber(lambda x, y: pn.state.execute(lambda: self.show_cell(x, y)))
+        metric = pn.widgets.RadioButtonGroup.from_param(
+            self.param.metric, options={label: key for key, label in plots.COUPLING_METRICS.items()},
+            button_type="default")
+        source = (f'<p>Trained run <a href="/run?id={self.run.id}">{self.run.id}</a> '
+                  f'({html.escape(str(self.run.config.get("arch", "")).upper())}, seed {self.run.config.get("seed")}).'
+                  " The star marks the trained coupling (1, 1); hover a cell for all its numbers.</p>")
+        return layout.page(
+            "Coupling sweep", "/coupling",
+            layout.section("Sweep", pn.pane.HTML(source),
+                           pn.Row(self.factors, self.samples, self.launch_button), self.progress),
+            layout.section("W_ei × W_ie", pn.Row(pn.pane.HTML("<b>colour:</b>", align="center"), metric),
+                           plots.figure_panel(heatmap, self.heatmap, self._frame, f"{self.run.id}-coupling")),
+            pn.Row(layout.section("Diagonal", plots.figure_panel(hv.DynamicMap(self.diagonal), self.diagonal,
+                                                                 self._diagonal_frame, f"{self.run.id}-diagonal")),
+                   layout.section("Selected cell", self.cell_info,
+                                  plots.figure_panel(hv.DynamicMap(self.raster), self.raster,
+                                                     lambda: plots.raster_frame(self.cell_raster),
+                                                     f"{self.run.id}-cell-raster"),
+                                  plots.figure_panel(hv.DynamicMap(self.population_rate), self.population_rate,
+                                                     self._rate_frame, f"{self.run.id}-cell-rate")),
+                   sizing_mode="stretch_width"),
+            status=self.status)
+
+    def _diagonal_frame(self) -> pd.DataFrame:
+        frame = self._frame()
+        return frame[frame["ei_factor"] == frame["ie_factor"]] if not frame.empty else frame
+
+    def _rate_frame(self) -> pd.DataFrame:
+        r = self.cell_raster or {"rate_time_ms": [], "population_rate_hz": []}
+        return pd.DataFrame({"time_ms": r["rate_time_ms"], "rate_hz": r["population_rate_hz"]})
+
+
+def _latest_sweep(services: Services, run_id: str) -> Run | None:
+    analyses, _ = services.jobs.list_runs(kind=RunKind.ANALYSIS, limit=1000)
+    sweeps = [a for a in analyses if a.source_run_id == run_id and a.config.get("name") == ANALYSIS]
+    return sweeps[0] if sweeps else None  # newest first
+
+
+def _picker(services: Services) -> pn.Column:
+    runs, _ = services.jobs.list_runs(kind=RunKind.TRAIN, state=RunState.SUCCEEDED, limit=200)
+    links = "".join(f'<li><a href="/coupling?run={r.id}">{r.id}</a> · {r.config.get("arch")} seed '
+                    f'{r.config.get("seed")} · {r.n_epochs} epochs</li>' for r in runs)
+    body = f"<p>Pick a finished training run:</p><ul>{links}</ul>" if runs else \
+        '<p>No finished training run yet: launch one on the <a href="/">Runs</a> page.</p>'
+    return layout.page("Coupling sweep", "/coupling", layout.section("Which run?", pn.pane.HTML(body)))
+
+
+def create(services: Services, feed: LiveFeed) -> pn.Column:
+    run_id, analysis_id = layout.query_param("run"), layout.query_param("analysis")
+    try:
+        run = services.jobs.get_run(run_id or "")
+    except JobsError:
+        return _picker(services)
+    if run.kind is not RunKind.TRAIN:
+        return _picker(services)
+    analysis = None
+    if analysis_id:
+        try:
+            analysis = services.jobs.get_run(analysis_id)
+        except JobsError:
+            analysis = None
+    return CouplingPage(services, feed, run, analysis or _latest_sweep(services, run.id)).view()

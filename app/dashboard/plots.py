@@ -1,0 +1,212 @@
+"""HoloViews figures of the dashboard: pure functions from data to elements.
+
+Every page builds its plots here, so a figure looks the same wherever it
+appears; `figure_panel` wraps one with its PNG / SVG / CSV downloads.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Callable, Sequence
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+
+from jobs.service import flatten
+
+E_COLOR, I_COLOR, TOTAL_COLOR, ACC_COLOR = "#2b6cb0", "#c53030", "#4a5568", "#2f855a"
+SERIES_COLORS = ("#2b6cb0", "#c53030", "#2f855a", "#b7791f", "#6b46c1", "#2c7a7b", "#97266d", "#4a5568")
+HEIGHT = 260
+BASE = dict(responsive=True, height=HEIGHT, framewise=True, show_grid=True, fontscale=0.95)
+CURVE = dict(line_width=2, tools=["hover"])
+
+hv.extension("bokeh", logo=False)
+
+
+def metrics_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """One row per epoch; nested per-weight values become columns (w_norm.W_in, ...)."""
+    return pd.DataFrame([flatten(r) for r in records]) if records else pd.DataFrame({"epoch": []})
+
+
+def trajectories(df: pd.DataFrame, columns: dict[str, str], *, title: str, ylabel: str,
+                 colors: Sequence[str] = SERIES_COLORS, logy: bool = False) -> hv.Overlay:
+    """One line with markers per column against epoch; `columns` maps column -> legend label."""
+    layers = []
+    for (column, label), color in zip(columns.items(), colors):
+        data = df[["epoch", column]].dropna() if column in df else pd.DataFrame({"epoch": [], column: []})
+        data = data.rename(columns={column: ylabel})
+        layers.append(hv.Curve(data, "epoch", ylabel, label=label).opts(color=color, **CURVE))
+        layers.append(hv.Scatter(data, "epoch", ylabel, label=label).opts(color=color, size=5))
+    return hv.Overlay(layers).opts(title=title, legend_position="bottom_right", logy=logy, **BASE)
+
+
+def accuracy_vs_rate(df: pd.DataFrame) -> hv.Overlay:
+    """The study's trajectory: test accuracy against E rate, coloured by epoch; an
+    open circle marks epoch 1 and a star the last epoch."""
+    x, y = "rate_e_hz", "test_acc"
+    data = df[["epoch", x, y]] if x in df else pd.DataFrame({"epoch": [], x: [], y: []})
+    path = hv.Path([data[[x, y]].to_numpy()], kdims=[x, y]).opts(color="#a0aec0", line_width=1.5)
+    points = hv.Scatter(data, x, [y, "epoch"]).opts(color="epoch", cmap="viridis", size=8, colorbar=True,
+                                                    tools=["hover"], clabel="epoch")
+    first = hv.Scatter(data.iloc[:1], x, y).opts(marker="circle", size=16, fill_alpha=0, line_color="black",
+                                                 line_width=2)
+    last = hv.Scatter(data.iloc[-1:], x, y).opts(marker="star", size=20, color="#d69e2e", line_color="black")
+    return (path * points * first * last).opts(
+        title="Accuracy vs E rate (○ epoch 1, ★ last)", xlabel="E rate (Hz)", ylabel="test accuracy (%)",
+        show_legend=False, **BASE)
+
+
+def histograms(samples: dict[str, np.ndarray], labels: Sequence[str], *, title: str, xlabel: str,
+               bins: int = 30, logy: bool = False, colors: Sequence[str] = SERIES_COLORS) -> hv.Overlay:
+    """Overlaid histograms on shared bin edges, one layer per label (empty when
+    `samples` lacks it, so a live plot keeps its shape). Log y draws step
+    outlines: bars cannot start at a log axis's zero."""
+    finite = {k: np.asarray(v, dtype=float)[np.isfinite(v)] for k, v in samples.items()}
+    values = np.concatenate(list(finite.values())) if finite else np.array([])
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    edges = np.linspace(low, high if high > low else low + 1.0, bins + 1)
+    layers = []
+    for label, color in zip(labels, colors):
+        counts = np.histogram(finite[label], edges)[0].astype(float) if label in finite else np.zeros(bins)
+        if logy:
+            centers = (edges[:-1] + edges[1:]) / 2
+            layers.append(hv.Curve((centers, np.where(counts > 0, counts, np.nan)), xlabel, "count", label=label)
+                          .opts(interpolation="steps-mid", color=color, line_width=2, tools=["hover"]))
+        else:
+            layers.append(hv.Histogram((edges, counts), kdims=[xlabel], vdims=["count"], label=label).opts(
+                fill_color=color, fill_alpha=0.45, line_color=color, tools=["hover"]))
+    return hv.Overlay(layers).opts(title=title, logy=logy, legend_position="top_right", **BASE)
+
+
+def histogram_frame(samples: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The values behind `histograms`, long form (series, value), for CSV."""
+    return pd.concat([pd.DataFrame({"series": label, "value": np.asarray(v, dtype=float)})
+                      for label, v in samples.items()], ignore_index=True) if samples else pd.DataFrame()
+
+
+def raster(data: dict | None) -> hv.Overlay:
+    """E cells below, I cells above them; spike times in ms."""
+    data = data or {"e_times_ms": [], "e_cells": [], "i_times_ms": [], "i_cells": [], "n_e": 0, "n_i": 0,
+                    "t_ms": 1.0}
+    title = f"Spike raster (test image {data['sample']}, label {data['label']})" if "sample" in data \
+        else "Spike raster (simulate a test image)"
+    e = hv.Scatter((data["e_times_ms"], data["e_cells"]), "time (ms)", "cell", label="E").opts(
+        color=E_COLOR, size=2, marker="square")
+    i_cells = np.asarray(data["i_cells"], dtype=int) + data["n_e"]
+    i = hv.Scatter((data["i_times_ms"], i_cells), "time (ms)", "cell", label="I").opts(
+        color=I_COLOR, size=2, marker="square")
+    return (e * i).opts(title=title, legend_position="top_right", xlim=(0, data["t_ms"]),
+                        ylim=(0, max(data["n_e"] + data["n_i"], 1)), **{**BASE, "height": 320})
+
+
+def raster_frame(data: dict | None) -> pd.DataFrame:
+    if not data:
+        return pd.DataFrame({"population": [], "time_ms": [], "cell": []})
+    return pd.concat([pd.DataFrame({"population": "E", "time_ms": data["e_times_ms"], "cell": data["e_cells"]}),
+                      pd.DataFrame({"population": "I", "time_ms": data["i_times_ms"], "cell": data["i_cells"]})],
+                     ignore_index=True)
+
+
+def population_rate(data: dict | None) -> hv.Curve:
+    data = data or {"rate_time_ms": [], "population_rate_hz": []}
+    return hv.Curve((data["rate_time_ms"], data["population_rate_hz"]), "time (ms)", "rate (Hz)").opts(
+        title="E population rate (1 ms bins)", color=E_COLOR, **CURVE, **BASE)
+
+
+def spectrum(data: dict | None) -> hv.Overlay:
+    """Power of the E population rate with the gamma peak marked."""
+    spec = (data or {}).get("spectrum")
+    title = "Spectrum of the E population rate" + (" (trial too short)" if data and not spec else "")
+    spec = spec or {"freqs_hz": [], "power": [], "peak_hz": 0.0, "prominence": 0.0}
+    curve = hv.Curve((spec["freqs_hz"], spec["power"]), "frequency (Hz)", "power").opts(color=E_COLOR, **CURVE)
+    shown = 1.0 if spec["power"] else 0.0
+    peak = hv.VLine(spec["peak_hz"]).opts(color="#d69e2e", line_dash="dashed", line_width=2, alpha=shown)
+    label = hv.Text(spec["peak_hz"], max(spec["power"], default=0.0) * 0.95,
+                    f" gamma peak {spec['peak_hz']:.0f} Hz, prominence {spec['prominence']:.1f}" if shown else "")
+    return (curve * peak * label.opts(text_align="left", text_font_size="9pt")).opts(title=title, **BASE)
+
+
+def spectrum_frame(data: dict | None) -> pd.DataFrame:
+    spec = (data or {}).get("spectrum") or {"freqs_hz": [], "power": []}
+    return pd.DataFrame({"frequency_hz": spec["freqs_hz"], "power": spec["power"]})
+
+
+# --- coupling sweep ----------------------------------------------------------------------
+COUPLING_METRICS = {"rate_total_hz": "total rate (Hz)", "rate_e_hz": "E rate (Hz)",
+                    "rate_i_hz": "I rate (Hz)", "test_acc": "accuracy (%)"}
+
+
+def factor_label(factor: float) -> str:
+    return f"{factor:g}"
+
+
+def coupling_heatmap(cells: list[dict], factors: Sequence[float], metric: str) -> hv.Overlay:
+    """W_ei multiplier across, W_ie multiplier up; each cell labelled
+    "total / (E | I)"; a star on the trained point (1, 1)."""
+    labels = [factor_label(f) for f in factors]
+    frame = pd.DataFrame(cells) if cells else pd.DataFrame(columns=["ei_factor", "ie_factor", *COUPLING_METRICS])
+    frame = frame.assign(W_ei=[factor_label(f) for f in frame["ei_factor"]],
+                         W_ie=[factor_label(f) for f in frame["ie_factor"]])
+    vdims = [metric] + [m for m in COUPLING_METRICS if m != metric]
+    heat = hv.HeatMap(frame, ["W_ei", "W_ie"], vdims).opts(
+        cmap="viridis" if metric == "test_acc" else "inferno", colorbar=True, clabel=COUPLING_METRICS[metric],
+        tools=["hover", "tap"], xlabel="W_ei multiplier (E→I)", ylabel="W_ie multiplier (I→E)",
+        line_color="white", line_width=1, nonselection_alpha=1.0)
+    text = [f"{c['rate_total_hz']:.1f}\n({c['rate_e_hz']:.1f} | {c['rate_i_hz']:.1f})" for c in cells]
+    label_frame = frame.assign(text=text)
+    cell_labels = hv.Labels(label_frame, ["W_ei", "W_ie"], "text").opts(
+        text_font_size="8pt", text_color="white")
+    trained = [("1", "1")] if "1" in labels else []
+    star = hv.Points(trained, ["W_ei", "W_ie"]).opts(marker="star", size=26, fill_color="#f6e05e",
+                                                     line_color="black", fill_alpha=0.9)
+    layers = [heat, cell_labels, star]
+    return hv.Overlay(layers).opts(
+        title=f"Coupling sweep: {COUPLING_METRICS[metric]} (labels: total (E | I) Hz)",
+        responsive=True, height=520, framewise=True)
+
+
+def coupling_diagonal(cells: list[dict]) -> hv.Overlay:
+    """Equal multipliers on both couplings: rates (left axis) and accuracy."""
+    diagonal = sorted((c for c in cells if c["ei_factor"] == c["ie_factor"]), key=lambda c: c["ei_factor"])
+    frame = pd.DataFrame(diagonal) if diagonal else pd.DataFrame(
+        columns=["ei_factor", *COUPLING_METRICS])
+    layers = []
+    for column, label, color in (("rate_total_hz", "total", TOTAL_COLOR), ("rate_e_hz", "E", E_COLOR),
+                                 ("rate_i_hz", "I", I_COLOR)):
+        data = frame[["ei_factor", column]].rename(columns={column: "rate (Hz)", "ei_factor": "multiplier"})
+        layers.append(hv.Curve(data, "multiplier", "rate (Hz)", label=label).opts(color=color, **CURVE))
+        layers.append(hv.Scatter(data, "multiplier", "rate (Hz)", label=label).opts(color=color, size=6))
+    acc = frame[["ei_factor", "test_acc"]].rename(columns={"ei_factor": "multiplier", "test_acc": "accuracy (%)"})
+    layers.append(hv.Curve(acc, "multiplier", "accuracy (%)", label="accuracy").opts(
+        color=ACC_COLOR, line_dash="dashed", **CURVE))
+    return hv.Overlay(layers).opts(title="Diagonal (W_ei = W_ie multiplier)", multi_y=True,
+                                   legend_position="top_left", **BASE)
+
+
+# --- exports -------------------------------------------------------------------------------
+def _image(build: Callable[[], hv.Element], fmt: str) -> io.BytesIO:
+    buffer = io.BytesIO()
+    # the same element drawn by matplotlib: Bokeh itself needs a browser to export
+    hv.save(build(), buffer, backend="matplotlib", fmt=fmt)
+    buffer.seek(0)
+    return buffer
+
+
+def _csv(frame: Callable[[], pd.DataFrame]) -> io.StringIO:
+    return io.StringIO(frame().to_csv(index=False))
+
+
+def figure_panel(plot, build: Callable[[], hv.Element], frame: Callable[[], pd.DataFrame], name: str,
+                 **layout) -> pn.Column:
+    """A plot with PNG / SVG / CSV downloads of what it currently shows."""
+    downloads = pn.Row(
+        *(pn.widgets.FileDownload(callback=cb, filename=f"{name}.{ext}", label=ext.upper(),
+                                  button_type="light", button_style="outline", width=64, height=30,
+                                  embed=False, css_classes=["export"])
+          for ext, cb in (("png", lambda: _image(build, "png")), ("svg", lambda: _image(build, "svg")),
+                          ("csv", lambda: _csv(frame)))),
+        align="end", margin=(0, 5))
+    return pn.Column(pn.pane.HoloViews(plot, sizing_mode="stretch_width", linked_axes=False), downloads,
+                     css_classes=["figure"], sizing_mode="stretch_width", **layout)

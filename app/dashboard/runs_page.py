@@ -1,0 +1,218 @@
+"""Runs: every run and sweep with live state, the launch form, and actions."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import panel as pn
+import param
+
+from app.api.deps import Services
+from app.dashboard import layout
+from app.dashboard.config_form import ConfigForm
+from app.dashboard.live import LiveFeed, News
+from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
+
+MAX_ROWS = 5000  # newest first; older runs stay reachable through the API's paging
+COLUMNS = ["id", "kind", "state", "progress", "epochs", "arch", "seed", "tier", "size", "test_acc",
+           "rate_e_hz", "created", "sweep", "detail"]
+
+
+def run_row(run: Run, last: dict | None) -> dict:
+    config = run.config
+    train = run.kind is RunKind.TRAIN
+    size = f"{config.get('n_e')}/{config.get('n_i')}" if train else ""
+    error = (run.error or "").strip().splitlines()
+    detail = error[0][:100] if error else ("" if train else f"{config.get('name', '')} of {run.source_run_id}")
+    return {
+        "id": run.id, "kind": run.kind.value, "state": run.state.value,
+        "progress": round(100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress or 0.0)),
+        "epochs": f"{run.n_epochs}/{config.get('epochs', '')}" if train else "",
+        "arch": config.get("arch", ""), "seed": config.get("seed"), "tier": config.get("tier", ""),
+        "size": size, "test_acc": (last or {}).get("test_acc"), "rate_e_hz": (last or {}).get("rate_e_hz"),
+        "created": dt.datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M:%S"),
+        "sweep": run.sweep_id or "", "detail": detail,
+    }
+
+
+class RunsPage(param.Parameterized):
+    state = param.Selector(default="all", objects=["all", *(s.value for s in RunState)])
+    kind = param.Selector(default="all", objects=["all", *(k.value for k in RunKind)])
+    text = param.String(default="", doc="matches id, arch, tier, sweep")
+
+    def __init__(self, services: Services, feed: LiveFeed, **params):
+        super().__init__(**params)
+        self.jobs, self.feed = services.jobs, feed
+        self.status = layout.status_line()
+        self.form = ConfigForm()
+        self.table = pn.widgets.Tabulator(
+            self._frame(), pagination="remote", page_size=20, selectable="checkbox", show_index=False,
+            disabled=True, sizing_mode="stretch_width", height=640, layout="fit_data_stretch",
+            sorters=[{"field": "created", "dir": "desc"}],
+            formatters={"progress": {"type": "progress", "legend": True, "color": "#2b6cb0"},
+                        "id": {"type": "link", "urlPrefix": "/run?id=", "target": "_self"},
+                        "test_acc": {"type": "money", "precision": 1, "symbol": " %", "symbolAfter": True},
+                        "rate_e_hz": {"type": "money", "precision": 1, "symbol": " Hz", "symbolAfter": True}},
+            titles={"test_acc": "test acc", "rate_e_hz": "E rate", "size": "E/I"})
+        self.table.add_filter(pn.bind(self._filter, state=self.param.state, kind=self.param.kind,
+                                      text=self.param.text))
+        self.sweeps = pn.widgets.Tabulator(self._sweeps_frame(), show_index=False, disabled=True,
+                                           sizing_mode="stretch_width", height=220, layout="fit_data_stretch",
+                                           formatters={"compare": {"type": "link", "target": "_self",
+                                                                   "label": "compare"}})
+        pn.state.curdoc and self._follow()
+
+    # --- data --------------------------------------------------------------------------
+    def _frame(self) -> pd.DataFrame:
+        runs, _ = self.jobs.list_runs(limit=MAX_ROWS)
+        last = self.jobs.last_epochs([r.id for r in runs])
+        frame = pd.DataFrame([run_row(r, last.get(r.id)) for r in runs], columns=COLUMNS)
+        return frame.sort_values("created", kind="stable").reset_index(drop=True)
+
+    def _sweeps_frame(self) -> pd.DataFrame:
+        sweeps, _ = self.jobs.list_sweeps(limit=200)
+        return pd.DataFrame([{
+            "sweep": s.id, "state": s.state.value, "runs": len(s.run_ids),
+            "done": sum(c.finished for c in s.child_states),
+            "grid": ", ".join(f"{k}={v}" for k, v in s.grid.items()),
+            "created": dt.datetime.fromtimestamp(s.created_at).strftime("%Y-%m-%d %H:%M:%S"),
+            "compare": "/compare?runs=" + ",".join(s.run_ids)} for s in sweeps],
+            columns=["sweep", "state", "runs", "done", "grid", "created", "compare"])
+
+    @staticmethod
+    def _filter(frame: pd.DataFrame, state: str, kind: str, text: str) -> pd.DataFrame:
+        keep = pd.Series(True, index=frame.index)
+        if state != "all":
+            keep &= frame["state"] == state
+        if kind != "all":
+            keep &= frame["kind"] == kind
+        if text.strip():
+            needle = text.strip().lower()
+            keep &= frame[["id", "arch", "tier", "sweep", "detail"]].astype(str).apply(
+                lambda col: col.str.lower().str.contains(needle, regex=False)).any(axis=1)
+        return frame[keep]
+
+    # --- live --------------------------------------------------------------------------
+    def _follow(self) -> None:
+        key = self.feed.subscribe(pn.state.curdoc, self._on_news)
+        pn.state.on_session_destroyed(lambda _ctx: self.feed.unsubscribe(key))
+
+    def _on_news(self, news: News) -> None:
+        if not news.runs and not news.epochs:
+            return
+        frame = self.table.value
+        index = {run_id: i for i, run_id in enumerate(frame["id"])}
+        ids = set(news.runs) | set(news.epochs)
+        last = self.jobs.last_epochs([i for i in ids if i in index or i in news.runs])
+        patches: dict[str, list] = {}
+        fresh = []
+        for run_id in ids:
+            run = news.runs.get(run_id)
+            if run is None:
+                try:
+                    run = self.jobs.get_run(run_id)
+                except JobsError:
+                    continue
+            row = run_row(run, last.get(run_id))
+            if run_id in index:
+                for column in ("state", "progress", "epochs", "test_acc", "rate_e_hz", "detail"):
+                    if frame.at[index[run_id], column] != row[column]:
+                        patches.setdefault(column, []).append((index[run_id], row[column]))
+            else:
+                fresh.append(row)
+        if patches:
+            self.table.patch(patches, as_index=True)
+        if fresh:
+            self.table.stream(pd.DataFrame(fresh, columns=COLUMNS).sort_values("created"), follow=False)
+        if fresh or any(r.sweep_id for r in news.runs.values()):
+            self.sweeps.value = self._sweeps_frame()
+
+    # --- actions -----------------------------------------------------------------------
+    def _selected(self) -> list[str]:
+        return list(self.table.selected_dataframe["id"])
+
+    def launch(self, _event=None) -> None:
+        self.form.clear_errors()
+        try:
+            grid = self.form.sweep_grid()
+        except ValueError as exc:
+            self.form.show_error("sweep_grid", str(exc))
+            layout.say(self.status, "The sweep grid is not valid; see the field.", "danger")
+            return
+        try:
+            if grid is None:
+                run = self.jobs.submit_run(self.form.values())
+                message = f'Queued run <a href="/run?id={run.id}">{run.id}</a>.'
+            else:
+                sweep = self.jobs.submit_sweep(self.form.values(), grid)
+                message = f"Queued sweep {sweep.id} with {len(sweep.run_ids)} runs."
+        except InvalidRequest as exc:
+            shown = self.form.show_error(exc.field, exc.message)
+            layout.say(self.status, f"Not launched: {exc.field} {exc.message}" if not shown
+                       else "Not launched: a field needs attention (marked below).", "danger")
+            return
+        layout.say(self.status, message)  # the live feed adds the row within a tick
+
+    def _act(self, verb: str, action) -> None:
+        ids = self._selected()
+        if not ids:
+            layout.say(self.status, f"Select runs to {verb} (tick their boxes).", "warning")
+            return
+        done, refused = [], []
+        for run_id in ids:
+            try:
+                action(run_id)
+                done.append(run_id)
+            except JobsError as exc:
+                refused.append(f"{run_id}: {exc}")
+        message = f"{verb.capitalize()}: {len(done)} run(s)." + ("".join(f"<br>{r}" for r in refused))
+        layout.say(self.status, message, "warning" if refused else "success")
+
+    def cancel(self, _event=None) -> None:
+        self._act("cancel", self.jobs.cancel_run)
+
+    def rerun(self, _event=None) -> None:
+        self._act("re-run", self.jobs.rerun)
+
+    def delete(self, _event=None) -> None:
+        self._act("delete", self.jobs.delete_run)
+        self.table.value = self._frame()
+        self.table.selection = []
+
+    def compare(self, _event=None) -> None:
+        ids = self._selected()
+        if not ids:
+            layout.say(self.status, "Select the runs to compare (tick their boxes).", "warning")
+            return
+        pn.state.location.href = "/compare?runs=" + ",".join(ids)
+
+    # --- view --------------------------------------------------------------------------
+    def view(self) -> pn.Column:
+        launch = pn.widgets.Button(name="Launch", button_type="primary", width=120)
+        launch.on_click(self.launch)
+        form = layout.section("Launch a run or a sweep", self.form.panel(), launch, width=430,
+                              sizing_mode="fixed")
+        actions = pn.Row(*(self._button(label, handler, kind) for label, handler, kind in (
+            ("Compare selected", self.compare, "primary"), ("Cancel", self.cancel, "warning"),
+            ("Re-run", self.rerun, "default"), ("Delete", self.delete, "danger"))))
+        filters = pn.Row(
+            pn.widgets.Select.from_param(self.param.state, name="state", width=130),
+            pn.widgets.Select.from_param(self.param.kind, name="kind", width=130),
+            pn.widgets.TextInput.from_param(self.param.text, name="search", placeholder="id, arch, sweep...",
+                                            width=220))
+        runs = layout.section("Runs", pn.Row(filters, pn.Spacer(), actions, sizing_mode="stretch_width"),
+                              self.table)
+        sweeps = layout.section("Sweeps", self.sweeps)
+        return layout.page("Runs", "/", pn.Row(form, pn.Column(runs, sweeps, sizing_mode="stretch_width"),
+                                               sizing_mode="stretch_width"), status=self.status)
+
+    @staticmethod
+    def _button(label: str, handler, kind: str) -> pn.widgets.Button:
+        button = pn.widgets.Button(name=label, button_type=kind, align="end")
+        button.on_click(handler)
+        return button
+
+
+def create(services: Services, feed: LiveFeed) -> pn.Column:
+    return RunsPage(services, feed).view()
