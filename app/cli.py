@@ -76,6 +76,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def force_params(items: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE: a ForceConfig field (or config.FIELD) goes under params.config,
+    any other key is an experiment parameter; values are JSON (bare words are strings)."""
+    from dataclasses import fields as dataclass_fields
+
+    from engine.force.config import ForceConfig
+
+    fields = {f.name for f in dataclass_fields(ForceConfig)}
+    params: dict[str, Any] = {"config": {}}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(key, "needs KEY=VALUE after --set")
+        name = key.removeprefix("config.")
+        if key.startswith("config.") or name in fields:
+            params["config"][name] = _parse_value(value)
+        else:
+            params[key] = _parse_value(value)
+    return params
+
+
+def cmd_force(args: argparse.Namespace) -> int:
+    """Run a FORCE experiment here (--out) or queue it in a data dir's store."""
+    params = force_params(args.set or [])
+    if args.out:
+        from tqdm import tqdm
+
+        from engine.force.experiments import run_experiment
+
+        bar = tqdm(total=0, unit="", desc=f"force {args.experiment}", file=sys.stderr)
+
+        def on_progress(done: int, total: int) -> None:
+            bar.total, bar.n = total, done
+            bar.refresh()
+
+        try:
+            result = run_experiment(args.experiment, params, args.out, on_progress=on_progress)
+        finally:
+            bar.close()
+        print(json.dumps({k: v for k, v in result.items() if k != "params"}, indent=2))
+        return 0
+    from jobs.models import JobsError
+    from jobs.paths import DataDir
+    from jobs.service import JobService
+    from jobs.store import RunStore
+
+    data = DataDir.at(args.data_dir)
+    store = RunStore(data.db_path)
+    try:
+        run = JobService(store, data).submit_force(args.experiment, params)
+    except JobsError as exc:
+        print(f"spikeboard: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(json.dumps({"run_id": run.id, "kind": run.kind.value,
+                      "hint": f"a server on {data.root} runs it: spikeboard serve --data-dir {args.data_dir}"}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spikeboard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--runs-per-gpu", type=int, default=None,
                        help="runs sharing each GPU on a CUDA box (local executor; default 1)")
 
+    force = sub.add_parser("force", help="run or queue a FORCE experiment (LIF vs rate twin, docs/force.md)")
+    force.add_argument("experiment", help="train, alpha, grid, transfer, size, bias_variance or pca")
+    force.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="a ForceConfig field (e.g. n=200) or experiment parameter (e.g. q_values=[5,10]), "
+                            "value as JSON (repeatable)")
+    force.add_argument("--out", help="run here into folder OUT (result.json and .npz files) instead of queueing")
+    force.add_argument("--data-dir", default="spikeboard-data", help="the store to queue into")
+
     sub.add_parser("bench", help="benchmark reference vs fast engine (see --help after bench)", add_help=False)
     return parser
 
@@ -125,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "simulate": cmd_simulate, "serve": cmd_serve}
+    commands = {"train": cmd_train, "simulate": cmd_simulate, "serve": cmd_serve, "force": cmd_force}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

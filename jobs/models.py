@@ -23,6 +23,7 @@ class RunState(str, Enum):
 class RunKind(str, Enum):
     TRAIN = "train"
     ANALYSIS = "analysis"
+    FORCE = "force"  # a FORCE experiment (engine.force); no source run
 
 
 FINISHED_STATES = frozenset({RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED})

@@ -168,6 +168,13 @@ class JobService:
                     pass  # finished meanwhile
         return self.store.get_sweep(sweep_id)
 
+    # --- FORCE experiments (engine.force) ---------------------------------------------
+    def submit_force(self, experiment: str, params: dict[str, Any] | None = None) -> Run:
+        """Queue a FORCE experiment; its params are checked (and completed) by the engine."""
+        return self.store.create_run(RunKind.FORCE, {"experiment": experiment,
+                                                     "params": validate_force(experiment, params)},
+                                     code_version=code_version())
+
     # --- live events ------------------------------------------------------------------
     def changes(self, since: float) -> tuple[list[Run], list[tuple[str, float, dict]]]:
         """Runs and epochs that changed since `since`, for all runs at once (the dashboard's live feed)."""
@@ -234,3 +241,21 @@ def validate_analysis(name: str, params: dict[str, Any]) -> dict[str, Any]:
     except rejected as exc:  # any refusal of user input is a 422, never a 500
         field = getattr(exc, "field", None)
         raise InvalidRequest(f"params.{field}" if field else "params", str(exc)) from exc
+
+
+# --- FORCE experiments (engine.force) ------------------------------------------------------
+def list_force_experiments() -> list[dict[str, Any]]:
+    """The FORCE experiments with their complete default parameters."""
+    from engine.force.experiments import EXPERIMENTS
+
+    return [{"name": name, "description": spec.description, "defaults": spec.validate({})}
+            for name, spec in sorted(EXPERIMENTS.items())]
+
+
+def validate_force(experiment: str, params: dict[str, Any] | None) -> dict[str, Any]:
+    from engine.force.experiments import validate
+
+    try:
+        return validate(experiment, params)
+    except ConfigError as exc:  # ExperimentError is one; fields are named as in the request
+        raise InvalidRequest(exc.field if exc.field == "experiment" else f"params.{exc.field}", exc.message) from exc

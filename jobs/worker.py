@@ -79,6 +79,8 @@ def execute(run: Run, data: DataDir, store: RunStore, beat: Heartbeat, stop: thr
 
     if run.kind is RunKind.TRAIN:
         _train(run, run_dir, store, on_progress, stop)
+    elif run.kind is RunKind.FORCE:
+        _force(run, run_dir, on_progress, stop)
     else:
         _analyse(run, data, on_progress, stop)
 
@@ -105,6 +107,14 @@ def _analyse(run: Run, data: DataDir, on_progress, stop: threading.Event) -> Non
     out_dir.mkdir(parents=True, exist_ok=True)
     registry.run_analysis(run.config["name"], data.run_dir(run.source_run_id), run.config.get("params", {}),
                           out_dir, on_progress=on_progress, should_stop=stop.is_set)
+
+
+def _force(run: Run, run_dir, on_progress, stop: threading.Event) -> None:
+    """A FORCE experiment; a restarted run skips the units its result.json already holds."""
+    from engine.force.experiments import run_experiment
+
+    run_experiment(run.config["experiment"], run.config["params"], run_dir, on_progress=on_progress,
+                   should_stop=stop.is_set)
 
 
 def record_outcome(store: RunStore, run: Run, stop: threading.Event, exc: BaseException | None) -> RunState | None:

@@ -164,3 +164,26 @@ class Health(BaseModel):
     version: str
     queued: int
     running: int
+
+
+# --- FORCE experiments (engine.force) ------------------------------------------------------
+from engine.force.experiments import EXPERIMENTS as FORCE_EXPERIMENTS  # noqa: E402
+
+
+class ForceExperimentPublic(BaseModel):
+    name: str
+    description: str
+    defaults: dict[str, Any]
+
+
+class ForceExperimentsPublic(BaseModel):
+    data: list[ForceExperimentPublic]
+    count: int
+
+
+class ForceRunCreate(BaseModel):
+    """One FORCE experiment; `params` are its parameters (see GET /api/force/experiments),
+    `params.config` any ForceConfig fields. Missing keys take the experiment's defaults."""
+    model_config = STRICT
+    experiment: Literal[tuple(sorted(FORCE_EXPERIMENTS))]  # type: ignore[valid-type]
+    params: dict[str, Any] = Field(default_factory=dict, examples=[{"config": {"n": 200}}])

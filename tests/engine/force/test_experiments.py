@@ -1,0 +1,96 @@
+"""Each FORCE experiment runs end to end at a tiny size, writes its documented
+result files, reports progress, stops on request and resumes a grid point-wise."""
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.force import grid as grid_module
+from engine.force.experiments import EXPERIMENTS, ExperimentError, run_experiment, validate
+from engine.force.simulate import ForceCancelled
+
+TINY = {"n": 30, "warmup_s": 0.02, "learn_s": 0.05, "test_s": 0.02}
+EXTRA = {"grid": {"q_values": [5.0, 10.0], "g_values": [0.05, 0.1], "batch": 3},
+         "size": {"n_values": [20, 30]}, "bias_variance": {"trials": 3}, "pca": {"components": 5}}
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_experiment_completes_with_its_files(name, tmp_path):
+    progress = []
+    result = run_experiment(name, {"config": TINY, **EXTRA.get(name, {})}, tmp_path,
+                            on_progress=lambda done, total: progress.append((done, total)))
+    on_disk = json.loads((tmp_path / "result.json").read_text())
+    assert on_disk["complete"] and on_disk["experiment"] == name and on_disk["params"] == result["params"]
+    assert progress[-1][0] == progress[-1][1] and all(a[0] <= b[0] for a, b in zip(progress, progress[1:]))
+    files = {p.name for p in tmp_path.iterdir()}
+    expected = {"train": {"traces_lif.npz", "traces_rate.npz", "decoders.npz"},
+                "alpha": {"decoders_alpha0.npz", "decoders_alpha1.npz"},
+                "transfer": {"transfer_lif_to_rate.npz", "transfer_rate_to_lif.npz", "decoders.npz"},
+                "bias_variance": {"trials_lif.npz", "trials_rate.npz"},
+                "pca": {"pca_lif.npz", "pca_rate.npz"}}.get(name, set())
+    assert expected <= files and not any(".tmp" in f for f in files)
+
+
+def test_train_traces_cover_the_run(tmp_path):
+    run_experiment("train", {"config": TINY}, tmp_path)
+    traces = np.load(tmp_path / "traces_rate.npz")
+    n = round((0.02 + 0.05 + 0.02) / 1e-3)  # one sample per trace_every_ms = 1 ms
+    assert traces["t_s"].shape == (n,) and traces["target"].shape == (n, 1) and traces["output"].shape == (n, 1)
+    assert np.allclose(traces["target"][:, 0], np.sin(2 * np.pi * 5 * traces["t_s"]))
+    phi = np.load(tmp_path / "decoders.npz")
+    assert phi["phi_lif"].shape == (30, 1) and np.abs(phi["phi_rate"]).sum() > 0
+
+
+def test_grid_resumes_point_by_point(tmp_path, monkeypatch):
+    params = {"config": TINY, "q_values": [5.0, 10.0], "g_values": [0.05, 0.1, 0.15], "batch": 2}
+    batches = []
+    real_batch = grid_module.grid_batch
+
+    def counting(config, points, networks, tick=None):
+        batches.append(list(points))
+        return real_batch(config, points, networks, tick)
+
+    monkeypatch.setattr(grid_module, "grid_batch", counting)
+    with pytest.raises(ForceCancelled):
+        run_experiment("grid", params, tmp_path, should_stop=lambda: len(batches) >= 1 and bool(
+            json.loads((tmp_path / "result.json").read_text()).get("points")))
+    partial = json.loads((tmp_path / "result.json").read_text())
+    assert not partial["complete"] and len(partial["points"]) == 2
+    batches.clear()
+    result = run_experiment("grid", params, tmp_path)
+    assert sum(len(b) for b in batches) == 4  # only the points not yet in the result
+    assert result["complete"] and len(result["points"]) == 6
+    assert result["points"][:2] == partial["points"]
+    for point in result["points"]:
+        assert {"q", "g", "lif", "rate", "decoder_fit"} <= set(point)
+        assert point["lif"]["log10_error"] is None or point["lif"]["log10_error"] < 0
+
+
+@pytest.mark.slow
+def test_grid_in_a_pool_of_processes(tmp_path):
+    params = {"config": TINY, "q_values": [5.0, 10.0], "g_values": [0.05, 0.1], "batch": 2, "processes": 2}
+    result = run_experiment("grid", params, tmp_path)
+    alone = run_experiment("grid", {**params, "processes": 1}, tmp_path / "alone")
+    key = lambda p: (p["q"], p["g"])
+    assert sorted(result["points"], key=key) == sorted(alone["points"], key=key)  # same numbers either way
+
+
+@pytest.mark.parametrize("name, params, field", [
+    ("grid", {"q_values": []}, "q_values"), ("grid", {"batch": 0}, "batch"),
+    ("grid", {"config": {"n": 1}}, "config.n"), ("size", {"n_values": [10.5]}, "n_values"),
+    ("train", {"networks": ["lif", "lif"]}, "networks"), ("train", {"epochs": 3}, "epochs"),
+    ("pca", {"alphas": ["fast"]}, "alphas"), ("nope", {}, "experiment"),
+    ("bias_variance", {"config": {"task": "xor"}}, "config.task"), ("alpha", {"config": []}, "config"),
+])
+def test_bad_parameter_is_named(name, params, field):
+    with pytest.raises(ExperimentError) as caught:
+        validate(name, params)
+    assert caught.value.field == field
+
+
+def test_defaults_are_complete_and_valid():
+    for name, spec in EXPERIMENTS.items():
+        checked = validate(name, {})
+        assert set(checked) == set(spec.defaults) and checked["config"]["n"] == 2000
+        assert validate(name, checked) == checked  # a stored params dict validates to itself
