@@ -50,7 +50,13 @@ def supervise_worker(data_dir: str, run_id: str, attempt: int, threads: int, gra
     process = subprocess.Popen(worker_argv(sys.executable, data_dir, run_id, attempt), env=env,
                                cwd=repo_root(), start_new_session=True)
     try:
-        return process.wait()
+        while True:
+            try:
+                # wait in short rounds: ray.cancel's KeyboardInterrupt is raised
+                # between Python bytecodes, never inside one long blocking wait
+                return process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                continue
     except BaseException:
         process.terminate()
         try:

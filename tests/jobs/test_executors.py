@@ -46,10 +46,15 @@ def store(data):
 
 
 @pytest.fixture(params=EXECUTOR_NAMES)
-def executor(request, data):
+def executor_name(request):
     if request.param == "ray":
         request.getfixturevalue("ray_instance")
-    executor = make_executor(request.param, data_dir=data.root, slots=2, grace_s=1.0, use_gpus=False)
+    return request.param
+
+
+@pytest.fixture
+def executor(executor_name, data):
+    executor = make_executor(executor_name, data_dir=data.root, slots=2, grace_s=1.0, use_gpus=False)
     yield executor
     executor.shutdown(2.0)
 
@@ -104,6 +109,28 @@ def test_cancel_stops_the_worker_and_frees_its_slot(executor, store):
     assert not executor.is_alive(run.id)
 
 
+def test_a_stop_without_the_cancel_flag_lets_the_worker_requeue_its_run(executor_name, store, data):
+    """What a server shutdown asks: the executor's stop reaches the worker itself,
+    which gives its run back to the queue (no escalation: the grace is long)."""
+    executor = make_executor(executor_name, data_dir=data.root, slots=1, grace_s=60.0, use_gpus=False)
+    run = _train_run(store, epochs=50)
+    executor.submit(store.claim_next())
+    deadline = time.monotonic() + 60
+    while not _worker_started(store, run.id):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    assert executor.cancel(run.id)
+    exited = []
+    while not exited:
+        assert time.monotonic() < deadline + 30, "the worker did not stop"
+        exited = executor.poll()
+        time.sleep(0.05)
+    assert [(e.run_id, e.attempt) for e in exited] == [(run.id, 1)]
+    assert store.get_run(run.id).state is RunState.QUEUED  # recorded by the worker, not the scheduler
+    assert not executor.is_alive(run.id) and executor.free_slots() == 1
+    executor.shutdown(1.0)
+
+
 def _lose_worker(name: str, worker_pid: int) -> None:
     if name == "local":
         os.kill(worker_pid, signal.SIGKILL)  # no chance to requeue itself: the scheduler must
@@ -111,17 +138,16 @@ def _lose_worker(name: str, worker_pid: int) -> None:
         os.kill(_parent_pid(worker_pid), signal.SIGKILL)  # the Ray worker running the task
 
 
-def test_a_lost_worker_is_requeued_and_resumes_from_its_checkpoint(executor, store, request):
-    name = request.node.callspec.params["executor"]
-    run = _train_run(store, epochs=3)
+def test_a_lost_worker_is_requeued_and_resumes_from_its_checkpoint(executor_name, executor, store):
+    run = _train_run(store, epochs=2)
     scheduler = Scheduler(store, executor)
-    _tick_until(scheduler, lambda: len(store.metrics(run.id)) >= 1, 120)
-    _lose_worker(name, store.get_run(run.id).worker_pid)
+    _tick_until(scheduler, lambda: len(store.metrics(run.id)) >= 1, 120)  # epoch 1 checkpointed
+    _lose_worker(executor_name, store.get_run(run.id).worker_pid)
     _tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 120)
     done = store.get_run(run.id)
     assert done.state is RunState.SUCCEEDED, done.error
-    assert done.attempt == 2 and done.resumed_from_epoch >= 1
-    assert [r["epoch"] for r in store.metrics(run.id)] == [1, 2, 3]
+    assert done.attempt == 2 and done.resumed_from_epoch == 1
+    assert [r["epoch"] for r in store.metrics(run.id)] == [1, 2]
 
 
 def test_shutdown_gives_running_runs_back_to_the_queue(executor, store):
