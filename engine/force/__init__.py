@@ -1,0 +1,1 @@
+"""FORCE training of LIF networks and their parameter-matched rate twins (shared/spec/FORCE.md, docs/force.md)."""

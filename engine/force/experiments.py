@@ -86,13 +86,10 @@ def _network_result(setup: Setup, tested, b: int) -> dict:
             "success": error < measures.SUCCESS_CUTOFF, "end_rate_hz": float(tested.end_rate_hz[b])}
 
 
-def _traces(setup: Setup, trained: Trained | None, tested, b: int, done_steps: int | None = None) -> np.ndarray:
-    """The readout at every trace_every-th step of the whole run (or its first done_steps)."""
+def _traces(setup: Setup, trained: Trained | None, tested, b: int) -> np.ndarray:
+    """The readout of batch element b at every trace_every-th step of the phases given."""
     parts = ([trained.outputs[:, b]] if trained is not None else []) + ([tested.outputs[:, b]] if tested else [])
-    z = torch.cat(parts).numpy() if parts else np.zeros((0, setup.supervisor.k))
-    if done_steps is not None:
-        z = z[:done_steps]
-    return z[::setup.config.trace_every]
+    return torch.cat(parts).cpu().numpy()[::setup.config.trace_every]
 
 
 def _time_axis(setup: Setup, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,11 +114,11 @@ def _train_pair(config: ForceConfig, networks: list[str], alphas: list[float], w
         offset = i * config.n_steps
         ticker = writer.step_ticker(steps_total, offset)
         buffer = torch.empty(config.warmup_steps + config.learn_steps, batch, setup0.supervisor.k,
-                             dtype=config.torch_dtype)
+                             dtype=config.torch_dtype, device=config.device)
 
         def tick(done: int, network=network, buffer=buffer, ticker=ticker) -> None:
             if live_traces and done <= len(buffer):
-                _save_live(writer, setup0, network, buffer[:done, 0].numpy())
+                _save_live(writer, setup0, network, buffer[:done, 0].cpu().numpy())
             ticker(done)
 
         trained = learn(network, setup0, alphas, tick=tick, outputs=buffer)
@@ -147,11 +144,11 @@ def train_run(params: dict, w: ResultWriter) -> None:
         t, f = _time_axis(setup, len(z))
         w.save_npz(f"traces_{network}.npz", t_s=t, target=f, output=z)
         result = _network_result(setup, tested, 0)
-        test_z = tested.outputs[:, 0, 0].double().numpy()
+        test_z = tested.outputs[:, 0, 0].double().cpu().numpy()
         result.update(frequency_hz=measures.dominant_frequency(test_z, config.dt_s),
                       amplitude=float((test_z.max() - test_z.min()) / 2))
         w.result["networks"][network] = result
-        decoders[f"phi_{network}"] = trained.rls.phi[0].numpy()
+        decoders[f"phi_{network}"] = trained.rls.phi[0].cpu().numpy()
     w.save_npz("decoders.npz", **decoders)
     if len(decoders) == 2:
         w.result["decoder_fit"] = measures.decoder_fit(decoders["phi_lif"], decoders["phi_rate"])
@@ -167,7 +164,7 @@ def alpha_run(params: dict, w: ResultWriter) -> None:
         row = {"alpha": alpha}
         for network, (setup, trained, tested) in pair.items():
             row[network] = _network_result(setup, tested, b)
-        phi_lif, phi_rate = (pair[n][1].rls.phi[b].numpy() for n in ("lif", "rate"))
+        phi_lif, phi_rate = (pair[n][1].rls.phi[b].cpu().numpy() for n in ("lif", "rate"))
         row["decoder_fit"] = measures.decoder_fit(phi_lif, phi_rate)
         w.save_npz(f"decoders_alpha{b}.npz", phi_lif=phi_lif, phi_rate=phi_rate)
         rows.append(row)
@@ -184,14 +181,13 @@ def transfer_run(params: dict, w: ResultWriter) -> None:
         setup, trained, own = pair[receiver]
         donor = "rate" if receiver == "lif" else "lif"
         swapped = test(receiver, setup, trained, phis[donor])
-        z = _traces(setup, None, swapped, 0)
-        t, f = _time_axis(setup, config.n_steps)
-        test_t = t[-len(z):] if len(z) else t[:0]
-        w.save_npz(f"transfer_{donor}_to_{receiver}.npz", t_s=test_t, target=f[-len(z):] if len(z) else f[:0],
-                   output=z, own_output=_traces(setup, None, own, 0))
+        steps = np.arange(config.warmup_steps + config.learn_steps, config.n_steps, config.trace_every)
+        w.save_npz(f"transfer_{donor}_to_{receiver}.npz", t_s=(steps + 1) * config.dt_s,
+                   target=setup.supervisor.target[steps], output=_traces(setup, None, swapped, 0),
+                   own_output=_traces(setup, None, own, 0))
         cells.append({"decoders": receiver, "network": receiver, **_network_result(setup, own, 0)})
         cells.append({"decoders": donor, "network": receiver, **_network_result(setup, swapped, 0)})
-    phi_lif, phi_rate = phis["lif"][0].numpy(), phis["rate"][0].numpy()
+    phi_lif, phi_rate = phis["lif"][0].cpu().numpy(), phis["rate"][0].cpu().numpy()
     w.save_npz("decoders.npz", phi_lif=phi_lif, phi_rate=phi_rate)
     w.result.update(phases=_phases(config), cells=cells, decoder_fit=measures.decoder_fit(phi_lif, phi_rate))
 
@@ -207,7 +203,7 @@ def size_run(params: dict, w: ResultWriter) -> None:
             continue
         pair = _train_pair(base.replace(n=n), ["lif", "rate"], [base.alpha], w)
         row = {"n": n, **{net: _network_result(s, te, 0) for net, (s, _, te) in pair.items()}}
-        row["decoder_fit"] = measures.decoder_fit(pair["lif"][1].rls.phi.numpy(), pair["rate"][1].rls.phi.numpy())
+        row["decoder_fit"] = measures.decoder_fit(pair["lif"][1].rls.phi.cpu().numpy(), pair["rate"][1].rls.phi.cpu().numpy())
         rows.append(row)
         w.unit_done()
     w.result["rows"] = sorted(rows, key=lambda row: row["n"])
@@ -226,7 +222,7 @@ def bias_variance_run(params: dict, w: ResultWriter) -> None:
         state = _perturbed(trained.state, trials, params, generator)
         tested = test(network, trial_setup, trained, trained.rls.phi.expand(trials, -1, -1), state=state)
         start = config.warmup_steps + config.learn_steps
-        outputs = tested.outputs.double().numpy().transpose(1, 0, 2)  # (trials, T, k)
+        outputs = tested.outputs.double().cpu().numpy().transpose(1, 0, 2)  # (trials, T, k)
         split = measures.bias_variance(outputs, setup.supervisor.target[start:])
         errors = [_network_result(trial_setup, tested, b)["test_error"] for b in range(trials)]
         w.result["networks"][network] = {**split, "test_errors": errors}
@@ -236,7 +232,7 @@ def bias_variance_run(params: dict, w: ResultWriter) -> None:
 
 def _perturbed(state, trials: int, params: dict, generator: torch.Generator):
     fields = {name: value.expand(trials, -1).clone() for name, value in state._asdict().items()}
-    noise = 2 * torch.rand(fields["r"].shape, generator=generator, dtype=fields["r"].dtype) - 1
+    noise = (2 * torch.rand(fields["r"].shape, generator=generator, dtype=fields["r"].dtype) - 1).to(fields["r"].device)
     if "v" in fields:
         fields["v"] = fields["v"] + params["jitter_mv"] * noise
     else:
@@ -253,12 +249,13 @@ def pca_run(params: dict, w: ResultWriter) -> None:
     setup = make_setup(config, [config.g], [config.q])
     for i, network in enumerate(("lif", "rate")):
         trained = learn(network, setup, [config.alpha], sample_rates=True,
-                        tick=w.step_ticker(2 * (config.warmup_steps + config.learn_steps), i * len(setup.target)))
+                        tick=w.step_ticker(2 * (config.warmup_steps + config.learn_steps),
+                                                  i * (config.warmup_steps + config.learn_steps)))
         if trained.rate_samples is None:
             raise ExperimentError("config.learn_s", "must be long enough for at least one RLS update")
-        rates = trained.rate_samples[:, 0].double().numpy()
+        rates = trained.rate_samples[:, 0].double().cpu().numpy()
         values, vectors = measures.pca(rates)
-        P, phi = trained.rls.P[0].numpy(), trained.rls.phi[0].numpy()
+        P, phi = trained.rls.P[0].cpu().numpy(), trained.rls.phi[0].cpu().numpy()
         p_diag = np.einsum("ia,ij,ja->a", vectors[:, :keep], P, vectors[:, :keep])
         gains = {str(a): measures.rls_gain(a, trained.rls.updates, values[:keep]).tolist() for a in params["alphas"]}
         w.save_npz(f"pca_{network}.npz", eigenvalues=values, decoder_pc=(vectors.T @ phi)[:keep],

@@ -35,7 +35,7 @@ def grid_batch(config_fields: dict, points: list[tuple[float, float]], networks:
         trained = learn(network, setup, [config.alpha] * len(points), tick=step_tick)
         learned = config.warmup_steps + config.learn_steps
         tested = test(network, setup, trained, tick=lambda done: step_tick(learned + done))
-        phis[network] = trained.rls.phi.numpy()
+        phis[network] = trained.rls.phi.cpu().numpy()
         for b, row in enumerate(rows):
             error = measures.test_error(float(tested.sq_error[b]), config.test_steps, config.dt_s)
             row[network] = {"test_error": error, "log10_error": measures.log10_or_none(error),
