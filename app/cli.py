@@ -1,4 +1,4 @@
-"""The `spikeboard` command line: train, simulate, serve, bench."""
+"""The `spikeboard` command line: train, simulate, serve, study, bench."""
 
 from __future__ import annotations
 
@@ -73,6 +73,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
           executor=args.executor, ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu)
+    return 0
+
+
+def study_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """--tier, --epochs, then --set KEY=VALUE (JSON values, e.g. --set seed=[42])."""
+    overrides: dict[str, Any] = {}
+    for name in ("tier", "epochs"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(key, "needs KEY=VALUE after --set")
+        overrides[key] = _parse_value(value)
+    return overrides
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    """List presets, run one here (--local OUT) or queue it in a data dir's store."""
+    from engine.studies import expand, list_presets
+
+    if args.name is None:
+        for preset in list_presets():
+            print(f"{preset['name']:<9} {preset['title']}")
+        return 0
+    overrides = study_overrides(args)
+    if args.local:
+        from engine.studies.local import run_study_local
+        from engine.studies.report import build_report, entries_from_folder, report_csv, report_markdown
+
+        plan = expand(args.name, overrides)
+        out = run_study_local(plan, args.local, source_run=args.source, parallel=args.parallel,
+                              threads=args.threads, log=lambda line: print(line, file=sys.stderr))
+        report = build_report(plan.to_dict(), entries_from_folder(out))
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.md").write_text(report_markdown(report))
+        (out / "report.csv").write_text(report_csv(report))
+        print(report_markdown(report))
+        return 0
+    from jobs.models import JobsError
+    from jobs.paths import DataDir
+    from jobs.service import JobService
+    from jobs.store import RunStore
+
+    data = DataDir.at(args.data_dir)
+    store = RunStore(data.db_path)
+    try:
+        study = JobService(store, data).submit_study(args.name, overrides, args.source)
+    except JobsError as exc:
+        print(f"spikeboard: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print(json.dumps({"study_id": study.id, "runs": len(study.run_ids),
+                      "hint": f"a server on {data.root} runs it: spikeboard serve --data-dir {args.data_dir}"}))
     return 0
 
 
@@ -171,6 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--runs-per-gpu", type=int, default=None,
                        help="runs sharing each GPU on a CUDA box (local executor; default 1)")
 
+    study = sub.add_parser("study", help="run or queue a named experiment of the study (no name: list them)")
+    study.add_argument("name", nargs="?", help="preset: nb024, coupling, nb041, nb042, nb037, nb038, nb044, nb036")
+    study.add_argument("--tier", choices=TIERS)
+    study.add_argument("--epochs", type=int)
+    study.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="a config field, grid axis (a JSON list) or analysis parameter (repeatable)")
+    study.add_argument("--source", help="the trained run an inference preset analyses: a run id "
+                                        "(queued) or a run folder (--local)")
+    study.add_argument("--local", metavar="OUT", help="run here into folder OUT instead of queueing")
+    study.add_argument("--parallel", type=int, default=1, help="with --local: runs trained at once")
+    study.add_argument("--threads", type=int, default=1, help="with --local: torch threads per run")
+    study.add_argument("--data-dir", default="spikeboard-data", help="the store to queue into")
+
     force = sub.add_parser("force", help="run or queue a FORCE experiment (LIF vs rate twin, docs/force.md)")
     force.add_argument("experiment", help="train, alpha, grid, transfer, size, bias_variance or pca")
     force.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -193,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "simulate": cmd_simulate, "serve": cmd_serve, "force": cmd_force}
+    commands = {"train": cmd_train, "simulate": cmd_simulate, "serve": cmd_serve, "force": cmd_force, "study": cmd_study}
     try:
         return commands[args.command](args)
     except ConfigError as exc:

@@ -39,6 +39,29 @@ CREATE TABLE IF NOT EXISTS sweeps (
     created_at REAL NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0
 );
+
+-- A study preset queued as runs: its training runs (one sweep) and the analyses
+-- queued on them (or on a source run). `plan` is the expanded StudyPlan (JSON).
+CREATE TABLE IF NOT EXISTS studies (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    source_run_id TEXT,
+    sweep_id TEXT REFERENCES sweeps(id),
+    created_at REAL NOT NULL
+);
+
+-- Members of a study. role 'train': `label` names the run in the plan;
+-- role 'analysis': `analysis` ran on the training run `label` (or 'source').
+CREATE TABLE IF NOT EXISTS study_runs (
+    study_id TEXT NOT NULL REFERENCES studies(id),
+    run_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    role TEXT NOT NULL,
+    analysis TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (study_id, run_id),
+    UNIQUE (study_id, label, role, analysis)
+);
 """
 
 # Every read of a run goes through this projection, so `Run.from_row` sees one shape.

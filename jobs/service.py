@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import shutil
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -18,6 +19,7 @@ from jobs.models import (Conflict, InvalidRequest, InvalidTransition, Run, RunKi
                          RunState, Sweep)
 from jobs.paths import DataDir
 from jobs.store import RunStore
+from jobs.studies import Study
 from jobs.sweeps import expand_grid
 from jobs.version import code_version
 
@@ -167,6 +169,104 @@ class JobService:
                 except InvalidTransition:
                     pass  # finished meanwhile
         return self.store.get_sweep(sweep_id)
+
+    # --- studies ------------------------------------------------------------------------
+    def submit_study(self, name: str, overrides: dict[str, Any] | None = None,
+                     source_run_id: str | None = None) -> Study:
+        """Queue a study preset: its training runs now, their analyses as each run
+        succeeds (`advance_study`); an inference-only preset analyses `source_run_id`."""
+        from engine.studies import StudyError, expand
+
+        try:
+            plan = expand(name, overrides or {}).to_dict()
+        except StudyError as exc:
+            raise InvalidRequest("name" if exc.field == "name" else f"overrides.{exc.field}", exc.message) from exc
+        source_analyses = []
+        if plan["needs_source"]:
+            if source_run_id is None:
+                raise InvalidRequest("source_run_id", f"study {name} analyses a trained run: give its id")
+            source = self.store.get_run(source_run_id)
+            if source.kind is not RunKind.TRAIN or source.state is not RunState.SUCCEEDED:
+                raise Conflict(f"run {source_run_id} is a {source.state.value} {source.kind.value} run; "
+                               f"study {name} needs a succeeded train run")
+            source_analyses = [(a["name"], {"name": a["name"], "params": a["params"]}) for a in plan["analyses"]]
+        elif source_run_id is not None:
+            raise InvalidRequest("source_run_id", f"study {name} trains its own runs; it takes no source")
+        return self.store.create_study(name, plan, source_run_id=source_run_id, source_analyses=source_analyses,
+                                       code_version=code_version())
+
+    def advance_study(self, study_id: str) -> Study:
+        """Queue the plan's analyses on each training run that has succeeded (idempotent)."""
+        study = self.store.get_study(study_id)
+        for member in study.members:
+            if member.role == "train" and member.state is RunState.SUCCEEDED:
+                for analysis in study.plan["analyses"]:
+                    self.store.add_study_analysis(study.id, member.label, analysis["name"],
+                                                  {"name": analysis["name"], "params": analysis["params"]},
+                                                  member.run_id, code_version=code_version())
+        return self.store.get_study(study_id)
+
+    def advance_studies(self) -> None:
+        for study_id in self.store.study_ids_with_unfinished_runs():
+            self.advance_study(study_id)
+
+    def get_study(self, study_id: str) -> Study:
+        return self.advance_study(study_id)
+
+    def list_studies(self, limit: int = 100, offset: int = 0) -> tuple[list[Study], int]:
+        return self.store.list_studies(limit=limit, offset=offset)
+
+    def cancel_study(self, study_id: str) -> Study:
+        study = self.store.get_study(study_id)
+        if study.state.finished:
+            raise Conflict(f"study {study_id} is {study.state.value}; there is nothing to cancel")
+        if study.sweep_id:
+            self.store.mark_sweep_cancelled(study.sweep_id)
+        for member in study.members:
+            if member.state is not None and not member.state.finished:
+                try:
+                    self.cancel_run(member.run_id)
+                except InvalidTransition:
+                    pass  # finished meanwhile
+        return self.store.get_study(study_id)
+
+    def study_report(self, study_id: str) -> dict[str, Any]:
+        """The report data (engine.studies.report) of the study's runs so far."""
+        from engine.studies.report import build_report
+
+        study = self.get_study(study_id)
+        return {"study_id": study.id, "state": study.state.value,
+                **build_report(study.plan, self._study_entries(study))}
+
+    def study_report_markdown(self, study_id: str) -> str:
+        from engine.studies.report import report_markdown
+
+        return report_markdown(self.study_report(study_id))
+
+    def study_report_csv(self, study_id: str) -> str:
+        from engine.studies.report import report_csv
+
+        return report_csv(self.study_report(study_id))
+
+    def _study_entries(self, study: Study) -> list[dict[str, Any]]:
+        plan_runs = {r["label"]: r for r in study.plan["runs"]}
+        labels = list(plan_runs) or ["source"]
+        entries = {label: {"label": label, "point": plan_runs.get(label, {}).get("point", {}),
+                           "config": plan_runs.get(label, {}).get("config"), "state": "queued", "metrics": [],
+                           "analyses": {a["name"]: None for a in study.plan["analyses"]}} for label in labels}
+        for member in study.members:
+            entry = entries[member.label]
+            if member.state is None:  # deleted
+                continue
+            if member.role == "train":
+                entry["state"] = member.state.value
+                entry["metrics"] = self.store.metrics(member.run_id)
+            else:
+                result = self.data.run_dir(member.run_id) / "result.json"
+                entry["analyses"][member.analysis] = json.loads(result.read_text()) if result.exists() else None
+                if study.source_run_id:
+                    entry["state"] = member.state.value
+        return list(entries.values())
 
     # --- FORCE experiments (engine.force) ---------------------------------------------
     def submit_force(self, experiment: str, params: dict[str, Any] | None = None) -> Run:

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from jobs.models import (FINISHED_STATES, Conflict, Run, RunKind, RunNotFound, RunState, Sweep,
                          SweepNotFound, check_transition)
 from jobs.schema import RUN_COLUMNS, SCHEMA
+from jobs.studies import Study, StudyNotFound
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -241,6 +242,67 @@ class RunStore:
         with self._tx() as conn:
             conn.execute("UPDATE sweeps SET cancel_requested = 1 WHERE id = ?", (sweep_id,))
 
+    # --- studies ----------------------------------------------------------------------
+    def create_study(self, name: str, plan: dict[str, Any], *, source_run_id: str | None = None,
+                     source_analyses: list[tuple[str, dict[str, Any]]] = (),
+                     code_version: str | None = None) -> Study:
+        """The study, its training runs (one sweep over the plan's grid) and, for an
+        inference-only study, its analyses of the source run: one transaction."""
+        study_id = new_id()
+        with self._tx() as conn:
+            sweep_id = None
+            if plan["runs"]:
+                sweep_id = new_id()
+                conn.execute("INSERT INTO sweeps (id, base, grid, created_at) VALUES (?, ?, ?, ?)",
+                             (sweep_id, json.dumps(plan["base"]), json.dumps(plan["grid"]), time.time()))
+            conn.execute("INSERT INTO studies (id, name, plan, source_run_id, sweep_id, created_at) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         (study_id, name, json.dumps(plan), source_run_id, sweep_id, time.time()))
+            for run in plan["runs"]:
+                run_id = _insert_run(conn, RunKind.TRAIN, run["config"], sweep_id, None, code_version)
+                _insert_member(conn, study_id, run_id, run["label"], "train", "")
+            for analysis, config in source_analyses:
+                run_id = _insert_run(conn, RunKind.ANALYSIS, config, None, source_run_id, code_version)
+                _insert_member(conn, study_id, run_id, "source", "analysis", analysis)
+        return self.get_study(study_id)
+
+    def add_study_analysis(self, study_id: str, label: str, analysis: str, config: dict[str, Any],
+                           source_run_id: str, code_version: str | None = None) -> bool:
+        """Queue `analysis` on the study's run `label` unless it is queued already. True if new."""
+        with self._tx() as conn:
+            exists = conn.execute("SELECT 1 FROM study_runs WHERE study_id = ? AND label = ? AND role = "
+                                  "'analysis' AND analysis = ?", (study_id, label, analysis)).fetchone()
+            if exists:
+                return False
+            run_id = _insert_run(conn, RunKind.ANALYSIS, config, None, source_run_id, code_version)
+            _insert_member(conn, study_id, run_id, label, "analysis", analysis)
+            return True
+
+    def get_study(self, study_id: str) -> Study:
+        rows = self._read("SELECT * FROM studies WHERE id = ?", (study_id,))
+        if not rows:
+            raise StudyNotFound(study_id)
+        members = self._read("SELECT s.run_id, s.label, s.role, s.analysis, runs.state FROM study_runs s "
+                             "LEFT JOIN runs ON runs.id = s.run_id WHERE s.study_id = ? "
+                             "ORDER BY s.rowid", (study_id,))
+        return Study.from_rows(rows[0], members)
+
+    def list_studies(self, *, limit: int = 100, offset: int = 0) -> tuple[list[Study], int]:
+        count = self._read("SELECT COUNT(*) FROM studies")[0][0]
+        rows = self._read("SELECT id FROM studies ORDER BY created_at DESC, id LIMIT ? OFFSET ?", (limit, offset))
+        return [self.get_study(r["id"]) for r in rows], count
+
+    def study_ids_with_unfinished_runs(self) -> list[str]:
+        """Studies that may still need analyses queued: a member run not yet finished,
+        or a finished training run without all of the plan's analyses."""
+        rows = self._read(
+            "SELECT DISTINCT s.study_id FROM study_runs s JOIN runs ON runs.id = s.run_id "
+            "JOIN studies st ON st.id = s.study_id WHERE runs.state IN ('queued', 'running') "
+            "OR (s.role = 'train' AND runs.state = 'succeeded' AND "
+            "(SELECT COUNT(*) FROM study_runs a WHERE a.study_id = s.study_id AND a.label = s.label "
+            "AND a.role = 'analysis') < json_array_length(st.plan, '$.analyses'))")
+        return [r["study_id"] for r in rows]
+
 
 # --- helpers that run inside a transaction ---------------------------------------------
 
@@ -251,6 +313,12 @@ def _insert_run(conn: sqlite3.Connection, kind: RunKind, config: dict[str, Any],
                  "source_run_id) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
                  (run_id, kind.value, json.dumps(config), time.time(), code_version, sweep_id, source_run_id))
     return run_id
+
+
+def _insert_member(conn: sqlite3.Connection, study_id: str, run_id: str, label: str, role: str,
+                   analysis: str) -> None:
+    conn.execute("INSERT INTO study_runs (study_id, run_id, label, role, analysis) VALUES (?, ?, ?, ?, ?)",
+                 (study_id, run_id, label, role, analysis))
 
 
 def _state(conn: sqlite3.Connection, run_id: str) -> RunState:

@@ -3,10 +3,11 @@
 from fastapi import APIRouter
 
 from app.api import force
-from app.api import health, runs, sweeps
+from app.api import health, runs, studies, sweeps
 
 api_router = APIRouter()
 api_router.include_router(runs.router)
 api_router.include_router(sweeps.router)
 api_router.include_router(health.router)
+api_router.include_router(studies.router)
 api_router.include_router(force.router)

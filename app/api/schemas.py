@@ -166,6 +166,64 @@ class Health(BaseModel):
     running: int
 
 
+# --- studies -----------------------------------------------------------------------------
+
+class StudyPresetPublic(BaseModel):
+    name: str
+    title: str
+    description: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    analyses: list[dict[str, Any]]
+    needs_source: bool
+    report: list[str]
+
+
+class StudyPresetsPublic(BaseModel):
+    data: list[StudyPresetPublic]
+    count: int
+
+
+class StudyCreate(BaseModel):
+    model_config = STRICT
+    # config fields, grid axes (lists) or analysis parameters: see GET /api/studies
+    overrides: dict[str, Any] = Field(default_factory=dict, examples=[{"tier": "smoke", "epochs": 2}])
+    source_run_id: str | None = Field(default=None, min_length=1, max_length=100)
+
+
+class StudyMemberPublic(BaseModel):
+    run_id: str
+    label: str
+    role: Literal["train", "analysis"]
+    analysis: str
+    state: RunState | None  # None: the run was deleted
+
+
+class StudyPublic(BaseModel):
+    id: str
+    name: str
+    state: RunState
+    progress: float
+    created_at: float
+    source_run_id: str | None
+    sweep_id: str | None
+    plan: dict[str, Any]
+    members: list[StudyMemberPublic]
+
+    @classmethod
+    def of(cls, study: Any) -> "StudyPublic":
+        return cls(id=study.id, name=study.name, state=study.state, progress=study.progress,
+                   created_at=study.created_at, source_run_id=study.source_run_id, sweep_id=study.sweep_id,
+                   plan=study.plan, members=[StudyMemberPublic(run_id=m.run_id, label=m.label, role=m.role,
+                                                               analysis=m.analysis, state=m.state)
+                                             for m in study.members])
+
+
+class StudiesPublic(BaseModel):
+    data: list[StudyPublic]
+    count: int
+
+
 # --- FORCE experiments (engine.force) ------------------------------------------------------
 from engine.force.experiments import EXPERIMENTS as FORCE_EXPERIMENTS  # noqa: E402
 

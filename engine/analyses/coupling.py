@@ -38,3 +38,9 @@ def coupling_sweep(weights: Weights, config: Config, split: Split, factors=DEFAU
             if on_cell:
                 on_cell(cell)
     return cells
+
+
+def diagonal(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells with equal factors (s = ei = ie), by s: the study's line chart."""
+    return sorted((dict(c, scale=c["ei_factor"]) for c in cells if c["ei_factor"] == c["ie_factor"]),
+                  key=lambda c: c["scale"])

@@ -5,6 +5,12 @@ jobs and the CLI call. Each analysis validates its parameters once
 (`ANALYSES[name].validate`), and its result, a JSON-serialisable dict, is
 rewritten to `out_dir/result.json` as units of work complete, so readers can
 show partial results (the coupling heatmap fills in cell by cell).
+
+Every result has the same outer shape: `name`, `samples` (test images used),
+`cells` (a list of flat records, one per unit of work: a grid cell, a scale, a
+dt, a batch), `total` (units in all), an optional `summary` (figures derived
+from the cells), then `params` and `complete` added here. Each module's
+docstring defines its cells.
 """
 
 from __future__ import annotations
@@ -15,40 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.analyses.coupling import DEFAULT_FACTORS, coupling_sweep
+from engine.analyses import dt_audit, fi_curve, gamma, perturb, phase_shuffle
+from engine.analyses.coupling import DEFAULT_FACTORS, coupling_sweep, diagonal
+from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common, number_list
 from engine.inspect import load_run, test_subset
 
-
-class AnalysisError(ValueError):
-    """Bad analysis name or parameters; `field` names the offending parameter."""
-
-    def __init__(self, field_name: str, message: str):
-        super().__init__(f"{field_name} {message}")
-        self.field = field_name
-        self.message = message
+__all__ = ["ANALYSES", "AnalysisCancelled", "AnalysisError", "AnalysisSpec", "run_analysis"]
 
 
 class AnalysisCancelled(Exception):
     """`should_stop` asked the analysis to stop; the partial result stays on disk."""
-
-
-def _number_list(params: dict, key: str, low: float, high: float, max_len: int) -> list[float]:
-    values = params[key]
-    if not isinstance(values, list) or not 1 <= len(values) <= max_len:
-        raise AnalysisError(key, f"must be a list of 1 to {max_len} numbers")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
-            raise AnalysisError(key, f"entries must be numbers in [{low}, {high}], got {v!r}")
-    return [float(v) for v in values]
-
-
-def _common(params: dict) -> dict:
-    samples = params["samples"]
-    if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
-        raise AnalysisError("samples", f"must be a positive integer or null, got {samples!r}")
-    if params["weights"] not in ("final", "init", "last"):
-        raise AnalysisError("weights", f"must be 'final', 'init' or 'last', got {params['weights']!r}")
-    return {"samples": samples, "weights": params["weights"]}
 
 
 @dataclass(frozen=True)
@@ -68,17 +50,18 @@ class AnalysisSpec:
 
 
 def _check_coupling(params: dict) -> dict:
-    return {**_common(params), "factors": _number_list(params, "factors", 0.0, 100.0, 20)}
+    return {**common(params), "factors": number_list(params, "factors", 0.0, 100.0, 20)}
 
 
 def _run_coupling(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
     config, weights = load_run(source_run, params["weights"])
     split = test_subset(config, params["samples"])
     result = {"name": "coupling_sweep", "factors": params["factors"], "samples": len(split.labels),
-              "cells": [], "total": len(params["factors"]) ** 2}
+              "cells": [], "total": len(params["factors"]) ** 2, "summary": {"diagonal": []}}
 
     def on_cell(cell: dict) -> None:
         result["cells"].append(cell)
+        result["summary"] = {"diagonal": diagonal(result["cells"])}
         report(result)
 
     coupling_sweep(weights, config, split, params["factors"], on_cell)
@@ -89,10 +72,30 @@ ANALYSES: dict[str, AnalysisSpec] = {
     "coupling_sweep": AnalysisSpec(
         name="coupling_sweep",
         description="W_ei x W_ie multipliers on a trained run: E, I, total rate and accuracy per cell",
-        defaults={"factors": list(DEFAULT_FACTORS), "samples": None, "weights": "final"},
+        defaults={"factors": list(DEFAULT_FACTORS), **COMMON_DEFAULTS},
         check=_check_coupling,
         execute=_run_coupling,
     ),
+    "rate_vs_gamma": AnalysisSpec(
+        name="rate_vs_gamma",
+        description="nb041: GABA decay scaled on a trained run: E rate against gamma peak, affine fit",
+        defaults=gamma.DEFAULTS, check=gamma.check, execute=gamma.run),
+    "phase_shuffle": AnalysisSpec(
+        name="phase_shuffle",
+        description="nb042: I->E inhibition time-shuffled (same mean): the E-rate release factor",
+        defaults=phase_shuffle.DEFAULTS, check=phase_shuffle.check, execute=phase_shuffle.run),
+    "drop_add_spikes": AnalysisSpec(
+        name="drop_add_spikes",
+        description="nb037: drop or add E spikes inside the loop: accuracy, rates, does the cycle survive",
+        defaults=perturb.DEFAULTS, check=perturb.check, execute=perturb.run),
+    "fi_curve": AnalysisSpec(
+        name="fi_curve",
+        description="nb038: E and I rates against input-rate scale, I->E cut (open) and intact (closed)",
+        defaults=fi_curve.DEFAULTS, check=fi_curve.check, execute=fi_curve.run),
+    "dt_audit": AnalysisSpec(
+        name="dt_audit",
+        description="nb044: a trained run evaluated at dt 0.05 / 0.1 / 0.25 / 0.5 ms: rates, accuracy, cycle",
+        defaults=dt_audit.DEFAULTS, check=dt_audit.check, execute=dt_audit.run),
 }
 
 
@@ -108,10 +111,11 @@ def run_analysis(name: str, source_run: str | Path, params: dict[str, Any] | Non
 
     def report(partial: dict) -> None:
         _write_json(out / "result.json", {**partial, "params": params, "complete": False})
+        done = partial.get("done", len(partial["cells"]))
         if on_progress:
-            on_progress(len(partial["cells"]), partial["total"])
+            on_progress(done, partial["total"])
         if should_stop and should_stop():
-            raise AnalysisCancelled(f"{name} stopped after {len(partial['cells'])} of {partial['total']} cells")
+            raise AnalysisCancelled(f"{name} stopped after {done} of {partial['total']} units")
 
     result = {**spec.execute(Path(source_run), params, report), "params": params, "complete": True}
     _write_json(out / "result.json", result)

@@ -1,0 +1,69 @@
+"""f-I curves (nb038): E and I rates against input strength, loop open and closed.
+
+Input strength is the Poisson input rate: `max_rate_hz` times each scale (the
+seed reads the recruitment cliff "in input-rate space"). Because the input
+spikes are drawn as uniform < p, a larger scale gives a superset of the spikes
+of a smaller one for the same draws. "Open" cuts I->E (W_ie x 0): E runs on its
+input alone while I still reports how hard E drives it; "closed" is the trained
+network. The summary gives, per scale, the loop's E suppression (open / closed
+E rate; None where the closed E rate is 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from engine.analyses.measure import measure
+from engine.analyses.params import COMMON_DEFAULTS, common, number_list
+from engine.config import Config
+from engine.data import Split
+from engine.inspect import load_run, test_subset
+from engine.weights import Weights
+
+DEFAULTS = {"input_scales": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0], **COMMON_DEFAULTS}
+LOOPS = ("open", "closed")
+
+
+def check(params: dict) -> dict:
+    return {**common(params), "input_scales": sorted(number_list(params, "input_scales", 0.0, 50.0, 20))}
+
+
+def loop_weights(weights: Weights, loop: str) -> Weights:
+    return {**weights, "W_ie": weights["W_ie"] * 0.0} if loop == "open" else weights
+
+
+def fi_curve(weights: Weights, config: Config, split: Split, scales: list[float],
+             on_cell: Callable[[dict], None]) -> None:
+    for loop in LOOPS:
+        w = loop_weights(weights, loop)
+        for scale in scales:
+            rate = config.max_rate_hz * scale
+            on_cell({"loop": loop, "input_scale": scale, "input_rate_hz": rate,
+                     **measure(w, config.replace(max_rate_hz=rate), split)})
+
+
+def suppression(cells: list[dict]) -> list[dict]:
+    by_key = {(c["loop"], c["input_scale"]): c for c in cells}
+    rows = []
+    for (loop, scale), closed in by_key.items():
+        opened = by_key.get(("open", scale))
+        if loop == "closed" and opened is not None:
+            ratio = opened["rate_e_hz"] / closed["rate_e_hz"] if closed["rate_e_hz"] > 0 else None
+            rows.append({"input_scale": scale, "open_over_closed_e": ratio})
+    return rows
+
+
+def run(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
+    config, weights = load_run(source_run, params["weights"])
+    split = test_subset(config, params["samples"])
+    result = {"name": "fi_curve", "samples": len(split.labels), "base_rate_hz": config.max_rate_hz,
+              "cells": [], "total": len(LOOPS) * len(params["input_scales"]), "summary": {"suppression": []}}
+
+    def on_cell(cell: dict) -> None:
+        result["cells"].append(cell)
+        result["summary"] = {"suppression": suppression(result["cells"])}
+        report(result)
+
+    fi_curve(weights, config, split, params["input_scales"], on_cell)
+    return result

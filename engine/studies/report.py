@@ -1,0 +1,233 @@
+"""A study's report: plain data built from its runs' folders and analysis results,
+exported as Markdown and CSV. The API, the CLI and the dashboard call the same
+functions, so the figures agree wherever they are shown.
+
+`build_report(plan, entries)` takes the plan (`StudyPlan.to_dict()`) and one entry
+per training run (or one "source" entry for an inference-only study):
+
+    {"label": str, "point": {grid coordinates}, "config": {...} | None,
+     "state": "queued" | "running" | "succeeded" | ..., "metrics": [epoch records],
+     "analyses": {analysis name: result dict (maybe partial) or None}}
+
+and returns (keys present when the study has what they need):
+
+    name, title, runs (label, point, state, epochs done)
+    seed_table   one row per finished training run: arch, seed, epochs, final test
+                 accuracy (%), final E and I rate (Hz), last-10-epoch slopes of
+                 accuracy (pp/epoch) and E rate (Hz/epoch), converged flags
+    spike_budget per architecture, means over its finished runs: E, I, E + I rate
+                 and the population-weighted per-cell total (n_e r_E + n_i r_I)/(n_e + n_i)
+    trajectories label -> [{epoch, test_acc, rate_e_hz}]
+    per_run      label -> the per-run analysis summary rows (rate_vs_gamma at scale 1)
+    rate_vs_gamma, dt_audit, ei_grid, coupling: preset-specific tables
+    analyses     every analysis result: label, name, complete, summary, cells
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from engine.analyses.gamma import affine_fit
+from engine.convergence import summarise
+from engine.rundir import RunDir
+from engine.studies.presets import PRESETS
+from engine.studies.local import SOURCE_LABEL
+
+# nb036 classes. The seed names them, not their boundaries; these are ours:
+I_SILENT_HZ = 1.0  # I below this rate does no inhibitory work: no loop
+PING_PROMINENCE = 4.0  # gamma peak / median power at or above this: a rhythm (PING)
+
+
+def entries_from_folder(out: str | Path) -> list[dict[str, Any]]:
+    """Entries of a study run by engine.studies.local into `out`."""
+    out = Path(out)
+    plan = json.loads((out / "plan.json").read_text())
+    analyses = [a["name"] for a in plan["analyses"]]
+    runs = plan["runs"] or [{"label": SOURCE_LABEL, "point": {}, "config": None}]
+    entries = []
+    for run in runs:
+        folder = RunDir(out / "runs" / run["label"])
+        metrics = folder.read_metrics()
+        done = folder.summary_path.exists() or run["config"] is None
+        results = {}
+        for name in analyses:
+            path = out / "analyses" / run["label"] / name / "result.json"
+            results[name] = json.loads(path.read_text()) if path.exists() else None
+        entries.append({"label": run["label"], "point": run["point"], "config": run["config"],
+                        "state": "succeeded" if done else ("running" if metrics else "queued"),
+                        "metrics": metrics, "analyses": results})
+    return entries
+
+
+def build_report(plan: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    preset = PRESETS[plan["name"]]
+    report: dict[str, Any] = {
+        "name": plan["name"], "title": preset.title, "overrides": plan["overrides"],
+        "runs": [{"label": e["label"], "point": e["point"], "state": e["state"],
+                  "epochs_done": len(e["metrics"])} for e in entries],
+    }
+    trained = [e for e in entries if e["metrics"] and e["state"] == "succeeded"]
+    if plan["runs"]:
+        report["seed_table"] = [seed_row(e) for e in trained]
+        report["spike_budget"] = spike_budget(trained)
+        report["trajectories"] = {e["label"]: [{k: r[k] for k in ("epoch", "test_acc", "rate_e_hz")}
+                                               for r in e["metrics"]] for e in entries}
+    report["analyses"] = [{"label": e["label"], "name": name, "complete": bool(r and r.get("complete")),
+                           "summary": (r or {}).get("summary"), "cells": (r or {}).get("cells", [])}
+                          for e in entries for name, r in e["analyses"].items()]
+    per_run = {e["label"]: e["analyses"]["rate_vs_gamma"]["cells"][0] for e in entries
+               if (e["analyses"].get("rate_vs_gamma") or {}).get("cells")}
+    if per_run:
+        report["per_run"] = per_run
+    sections = {"rate_vs_gamma": rate_vs_gamma_section, "dt_audit": dt_audit_section,
+                "ei_grid": ei_grid_section, "coupling": coupling_section}
+    for name in preset.report:
+        if name in sections:
+            report[name] = sections[name](entries)
+    return report
+
+
+def seed_row(entry: dict[str, Any]) -> dict[str, Any]:
+    summary = summarise(entry["metrics"])
+    config = entry["config"]
+    return {
+        "label": entry["label"], "arch": config["arch"], "seed": config["seed"], **entry["point"],
+        "epochs": summary["epochs"], "final_acc_pct": summary["final"]["test_acc"],
+        "final_rate_e_hz": summary["final"]["rate_e_hz"], "final_rate_i_hz": summary["final"]["rate_i_hz"],
+        "rate_e_slope_hz_per_epoch": summary["slopes"]["rate_e_hz_per_epoch"],
+        "acc_slope_pp_per_epoch": summary["slopes"]["test_acc_pp_per_epoch"],
+        "slope_window": summary["slopes"]["window"],
+        "converged_rate_e": summary["converged"]["rate_e"], "converged_acc": summary["converged"]["test_acc"],
+    }
+
+
+def spike_budget(trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for arch in sorted({e["config"]["arch"] for e in trained}):
+        runs = [e for e in trained if e["config"]["arch"] == arch]
+        finals = [e["metrics"][-1] for e in runs]
+        n_e, n_i = runs[0]["config"]["n_e"], runs[0]["config"]["n_i"]
+        rate_e = sum(f["rate_e_hz"] for f in finals) / len(finals)
+        rate_i = sum(f["rate_i_hz"] for f in finals) / len(finals)
+        rows.append({"arch": arch, "runs": len(runs), "n_e": n_e, "n_i": n_i, "rate_e_hz": rate_e,
+                     "rate_i_hz": rate_i, "rate_e_plus_i_hz": rate_e + rate_i,
+                     "per_cell_total_hz": (n_e * rate_e + n_i * rate_i) / (n_e + n_i)})
+    return rows
+
+
+def _per_run_cell(entry: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    return (entry["analyses"].get(name) or {}).get("cells", [])
+
+
+def rate_vs_gamma_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [{"label": e["label"], **e["point"], **{k: c[k] for k in (
+        "rate_e_hz", "rate_i_hz", "gamma_peak_hz", "gamma_prominence", "test_acc")}}
+            for e in entries for c in _per_run_cell(e, "rate_vs_gamma")[:1]]
+    fit = affine_fit([r["gamma_peak_hz"] for r in rows], [r["rate_e_hz"] for r in rows])
+    return {"rows": rows, "fit": fit}
+
+
+def dt_audit_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = [{"label": e["label"], "arch": (e["config"] or {}).get("arch"), **c}
+            for e in entries for c in _per_run_cell(e, "dt_audit")]
+    return {"rows": rows}
+
+
+def classify(ie_strength: float, cell: dict[str, Any]) -> str:
+    """nb036's class of a trained cell: no loop / PING / stretched COBA."""
+    if ie_strength == 0 or cell["rate_i_hz"] < I_SILENT_HZ:
+        return "no loop"
+    if (cell["gamma_prominence"] or 0.0) >= PING_PROMINENCE:
+        return "PING"
+    return "stretched COBA"
+
+
+def ei_grid_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    rows = []
+    for e in entries:
+        for c in _per_run_cell(e, "rate_vs_gamma")[:1]:
+            config = e["config"]
+            rows.append({"label": e["label"], "ei_strength": config["ei_strength"],
+                         "ie_strength": config["ie_strength"], "rate_e_hz": c["rate_e_hz"],
+                         "rate_i_hz": c["rate_i_hz"], "gamma_peak_hz": c["gamma_peak_hz"],
+                         "gamma_prominence": c["gamma_prominence"], "test_acc": c["test_acc"],
+                         "class": classify(config["ie_strength"], c)})
+    return {"rows": rows, "i_silent_hz": I_SILENT_HZ, "ping_prominence": PING_PROMINENCE}
+
+
+def coupling_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    result = next((e["analyses"].get("coupling_sweep") for e in entries
+                   if e["analyses"].get("coupling_sweep")), None) or {}
+    return {"cells": result.get("cells", []), "diagonal": (result.get("summary") or {}).get("diagonal", [])}
+
+
+# --- exports --------------------------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no rows yet)\n"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    parts = [f"# {report['name']}: {report['title']}\n",
+             f"Overrides: `{json.dumps(report['overrides'])}`\n",
+             "## Runs\n", markdown_table([{**r, "point": json.dumps(r["point"])} for r in report["runs"]])]
+    if "seed_table" in report:
+        parts += ["## Seed table\n", markdown_table(report["seed_table"]),
+                  "## Spike budget (final epoch, mean over runs)\n", markdown_table(report["spike_budget"])]
+    if "rate_vs_gamma" in report:
+        parts += ["## E rate against gamma frequency\n", markdown_table(report["rate_vs_gamma"]["rows"]),
+                  f"Affine fit: `{json.dumps(report['rate_vs_gamma']['fit'])}`\n"]
+    for key, title in (("dt_audit", "dt audit"), ("ei_grid", "E<->I grid classes")):
+        if key in report:
+            parts += [f"## {title}\n", markdown_table(report[key]["rows"])]
+    if "coupling" in report:
+        parts += ["## Coupling diagonal\n", markdown_table(report["coupling"]["diagonal"])]
+    for analysis in report["analyses"]:
+        if isinstance(analysis["summary"], dict) and not isinstance(analysis["summary"].get("diagonal"), list):
+            parts += [f"## {analysis['name']} on {analysis['label']}"
+                      f"{'' if analysis['complete'] else ' (partial)'}\n",
+                      markdown_table([_flat(analysis["summary"])]) if analysis["summary"] else ""]
+        if report["name"] in ("nb037", "nb038", "nb042"):
+            parts.append(markdown_table(analysis["cells"]))
+    return "\n".join(parts)
+
+
+def _flat(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in summary.items()}
+
+
+def primary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The CSV's one table: the seed table joined with each run's per-run analysis
+    row (training studies), or the analyses' cells (inference-only studies)."""
+    if "seed_table" in report:
+        per_run = report.get("per_run", {})
+        return [{**row, **{f"inference.{k}": v for k, v in per_run.get(row["label"], {}).items()}}
+                for row in report["seed_table"]]
+    return [{"analysis": a["name"], **cell} for a in report["analyses"] for cell in a["cells"]]
+
+
+def report_csv(report: dict[str, Any]) -> str:
+    rows = primary_rows(report)
+    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["label"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
