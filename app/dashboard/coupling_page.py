@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+from functools import partial
 
 import holoviews as hv
 import pandas as pd
@@ -49,9 +50,12 @@ class CouplingPage(param.Parameterized):
             self.result, self.progress.object = {}, '<p class="muted">No sweep of this run yet: launch one.</p>'
             return
         try:
-            self.result = json.loads(self.jobs.artifact_path(self.analysis.id, "result.json").read_text())
+            result = json.loads(self.jobs.artifact_path(self.analysis.id, "result.json").read_text())
         except (JobsError, json.JSONDecodeError):
-            self.result = {}
+            result = {}  # queued: the result file is written when the first cell is done
+        with param.discard_events(self):
+            self.result = result
+        self.param.trigger("result")  # also when unchanged: the factors may come from a new sweep
         done, total = len(self.result.get("cells", [])), self.result.get("total") or "?"
         self.progress.object = (f"<p>Sweep <a href=\"/run?id={self.analysis.id}\">{self.analysis.id}</a>: "
                                 f"<b>{self.analysis.state.value}</b>, {done} of {total} cells</p>")
@@ -62,7 +66,12 @@ class CouplingPage(param.Parameterized):
             self._load()
 
     def _factors(self) -> list[float]:
-        return self.result.get("factors") or self.result.get("params", {}).get("factors") or []
+        """The sweep's multipliers: from its result, its request, or the form."""
+        if self.result.get("factors"):
+            return self.result["factors"]
+        if self.analysis is not None:
+            return self.analysis.config.get("params", {}).get("factors", list(DEFAULT_FACTORS))
+        return list(DEFAULT_FACTORS)
 
     def _frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.result.get("cells", []))
@@ -114,8 +123,12 @@ class CouplingPage(param.Parameterized):
         return plots.coupling_heatmap(self.result.get("cells", []), self._factors(), self.metric)
 
     @param.depends("result")
-    def diagonal(self):
-        return plots.coupling_diagonal(self.result.get("cells", []))
+    def diagonal_rates(self):
+        return plots.coupling_diagonal_rates(self.result.get("cells", []), self._factors())
+
+    @param.depends("result")
+    def diagonal_accuracy(self):
+        return plots.coupling_diagonal_accuracy(self.result.get("cells", []), self._factors())
 
     @param.depends("cell_raster")
     def raster(self):
@@ -127,9 +140,12 @@ class CouplingPage(param.Parameterized):
 
     # --- view --------------------------------------------------------------------------
     def view(self) -> pn.Column:
-        heatmap = hv.DynamicMap(self.heatmap)
-        tap = hv.streams.Tap(source=heatmap)
-        tap.add_subscriber(lambda x, y: pn.state.execute(lambda: self.show_cell(x, y)))
+        # The Tap stream must be one of the DynamicMap's own streams: attached to a
+        # DynamicMap of a param method through `source=` it never fires.
+        tap = hv.streams.Tap(x=None, y=None)
+        heatmap = hv.DynamicMap(lambda result, metric, x, y: self.heatmap(),
+                                streams=[hv.streams.Params(self, ["result", "metric"]), tap])
+        tap.add_subscriber(lambda x, y: pn.state.execute(partial(self.show_cell, x, y)))
         metric = pn.widgets.RadioButtonGroup.from_param(
             self.param.metric, options={label: key for key, label in plots.COUPLING_METRICS.items()},
             button_type="default")
@@ -142,8 +158,11 @@ class CouplingPage(param.Parameterized):
                            pn.Row(self.factors, self.samples, self.launch_button), self.progress),
             layout.section("W_ei × W_ie", pn.Row(pn.pane.HTML("<b>colour:</b>", align="center"), metric),
                            plots.figure_panel(heatmap, self.heatmap, self._frame, f"{self.run.id}-coupling")),
-            pn.Row(layout.section("Diagonal", plots.figure_panel(hv.DynamicMap(self.diagonal), self.diagonal,
-                                                                 self._diagonal_frame, f"{self.run.id}-diagonal")),
+            pn.Row(layout.section("Diagonal",
+                                  plots.figure_panel(hv.DynamicMap(self.diagonal_rates), self.diagonal_rates,
+                                                     self._diagonal_frame, f"{self.run.id}-diagonal-rates"),
+                                  plots.figure_panel(hv.DynamicMap(self.diagonal_accuracy), self.diagonal_accuracy,
+                                                     self._diagonal_frame, f"{self.run.id}-diagonal-accuracy")),
                    layout.section("Selected cell", self.cell_info,
                                   plots.figure_panel(hv.DynamicMap(self.raster), self.raster,
                                                      lambda: plots.raster_frame(self.cell_raster),

@@ -142,47 +142,60 @@ def factor_label(factor: float) -> str:
     return f"{factor:g}"
 
 
+def coupling_grid(cells: list[dict], factors: Sequence[float]) -> pd.DataFrame:
+    """Every (ei, ie) cell of the sweep, NaN where it has not finished yet: the
+    heatmap keeps its categorical axes while it fills in."""
+    done = {(c["ei_factor"], c["ie_factor"]): c for c in cells}
+    rows = [done.get((ei, ie), {"ei_factor": ei, "ie_factor": ie, **{m: np.nan for m in COUPLING_METRICS}})
+            for ie in factors for ei in factors]
+    frame = pd.DataFrame(rows, columns=["ei_factor", "ie_factor", *COUPLING_METRICS]).astype(float)
+    return frame.assign(W_ei=[factor_label(f) for f in frame["ei_factor"]],
+                        W_ie=[factor_label(f) for f in frame["ie_factor"]])
+
+
 def coupling_heatmap(cells: list[dict], factors: Sequence[float], metric: str) -> hv.Overlay:
     """W_ei multiplier across, W_ie multiplier up; each cell labelled
-    "total / (E | I)"; a star on the trained point (1, 1)."""
-    labels = [factor_label(f) for f in factors]
-    frame = pd.DataFrame(cells) if cells else pd.DataFrame(columns=["ei_factor", "ie_factor", *COUPLING_METRICS])
-    frame = frame.assign(W_ei=[factor_label(f) for f in frame["ei_factor"]],
-                         W_ie=[factor_label(f) for f in frame["ie_factor"]])
+    "total (E | I)"; a star on the trained point (1, 1)."""
+    frame = coupling_grid(cells, factors)
     vdims = [metric] + [m for m in COUPLING_METRICS if m != metric]
     heat = hv.HeatMap(frame, ["W_ei", "W_ie"], vdims).opts(
         cmap="viridis" if metric == "test_acc" else "inferno", colorbar=True, clabel=COUPLING_METRICS[metric],
         tools=["hover", "tap"], xlabel="W_ei multiplier (E→I)", ylabel="W_ie multiplier (I→E)",
-        line_color="white", line_width=1, nonselection_alpha=1.0)
-    text = [f"{c['rate_total_hz']:.1f}\n({c['rate_e_hz']:.1f} | {c['rate_i_hz']:.1f})" for c in cells]
-    label_frame = frame.assign(text=text)
-    cell_labels = hv.Labels(label_frame, ["W_ei", "W_ie"], "text").opts(
+        line_color="white", line_width=1, nonselection_alpha=1.0, clipping_colors={"NaN": "#edf2f7"})
+    text = ["…" if np.isnan(row.rate_total_hz) else
+            f"{row.rate_total_hz:.1f}\n({row.rate_e_hz:.1f} | {row.rate_i_hz:.1f})" for row in frame.itertuples()]
+    cell_labels = hv.Labels(frame.assign(text=text), ["W_ei", "W_ie"], "text").opts(
         text_font_size="8pt", text_color="white")
-    trained = [("1", "1")] if "1" in labels else []
-    star = hv.Points(trained, ["W_ei", "W_ie"]).opts(marker="star", size=26, fill_color="#f6e05e",
+    trained = [("1", "1")] if 1.0 in factors else []
+    star = hv.Points(trained, ["W_ei", "W_ie"]).opts(marker="star", size=22, fill_color="#f6e05e",
                                                      line_color="black", fill_alpha=0.9)
-    layers = [heat, cell_labels, star]
-    return hv.Overlay(layers).opts(
+    return hv.Overlay([heat, cell_labels, star]).opts(
         title=f"Coupling sweep: {COUPLING_METRICS[metric]} (labels: total (E | I) Hz)",
         responsive=True, height=520, framewise=True)
 
 
-def coupling_diagonal(cells: list[dict]) -> hv.Overlay:
-    """Equal multipliers on both couplings: rates (left axis) and accuracy."""
-    diagonal = sorted((c for c in cells if c["ei_factor"] == c["ie_factor"]), key=lambda c: c["ei_factor"])
-    frame = pd.DataFrame(diagonal) if diagonal else pd.DataFrame(
-        columns=["ei_factor", *COUPLING_METRICS])
-    layers = []
+def _diagonal(cells: list[dict], factors: Sequence[float]) -> pd.DataFrame:
+    frame = coupling_grid(cells, factors)
+    return frame[frame["ei_factor"] == frame["ie_factor"]].rename(columns={"ei_factor": "multiplier"})
+
+
+def coupling_diagonal_rates(cells: list[dict], factors: Sequence[float]) -> hv.Overlay:
+    """Equal multipliers on both couplings: total, E and I rate."""
+    frame, layers = _diagonal(cells, factors), []
     for column, label, color in (("rate_total_hz", "total", TOTAL_COLOR), ("rate_e_hz", "E", E_COLOR),
                                  ("rate_i_hz", "I", I_COLOR)):
-        data = frame[["ei_factor", column]].rename(columns={column: "rate (Hz)", "ei_factor": "multiplier"})
+        data = frame[["multiplier", column]].rename(columns={column: "rate (Hz)"})
         layers.append(hv.Curve(data, "multiplier", "rate (Hz)", label=label).opts(color=color, **CURVE))
         layers.append(hv.Scatter(data, "multiplier", "rate (Hz)", label=label).opts(color=color, size=6))
-    acc = frame[["ei_factor", "test_acc"]].rename(columns={"ei_factor": "multiplier", "test_acc": "accuracy (%)"})
-    layers.append(hv.Curve(acc, "multiplier", "accuracy (%)", label="accuracy").opts(
-        color=ACC_COLOR, line_dash="dashed", **CURVE))
-    return hv.Overlay(layers).opts(title="Diagonal (W_ei = W_ie multiplier)", multi_y=True,
-                                   legend_position="top_left", **BASE)
+    return hv.Overlay(layers).opts(title="Diagonal (W_ei = W_ie multiplier): rates", legend_position="top_left",
+                                   **BASE)
+
+
+def coupling_diagonal_accuracy(cells: list[dict], factors: Sequence[float]) -> hv.Overlay:
+    data = _diagonal(cells, factors)[["multiplier", "test_acc"]].rename(columns={"test_acc": "accuracy (%)"})
+    return (hv.Curve(data, "multiplier", "accuracy (%)").opts(color=ACC_COLOR, **CURVE)
+            * hv.Scatter(data, "multiplier", "accuracy (%)").opts(color=ACC_COLOR, size=6)).opts(
+        title="Diagonal (W_ei = W_ie multiplier): accuracy", **BASE)
 
 
 # --- exports -------------------------------------------------------------------------------

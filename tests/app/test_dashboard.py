@@ -1,0 +1,199 @@
+"""The dashboard in a real Chromium against a real server on 127.0.0.1.
+
+Screenshots land in test-output/screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.dashboard.sessions import origin_allowed
+from tests.app.conftest import REPO, start_server
+from tests.conftest import small_config
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "test-output" / "screenshots"
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+
+RUN_PLOTS = ["Accuracy", "Loss", "Firing rates", "Accuracy vs E rate", "||W||_F", "||grad|| / ||W||",
+             "Per-cell E rates", "Per-cell I rates", "W_in values, init vs end", "W_out values, init vs end",
+             "Spike raster (test image 0", "E population rate", "Spectrum of the E population rate"]
+TITLES_JS = """() => Bokeh.documents.flatMap(d => [...d.all_models])
+                 .filter(m => m.type === 'Title' || m.constructor.name === 'Title').map(m => m.text)"""
+# longest 'epoch' column any plot holds (the trajectories' data)
+EPOCHS_JS = """() => Math.max(0, ...Bokeh.documents.flatMap(d => [...d.all_models])
+                 .filter(m => m.data && m.data.epoch).map(m => m.data.epoch.length))"""
+RASTER_SPIKES_JS = """() => Math.max(0, ...Bokeh.documents.flatMap(d => [...d.all_models])
+                 .filter(m => m.data && m.data['time (ms)'] && m.data.cell).map(m => m.data.cell.length))"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("dashboard") / "data", workers=1)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def finished_run(server):
+    """A trained run long enough (100 ms trials) for a spectrum."""
+    with server.client() as client:
+        run = client.submit(small_config(t_ms=100.0, epochs=3, lr=1e-2))
+        assert client.wait(run["id"], timeout_s=300)["state"] == "succeeded"
+    return run["id"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+class Console:
+    """Browser console errors and uncaught page errors of one page."""
+
+    def __init__(self, page):
+        self.errors: list[str] = []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+
+
+@pytest.fixture
+def page(browser, request):
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    page = context.new_page()
+    page.console = Console(page)
+    yield page
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+    assert page.console.errors == [], page.console.errors
+
+
+def field(page, name: str):
+    return page.locator(f".bk-input-group:has(label:text-is('{name}')) input").first
+
+
+def test_launch_from_the_form_and_watch_accuracy_grow(server, page):
+    page.goto(server.url + "/")
+    page.get_by_text("Launch a run or a sweep").wait_for(timeout=60_000)
+    for name, value in (("n_e", "40"), ("n_i", "10"), ("t_ms", "20"), ("epochs", "4"), ("batch_size", "200")):
+        field(page, name).fill(value)
+        field(page, name).press("Tab")
+    page.get_by_role("button", name="Launch").click()
+    page.get_by_text("Queued run").wait_for(timeout=30_000)
+    run_id = page.get_by_text("Queued run").locator("a").inner_text()
+    page.goto(f"{server.url}/run?id={run_id}")
+    page.get_by_text("Convergence").first.wait_for(timeout=60_000)
+    # no reload from here: points arrive through the live feed
+    page.wait_for_function(f"() => ({EPOCHS_JS})() >= 2", timeout=180_000, polling=500)
+    assert page.evaluate(EPOCHS_JS) >= 2
+
+
+def test_a_bad_field_is_marked_on_the_form(server, page):
+    page.goto(server.url + "/")
+    page.get_by_text("Launch a run or a sweep").wait_for(timeout=60_000)
+    field(page, "n_e").fill("-5")
+    field(page, "n_e").press("Tab")
+    page.get_by_role("button", name="Launch").click()
+    page.get_by_text("a field needs attention").wait_for(timeout=30_000)
+    error = page.locator(".field-error", has_text="-5")
+    error.wait_for(timeout=10_000)
+    assert "n_e" not in error.inner_text() or "-5" in error.inner_text()
+    with httpx.Client(base_url=server.url) as http:
+        assert all(r["config"]["n_e"] != -5 for r in http.get("/api/runs").json()["data"])
+
+
+def test_a_finished_run_shows_every_plot(server, finished_run, page):
+    page.goto(f"{server.url}/run?id={finished_run}")
+    page.get_by_text("Convergence").first.wait_for(timeout=60_000)
+    # the raster of test image 0 is simulated once the page has loaded
+    page.wait_for_function(f"() => ({RASTER_SPIKES_JS})() > 0", timeout=120_000, polling=500)
+    titles = page.evaluate(TITLES_JS)
+    for expected in RUN_PLOTS:
+        assert any(t.startswith(expected) for t in titles), (expected, titles)
+    assert page.get_by_text("final test accuracy").is_visible()
+    # every figure offers its downloads
+    assert page.get_by_role("button", name="SVG").count() == len(RUN_PLOTS)
+
+
+def test_csv_and_svg_downloads_carry_the_plotted_data(server, finished_run, page):
+    page.goto(f"{server.url}/run?id={finished_run}")
+    page.get_by_text("Convergence").first.wait_for(timeout=60_000)
+    with page.expect_download() as csv_download:
+        page.get_by_role("button", name="CSV").first.click()
+    rows = Path(csv_download.value.path()).read_text().splitlines()
+    assert rows[0].startswith("epoch") and len(rows) == 1 + 3  # header + one row per epoch
+    with page.expect_download() as svg_download:
+        page.get_by_role("button", name="SVG").first.click()
+    assert Path(svg_download.value.path()).read_text().lstrip().startswith(("<?xml", "<svg"))
+
+
+def test_a_small_coupling_sweep_fills_in_and_a_cell_opens(server, finished_run, page):
+    page.goto(f"{server.url}/coupling?run={finished_run}")
+    page.get_by_text("Run coupling sweep").wait_for(timeout=60_000)
+    field(page, "multipliers (both axes)").fill("0, 1, 2")
+    field(page, "multipliers (both axes)").press("Tab")
+    field(page, "test images (0: all)").fill("20")
+    field(page, "test images (0: all)").press("Tab")
+    page.get_by_role("button", name="Run coupling sweep").click()
+    page.get_by_text("9 of 9 cells").wait_for(timeout=180_000)
+    titles = page.evaluate(TITLES_JS)
+    assert any(t.startswith("Coupling sweep: total rate") for t in titles)
+    assert sum(t.startswith("Diagonal") for t in titles) == 2
+    heatmap = page.locator(".bk-Figure").first
+    box = heatmap.bounding_box()
+    heatmap.click(position={"x": box["width"] * 0.45, "y": box["height"] * 0.5})  # the middle cell (1, 1)
+    page.get_by_text("raster of test image 0").wait_for(timeout=120_000)
+    assert page.evaluate(RASTER_SPIKES_JS) > 0
+
+
+def test_compare_page_overlays_runs_and_tabulates_seeds(server, finished_run, page):
+    with server.client() as client:
+        other = client.submit(small_config(arch="coba", t_ms=100.0, epochs=2, lr=1e-2))
+        assert client.wait(other["id"], timeout_s=300)["state"] == "succeeded"
+    page.goto(f"{server.url}/compare?runs={finished_run},{other['id']}")
+    page.get_by_text("Compare 2 runs").wait_for(timeout=60_000)
+    titles = page.evaluate(TITLES_JS)
+    for expected in ("Test accuracy", "E rate", "I rate", "Test loss", "Per-cell E rates", "Per-cell I rates",
+                     "Spike budget"):
+        assert any(t.startswith(expected) for t in titles), (expected, titles)
+    assert page.get_by_text("acc slope (pp/ep)").count() >= 1
+
+
+def test_closed_tabs_give_their_sessions_back(server, browser):
+    def sessions() -> int:
+        return httpx.get(server.url + "/api/dashboard/sessions").json()["sessions"]
+
+    baseline = sessions()
+    context = browser.new_context()
+    tabs = []
+    for _ in range(20):
+        tab = context.new_page()
+        tab.goto(server.url + "/")
+        tabs.append(tab)
+    for tab in tabs:
+        tab.get_by_text("Launch a run or a sweep").wait_for(timeout=120_000)
+    assert sessions() >= baseline + 20
+    context.close()
+    deadline = time.monotonic() + 60
+    while sessions() > baseline and time.monotonic() < deadline:
+        time.sleep(1)
+    assert sessions() == baseline
+
+
+@pytest.mark.parametrize("origin,host,allowed", [
+    ("http://127.0.0.1:8000", "127.0.0.1:8000", True),
+    ("http://evil.example", "127.0.0.1:8000", False),
+    ("http://127.0.0.1:9999", "127.0.0.1:8000", False),
+    (None, "127.0.0.1:8000", True),
+])
+def test_websocket_origin_must_be_the_pages_host(origin, host, allowed):
+    assert origin_allowed(origin, host) is allowed
