@@ -104,12 +104,13 @@ def _phases(c: ForceConfig) -> dict:
 
 
 def _train_pair(config: ForceConfig, networks: list[str], alphas: list[float], writer: ResultWriter,
-                live_traces: bool = False) -> dict[str, tuple[Setup, Trained, Any]]:
-    """Learn and test each network type on a batch of alphas at the config's (Q, G)."""
+                live_traces: bool = False, extra_tests: int = 0) -> dict[str, tuple[Setup, Trained, Any]]:
+    """Learn and test each network type on a batch of alphas at the config's (Q, G);
+    progress counts `extra_tests` more test phases that the caller runs after."""
     out = {}
     batch = len(alphas)
     setup0 = make_setup(config, [config.g] * batch, [config.q] * batch)
-    steps_total = len(networks) * config.n_steps
+    steps_total = len(networks) * config.n_steps + extra_tests * config.test_steps
     for i, network in enumerate(networks):
         offset = i * config.n_steps
         ticker = writer.step_ticker(steps_total, offset)
@@ -122,9 +123,15 @@ def _train_pair(config: ForceConfig, networks: list[str], alphas: list[float], w
             ticker(done)
 
         trained = learn(network, setup0, alphas, tick=tick, outputs=buffer)
-        tested = test(network, setup0, trained, tick=writer.step_ticker(steps_total, offset + len(buffer)))
+        tested = test(network, setup0, trained, tick=ticker)
         out[network] = (setup0, trained, tested)
     return out
+
+
+def _extra_test_ticker(w: ResultWriter, config: ForceConfig, i: int):
+    """Progress of the i-th extra test phase after a `_train_pair` of both networks."""
+    learned = config.warmup_steps + config.learn_steps
+    return w.step_ticker(2 * config.n_steps + 2 * config.test_steps, 2 * config.n_steps + i * config.test_steps - learned)
 
 
 def _save_live(writer: ResultWriter, setup: Setup, network: str, z: np.ndarray) -> None:
@@ -174,13 +181,13 @@ def alpha_run(params: dict, w: ResultWriter) -> None:
 def transfer_run(params: dict, w: ResultWriter) -> None:
     """Decoders learned by each twin, tested in both (from each receiver's post-learning state)."""
     config = ForceConfig.from_dict(params["config"])
-    pair = _train_pair(config, ["lif", "rate"], [config.alpha], w)
+    pair = _train_pair(config, ["lif", "rate"], [config.alpha], w, extra_tests=2)
     phis = {n: pair[n][1].rls.phi for n in pair}
     cells = []
-    for receiver in ("lif", "rate"):
+    for i, receiver in enumerate(("lif", "rate")):
         setup, trained, own = pair[receiver]
         donor = "rate" if receiver == "lif" else "lif"
-        swapped = test(receiver, setup, trained, phis[donor])
+        swapped = test(receiver, setup, trained, phis[donor], tick=_extra_test_ticker(w, config, i))
         steps = np.arange(config.warmup_steps + config.learn_steps, config.n_steps, config.trace_every)
         w.save_npz(f"transfer_{donor}_to_{receiver}.npz", t_s=(steps + 1) * config.dt_s,
                    target=setup.supervisor.target[steps], output=_traces(setup, None, swapped, 0),
@@ -214,13 +221,14 @@ def bias_variance_run(params: dict, w: ResultWriter) -> None:
     (LIF: voltages +- jitter_mv; rate: rates x (1 +- jitter_frac)); trials are the batch."""
     config = ForceConfig.from_dict(params["config"])
     trials = params["trials"]
-    pair = _train_pair(config, ["lif", "rate"], [config.alpha], w)
+    pair = _train_pair(config, ["lif", "rate"], [config.alpha], w, extra_tests=2)
     generator = torch.Generator().manual_seed(config.seed + 1)
     w.result.update(phases=_phases(config), trials=trials, networks={})
-    for network, (setup, trained, _) in pair.items():
+    for i, (network, (setup, trained, _)) in enumerate(pair.items()):
         trial_setup = make_setup(config, [config.g] * trials, [config.q] * trials, setup.supervisor, setup.weights)
         state = _perturbed(trained.state, trials, params, generator)
-        tested = test(network, trial_setup, trained, trained.rls.phi.expand(trials, -1, -1), state=state)
+        tested = test(network, trial_setup, trained, trained.rls.phi.expand(trials, -1, -1), state=state,
+                      tick=_extra_test_ticker(w, config, i))
         start = config.warmup_steps + config.learn_steps
         outputs = tested.outputs.double().cpu().numpy().transpose(1, 0, 2)  # (trials, T, k)
         split = measures.bias_variance(outputs, setup.supervisor.target[start:])

@@ -33,8 +33,7 @@ def grid_batch(config_fields: dict, points: list[tuple[float, float]], networks:
                 tick((i * config.n_steps + done) / (len(networks) * config.n_steps))
 
         trained = learn(network, setup, [config.alpha] * len(points), tick=step_tick)
-        learned = config.warmup_steps + config.learn_steps
-        tested = test(network, setup, trained, tick=lambda done: step_tick(learned + done))
+        tested = test(network, setup, trained, tick=step_tick)
         phis[network] = trained.rls.phi.cpu().numpy()
         for b, row in enumerate(rows):
             error = measures.test_error(float(tested.sq_error[b]), config.test_steps, config.dt_s)

@@ -80,7 +80,8 @@ def advance(network: str, setup: Setup, state: State, z: torch.Tensor, phi: torc
             outputs: torch.Tensor, tick: Callable[[int], None] | None = None,
             rls: RLSState | None = None, samples: list | None = None) -> tuple[State, torch.Tensor, RLSState | None]:
     """Steps [start, stop); z of each step goes to outputs[i - start]. With `rls`,
-    decoders are learned every `update_every` steps from `start`."""
+    decoders are learned every `update_every` steps from `start`. `tick(n)` is
+    called every TICK_STEPS steps with n the steps of the run done so far."""
     step = lif_step if network == "lif" else rate_step
     dtype = setup.config.torch_dtype
     phi_fast = (rls.phi if rls is not None else phi).to(dtype)

@@ -42,6 +42,17 @@ def test_train_traces_cover_the_run(tmp_path):
     assert phi["phi_lif"].shape == (30, 1) and np.abs(phi["phi_rate"]).sum() > 0
 
 
+@pytest.mark.parametrize("name", ["transfer", "bias_variance"])
+def test_progress_rises_to_the_total(name, tmp_path):
+    """Runs long enough for ticks inside every phase (TICK_STEPS steps apart)."""
+    progress = []
+    config = {"n": 20, "warmup_s": 0.05, "learn_s": 0.1, "test_s": 0.1}
+    run_experiment(name, {"config": config}, tmp_path, on_progress=lambda done, total: progress.append((done, total)))
+    done = [d for d, _ in progress]
+    assert len(done) > 6 and done == sorted(done) and done[-1] == progress[-1][1]
+    assert len(set(done)) > 6  # the extra test phases move it too
+
+
 def test_grid_resumes_point_by_point(tmp_path, monkeypatch):
     params = {"config": TINY, "q_values": [5.0, 10.0], "g_values": [0.05, 0.1, 0.15], "batch": 2}
     batches = []
