@@ -58,9 +58,16 @@ class ConfigForm:
 
     def panel(self) -> pn.Column:
         essential = pn.GridBox(*(self._field(n) for n in ESSENTIAL), ncols=2, sizing_mode="stretch_width")
-        rest = [n for n in self.widgets if n not in ESSENTIAL]
-        advanced = pn.Card(pn.GridBox(*(self._field(n) for n in rest), ncols=2, sizing_mode="stretch_width"),
-                           title="All parameters", collapsed=True, sizing_mode="stretch_width")
+        advanced = pn.Card(title="All parameters", collapsed=True, sizing_mode="stretch_width")
+
+        def fill(event) -> None:
+            # built on first expand: ~40 more widgets would slow every first paint
+            if not event.new and not advanced.objects:
+                rest = [n for n in self.widgets if n not in ESSENTIAL]
+                advanced.append(pn.GridBox(*(self._field(n) for n in rest), ncols=2, sizing_mode="stretch_width"))
+
+        advanced.param.watch(fill, "collapsed")
+        self._advanced = advanced
         return pn.Column(essential, advanced, self._field(GRID_FIELD), sizing_mode="stretch_width")
 
     def values(self) -> dict[str, Any]:
@@ -98,6 +105,8 @@ class ConfigForm:
         name = GRID_FIELD if field.split(".")[0] in ("grid", GRID_FIELD) else field.split(".")[-1]
         if name not in self.errors:
             return False
+        if name not in ESSENTIAL and name != GRID_FIELD:
+            self._advanced.collapsed = False  # show the field the error is about
         self.errors[name].object, self.errors[name].visible = f"⚠ {message}", True
         (self.grid if name == GRID_FIELD else self.widgets[name]).css_classes = ["invalid"]
         return True

@@ -20,7 +20,7 @@ from jobs.models import Run
 from jobs.service import JobService
 
 log = logging.getLogger("app.dashboard.live")
-TICK_S = 0.4
+TICK_S = 0.25
 # Workers stamp an epoch with their own clock just before committing it, so an
 # epoch can appear in the store slightly "in the past": look back this far and
 # drop the (run, epoch) pairs already delivered.

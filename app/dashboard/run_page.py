@@ -30,6 +30,7 @@ class RunPage(param.Parameterized):
     def __init__(self, services: Services, feed: LiveFeed, run: Run, **params):
         super().__init__(**params)
         self.jobs, self.feed, self.run = services.jobs, feed, run
+        self._frame_cache: tuple = (None, None)
         self.status = layout.status_line()
         self.header = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 20))
         self.summary = pn.pane.HTML(sizing_mode="stretch_width")
@@ -46,7 +47,10 @@ class RunPage(param.Parameterized):
 
     # --- data --------------------------------------------------------------------------
     def _frame(self):
-        return plots.metrics_frame(self.records)
+        # six figures redraw from the same records on each epoch: build their frame once
+        if self._frame_cache[0] is not self.records:
+            self._frame_cache = (self.records, plots.metrics_frame(self.records))
+        return self._frame_cache[1]
 
     def _npz(self, name: str) -> dict[str, np.ndarray] | None:
         try:

@@ -169,24 +169,26 @@ def test_compare_page_overlays_runs_and_tabulates_seeds(server, finished_run, pa
 
 
 def test_closed_tabs_give_their_sessions_back(server, browser):
-    def sessions() -> int:
-        return httpx.get(server.url + "/api/dashboard/sessions").json()["sessions"]
+    def sessions_after(deadline_s: float, done) -> int:
+        deadline = time.monotonic() + deadline_s
+        while True:
+            count = httpx.get(server.url + "/api/dashboard/sessions").json()["sessions"]
+            if done(count) or time.monotonic() > deadline:
+                return count
+            time.sleep(1)
 
-    baseline = sessions()
+    # earlier tests' closed pages are still being reaped: start from none
+    baseline = sessions_after(60, lambda n: n == 0)
+    assert baseline == 0
     context = browser.new_context()
-    tabs = []
-    for _ in range(20):
-        tab = context.new_page()
+    tabs = [context.new_page() for _ in range(20)]
+    for tab in tabs:
         tab.goto(server.url + "/")
-        tabs.append(tab)
     for tab in tabs:
         tab.get_by_text("Launch a run or a sweep").wait_for(timeout=120_000)
-    assert sessions() >= baseline + 20
+    assert sessions_after(0, lambda n: True) == 20
     context.close()
-    deadline = time.monotonic() + 60
-    while sessions() > baseline and time.monotonic() < deadline:
-        time.sleep(1)
-    assert sessions() == baseline
+    assert sessions_after(60, lambda n: n == baseline) == baseline
 
 
 @pytest.mark.parametrize("origin,host,allowed", [
