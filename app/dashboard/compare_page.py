@@ -81,7 +81,8 @@ class ComparePage(param.Parameterized):
         return pd.DataFrame(rows).round(3)
 
     def _budget_frame(self) -> pd.DataFrame:
-        rows = [{"run": run_label(run), "measure": measure, "rate (Hz)": value}
+        rows = [{"run": f"{run.config.get('arch', '?').upper()} s{run.config.get('seed')} {run.id[:4]}",
+                 "measure": measure, "rate (Hz)": value}
                 for run in self.runs if self.records[run.id]
                 for measure, value in spike_budget(run, self.records[run.id][-1]).items()]
         return pd.DataFrame(rows, columns=["run", "measure", "rate (Hz)"])
@@ -135,7 +136,7 @@ class ComparePage(param.Parameterized):
         frame = self._budget_frame()
         return hv.Bars(frame, ["measure", "run"], "rate (Hz)").opts(
             title="Spike budget (final epoch, test set)", tools=["hover"], multi_level=True,
-            xrotation=0, cmap="Category10", color="run", show_legend=False, **{**plots.BASE, "height": 320})
+            xrotation=30, cmap="Category10", color="run", show_legend=False, **{**plots.BASE, "height": 320})
 
     # --- view --------------------------------------------------------------------------
     def view(self) -> pn.Column:
