@@ -48,7 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
     app.include_router(api_router, prefix="/api")
-    from app.dashboard import mount_dashboard
+    if settings.dashboard:
+        from app.dashboard import mount_dashboard  # Panel and HoloViews load only when served
 
-    mount_dashboard(app, services)  # after the API, whose routes it must not shadow
+        mount_dashboard(app, services)  # after the API, whose routes it must not shadow
     return app

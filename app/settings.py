@@ -26,6 +26,7 @@ class Settings:
     cancel_grace_s: float = 3.0  # SIGTERM -> SIGKILL
     stale_after_s: float = 30.0  # heartbeat age after which a running run is requeued
     use_gpus: bool = True
+    dashboard: bool = True       # serve the Panel pages beside the API (off: API only, faster start)
     executor: str = "local"      # "local" (subprocesses) or "ray" (one Ray task per run)
     ray_address: str | None = None  # None: a Ray instance on this machine; "auto", "HOST:PORT", "ray://HOST:PORT"
 
@@ -73,7 +74,7 @@ def _parse(name: str, raw: str) -> Any:
         return int(raw)
     if name in ("cancel_grace_s", "stale_after_s"):
         return float(raw)
-    if name == "use_gpus":
+    if name in ("use_gpus", "dashboard"):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if name in ("token", "ray_address"):
         return raw or None

@@ -50,7 +50,8 @@ class Server:
 
 
 def start_server(data_dir: Path, *, workers: int = 1, token: str | None = None,
-                 port: int | None = None, log_name: str = "server.log") -> Server:
+                 port: int | None = None, log_name: str = "server.log", dashboard: bool = False) -> Server:
+    """API-only unless `dashboard`: Panel's import would add seconds to every start."""
     port = port or free_port()
     args = [sys.executable, "-m", "app.server", "--host", "127.0.0.1", "--port", str(port),
             "--data-dir", str(data_dir), "--workers", str(workers)]
@@ -59,7 +60,8 @@ def start_server(data_dir: Path, *, workers: int = 1, token: str | None = None,
     data_dir.mkdir(parents=True, exist_ok=True)
     log = open(data_dir / log_name, "ab")
     process = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
+                               env={**os.environ, "PYTHONPATH": str(REPO),
+                                    "SPIKEBOARD_DASHBOARD": "1" if dashboard else "0"})
     server = Server(f"http://127.0.0.1:{port}", data_dir, process, token)
     deadline = time.monotonic() + 30
     while True:

@@ -34,7 +34,7 @@ RASTER_SPIKES_JS = """() => Math.max(0, ...Bokeh.documents.flatMap(d => [...d.al
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("dashboard") / "data", workers=1)
+    server = start_server(tmp_path_factory.mktemp("dashboard") / "data", workers=1, dashboard=True)
     yield server
     server.stop()
 
@@ -199,3 +199,12 @@ def test_closed_tabs_give_their_sessions_back(server, browser):
 ])
 def test_websocket_origin_must_be_the_pages_host(origin, host, allowed):
     assert origin_allowed(origin, host) is allowed
+
+
+def test_pages_assets_and_the_api_share_one_server(server, queue_only_server):
+    with httpx.Client(base_url=server.url) as http:
+        for path in ("/", "/run?id=nosuchrun", "/compare", "/coupling", "/favicon.ico", "/assets/spikeboard.css"):
+            assert http.get(path).status_code == 200, path
+        assert http.get("/api/dashboard/sessions").json()["sessions"] >= 0
+    # an API-only server (SPIKEBOARD_DASHBOARD=0) serves no pages
+    assert httpx.get(queue_only_server.url + "/").status_code == 404

@@ -12,6 +12,7 @@ def test_env_then_overrides():
     settings = Settings.from_env(env, workers=None, port=9000)
     assert (settings.workers, settings.data_dir, settings.port, settings.token) == (3, Path("/tmp/x"), 9000, "abcdefgh1")
     assert Settings.from_env({}).data_dir == Path("spikeboard-data")
+    assert Settings.from_env({}).dashboard and not Settings.from_env({"SPIKEBOARD_DASHBOARD": "0"}).dashboard
 
 
 @pytest.mark.parametrize("changes", [{"workers": -1}, {"token": "short"}, {"port": 70000}, {"threads_per_run": 0}])
