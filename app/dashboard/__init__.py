@@ -18,7 +18,7 @@ from panel.io.fastapi import add_applications
 from pydantic import BaseModel
 
 from app.api.deps import Services
-from app.dashboard import compare_page, coupling_page, run_page, runs_page, sessions
+from app.dashboard import access, compare_page, coupling_page, run_page, runs_page, sessions
 from app.dashboard.live import LiveFeed
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
@@ -56,6 +56,8 @@ def mount_dashboard(app: FastAPI, services: Services) -> None:
         """Live dashboard sessions (one per open tab) and live-feed subscribers."""
         return DashboardSessions(sessions=sessions.live_sessions(bokeh_app), live_subscribers=feed.subscribers)
 
+    if services.settings.token:
+        access.install(app, services.settings.token)
     _run_with_app(app, feed.run)
 
 

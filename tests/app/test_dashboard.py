@@ -208,3 +208,23 @@ def test_pages_assets_and_the_api_share_one_server(server, queue_only_server):
         assert http.get("/api/dashboard/sessions").json()["sessions"] >= 0
     # an API-only server (SPIKEBOARD_DASHBOARD=0) serves no pages
     assert httpx.get(queue_only_server.url + "/").status_code == 404
+
+
+def test_with_a_token_the_dashboard_asks_for_it(server_factory, browser):
+    token = "dashboard-secret-1"
+    guarded = server_factory(token=token, dashboard=True)
+    with httpx.Client(base_url=guarded.url) as http:
+        assert http.get("/").status_code == 303 and http.get("/").headers["location"].startswith("/login")
+        assert http.get("/api/health").status_code == 200  # the API keeps its own bearer check
+        assert http.post("/login", data={"token": "wrong-token", "next": "/"}).status_code == 401
+        signed_in = http.post("/login", data={"token": token, "next": "/"})
+        assert signed_in.status_code == 303 and "spikeboard_token" in signed_in.cookies
+    context = browser.new_context()
+    page = context.new_page()
+    console = Console(page)
+    page.goto(guarded.url + "/coupling")
+    page.locator("input[name=token]").fill(token)
+    page.get_by_role("button", name="Open the dashboard").click()
+    page.get_by_text("Which run?").wait_for(timeout=60_000)  # the page and its websocket came up
+    context.close()
+    assert console.errors == []
