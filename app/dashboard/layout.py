@@ -6,7 +6,7 @@ import html
 
 import panel as pn
 
-PAGES = (("/", "Runs"), ("/compare", "Compare"), ("/coupling", "Coupling sweep"))
+PAGES = (("/", "Runs"), ("/compare", "Compare"), ("/coupling", "Coupling sweep"), ("/force", "FORCE"))
 STYLESHEET = "/assets/spikeboard.css"
 
 
