@@ -7,9 +7,9 @@ Folder layout (what `engine.studies.report.entries_from_folder` reads back):
     OUT/analyses/<label>/<analysis>/result.json
                                              <label> is "source" for an inference-only study
 
-A training run already finished in OUT (it has a summary.json) is not trained
-again, and an interrupted one resumes from its checkpoint, so rerunning the
-same command continues a study.
+A training run already finished in OUT with the plan's epochs is not trained
+again; an interrupted one, or one asked for more epochs, resumes from its
+checkpoint, so rerunning the same command continues or extends a study.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.rundir import RunDir
 from engine.studies.presets import StudyPlan
 
 SOURCE_LABEL = "source"
@@ -65,7 +66,7 @@ def run_unit(config: dict[str, Any] | None, run_dir: str, label: str, analyses: 
     from engine.train import train
 
     torch.set_num_threads(threads)
-    if config is not None and not (Path(run_dir) / "summary.json").exists():
+    if config is not None and not _trained(run_dir, config["epochs"]):
         train(Config.from_dict(config), run_dir, resume=True)
     for analysis in analyses:
         target = Path(out) / "analyses" / label / analysis["name"]
@@ -73,3 +74,9 @@ def run_unit(config: dict[str, Any] | None, run_dir: str, label: str, analyses: 
         if done.exists() and json.loads(done.read_text()).get("complete"):
             continue
         run_analysis(analysis["name"], run_dir, analysis["params"], target)
+
+
+def _trained(run_dir: str, epochs: int) -> bool:
+    """Finished with at least `epochs` epochs (a run asked for more epochs resumes)."""
+    run = RunDir(run_dir)
+    return run.summary_path.exists() and len(run.read_metrics()) >= epochs

@@ -1,6 +1,7 @@
 """Study presets through the real server: queue, advance, finish, report."""
 
 import csv
+import json
 import io
 import time
 
@@ -80,3 +81,38 @@ def test_a_study_runs_to_its_report(server_factory):
         assert analyses[0]["name"] == "phase_shuffle" and analyses[0]["complete"]
         assert analyses[0]["summary"]["samples"] == 8
         assert http.get("/api/studies/runs").json()["count"] == 2
+
+
+def test_cli_lists_queues_and_runs_studies(tmp_path, capsys):
+    from app.cli import main
+    from engine import Config, init_weights
+    from engine.rundir import RunDir
+    from jobs.paths import DataDir
+    from jobs.store import RunStore
+
+    assert main(["study"]) == 0 and "nb036" in capsys.readouterr().out
+    data = tmp_path / "data"
+    assert main(["study", "nb024", "--data-dir", str(data), "--tier", "smoke", "--epochs", "1",
+                 "--set", "seed=[42]"]) == 0
+    queued = json.loads(capsys.readouterr().out)
+    store = RunStore(DataDir.at(data).db_path)
+    try:
+        study = store.get_study(queued["study_id"])
+        assert [m.label for m in study.members] == ["ping-seed42", "coba-seed42"] == [
+            r["label"] for r in study.plan["runs"]]
+        assert all(r["config"]["tier"] == "smoke" and r["config"]["epochs"] == 1 for r in study.plan["runs"])
+    finally:
+        store.close()
+    assert main(["study", "nb024", "--data-dir", str(data), "--set", "colour=1"]) == 2
+    assert "colour" in capsys.readouterr().err
+
+    config = Config(n_e=40, n_i=10, t_ms=60.0, ei_strength=0.2, tier="smoke")
+    source = RunDir(tmp_path / "source")
+    source.create(config)
+    source.save_arrays("weights_final", {k: v.numpy() for k, v in init_weights(config).items()})
+    out = tmp_path / "nb042"
+    assert main(["study", "nb042", "--local", str(out), "--source", str(source.root), "--set", "samples=4"]) == 0
+    assert capsys.readouterr().out.startswith("# nb042:")
+    report = json.loads((out / "report.json").read_text())
+    assert report["analyses"][0]["summary"]["samples"] == 4
+    assert (out / "report.md").exists() and (out / "report.csv").read_text().startswith("analysis,")

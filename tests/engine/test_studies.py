@@ -109,11 +109,15 @@ def test_every_preset_runs_at_the_smoke_tier(name, tmp_path, source_run):
         assert [d["scale"] for d in report["coupling"]["diagonal"]] == [0.0, 1.0]
 
 
-def test_a_finished_run_is_not_trained_again(tmp_path, source_run):
+def test_a_finished_run_is_not_trained_again_but_can_be_extended(tmp_path, source_run):
     plan, _ = run_preset("nb024", tmp_path, source_run)
-    metrics = (tmp_path / "runs" / "ping-seed42" / "metrics.jsonl").read_text()
+    metrics = tmp_path / "runs" / "ping-seed42" / "metrics.jsonl"
+    first = metrics.read_text()
     run_study_local(plan, tmp_path, log=lambda line: None)
-    assert (tmp_path / "runs" / "ping-seed42" / "metrics.jsonl").read_text() == metrics
+    assert metrics.read_text() == first
+    longer = expand("nb024", dict(TINY, seed=[42], arch=["ping"], epochs=2))
+    run_study_local(longer, tmp_path, log=lambda line: None)
+    assert metrics.read_text().startswith(first) and len(metrics.read_text().splitlines()) == 2
 
 
 def test_classes_of_the_ei_grid():
