@@ -56,10 +56,13 @@ def simulate_run(run_dir: str | Path, weights: str = "final", samples: int | Non
 
 def spike_raster(run_dir: str | Path, sample: int = 0, weights: str = "final",
                  ei_factor: float = 1.0, ie_factor: float = 1.0) -> dict[str, Any]:
-    """One test image through a run's network (W_ei, W_ie optionally scaled as in
-    the coupling sweep): E and I spike times, the E population rate in 1 ms bins
+    """One test image through a run's network on the CPU (W_ei, W_ie optionally
+    scaled as in the coupling sweep): E and I spike times, the E population rate in 1 ms bins
     and its spectrum. Plain lists, ready for JSON or a plot."""
     config, w = load_run(run_dir, weights)
+    # one image is cheap on a CPU, and a server process should not hold a GPU context
+    config = config.replace(device="cpu")
+    w = {k: v.cpu() for k, v in w.items()}
     test = load_tier(config.tier).test
     if not 0 <= sample < len(test.labels):
         raise IndexError(f"sample must be in [0, {len(test.labels) - 1}], got {sample}")

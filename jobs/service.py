@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -45,6 +46,8 @@ class JobService:
         # cancel_worker(run_id) signals the run's worker; the server passes the
         # scheduler's, a process without workers (a script, tests) passes none.
         self.store, self.data = store, data
+        # rasters simulate inside the server process: at most two at a time
+        self._rasters = threading.BoundedSemaphore(2)
         self._cancel_worker = cancel_worker or (lambda run_id: None)
 
     # --- runs -------------------------------------------------------------------
@@ -131,10 +134,13 @@ class JobService:
         for name, factor in (("ei_factor", ei_factor), ("ie_factor", ie_factor)):
             if not 0.0 <= factor <= 100.0:
                 raise InvalidRequest(name, f"must be in [0, 100], got {factor}")
-        try:
-            return spike_raster(run_dir, sample, weights, ei_factor, ie_factor)
-        except IndexError as exc:
-            raise InvalidRequest("sample", str(exc)) from exc
+        with self._rasters:
+            try:
+                return spike_raster(run_dir, sample, weights, ei_factor, ie_factor)
+            except IndexError as exc:
+                raise InvalidRequest("sample", str(exc)) from exc
+            except (OSError, RuntimeError, ValueError) as exc:  # unreadable files, data tier unavailable
+                raise Conflict(f"run {run_id} cannot be simulated here: {exc}") from exc
 
     # --- analyses -------------------------------------------------------------------
     def submit_analysis(self, run_id: str, name: str, params: dict[str, Any]) -> Run:

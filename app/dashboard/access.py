@@ -3,14 +3,17 @@
 Pages act through the service layer directly, so the bearer check of the REST
 routers never sees them. With a token configured, every dashboard request (the
 pages and their websockets) needs a cookie holding the token; `/login` sets it.
-Without a token (the loopback default) nothing changes.
+Without a token (the loopback default) nothing changes. The cookie holds a
+digest of the token, hex: cookie-safe whatever the token's characters, and not
+usable as the API's bearer token if it leaks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import secrets
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -19,6 +22,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 COOKIE = "spikeboard_token"
 # the API checks its own bearer token; assets and BokehJS hold nothing private
 OPEN_PREFIXES = ("/api", "/docs", "/redoc", "/openapi.json", "/assets", "/static", "/favicon.ico", "/login")
+
+
+def cookie_value(token: str) -> str:
+    return hashlib.sha256(b"spikeboard-dashboard:" + token.encode()).hexdigest()
 
 
 def _cookie(scope: Scope) -> str | None:
@@ -35,18 +42,20 @@ class TokenGate:
     """ASGI middleware: dashboard pages and websockets need the token cookie."""
 
     def __init__(self, app: ASGIApp, token: str):
-        self.app, self.token = app, token.encode()
+        self.app, self.expected = app, cookie_value(token).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
         if scope["type"] not in ("http", "websocket") or path.startswith(OPEN_PREFIXES):
             return await self.app(scope, receive, send)
         cookie = _cookie(scope)
-        if cookie is not None and secrets.compare_digest(cookie.encode(), self.token):
+        if cookie is not None and secrets.compare_digest(cookie.encode(), self.expected):
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
-        response = RedirectResponse(f"/login?next={path}", status_code=303)
+        query = scope.get("query_string", b"").decode("latin-1")
+        target = path + (f"?{query}" if query else "")
+        response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
         await response(scope, receive, send)
 
 
@@ -77,7 +86,7 @@ def install(app: FastAPI, token: str) -> None:
             return HTMLResponse(_login_page(next, failed=True), status_code=401)
         target = next if next.startswith("/") and not next.startswith("//") else "/"
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict")
+        response.set_cookie(COOKIE, cookie_value(token), httponly=True, samesite="strict")
         return response
 
     app_token = token.encode()

@@ -211,14 +211,18 @@ def test_pages_assets_and_the_api_share_one_server(server, queue_only_server):
 
 
 def test_with_a_token_the_dashboard_asks_for_it(server_factory, browser):
-    token = "dashboard-secret-1"
+    token = "base64/like+token=="  # characters a cookie cannot hold as they are
     guarded = server_factory(token=token, dashboard=True)
     with httpx.Client(base_url=guarded.url) as http:
         assert http.get("/").status_code == 303 and http.get("/").headers["location"].startswith("/login")
+        # the page asked for comes back after signing in, query string included
+        assert http.get("/run?id=abc").headers["location"] == "/login?next=%2Frun%3Fid%3Dabc"
         assert http.get("/api/health").status_code == 200  # the API keeps its own bearer check
         assert http.post("/login", data={"token": "wrong-token", "next": "/"}).status_code == 401
         signed_in = http.post("/login", data={"token": token, "next": "/"})
         assert signed_in.status_code == 303 and "spikeboard_token" in signed_in.cookies
+        assert token not in signed_in.headers["set-cookie"]
+        assert http.get("/").status_code == 200  # the cookie httpx kept opens the pages
     context = browser.new_context()
     page = context.new_page()
     console = Console(page)
@@ -228,3 +232,18 @@ def test_with_a_token_the_dashboard_asks_for_it(server_factory, browser):
     page.get_by_text("Which run?").wait_for(timeout=60_000)  # the page and its websocket came up
     context.close()
     assert console.errors == []
+
+
+def test_a_websocket_from_another_origin_is_refused(tmp_path):
+    from fastapi.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path / "data", workers=0))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        with pytest.raises(WebSocketDisconnect) as refused:
+            with client.websocket_connect("/ws", headers={"origin": "http://evil.example"}):
+                pass
+        assert refused.value.code == 1008
