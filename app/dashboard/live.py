@@ -21,10 +21,10 @@ from jobs.service import JobService
 
 log = logging.getLogger("app.dashboard.live")
 TICK_S = 0.25
-# Workers stamp an epoch with their own clock just before committing it, so an
-# epoch can appear in the store slightly "in the past": look back this far and
-# drop the (run, epoch) pairs already delivered.
-LOOKBACK_S = 5.0
+# Workers stamp an epoch with their own clock before committing it, and a commit
+# may wait up to the store's 10 s busy timeout, so an epoch can appear "in the
+# past": look back further than that and drop the pairs already delivered.
+LOOKBACK_S = 15.0
 
 
 @dataclass(frozen=True)

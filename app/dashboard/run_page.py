@@ -13,7 +13,7 @@ import panel as pn
 import param
 
 from app.api.deps import Services
-from app.dashboard import layout, plots
+from app.dashboard import force_page, layout, plots
 from app.dashboard.live import LiveFeed, News
 from engine.convergence import summarise
 from jobs.models import JobsError, Run, RunKind, RunState
@@ -261,6 +261,8 @@ def create(services: Services, feed: LiveFeed) -> pn.Column:
         return layout.page("Run not found", "", layout.section(
             "Nothing here", pn.pane.HTML(f"<p>There is no run <code>{html.escape(run_id or '')}</code>. "
                                          f'Pick one on the <a href="/">Runs</a> page.</p>')))
+    if run.kind is RunKind.FORCE:
+        return force_page.create(services, feed)  # the same ?id= names the run there
     if run.kind is not RunKind.TRAIN:
         return analysis_view(services, run)
     return RunPage(services, feed, run).view()
