@@ -26,12 +26,21 @@ def worker_env(environ: Mapping[str, str], threads: int) -> dict[str, str]:
     return env
 
 
+def run_device(config: Mapping) -> str:
+    """The device a run's record asks for: a train run's `device`, or the network
+    config's inside a FORCE experiment's params."""
+    if "device" in config:
+        return str(config["device"])
+    network = config.get("params", {}).get("config", {}) if isinstance(config.get("params"), Mapping) else {}
+    return str(network.get("device", "cpu")) if isinstance(network, Mapping) else "cpu"
+
+
 def cuda_index(config: Mapping) -> int | None:
     """N for a run pinned to "cuda:N"; None for "cuda" (any GPU) and the CPU."""
-    device = str(config.get("device", "cpu"))
+    device = run_device(config)
     index = device.partition("cuda:")[2]
     return int(index) if device.startswith("cuda:") and index.isdigit() else None
 
 
 def wants_gpu(config: Mapping) -> bool:
-    return str(config.get("device", "cpu")).startswith("cuda")
+    return run_device(config).startswith("cuda")
