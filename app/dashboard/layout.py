@@ -6,7 +6,8 @@ import html
 
 import panel as pn
 
-PAGES = (("/", "Runs"), ("/compare", "Compare"), ("/coupling", "Coupling sweep"), ("/force", "FORCE"))
+PAGES = (("/", "Runs"), ("/compare", "Compare"), ("/coupling", "Coupling sweep"), ("/force", "FORCE"),
+         ("/studies", "Studies"))
 STYLESHEET = "/assets/spikeboard.css"
 
 
