@@ -204,6 +204,8 @@ class JobService:
     def advance_study(self, study_id: str) -> Study:
         """Queue the plan's analyses on each training run that has succeeded (idempotent)."""
         study = self.store.get_study(study_id)
+        if study.sweep_id and self.store.get_sweep(study.sweep_id).cancel_requested:
+            return study  # a cancelled study queues nothing more
         for member in study.members:
             if member.role == "train" and member.state is RunState.SUCCEEDED:
                 for analysis in study.plan["analyses"]:

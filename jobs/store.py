@@ -297,10 +297,11 @@ class RunStore:
         or a finished training run without all of the plan's analyses."""
         rows = self._read(
             "SELECT DISTINCT s.study_id FROM study_runs s JOIN runs ON runs.id = s.run_id "
-            "JOIN studies st ON st.id = s.study_id WHERE runs.state IN ('queued', 'running') "
+            "JOIN studies st ON st.id = s.study_id LEFT JOIN sweeps sw ON sw.id = st.sweep_id "
+            "WHERE COALESCE(sw.cancel_requested, 0) = 0 AND (runs.state IN ('queued', 'running') "
             "OR (s.role = 'train' AND runs.state = 'succeeded' AND "
             "(SELECT COUNT(*) FROM study_runs a WHERE a.study_id = s.study_id AND a.label = s.label "
-            "AND a.role = 'analysis') < json_array_length(st.plan, '$.analyses'))")
+            "AND a.role = 'analysis') < json_array_length(st.plan, '$.analyses')))")
         return [r["study_id"] for r in rows]
 
 

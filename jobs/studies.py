@@ -54,20 +54,26 @@ class Study:
         targets = len(self.plan["runs"]) or 1
         return len(self.plan["runs"]) + targets * len(self.plan["analyses"])
 
+    def _members_due(self) -> int:
+        """Members the study will have: its training runs, and the plan's analyses on
+        each training run that has not failed or been cancelled (or on the source)."""
+        trained_ok = sum(1 for m in self.members if m.role == "train" and m.state is not None
+                         and m.state is not RunState.FAILED and m.state is not RunState.CANCELLED)
+        return len(self.plan["runs"]) + (trained_ok if self.plan["runs"] else 1) * len(self.plan["analyses"])
+
     @property
     def state(self) -> RunState:
         """Like a sweep's, over the members; running while analyses are still to be
         queued on training runs that have not failed."""
         states = tuple(m.state or RunState.CANCELLED for m in self.members)
-        trained_ok = sum(1 for m in self.members if m.role == "train" and m.state is not None
-                         and m.state is not RunState.FAILED and m.state is not RunState.CANCELLED)
-        pending = len(self.members) < len(self.plan["runs"]) + (
-            trained_ok if self.plan["runs"] else 1) * len(self.plan["analyses"])
+        pending = len(self.members) < self._members_due()
         if pending and not any(s in (RunState.FAILED, RunState.CANCELLED) for s in states):
             return RunState.RUNNING
         return sweep_state(states, cancel_requested=False)
 
     @property
     def progress(self) -> float:
+        if self.state.finished:
+            return 1.0  # also when failed runs leave planned analyses unqueued
         done = sum(1 for m in self.members if m.state is None or m.state.finished)
-        return done / self.expected_runs if self.expected_runs else 1.0
+        return min(done / self._members_due(), 1.0)

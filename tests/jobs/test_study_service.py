@@ -1,0 +1,48 @@
+"""Study bookkeeping in the service: cancellation holds, progress ends at 1."""
+
+import pytest
+
+from jobs.models import RunKind, RunState
+from jobs.paths import DataDir
+from jobs.service import JobService
+from jobs.store import RunStore
+
+
+@pytest.fixture
+def service(tmp_path):
+    data = DataDir.at(tmp_path / "data")
+    store = RunStore(data.db_path)
+    yield JobService(store, data)
+    store.close()
+
+
+def _finish(service, run_id, state):
+    service.store.transition(run_id, RunState.RUNNING)
+    service.store.transition(run_id, state)
+
+
+def _nb041(service):
+    study = service.submit_study("nb041", {"tau_gaba_ms": [6.0, 9.0], "epochs": 1})
+    return study, [m.run_id for m in study.members if m.role == "train"]
+
+
+def test_a_cancelled_study_queues_no_analyses_later(service):
+    study, (first, second) = _nb041(service)
+    _finish(service, first, RunState.SUCCEEDED)  # its analysis is not queued yet
+    service.cancel_study(study.id)
+    after = service.get_study(study.id)  # the page's and the loop's call
+    assert after.state is RunState.CANCELLED
+    assert not [m for m in after.members if m.role == "analysis"]
+    assert service.store.list_runs(kind=RunKind.ANALYSIS)[1] == 0
+    assert study.id not in service.store.study_ids_with_unfinished_runs()
+
+
+def test_a_failed_run_still_lets_progress_reach_one(service):
+    study, (first, second) = _nb041(service)
+    _finish(service, first, RunState.FAILED)
+    _finish(service, second, RunState.SUCCEEDED)
+    study = service.get_study(study.id)
+    analysis = next(m.run_id for m in study.members if m.role == "analysis")
+    _finish(service, analysis, RunState.SUCCEEDED)
+    study = service.get_study(study.id)
+    assert study.state is RunState.FAILED and study.progress == 1.0
