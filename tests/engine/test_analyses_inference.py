@@ -52,7 +52,9 @@ def test_phase_shuffle_releases_e(tmp_path):
     assert result["complete"] and summary["samples"] == SAMPLES and len(result["cells"]) == result["total"]
     # replaying the recorded I trains through the input pathway is the closed loop again
     assert summary["rate_e_replay_hz"] == summary["rate_e_hz"] == pytest.approx(plain_rate_e(run))
-    # same mean inhibition, not locked to the E cycle: E fires more
+    # same mean inhibition, not locked to the E cycle: E fires more in this small,
+    # weakly rhythmic network (measured 1.03-1.16x over four configs); on the trained
+    # canonical PING network the same shuffle lowered E instead (docs/RESULTS.md)
     assert summary["rate_e_shuffled_hz"] > summary["rate_e_hz"] > 0
     assert summary["release_factor"] == pytest.approx(summary["rate_e_shuffled_hz"] / summary["rate_e_hz"])
 
