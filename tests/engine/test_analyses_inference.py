@@ -76,18 +76,19 @@ def test_drop_and_add_spikes(ping_run, tmp_path):
 @pytest.mark.slow
 def test_adding_spikes_changes_the_rhythmic_network_more_than_dropping(tmp_path):
     """At the canonical size the untrained PING network has a gamma rhythm (measured:
-    peak near 60 Hz, prominence about 6 on 16 test images). Dropping a quarter of
-    the E spikes is compensated by the loop (E fires more until I is recruited as
-    before) and keeps the cycle; adding as many random spikes is not compensated
-    and blurs it. In networks of 100-250 cells, which have no clear rhythm, the
-    two perturbations move the delivered rate about equally (see docs/RESULTS.md)."""
+    peak 53-60 Hz, prominence about 6 on 16 test images). Dropping a quarter of the
+    E spikes is compensated by the loop (E fires more until the delivered count is
+    back: measured +0.3 and -0.1 Hz on two image sets); adding as many random spikes
+    is not (+1.3 and +1.2 Hz). The gamma prominence did not order the two
+    consistently across those image sets, so it is not asserted. In networks of
+    100-250 cells, which have no clear rhythm, the two perturbations move the
+    delivered rate about equally (docs/RESULTS.md)."""
     run = make_run(tmp_path / "run", n_e=800, n_i=200, t_ms=200.0, ei_strength=0.05, batch_size=16)
     result = run_analysis("drop_add_spikes", run, {"fractions": [0.25], "samples": 16}, tmp_path / "out")
     none, drop, add = result["cells"]
     assert none["gamma_prominence"] > 3  # there is a cycle to keep or lose
     change = {c["mode"]: abs(c["rate_e_delivered_hz"] - none["rate_e_delivered_hz"]) for c in (drop, add)}
     assert change["add"] > change["drop"]
-    assert add["gamma_prominence"] < drop["gamma_prominence"]
 
 
 def test_fi_curve_rises_and_the_loop_holds_e_down(ping_run, tmp_path):
