@@ -25,54 +25,55 @@ GRID_FIELD = "sweep_grid"
 def _widget(field: dataclasses.Field, hint: Any) -> pn.widgets.Widget:
     name, default = field.name, field.default
     if name in CHOICES:
-        return pn.widgets.Select(name=name, options=list(CHOICES[name]), value=default)
+        return pn.widgets.Select(label=name, options=list(CHOICES[name]), value=default)
     if name == "trainable":
-        return pn.widgets.MultiChoice(name=name, options=list(WEIGHT_NAMES), value=list(default))
+        return pn.widgets.MultiChoice(label=name, options=list(WEIGHT_NAMES), value=list(default))
     if hint is bool:
-        return pn.widgets.Checkbox(name=name, value=default)
+        return pn.widgets.Checkbox(label=name, value=default)
     if hint is int:
-        return pn.widgets.IntInput(name=name, value=default)
+        return pn.widgets.IntInput(label=name, value=default)
     if hint in (float, float | None):
         placeholder = "from arch" if default is None else ""
-        return pn.widgets.FloatInput(name=name, value=default, placeholder=placeholder, format="0[.]0[000000]")
-    return pn.widgets.TextInput(name=name, value=str(default))
+        return pn.widgets.FloatInput(label=name, value=default, placeholder=placeholder, format="0[.]0[000000]")
+    return pn.widgets.TextInput(label=name, value=str(default))
 
 
 class ConfigForm:
-    """Widgets for every Config field plus an optional sweep grid."""
+    """Widgets for the Config fields plus an optional sweep grid."""
 
     def __init__(self) -> None:
-        hints = typing.get_type_hints(Config)
-        self.widgets = {f.name: _widget(f, hints[f.name]) for f in dataclasses.fields(Config)}
+        self._hints = typing.get_type_hints(Config)
+        self._fields = {f.name: f for f in dataclasses.fields(Config)}
+        # only the essential fields' widgets exist until "All parameters" opens:
+        # ~40 more would slow every first paint of the Runs page
+        self.widgets: dict[str, pn.widgets.Widget] = {}
+        self.errors: dict[str, pn.pane.HTML] = {}
         self.grid = pn.widgets.TextAreaInput(
             name="sweep grid (optional, JSON)", placeholder='{"arch": ["ping", "coba"], "seed": [42, 43, 44]}',
             height=70, sizing_mode="stretch_width")
-        self.errors = {name: pn.pane.HTML("", css_classes=["field-error"], visible=False, margin=(0, 10))
-                       for name in [*self.widgets, GRID_FIELD]}
-        for widget in self.widgets.values():
-            widget.sizing_mode = "stretch_width"
+        self.advanced = pn.Card(title="All parameters", collapsed=True, sizing_mode="stretch_width")
+        self.advanced.param.watch(self._open_advanced, "collapsed")
 
     def _field(self, name: str) -> pn.Column:
+        if name != GRID_FIELD and name not in self.widgets:
+            self.widgets[name] = _widget(self._fields[name], self._hints[name])
+            self.widgets[name].sizing_mode = "stretch_width"
+        self.errors.setdefault(name, pn.pane.HTML("", css_classes=["field-error"], visible=False, margin=(0, 10)))
         widget = self.grid if name == GRID_FIELD else self.widgets[name]
         return pn.Column(widget, self.errors[name], margin=0, sizing_mode="stretch_width")
 
+    def _open_advanced(self, event) -> None:
+        if not event.new and not self.advanced.objects:
+            rest = [n for n in self._fields if n not in ESSENTIAL]
+            self.advanced.append(pn.GridBox(*(self._field(n) for n in rest), ncols=2, sizing_mode="stretch_width"))
+
     def panel(self) -> pn.Column:
         essential = pn.GridBox(*(self._field(n) for n in ESSENTIAL), ncols=2, sizing_mode="stretch_width")
-        advanced = pn.Card(title="All parameters", collapsed=True, sizing_mode="stretch_width")
-
-        def fill(event) -> None:
-            # built on first expand: ~40 more widgets would slow every first paint
-            if not event.new and not advanced.objects:
-                rest = [n for n in self.widgets if n not in ESSENTIAL]
-                advanced.append(pn.GridBox(*(self._field(n) for n in rest), ncols=2, sizing_mode="stretch_width"))
-
-        advanced.param.watch(fill, "collapsed")
-        self._advanced = advanced
-        return pn.Column(essential, advanced, self._field(GRID_FIELD), sizing_mode="stretch_width")
+        return pn.Column(essential, self.advanced, self._field(GRID_FIELD), sizing_mode="stretch_width")
 
     def values(self) -> dict[str, Any]:
-        """The config fields that differ from the defaults (so arch-dependent
-        defaults still resolve from arch)."""
+        """The config fields set to other than their defaults (so arch-dependent
+        defaults still resolve from arch); fields never shown keep theirs."""
         defaults = Config.__dataclass_fields__
         chosen = {}
         for name, widget in self.widgets.items():
@@ -103,10 +104,10 @@ class ConfigForm:
         """Show `message` under the widget `field` names (n_e, config.n_e, grid.seed);
         False when no widget matches (the caller shows it elsewhere)."""
         name = GRID_FIELD if field.split(".")[0] in ("grid", GRID_FIELD) else field.split(".")[-1]
-        if name not in self.errors:
+        if name != GRID_FIELD and name not in self._fields:
             return False
-        if name not in ESSENTIAL and name != GRID_FIELD:
-            self._advanced.collapsed = False  # show the field the error is about
+        if name not in self.errors:
+            self.advanced.collapsed = False  # builds and shows the field the error is about
         self.errors[name].object, self.errors[name].visible = f"⚠ {message}", True
         (self.grid if name == GRID_FIELD else self.widgets[name]).css_classes = ["invalid"]
         return True

@@ -34,10 +34,10 @@ class CouplingPage(param.Parameterized):
         self.progress = pn.pane.HTML(margin=(0, 10))
         self.cell_info = pn.pane.HTML('<p class="muted">Click a cell to see its raster.</p>',
                                       sizing_mode="stretch_width")
-        self.factors = pn.widgets.TextInput(name="multipliers (both axes)", width=320,
+        self.factors = pn.widgets.TextInput(label="multipliers (both axes)", width=320,
                                             value=", ".join(f"{f:g}" for f in DEFAULT_FACTORS))
-        self.samples = pn.widgets.IntInput(name="test images (0: all)", value=0, start=0, width=150)
-        self.launch_button = pn.widgets.Button(name="Run coupling sweep", button_type="primary", align="end")
+        self.samples = pn.widgets.IntInput(label="test images (0: all)", value=0, start=0, width=150)
+        self.launch_button = pn.widgets.Button(label="Run coupling sweep", button_type="primary", align="end")
         self.launch_button.on_click(self.launch)
         self._load()
         if pn.state.curdoc:

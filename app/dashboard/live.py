@@ -20,7 +20,7 @@ from jobs.models import Run
 from jobs.service import JobService
 
 log = logging.getLogger("app.dashboard.live")
-TICK_S = 0.25
+TICK_S = 0.1
 # Workers stamp an epoch with their own clock before committing it, and a commit
 # may wait up to the store's 10 s busy timeout, so an epoch can appear "in the
 # past": look back further than that and drop the pairs already delivered.

@@ -34,7 +34,7 @@ class RunPage(param.Parameterized):
         self.status = layout.status_line()
         self.header = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 20))
         self.summary = pn.pane.HTML(sizing_mode="stretch_width")
-        self.simulate_button = pn.widgets.Button(name="Simulate test image", button_type="primary",
+        self.simulate_button = pn.widgets.Button(label="Simulate test image", button_type="primary",
                                                  align="end")
         self.simulate_button.on_click(self.simulate)
         self.records = self.jobs.metrics(run.id)
@@ -199,7 +199,7 @@ class RunPage(param.Parameterized):
     def view(self) -> pn.Column:
         f, rid = self._figure, self.run.id
         histogram_csv = lambda samples: (lambda: plots.histogram_frame(samples()))  # noqa: E731
-        sample = pn.widgets.IntInput.from_param(self.param.sample, name="test image #", width=120)
+        sample = pn.widgets.IntInput.from_param(self.param.sample, label="test image #", width=120)
         actions = pn.Row(
             pn.pane.HTML(f'<a href="/coupling?run={rid}">Coupling sweep →</a>&nbsp;&nbsp;'
                          f'<a href="/compare?runs={rid}">Compare →</a>&nbsp;&nbsp;'

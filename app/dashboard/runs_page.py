@@ -189,7 +189,7 @@ class RunsPage(param.Parameterized):
 
     # --- view --------------------------------------------------------------------------
     def view(self) -> pn.Column:
-        launch = pn.widgets.Button(name="Launch", button_type="primary", width=120)
+        launch = pn.widgets.Button(label="Launch", button_type="primary", width=120)
         launch.on_click(self.launch)
         form = layout.section("Launch a run or a sweep", self.form.panel(), launch, width=430,
                               sizing_mode="fixed")
@@ -197,9 +197,9 @@ class RunsPage(param.Parameterized):
             ("Compare selected", self.compare, "primary"), ("Cancel", self.cancel, "warning"),
             ("Re-run", self.rerun, "default"), ("Delete", self.delete, "danger"))))
         filters = pn.Row(
-            pn.widgets.Select.from_param(self.param.state, name="state", width=130),
-            pn.widgets.Select.from_param(self.param.kind, name="kind", width=130),
-            pn.widgets.TextInput.from_param(self.param.text, name="search", placeholder="id, arch, sweep...",
+            pn.widgets.Select.from_param(self.param.state, label="state", width=130),
+            pn.widgets.Select.from_param(self.param.kind, label="kind", width=130),
+            pn.widgets.TextInput.from_param(self.param.text, label="search", placeholder="id, arch, sweep...",
                                             width=220))
         runs = layout.section("Runs", pn.Row(filters, pn.Spacer(), actions, sizing_mode="stretch_width"),
                               self.table)
@@ -209,7 +209,7 @@ class RunsPage(param.Parameterized):
 
     @staticmethod
     def _button(label: str, handler, kind: str) -> pn.widgets.Button:
-        button = pn.widgets.Button(name=label, button_type=kind, align="end")
+        button = pn.widgets.Button(label=label, button_type=kind, align="end")
         button.on_click(handler)
         return button
 
