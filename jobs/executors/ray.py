@@ -30,7 +30,9 @@ from typing import Any
 
 from jobs.executors.base import Exited
 from jobs.executors.launch import repo_root, wants_gpu, worker_argv, worker_env
-from jobs.models import Run
+from jobs.models import Run, RunNotFound, RunState
+from jobs.paths import DataDir
+from jobs.store import RunStore
 
 log = logging.getLogger("jobs.executors.ray")
 
@@ -94,6 +96,7 @@ class RayExecutor:
         # and the store's attempt check is what keeps two workers off one run.
         self._remote = ray.remote(max_retries=0)(supervise_worker)
         self._tasks: dict[str, _Task] = {}
+        self._store: RunStore | None = None  # opened on the first cancel
 
     def free_slots(self) -> int:
         return self.slots - len(self._tasks)
@@ -114,9 +117,26 @@ class RayExecutor:
         if task is None:
             return False
         self._ray.cancel(task.ref, force=False)
+        # ray.cancel's KeyboardInterrupt is best effort (in CI it sometimes never
+        # arrived): the worker runs on this host (see above), so also tell it
+        # directly; it records its own outcome, and its exit ends the task.
+        self._terminate_worker(task)
         if task.kill_at is None:
             task.kill_at = time.monotonic() + self.grace_s
         return True
+
+    def _terminate_worker(self, task: _Task) -> None:
+        if self._store is None:
+            self._store = RunStore(DataDir.at(self.data_dir).db_path)
+        try:
+            run = self._store.get_run(task.run_id)
+        except RunNotFound:
+            return
+        if run.worker_pid and run.attempt == task.attempt and run.state is RunState.RUNNING:
+            try:
+                os.kill(run.worker_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # already gone
 
     def poll(self) -> list[Exited]:
         ready = self._ready()
@@ -167,4 +187,6 @@ class RayExecutor:
         self._tasks.clear()
         if self._owns_ray:
             self._ray.shutdown()
+        if self._store is not None:
+            self._store.close()
         return exited
