@@ -14,7 +14,7 @@ import param
 from app.api.deps import Services
 from app.dashboard import layout, plots
 from app.dashboard.live import LiveFeed, News
-from engine.convergence import summarise
+from engine.studies.report import seed_row, spike_budget
 from jobs.models import JobsError, Run, RunKind
 
 MAX_RUNS = 24
@@ -26,13 +26,6 @@ def run_label(run: Run) -> str:
     return f"{run.config.get('arch', '?').upper()} seed {run.config.get('seed')} · {run.id[:6]}"
 
 
-def spike_budget(run: Run, last: dict) -> dict:
-    """MODEL.md "Spike budget": E, I, E + I and the population-weighted per-cell total."""
-    n_e, n_i = run.config["n_e"], run.config["n_i"]
-    r_e, r_i = last["rate_e_hz"], last["rate_i_hz"]
-    return {"E": r_e, "I": r_i, "E + I": r_e + r_i, "per-cell total": (n_e * r_e + n_i * r_i) / (n_e + n_i)}
-
-
 class ComparePage(param.Parameterized):
     version = param.Integer(default=0, doc="bumped when any compared run gains epochs")
 
@@ -41,7 +34,8 @@ class ComparePage(param.Parameterized):
         self.jobs, self.runs = services.jobs, runs
         self.records = {run.id: self.jobs.metrics(run.id) for run in runs}
         self.seed_table = pn.widgets.Tabulator(self._seed_frame(), show_index=False, disabled=True,
-                                               sizing_mode="stretch_width", layout="fit_data_stretch")
+                                               sizing_mode="stretch_width", layout="fit_data_stretch",
+                                               titles=plots.SEED_TABLE_TITLES)
         if pn.state.curdoc:
             key = feed.subscribe(pn.state.curdoc, self._on_news)
             pn.state.on_session_destroyed(lambda _ctx: feed.unsubscribe(key))
@@ -63,28 +57,23 @@ class ComparePage(param.Parameterized):
         return {"color": color, "line_dash": DASHES[len(same_arch) % len(DASHES)]}
 
     # --- tables ------------------------------------------------------------------------
+    def _entry(self, run: Run) -> dict:
+        """The run in the shape the study report's functions take."""
+        return {"label": run.id, "config": run.config, "metrics": self.records[run.id], "point": {}}
+
     def _seed_frame(self) -> pd.DataFrame:
-        rows = []
-        for run in self.runs:
-            records = self.records[run.id]
-            row = {"run": run.id, "arch": run.config.get("arch"), "seed": run.config.get("seed"),
-                   "epochs": len(records), "state": run.state.value}
-            if records:
-                s = summarise(records)
-                row.update({"final acc (%)": s["final"]["test_acc"], "final E rate (Hz)": s["final"]["rate_e_hz"],
-                            "final I rate (Hz)": s["final"]["rate_i_hz"],
-                            "acc slope (pp/ep)": s["slopes"]["test_acc_pp_per_epoch"],
-                            "E-rate slope (Hz/ep)": s["slopes"]["rate_e_hz_per_epoch"],
-                            "acc converged": s["converged"]["test_acc"],
-                            "rate converged": s["converged"]["rate_e"]})
-            rows.append(row)
-        return pd.DataFrame(rows).round(3)
+        rows = [{**seed_row(self._entry(run)), "state": run.state.value} if self.records[run.id] else
+                {"label": run.id, "arch": run.config.get("arch"), "seed": run.config.get("seed"), "epochs": 0,
+                 "state": run.state.value} for run in self.runs]
+        return pd.DataFrame(rows).drop(columns=["slope_window"], errors="ignore").round(3)
 
     def _budget_frame(self) -> pd.DataFrame:
+        """MODEL.md "Spike budget" per run (the study report's, over one run)."""
         rows = [{"run": f"{run.config.get('arch', '?').upper()} s{run.config.get('seed')} {run.id[:4]}",
-                 "measure": measure, "rate (Hz)": value}
+                 "measure": label, "rate (Hz)": budget[key]}
                 for run in self.runs if self.records[run.id]
-                for measure, value in spike_budget(run, self.records[run.id][-1]).items()]
+                for budget in spike_budget([self._entry(run)])
+                for key, label in plots.BUDGET_MEASURES.items()]
         return pd.DataFrame(rows, columns=["run", "measure", "rate (Hz)"])
 
     def _trajectory_frame(self) -> pd.DataFrame:

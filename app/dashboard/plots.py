@@ -18,6 +18,13 @@ from jobs.service import flatten
 
 E_COLOR, I_COLOR, TOTAL_COLOR, ACC_COLOR = "#2b6cb0", "#c53030", "#4a5568", "#2f855a"
 SERIES_COLORS = ("#2b6cb0", "#c53030", "#2f855a", "#b7791f", "#6b46c1", "#2c7a7b", "#97266d", "#4a5568")
+# column titles of engine.studies.report.seed_row's rows
+SEED_TABLE_TITLES = {"final_acc_pct": "final acc (%)", "final_rate_e_hz": "final E rate (Hz)",
+                     "final_rate_i_hz": "final I rate (Hz)", "rate_e_slope_hz_per_epoch": "E-rate slope (Hz/ep)",
+                     "acc_slope_pp_per_epoch": "acc slope (pp/ep)", "converged_rate_e": "rate converged",
+                     "converged_acc": "acc converged"}
+BUDGET_MEASURES = {"rate_e_hz": "E", "rate_i_hz": "I", "rate_e_plus_i_hz": "E + I",
+                   "per_cell_total_hz": "per-cell total"}
 HEIGHT = 260
 BASE = dict(responsive=True, height=HEIGHT, framewise=True, show_grid=True, fontscale=0.95)
 CURVE = dict(line_width=2, tools=["hover"])

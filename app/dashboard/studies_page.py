@@ -28,10 +28,6 @@ from jobs.studies import Study
 DEFAULT = "preset's"
 MAX_STUDIES = 200
 MAX_HISTOGRAM_RUNS = len(plots.SERIES_COLORS)  # one colour per overlaid run
-SEED_TABLE_TITLES = {"final_acc_pct": "final acc (%)", "final_rate_e_hz": "final E rate (Hz)",
-                     "final_rate_i_hz": "final I rate (Hz)", "rate_e_slope_hz_per_epoch": "E-rate slope (Hz/ep)",
-                     "acc_slope_pp_per_epoch": "acc slope (pp/ep)", "converged_rate_e": "rate converged",
-                     "converged_acc": "acc converged"}
 STUDY_COLUMNS = ["study", "preset", "state", "progress", "runs", "created", "source", "report"]
 
 
@@ -179,7 +175,7 @@ class StudyPage(param.Parameterized):
         self.members = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 10))
         self.seed_table = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True,
                                                sizing_mode="stretch_width", layout="fit_data_stretch",
-                                               titles=SEED_TABLE_TITLES)
+                                               titles=plots.SEED_TABLE_TITLES)
         self.tables = pn.Column(sizing_mode="stretch_width")
         study, report, metrics = self._read()
         self._apply(study, report, metrics)

@@ -14,7 +14,8 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 
-from app.dashboard.plots import ACC_COLOR, BASE, CURVE, E_COLOR, I_COLOR, SERIES_COLORS, TOTAL_COLOR
+from app.dashboard.plots import (ACC_COLOR, BASE, BUDGET_MEASURES, CURVE, E_COLOR, I_COLOR, SERIES_COLORS,
+                                 TOTAL_COLOR)
 
 ARCH_COLORS = {"ping": "#1a202c", "coba": "#c53030"}  # the seed's figures: PING black, COBA red
 MARKERS = ("circle", "square", "triangle", "diamond", "inverted_triangle", "hex")
@@ -65,13 +66,9 @@ def accuracy_vs_rate_runs(metrics: dict[str, list[dict]], colors: Sequence[str])
                                    legend_position="bottom_right", **BASE)
 
 
-SPIKE_BUDGET_MEASURES = {"rate_e_hz": "E", "rate_i_hz": "I", "rate_e_plus_i_hz": "E + I",
-                         "per_cell_total_hz": "per-cell total"}
-
-
 def spike_budget_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([{"arch": r["arch"].upper(), "measure": label, "rate (Hz)": r[key]}
-                         for r in rows for key, label in SPIKE_BUDGET_MEASURES.items()],
+                         for r in rows for key, label in BUDGET_MEASURES.items()],
                         columns=["arch", "measure", "rate (Hz)"])
 
 
