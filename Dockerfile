@@ -43,6 +43,9 @@ RUN groupadd --system --gid 10001 spikeboard \
     && chown 10001:10001 /data
 USER 10001:10001
 VOLUME ["/data"]
+# numba's compiled CPU loops (the fast backend on CPU) are cached on the volume:
+# /app is not writable for this user, and a restart need not compile them again.
+ENV NUMBA_CACHE_DIR=/data/numba-cache
 
 EXPOSE 8000
 # /api/health, never the dashboard page: a page request opens a full session.

@@ -241,13 +241,18 @@ class FusedNetwork(torch.autograd.Function):
     def forward(ctx, w_in, w_ei, w_ie, ev: ArrivalEvents, batch: int, p: FastParams,
                 record_voltage: bool):
         rec = recurrence(w_ei, w_ie)
-        spikes, checkpoints, voltages = run_forward(w_in, rec, ev, batch, p, record_voltage)
-        s_e = spikes[:, :, :p.n_e].to(w_in.dtype)
-        s_i = spikes[:, :, p.n_e:].to(w_in.dtype)
+        compiled = compiled_loops(w_in.device)
+        if compiled:
+            from engine.fast_cpu import run_forward as run_compiled
+
+            spikes, s_e, s_i, saved, voltages = run_compiled(w_in, rec, ev, batch, p, record_voltage)
+        else:
+            spikes, saved, voltages = run_forward(w_in, rec, ev, batch, p, record_voltage)
+            s_e, s_i = spikes[:, :, :p.n_e].to(w_in.dtype), spikes[:, :, p.n_e:].to(w_in.dtype)
         count = filtered_count(s_e, p)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(w_in, w_ei, w_ie)
-        ctx.spikes, ctx.checkpoints, ctx.events, ctx.params = spikes, checkpoints, ev, p
+        ctx.spikes, ctx.saved, ctx.events, ctx.params, ctx.compiled = spikes, saved, ev, p, compiled
         empty = w_in.new_empty(0)
         v_e = voltages[:, :, :p.n_e] if voltages is not None else empty
         v_i = voltages[:, :, p.n_e:] if voltages is not None else empty
@@ -256,13 +261,21 @@ class FusedNetwork(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_s_e, grad_s_i, grad_count, _grad_v_e, _grad_v_i):
-        from engine.fast_backward import network_backward
+        if ctx.compiled:
+            from engine.fast_cpu import network_backward
+        else:
+            from engine.fast_backward import network_backward
 
         w_in, w_ei, w_ie = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
-        grads = network_backward(w_in, w_ei, w_ie, ctx.spikes, ctx.checkpoints, ctx.events,
+        grads = network_backward(w_in, w_ei, w_ie, ctx.spikes, ctx.saved, ctx.events,
                                  ctx.params, grad_s_e, grad_s_i, grad_count, need)
         return (*grads, None, None, None, None)
+
+
+def compiled_loops(device: torch.device) -> bool:
+    """Whether the time loops run compiled (engine.fast_cpu): on CPU; CUDA keeps torch ops."""
+    return device.type == "cpu"
 
 
 def recurrence(w_ei: torch.Tensor, w_ie: torch.Tensor) -> Recurrence:

@@ -128,7 +128,7 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
         if config.mem_reg_weight > 0:
             loss = loss + config.mem_reg_weight * out["u_excess"].mean()
         if not torch.isfinite(loss):
-            raise NonFiniteError(f"loss became {float(loss)} in epoch {epoch}, batch {b + 1}")
+            raise NonFiniteError(f"loss became {float(loss.detach())} in epoch {epoch}, batch {b + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = [weights[name] for name in config.trainable]

@@ -1,7 +1,10 @@
 """The fast backend against the reference: identical float64 spikes, gradients to 1e-6.
 
-Canonical network (800 E / 200 I), 2 MNIST samples of the smoke tier as Poisson
-input, 2000 steps for PING and COBA; shorter trials for the flag variants. The loss
+Both of the fast backend's time loops are checked: the compiled loops it runs on
+CPU (engine.fast_cpu) and the torch-op loop it runs on CUDA (engine.fast_backward),
+the latter forced onto the CPU here. Canonical network (800 E / 200 I), 2 MNIST
+samples of the smoke tier as Poisson input, 2000 steps for PING and COBA; shorter
+trials for the flag variants. The loss
 is cross-entropy plus a rate term on s_e and s_i, so the spike outputs' own
 gradients are checked as well as the readout's.
 
@@ -11,10 +14,13 @@ run several times slower when OpenMP threads compete with other processes.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import engine.fast
 from engine import Config, ConfigError, init_weights, poisson_encode, simulate
 from engine.data import load_tier
 from engine.fast import simulate_fast
@@ -41,6 +47,23 @@ def poisson_input(smoke, config: Config, batch: int = 2, seed: int = 0) -> torch
     return poisson_encode(smoke.train.images[:batch], config, torch.Generator().manual_seed(seed))
 
 
+@contextmanager
+def time_loop(kind: str):
+    """Run the fast backend with its compiled CPU loops or with the torch-op loop."""
+    if kind != "torch_ops":
+        yield
+        return
+    original = engine.fast.compiled_loops
+    engine.fast.compiled_loops = lambda device: False
+    try:
+        yield
+    finally:
+        engine.fast.compiled_loops = original
+
+
+LOOPS = ("compiled", "torch_ops")
+
+
 def run(backend, config: Config, x: torch.Tensor, labels: torch.Tensor, record_voltage=False):
     """Output and the gradient of every trainable weight for one backend."""
     weights = init_weights(config)
@@ -54,23 +77,30 @@ def run(backend, config: Config, x: torch.Tensor, labels: torch.Tensor, record_v
 
 
 def assert_equivalent(config: Config, x: torch.Tensor, labels: torch.Tensor, record_voltage=False):
+    """Both fast loops against one reference run."""
     ref, ref_grads = run(simulate_reference, config, x, labels, record_voltage)
-    fast, fast_grads = run(simulate_fast, config, x, labels, record_voltage)
-    assert torch.equal(fast["s_e"], ref["s_e"]), "E spikes differ"
-    assert torch.equal(fast["s_i"], ref["s_i"]), "I spikes differ"
     assert ref["s_e"].sum() > 0
-    torch.testing.assert_close(fast["logits"], ref["logits"], rtol=1e-10, atol=1e-12)
-    if record_voltage:
-        assert torch.equal(fast["v_e"], ref["v_e"]) and torch.equal(fast["v_i"], ref["v_i"])
+    for loop in LOOPS:
+        with time_loop(loop):
+            fast, fast_grads = run(simulate_fast, config, x, labels, record_voltage)
+        assert torch.equal(fast["s_e"], ref["s_e"]), f"{loop}: E spikes differ"
+        assert torch.equal(fast["s_i"], ref["s_i"]), f"{loop}: I spikes differ"
+        torch.testing.assert_close(fast["logits"], ref["logits"], rtol=1e-10, atol=1e-12)
+        if record_voltage:
+            assert torch.equal(fast["v_e"], ref["v_e"]) and torch.equal(fast["v_i"], ref["v_i"]), loop
+        assert_gradients_close(fast_grads, ref_grads, config, loop)
+    return ref
+
+
+def assert_gradients_close(grads, ref_grads, config: Config, label: str):
     for name in config.trainable:
         reference = ref_grads[name]
-        assert torch.isfinite(fast_grads[name]).all(), name
+        assert torch.isfinite(grads[name]).all(), f"{label}: {name}"
         if reference.norm() == 0:
-            assert fast_grads[name].norm() == 0, name
+            assert grads[name].norm() == 0, f"{label}: {name}"
             continue
-        rel = float((fast_grads[name] - reference).norm() / reference.norm())
-        assert rel < GRAD_RTOL, f"{name}: relative gradient error {rel:.2e}"
-    return ref
+        rel = float((grads[name] - reference).norm() / reference.norm())
+        assert rel < GRAD_RTOL, f"{label}: {name}: relative gradient error {rel:.2e}"
 
 
 # --- canonical network, full trial -------------------------------------------------
@@ -127,22 +157,39 @@ def test_small_network_flags(smoke, changes):
     x = poisson_input(smoke, config, batch=2, seed=4)
     labels = smoke.train.labels[:2]
     grads, outs = [], []
-    for backend in (simulate_reference, simulate_fast):
+    for backend, loop in ((simulate_reference, None), (simulate_fast, "compiled"), (simulate_fast, "torch_ops")):
         w = {name: t.clone() for name, t in init_weights(config).items()}
         w["W_in"] = 3.0 * w["W_in"] * sign.to(w["W_in"].dtype)
         for name in config.trainable:
             w[name].requires_grad_(True)
-        out = backend(w, x, config)
-        (F.cross_entropy(out["logits"], labels) + 0.01 * out["s_e"].sum(0).mean()).backward()
+        with time_loop(loop):
+            out = backend(w, x, config)
+            (F.cross_entropy(out["logits"], labels) + 0.01 * out["s_e"].sum(0).mean()).backward()
         outs.append(out)
         # a weight the loss does not reach has no gradient in the reference (None)
         grads.append({name: w[name].grad if w[name].grad is not None else torch.zeros_like(w[name])
                       for name in config.trainable})
-    assert torch.equal(outs[0]["s_e"], outs[1]["s_e"]) and torch.equal(outs[0]["s_i"], outs[1]["s_i"])
-    for name in config.trainable:
-        ref = grads[0][name]
-        err = (grads[1][name] - ref).norm()
-        assert err <= GRAD_RTOL * ref.norm() + 1e-300, f"{name}: {float(err / ref.norm()):.2e}"
+    for out, grad, loop in zip(outs[1:], grads[1:], LOOPS):
+        assert torch.equal(outs[0]["s_e"], out["s_e"]) and torch.equal(outs[0]["s_i"], out["s_i"]), loop
+        for name in config.trainable:
+            ref = grads[0][name]
+            err = (grad[name] - ref).norm()
+            assert err <= GRAD_RTOL * ref.norm() + 1e-300, f"{loop}: {name}: {float(err / ref.norm()):.2e}"
+
+
+def test_compiled_loops_split_over_threads_agree(smoke):
+    """Sample ranges on two threads (an uneven split of 3) give the one-thread result."""
+    config = Config(arch="ping", dtype="float64", t_ms=40.0, trainable=ALL_WEIGHTS)
+    x = poisson_input(smoke, config, batch=3, seed=6)
+    one, one_grads = run(simulate_fast, config, x, smoke.train.labels[:3])
+    torch.set_num_threads(2)
+    try:
+        two, two_grads = run(simulate_fast, config, x, smoke.train.labels[:3])
+    finally:
+        torch.set_num_threads(1)
+    assert torch.equal(one["s_e"], two["s_e"]) and torch.equal(one["s_i"], two["s_i"])
+    for name in ALL_WEIGHTS:
+        torch.testing.assert_close(two_grads[name], one_grads[name], rtol=1e-12, atol=0)
 
 
 # --- dispatch, inference, dtype and unsupported combinations ------------------------

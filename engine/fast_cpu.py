@@ -1,0 +1,194 @@
+"""The fast backend's time loops on CPU, compiled (engine.fast_kernels, numba).
+
+engine.fast's torch-op loop costs about 25 small tensor ops per step forward and 45
+backward, each a few tens of microseconds however little it computes: on CPU it is
+bound by per-op overhead. Here the forward (which also writes the float spike
+outputs), the backward's recomputation of each chunk and each reverse step's
+elementwise adjoint are single compiled loops. Only the adjoint's two recurrent
+products per step stay torch matmuls (dense [B, n] x [n, m], where BLAS is near
+peak). Samples are independent in the forward and the recomputation, so sample
+ranges run on `torch.get_num_threads()` threads.
+
+Saved for backward: bool spikes [T, B, N] and the state at each chunk start,
+stacked into one Checkpoint ([C, B, N] voltages, [C, B, M] conductances, [C, B, N]
+last spike steps). The chunk length is engine.fast's, so the input events' chunk
+bounds and the weight gradients' accumulation (engine.fast_backward.WeightGrads)
+are shared with the torch-op loop.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from engine import fast_kernels as kernels
+from engine.fast import ArrivalEvents, Checkpoint, FastParams, Recurrence, recurrence, split_input_weights
+from engine.fast_backward import WeightGrads, chunk_spike_events
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+class SampleEvents(NamedTuple):
+    """Input arrivals ordered by (sample, step, channel); sample b's are [ptr[b], ptr[b+1])."""
+
+    ptr: np.ndarray
+    step: np.ndarray
+    channel: np.ndarray
+
+
+class Loop(NamedTuple):
+    """What every compiled loop takes after its sample range: events, weights, constants."""
+
+    n_e: int
+    ptr: np.ndarray
+    step: np.ndarray
+    channel: np.ndarray
+    w_pos: np.ndarray
+    w_neg: np.ndarray  # empty when W_in has no negative entry
+    w_ei: np.ndarray
+    w_ie: np.ndarray
+    use_ei: bool
+    use_ie: bool
+    has_neg: bool
+    const: np.ndarray  # kernels.E_L ... kernels.BETA, in the state's dtype
+    c: np.ndarray
+    decay: np.ndarray
+    refractory: np.ndarray
+
+    @classmethod
+    def build(cls, w_in: torch.Tensor, rec: Recurrence, events: SampleEvents, p: FastParams) -> "Loop":
+        w_pos, w_neg = split_input_weights(w_in.detach())
+        const = torch.tensor([p.e_l, p.v_reset, p.v_th, p.e_ampa, p.e_gaba, p.beta], dtype=w_in.dtype)
+        return cls(p.n_e, *events, _np(w_pos), _np(w_neg if w_neg is not None else w_pos[:0]),
+                   _np(rec.w_ei), _np(rec.w_ie), rec.use_ei, rec.use_ie, w_neg is not None,
+                   _np(const), _np(p.c), _np(p.decay), _np(-p.hold_from[0]))  # hold_from[0] = -refractory
+
+
+def sample_events(ev: ArrivalEvents, batch: int) -> SampleEvents:
+    """engine.fast's (step, sample, channel)-sorted events, re-sorted by sample (stable)."""
+    order = torch.sort(ev.sample, stable=True).indices
+    sample = ev.sample[order]
+    ptr = torch.searchsorted(sample, torch.arange(batch + 1, device=sample.device))
+    return SampleEvents(_np(ptr), _np(ev.step[order]), _np(ev.channel[order]))
+
+
+def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastParams,
+                record_voltage: bool):
+    """Spikes bool [T, B, N] and as floats s_e [T, B, n_e] / s_i [T, B, n_i], the state
+    saved for backward, voltages [T, B, N] or None."""
+    dtype = w_in.dtype
+    events = sample_events(ev, batch)
+    loop = Loop.build(w_in, rec, events, p)
+    n_chunks = math.ceil(p.steps / p.chunk)
+    spikes = torch.empty(p.steps, batch, p.n, dtype=torch.bool)
+    checkpoints = Checkpoint(v=torch.empty(n_chunks, batch, p.n, dtype=dtype),
+                             g=torch.empty(n_chunks, batch, p.m, dtype=dtype),
+                             last_spike=torch.empty(n_chunks, batch, p.n, dtype=torch.long))
+    voltages = torch.empty(p.steps if record_voltage else 0, batch, p.n, dtype=dtype)
+    # the float spike outputs are written by the loops, on their threads: filling
+    # fresh memory this size is a cost of its own (page faults), worth sharing
+    s_e = torch.empty(p.steps, batch, p.n_e, dtype=dtype)
+    s_i = torch.empty(p.steps, batch, p.n_i, dtype=dtype)
+    _over_samples(kernels.forward_samples, batch, *loop, p.chunk, _np(spikes), _np(s_e), _np(s_i),
+                  *(_np(s) for s in checkpoints), _np(voltages), record_voltage)
+    return spikes, s_e, s_i, (checkpoints, loop), voltages if record_voltage else None
+
+
+class Tape(NamedTuple):
+    """One chunk's adjoint factors, [L, B, N] (engine.fast_kernels.recompute_samples)."""
+
+    v: torch.Tensor  # before each step
+    leak: torch.Tensor  # 1 + g_a + g_g
+    surrogate: torch.Tensor  # 0 where held, negative where the cell spiked
+    reset: torch.Tensor  # V_reset - v2 when the reset keeps its gradient, else empty
+
+    @classmethod
+    def empty(cls, length: int, batch: int, p: FastParams, dtype) -> "Tape":
+        def make(rows=length):
+            return torch.empty(rows, batch, p.n, dtype=dtype)
+
+        return cls(make(), make(), make(), make(0 if p.detach_reset else length))
+
+    def head(self, length: int) -> "Tape":
+        return Tape(*(s[:length] for s in self))  # an empty reset stays empty
+
+
+def network_backward(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: FastParams,
+                     grad_s_e, grad_s_i, grad_count, need):
+    """Gradients (W_in, W_ei, W_ie), None where not needed: engine.fast_backward's adjoint."""
+    checkpoints, loop = saved
+    batch, dtype = spikes.shape[1], w_in.dtype
+    rec = recurrence(w_ei, w_ie)
+    adjoint_ei = rec.use_ei and not p.detach_recurrent
+    adjoint_ie = rec.use_ie and not p.detach_recurrent
+    w_ei_t, w_ie_t = w_ei.detach().t(), w_ie.detach().t()
+    k_dv = _np(p.c / p.v_grad_dampen)
+    readout = p.readout.tolist()
+    grads = WeightGrads.zeros(w_in, w_ei, w_ie, need)
+    want_recurrent = grads.ei is not None or grads.ie is not None
+    full = Tape.empty(p.chunk, batch, p, dtype)
+    lam_full = torch.empty(p.chunk, batch, p.m, dtype=dtype)
+    lam_v = torch.zeros(batch, p.n, dtype=dtype)
+    lam_next = torch.zeros(batch, p.m, dtype=dtype)
+    spike_grad_e = torch.zeros(batch, p.n_e, dtype=dtype)
+    spike_grad_i = torch.zeros(batch, p.n_i, dtype=dtype)
+    ck = tuple(_np(s) for s in checkpoints)
+    np_spikes, np_lam_v, np_grad_e, np_grad_i = _np(spikes), _np(lam_v), _np(spike_grad_e), _np(spike_grad_i)
+    for index in reversed(range(checkpoints.v.shape[0])):
+        t0 = index * p.chunk
+        length = min(p.chunk, p.steps - t0)
+        np_tape = tuple(_np(s) for s in full.head(length))
+        _over_samples(kernels.recompute_samples, batch, index, t0, *loop, np_spikes, *ck, *np_tape)
+        lam = lam_full[:length]
+        for k in reversed(range(length)):
+            t = t0 + k
+            _spike_gradient(spike_grad_e, grad_count, readout[t], grad_s_e, t,
+                            lam_next[:, p.n_e:p.n] if adjoint_ei else None, w_ei_t)
+            _spike_gradient(spike_grad_i, None, 0.0, grad_s_i, t,
+                            lam_next[:, p.n:] if adjoint_ie else None, w_ie_t)
+            kernels.adjoint_step(0, batch, k, p.n_e, loop.const, k_dv, loop.decay, *np_tape,
+                                 np_grad_e, np_grad_i, np_lam_v, _np(lam_next), _np(lam[k]))
+            lam_next = lam[k]
+        sev = chunk_spike_events(spikes, t0, length, p) if want_recurrent else None
+        grads.accumulate(lam.view(length * batch, p.m), ev, index, t0, batch, sev, p)
+        lam_next = lam_next.clone()  # lam_full is overwritten by the next chunk
+    return grads.result(w_in)
+
+
+def _spike_gradient(out: torch.Tensor, grad_count, readout_t: float, grad_s, t: int,
+                    lam_arrival, w_t) -> None:
+    """dL/ds_t except the reset's share: readout, direct output gradient, next step's arrivals."""
+    if grad_count is not None:
+        torch.mul(grad_count, readout_t, out=out)
+    else:
+        out.zero_()
+    if grad_s is not None:
+        out.add_(grad_s[t])
+    if lam_arrival is not None:
+        out.addmm_(lam_arrival, w_t)
+
+
+def _over_samples(kernel, batch: int, *args) -> None:
+    """kernel(b0, b1, *args) over the batch, split across torch's intra-op thread count."""
+    threads = min(torch.get_num_threads(), batch)
+    if threads <= 1:
+        kernel(0, batch, *args)
+        return
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="spikeboard-kernel")
+    bounds = [round(batch * i / threads) for i in range(threads + 1)]
+    futures = [pool.submit(kernel, lo, hi, *args) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    for future in futures:
+        future.result()
+
+
+def _np(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().numpy()
