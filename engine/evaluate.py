@@ -49,13 +49,14 @@ def evaluate(weights: Weights, split: Split, config: Config, tag: str = "test",
     kept_e, kept_i = [], []
     for b, index in enumerate(batches(len(split.labels), config.batch_size)):
         x = poisson_encode(split.images[index], config, batch_generator(config.seed, tag, 0, b))
-        out = simulate(weights, x, config)
+        keep = sum(k.shape[1] for k in kept_e) < keep_spikes
+        out = simulate(weights, x, config, spike_trains=keep)
         labels = split.labels[index].to(config.torch_device)
         loss_sum += float(F.cross_entropy(out["logits"], labels, reduction="sum"))
         correct += int((out["logits"].argmax(-1) == labels).sum())
-        counts_e += out["s_e"].sum((0, 1)).to(torch.float64).cpu()
-        counts_i += out["s_i"].sum((0, 1)).to(torch.float64).cpu()
-        if sum(k.shape[1] for k in kept_e) < keep_spikes:
+        counts_e += out["count_e"].sum(0).to(torch.float64).cpu()
+        counts_i += out["count_i"].sum(0).to(torch.float64).cpu()
+        if keep:
             kept_e.append(out["s_e"].bool().cpu())
             kept_i.append(out["s_i"].bool().cpu())
     n = len(split.labels)

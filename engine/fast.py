@@ -123,10 +123,14 @@ def input_events(spikes: torch.Tensor, p: FastParams) -> ArrivalEvents:
     step, sample, channel = (spikes if spikes.dtype == torch.bool else spikes != 0).nonzero(as_tuple=True)
     keep = step < p.steps - 1
     step, sample, channel = step[keep] + 1, sample[keep], channel[keep]
+    return ArrivalEvents(step, sample, channel, chunk_bounds(step, p))
+
+
+def chunk_bounds(step: torch.Tensor, p: FastParams) -> list[int]:
+    """Where each chunk's events start in step-sorted events, and the end."""
     starts = torch.arange(0, p.steps, p.chunk, device=step.device)
     ends = torch.cat([starts, torch.tensor([p.steps], device=step.device)])
-    bounds = torch.searchsorted(step, ends).tolist()
-    return ArrivalEvents(step, sample, channel, bounds)
+    return torch.searchsorted(step, ends).tolist()
 
 
 def split_input_weights(w_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -234,33 +238,54 @@ def filtered_count(s_e: torch.Tensor, p: FastParams) -> torch.Tensor:
     return (p.readout @ s_e.reshape(steps, batch * n_e)).view(batch, n_e)
 
 
+class OutputGrads(NamedTuple):
+    """dL/d of FusedNetwork's differentiable outputs; None where the loss does not reach."""
+
+    s_e: torch.Tensor | None  # [T, B, n_e]
+    s_i: torch.Tensor | None
+    count_e: torch.Tensor | None  # [B, n_e]
+    count_i: torch.Tensor | None
+    filtered: torch.Tensor | None  # [B, n_e], of sum_t c_t s_e[t]
+
+
+def spike_outputs(spikes: torch.Tensor, p: FastParams, dtype, trains: bool):
+    """Float spike trains (or None, None), counts E and I, filtered E count, from bool spikes."""
+    s_e = spikes[:, :, :p.n_e].to(dtype)
+    s_i = spikes[:, :, p.n_e:].to(dtype)
+    counts = (s_e.sum(0), s_i.sum(0))
+    return ((s_e, s_i) if trains else (None, None)), counts, filtered_count(s_e, p)
+
+
 class FusedNetwork(torch.autograd.Function):
-    """(W_in, W_ei, W_ie) -> (s_e, s_i, sum_t c_t s_e[t], v_e, v_i) with a hand-written BPTT."""
+    """(W_in, W_ei, W_ie) -> (s_e, s_i, count_e, count_i, sum_t c_t s_e[t], v_e, v_i)
+    with a hand-written BPTT; s_e / s_i are empty unless `trains`, v_e / v_i unless
+    `record_voltage`."""
 
     @staticmethod
     def forward(ctx, w_in, w_ei, w_ie, ev: ArrivalEvents, batch: int, p: FastParams,
-                record_voltage: bool):
+                trains: bool, record_voltage: bool):
         rec = recurrence(w_ei, w_ie)
         compiled = compiled_loops(w_in.device)
         if compiled:
             from engine.fast_cpu import run_forward as run_compiled
 
-            spikes, s_e, s_i, saved, voltages = run_compiled(w_in, rec, ev, batch, p, record_voltage)
+            spikes, (s_e, s_i), (count_e, count_i), filtered, saved, voltages = run_compiled(
+                w_in, rec, ev, batch, p, trains, record_voltage)
         else:
             spikes, saved, voltages = run_forward(w_in, rec, ev, batch, p, record_voltage)
-            s_e, s_i = spikes[:, :, :p.n_e].to(w_in.dtype), spikes[:, :, p.n_e:].to(w_in.dtype)
-        count = filtered_count(s_e, p)
+            (s_e, s_i), (count_e, count_i), filtered = spike_outputs(spikes, p, w_in.dtype, trains)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(w_in, w_ei, w_ie)
         ctx.spikes, ctx.saved, ctx.events, ctx.params, ctx.compiled = spikes, saved, ev, p, compiled
         empty = w_in.new_empty(0)
-        v_e = voltages[:, :, :p.n_e] if voltages is not None else empty
-        v_i = voltages[:, :, p.n_e:] if voltages is not None else empty
+        s_e, s_i = (s_e, s_i) if trains else (empty, empty.clone())
+        v_e = voltages[:, :, :p.n_e] if voltages is not None else empty.clone()
+        v_i = voltages[:, :, p.n_e:] if voltages is not None else empty.clone()
         ctx.mark_non_differentiable(v_e, v_i)
-        return s_e, s_i, count, v_e, v_i
+        return s_e, s_i, count_e, count_i, filtered, v_e, v_i
 
     @staticmethod
-    def backward(ctx, grad_s_e, grad_s_i, grad_count, _grad_v_e, _grad_v_i):
+    def backward(ctx, grad_s_e, grad_s_i, grad_count_e, grad_count_i, grad_filtered, _grad_v_e, _grad_v_i):
         if ctx.compiled:
             from engine.fast_cpu import network_backward
         else:
@@ -268,9 +293,12 @@ class FusedNetwork(torch.autograd.Function):
 
         w_in, w_ei, w_ie = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
-        grads = network_backward(w_in, w_ei, w_ie, ctx.spikes, ctx.saved, ctx.events,
-                                 ctx.params, grad_s_e, grad_s_i, grad_count, need)
-        return (*grads, None, None, None, None)
+        trains = grad_s_e is not None and grad_s_e.numel() > 0, grad_s_i is not None and grad_s_i.numel() > 0
+        out_grads = OutputGrads(grad_s_e if trains[0] else None, grad_s_i if trains[1] else None,
+                                grad_count_e, grad_count_i, grad_filtered)
+        grads = network_backward(w_in, w_ei, w_ie, ctx.spikes, ctx.saved, ctx.events, ctx.params,
+                                 out_grads, need)
+        return (*grads, None, None, None, None, None)
 
 
 def compiled_loops(device: torch.device) -> bool:
@@ -290,11 +318,13 @@ def check_supported(config: Config) -> None:
 
 
 def simulate_fast(weights: Weights, input_spikes: torch.Tensor, config: Config,
-                  record_voltage: bool = False) -> dict[str, torch.Tensor]:
+                  record_voltage: bool = False, spike_trains: bool = True) -> dict[str, torch.Tensor]:
     """`engine.reference.simulate_reference`'s contract, event-driven and fused.
 
-    s_e / s_i are differentiable (surrogate gradient) like the reference's, so a
-    rate regulariser on them trains; logits are the time-mean of the readout.
+    s_e / s_i and count_e / count_i are differentiable (surrogate gradient) like the
+    reference's, so a rate regulariser on them trains; logits are the time-mean of
+    the readout. Without `spike_trains` the [T, B, n] trains are neither built nor
+    returned: the counts are all a training step needs.
     """
     check_supported(config)
     dtype, device = config.torch_dtype, config.torch_device
@@ -302,9 +332,11 @@ def simulate_fast(weights: Weights, input_spikes: torch.Tensor, config: Config,
     steps, batch = input_spikes.shape[0], input_spikes.shape[1]
     p = fast_params(config, steps, batch, device, dtype)
     ev = input_events(input_spikes.to(device), p)
-    s_e, s_i, count, v_e, v_i = FusedNetwork.apply(w["W_in"], w["W_ei"], w["W_ie"], ev, batch, p,
-                                                   record_voltage)
-    out = {"s_e": s_e, "s_i": s_i, "logits": (count @ w["W_out"]) / steps}
+    s_e, s_i, count_e, count_i, filtered, v_e, v_i = FusedNetwork.apply(
+        w["W_in"], w["W_ei"], w["W_ie"], ev, batch, p, spike_trains, record_voltage)
+    out = {"count_e": count_e, "count_i": count_i, "logits": (filtered @ w["W_out"]) / steps}
+    if spike_trains:
+        out["s_e"], out["s_i"] = s_e, s_i
     if record_voltage:
         out["v_e"], out["v_i"] = v_e, v_i
     return out

@@ -144,12 +144,17 @@ def spike_adjoint(t: int, lam_next: torch.Tensor, ctx: dict) -> tuple[torch.Tens
     """dL/ds_t of E and I: readout, direct output gradients, next step's arrivals."""
     p: FastParams = ctx["p"]
     a_e, a_i = ctx["zeros_e"], ctx["zeros_i"]
-    if ctx["grad_count"] is not None:
-        a_e = ctx["grad_count"] * ctx["readout"][t]
-    if ctx["grad_s_e"] is not None:
-        a_e = a_e + ctx["grad_s_e"][t]
-    if ctx["grad_s_i"] is not None:
-        a_i = a_i + ctx["grad_s_i"][t]
+    grads = ctx["out_grads"]
+    if grads.filtered is not None:
+        a_e = grads.filtered * ctx["readout"][t]
+    if grads.count_e is not None:
+        a_e = a_e + grads.count_e
+    if grads.s_e is not None:
+        a_e = a_e + grads.s_e[t]
+    if grads.count_i is not None:
+        a_i = a_i + grads.count_i
+    if grads.s_i is not None:
+        a_i = a_i + grads.s_i[t]
     if ctx["adjoint_ei"]:
         a_e = torch.addmm(a_e, lam_next[:, p.n_e:p.n], ctx["w_ei_t"])
     if ctx["adjoint_ie"]:
@@ -158,7 +163,7 @@ def spike_adjoint(t: int, lam_next: torch.Tensor, ctx: dict) -> tuple[torch.Tens
 
 
 def network_backward(w_in, w_ei, w_ie, spikes, checkpoints, ev: ArrivalEvents, p: FastParams,
-                     grad_s_e, grad_s_i, grad_count, need):
+                     out_grads, need):
     """Gradients (W_in, W_ei, W_ie), None where not needed."""
     batch, dtype, device = spikes.shape[1], w_in.dtype, w_in.device
     rec = recurrence(w_ei, w_ie)
@@ -166,7 +171,7 @@ def network_backward(w_in, w_ei, w_ie, spikes, checkpoints, ev: ArrivalEvents, p
     ext = torch.cat([torch.arange(p.n, device=device), torch.arange(p.n_e, device=device)])
     ctx = {
         "p": p, "ext": ext, "k_ext": (p.c / p.v_grad_dampen)[ext],
-        "grad_count": grad_count, "grad_s_e": grad_s_e, "grad_s_i": grad_s_i,
+        "out_grads": out_grads,
         "readout": p.readout.tolist(),
         "zeros_e": torch.zeros(batch, p.n_e, dtype=dtype, device=device),
         "zeros_i": torch.zeros(batch, p.n_i, dtype=dtype, device=device),

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from engine import fast_kernels as kernels
-from engine.fast import ArrivalEvents, Checkpoint, FastParams, Recurrence, recurrence, split_input_weights
+from engine.fast import (ArrivalEvents, Checkpoint, FastParams, OutputGrads, Recurrence, chunk_bounds,
+                         recurrence, split_input_weights)
 from engine.fast_backward import WeightGrads, chunk_spike_events
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -78,26 +79,32 @@ def sample_events(ev: ArrivalEvents, batch: int) -> SampleEvents:
     return SampleEvents(_np(ptr), _np(ev.step[order]), _np(ev.channel[order]))
 
 
-def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastParams,
+def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastParams, trains: bool,
                 record_voltage: bool):
-    """Spikes bool [T, B, N] and as floats s_e [T, B, n_e] / s_i [T, B, n_i], the state
-    saved for backward, voltages [T, B, N] or None."""
+    """Bool spikes [T, B, N]; float trains (s_e, s_i), or (None, None) unless `trains`;
+    spike counts (E [B, n_e], I [B, n_i]); the filtered E count [B, n_e]; the state
+    saved for backward; voltages [T, B, N] or None."""
     dtype = w_in.dtype
     events = sample_events(ev, batch)
     loop = Loop.build(w_in, rec, events, p)
     n_chunks = math.ceil(p.steps / p.chunk)
     spikes = torch.empty(p.steps, batch, p.n, dtype=torch.bool)
+    count_e = torch.zeros(batch, p.n_e, dtype=dtype)
+    count_i = torch.zeros(batch, p.n_i, dtype=dtype)
+    filtered = torch.zeros(batch, p.n_e, dtype=dtype)
     checkpoints = Checkpoint(v=torch.empty(n_chunks, batch, p.n, dtype=dtype),
                              g=torch.empty(n_chunks, batch, p.m, dtype=dtype),
                              last_spike=torch.empty(n_chunks, batch, p.n, dtype=torch.long))
-    voltages = torch.empty(p.steps if record_voltage else 0, batch, p.n, dtype=dtype)
-    # the float spike outputs are written by the loops, on their threads: filling
-    # fresh memory this size is a cost of its own (page faults), worth sharing
-    s_e = torch.empty(p.steps, batch, p.n_e, dtype=dtype)
-    s_i = torch.empty(p.steps, batch, p.n_i, dtype=dtype)
-    _over_samples(kernels.forward_samples, batch, *loop, p.chunk, _np(spikes), _np(s_e), _np(s_i),
-                  *(_np(s) for s in checkpoints), _np(voltages), record_voltage)
-    return spikes, s_e, s_i, (checkpoints, loop), voltages if record_voltage else None
+    # the trains are written by the loops, on their threads: filling fresh memory
+    # of this size is a cost of its own (page faults), worth sharing
+    t_trains, t_voltages = (p.steps if trains else 0), (p.steps if record_voltage else 0)
+    s_e = torch.empty(t_trains, batch, p.n_e, dtype=dtype)
+    s_i = torch.empty(t_trains, batch, p.n_i, dtype=dtype)
+    voltages = torch.empty(t_voltages, batch, p.n, dtype=dtype)
+    _over_samples(kernels.forward_samples, batch, *loop, p.chunk, _np(p.readout), _np(spikes), _np(count_e),
+                  _np(count_i), _np(filtered), _np(s_e), _np(s_i), *(_np(s) for s in checkpoints), _np(voltages))
+    return (spikes, (s_e, s_i) if trains else (None, None), (count_e, count_i),
+            filtered, (checkpoints, loop), voltages if record_voltage else None)
 
 
 class Tape(NamedTuple):
@@ -120,9 +127,38 @@ class Tape(NamedTuple):
 
 
 def network_backward(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: FastParams,
-                     grad_s_e, grad_s_i, grad_count, need):
-    """Gradients (W_in, W_ei, W_ie), None where not needed: engine.fast_backward's adjoint."""
+                     out_grads: OutputGrads, need):
+    """Gradients (W_in, W_ei, W_ie), None where not needed: engine.fast_backward's adjoint.
+
+    A batch's weight gradient is the sum of its samples', and the adjoint of one
+    sample never looks at another's. So each of `torch.get_num_threads()` threads
+    runs the whole backward of one sample range, its recurrent products included
+    (one intra-op thread each), with no hand-off per step; the sums are added last.
+    """
+    batch = spikes.shape[1]
+    ranges = _sample_ranges(batch)
+    if len(ranges) == 1:
+        return _backward_range(w_in, w_ei, w_ie, spikes, saved, ev, p, out_grads, need, 0, batch)
+
+    def one_range(lo, hi):
+        torch.set_num_threads(1)  # this worker thread's own setting: the ranges share the cores
+        return _backward_range(w_in, w_ei, w_ie, spikes, saved, ev, p, out_grads, need, lo, hi)
+
+    parts = [future.result() for future in [_pool(len(ranges)).submit(one_range, lo, hi) for lo, hi in ranges]]
+    return tuple(None if grads[0] is None else sum(grads[1:], grads[0]) for grads in zip(*parts))
+
+
+def _backward_range(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: FastParams,
+                    out_grads: OutputGrads, need, b0: int, b1: int):
+    """network_backward of samples [b0, b1)."""
     checkpoints, loop = saved
+    if (b0, b1) != (0, spikes.shape[1]):
+        spikes = spikes[:, b0:b1]
+        checkpoints = Checkpoint(*(s[:, b0:b1] for s in checkpoints))
+        loop = loop._replace(ptr=loop.ptr[b0:b1 + 1])
+        ev = _events_of_samples(ev, b0, b1, p)
+        out_grads = OutputGrads(*(None if g is None else g[:, b0:b1] if g.dim() == 3 else g[b0:b1]
+                                  for g in out_grads))
     batch, dtype = spikes.shape[1], w_in.dtype
     rec = recurrence(w_ei, w_ie)
     adjoint_ei = rec.use_ei and not p.detach_recurrent
@@ -148,9 +184,9 @@ def network_backward(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: Fast
         lam = lam_full[:length]
         for k in reversed(range(length)):
             t = t0 + k
-            _spike_gradient(spike_grad_e, grad_count, readout[t], grad_s_e, t,
+            _spike_gradient(spike_grad_e, out_grads.filtered, readout[t], out_grads.count_e, out_grads.s_e, t,
                             lam_next[:, p.n_e:p.n] if adjoint_ei else None, w_ei_t)
-            _spike_gradient(spike_grad_i, None, 0.0, grad_s_i, t,
+            _spike_gradient(spike_grad_i, None, 0.0, out_grads.count_i, out_grads.s_i, t,
                             lam_next[:, p.n:] if adjoint_ie else None, w_ie_t)
             kernels.adjoint_step(0, batch, k, p.n_e, loop.const, k_dv, loop.decay, *np_tape,
                                  np_grad_e, np_grad_i, np_lam_v, _np(lam_next), _np(lam[k]))
@@ -161,31 +197,50 @@ def network_backward(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: Fast
     return grads.result(w_in)
 
 
-def _spike_gradient(out: torch.Tensor, grad_count, readout_t: float, grad_s, t: int,
+def _spike_gradient(out: torch.Tensor, grad_filtered, readout_t: float, grad_count, grad_s, t: int,
                     lam_arrival, w_t) -> None:
-    """dL/ds_t except the reset's share: readout, direct output gradient, next step's arrivals."""
-    if grad_count is not None:
-        torch.mul(grad_count, readout_t, out=out)
+    """dL/ds_t except the reset's share: readout, counts, spike trains, next step's arrivals."""
+    if grad_filtered is not None:
+        torch.mul(grad_filtered, readout_t, out=out)
     else:
         out.zero_()
+    if grad_count is not None:
+        out.add_(grad_count)
     if grad_s is not None:
         out.add_(grad_s[t])
     if lam_arrival is not None:
         out.addmm_(lam_arrival, w_t)
 
 
-def _over_samples(kernel, batch: int, *args) -> None:
-    """kernel(b0, b1, *args) over the batch, split across torch's intra-op thread count."""
-    threads = min(torch.get_num_threads(), batch)
-    if threads <= 1:
-        kernel(0, batch, *args)
-        return
+def _events_of_samples(ev: ArrivalEvents, b0: int, b1: int, p: FastParams) -> ArrivalEvents:
+    """The input events of samples [b0, b1), renumbered from 0, step-sorted as before."""
+    keep = (ev.sample >= b0) & (ev.sample < b1)
+    step = ev.step[keep]
+    return ArrivalEvents(step, ev.sample[keep] - b0, ev.channel[keep], chunk_bounds(step, p))
+
+
+def _sample_ranges(batch: int) -> list[tuple[int, int]]:
+    """The batch split into torch.get_num_threads() ranges (fewer for a small batch)."""
+    threads = max(1, min(torch.get_num_threads(), batch))
+    bounds = [round(batch * i / threads) for i in range(threads + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
     with _pools_lock:
         pool = _pools.get(threads)
         if pool is None:
             pool = _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="spikeboard-kernel")
-    bounds = [round(batch * i / threads) for i in range(threads + 1)]
-    futures = [pool.submit(kernel, lo, hi, *args) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return pool
+
+
+def _over_samples(kernel, batch: int, *args) -> None:
+    """kernel(b0, b1, *args) over the batch, split across torch's intra-op thread count."""
+    ranges = _sample_ranges(batch)
+    if len(ranges) == 1:
+        kernel(0, batch, *args)
+        return
+    futures = [_pool(len(ranges)).submit(kernel, lo, hi, *args) for lo, hi in ranges]
     for future in futures:
         future.result()
 

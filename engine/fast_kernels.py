@@ -42,10 +42,11 @@ def _fired_cells(fired, cells):
 
 
 @_compiled
-def _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, fired, cells,
+def _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                   w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum):
     """Step t's conductance jumps of one sample into a [M], from the input events at
-    `cursor` and the previous step's spikes `fired`; returns the cursor past step t."""
+    `cursor` and the previous step's spiking cells cells[:count] (ascending);
+    returns the cursor past step t."""
     a[:] = 0
     while cursor < end and ev_step[cursor] == t:
         channel = ev_channel[cursor]
@@ -55,9 +56,8 @@ def _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, fired, cells,
             for j in range(n_e):
                 a[n + j] += w_neg[channel, j]
         cursor += 1
-    if t == 0 or not (use_ei or use_ie):
+    if not (use_ei or use_ie):
         return cursor
-    count = _fired_cells(fired, cells)
     # I->E sums apart from the input's negative part, then added once; with no
     # negative part that is 0 + sum, so it can sum in place
     ie = ie_sum if has_neg else a[n:]
@@ -123,34 +123,48 @@ def _scratch(n, n_e, m, dtype):
 
 @_compiled
 def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
-                    use_ei, use_ie, has_neg, const, c, decay, refractory, chunk,
-                    spikes, s_e, s_i, ck_v, ck_g, ck_last, voltages, record_voltage):
-    """Simulate samples [b0, b1) from rest: spikes as bool [T, B, N] and as floats
-    (s_e [T, B, n_e], s_i [T, B, n_i]), the state at every chunk start
-    (ck_*[chunk index, b]) and, if asked, voltages [T, B, N]."""
+                    use_ei, use_ie, has_neg, const, c, decay, refractory, chunk, readout,
+                    spikes, count_e, count_i, filtered, s_e, s_i, ck_v, ck_g, ck_last, voltages):
+    """Simulate samples [b0, b1) from rest.
+
+    Writes bool spikes [T, B, N], spike counts [B, n_e] / [B, n_i], the readout's filtered E count
+    sum_t readout[t] s_e[t] [B, n_e], the state at every chunk start
+    (ck_*[chunk index, b]), and where those arrays are not empty the float spike
+    trains s_e [T, B, n_e] / s_i [T, B, n_i] and the voltages [T, B, N]."""
     steps, n = spikes.shape[0], spikes.shape[2]
     m = decay.shape[0]
     a, ie_sum, fired, cells = _scratch(n, n_e, m, decay.dtype)
     v2 = np.empty(n, dtype=decay.dtype)
+    trains, record_voltage = s_e.shape[0] > 0, voltages.shape[0] > 0
     for b in range(b0, b1):
         v = np.full(n, const[E_L], dtype=decay.dtype)
         g = np.zeros(m, dtype=decay.dtype)
         last = np.full(n, NEVER, dtype=np.int64)
-        fired[:] = False
+        count = 0
         cursor, end = ev_ptr[b], ev_ptr[b + 1]
         for t in range(steps):
             if t % chunk == 0:
                 ck_v[t // chunk, b] = v
                 ck_g[t // chunk, b] = g
                 ck_last[t // chunk, b] = last
-            cursor = _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, fired, cells,
+            cursor = _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                                    w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
             _membrane_step(t, n_e, const, c, decay, refractory, a, v, g, last, fired[:n], v2)
             spikes[t, b] = fired[:n]
-            for j in range(n_e):
-                s_e[t, b, j] = fired[j]
-            for j in range(n - n_e):
-                s_i[t, b, j] = fired[n_e + j]
+            count = _fired_cells(fired, cells)
+            for index in range(count):
+                cell = cells[index]
+                if cell < n_e:
+                    count_e[b, cell] += 1
+                    filtered[b, cell] += readout[t]
+                else:
+                    count_i[b, cell - n_e] += 1
+            if trains:
+                row_e, row_i = s_e[t, b], s_i[t, b]
+                for j in range(n_e):
+                    row_e[j] = fired[j]
+                for j in range(n - n_e):
+                    row_i[j] = fired[n_e + j]
             if record_voltage:
                 voltages[t, b] = v
 
@@ -181,16 +195,19 @@ def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos
         last = ck_last[index, b].copy()
         lo, end = ev_ptr[b], ev_ptr[b + 1]
         cursor = lo + np.searchsorted(ev_step[lo:end], t0)
+        count = 0
         if t0 > 0:
             fired[:n] = spikes[t0 - 1, b]
+            count = _fired_cells(fired, cells)
         for k in range(length):
             t = t0 + k
             tape_v[k, b] = v
-            cursor = _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, fired, cells,
+            cursor = _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                                    w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
             for j in range(n):
                 held[j] = last[j] >= t - refractory[j]
             _membrane_step(t, n_e, const, c, decay, refractory, a, v, g, last, fired[:n], v2)
+            count = _fired_cells(fired, cells)
             leak, surrogate = tape_leak[k, b], tape_surrogate[k, b]
             for j in range(n_e):
                 leak[j] = one + g[j] + g[n + j]
@@ -198,9 +215,8 @@ def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos
                 leak[j] = one + g[j]
             for j in range(n):
                 x = abs(v2[j] - v_th) * beta + one
-                surrogate[j] = zero if held[j] else one / (x * x)
-            for j in range(n):
-                surrogate[j] = -surrogate[j] if fired[j] else surrogate[j]
+                sg = one / (x * x)
+                surrogate[j] = zero if held[j] else (-sg if fired[j] else sg)
             if keep_reset:
                 for j in range(n):
                     tape_reset[k, b, j] = v_reset - v2[j]

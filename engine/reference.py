@@ -84,11 +84,12 @@ def network_step(state: NetworkState, x_t: torch.Tensor, w: Weights,
 
 
 def simulate_reference(weights: Weights, input_spikes: torch.Tensor, config: Config,
-                       record_voltage: bool = False) -> dict[str, torch.Tensor]:
+                       record_voltage: bool = False, spike_trains: bool = True) -> dict[str, torch.Tensor]:
     """Run the network over input_spikes [T, B, n_input] (0/1).
 
-    Returns s_e [T, B, n_e], s_i [T, B, n_i], logits [B, n_out] (time-mean of the
-    readout), and with record_voltage v_e / v_i [T, B, n] (after reset).
+    Returns s_e [T, B, n_e], s_i [T, B, n_i] (left out without spike_trains), the
+    spike counts count_e [B, n_e], count_i [B, n_i], logits [B, n_out] (time-mean of
+    the readout), and with record_voltage v_e / v_i [T, B, n] (after reset).
     With a readout-membrane penalty configured, also u_excess: the time-mean of
     sum_k relu(u_k - mem_theta)^2, per sample.
     """
@@ -115,7 +116,10 @@ def simulate_reference(weights: Weights, input_spikes: torch.Tensor, config: Con
         if record_voltage:
             v_e.append(state.e.v.detach())
             v_i.append(state.i.v.detach())
-    out = {"s_e": torch.stack(s_e), "s_i": torch.stack(s_i), "logits": u_sum / steps}
+    s_e, s_i = torch.stack(s_e), torch.stack(s_i)
+    out = {"count_e": s_e.sum(0), "count_i": s_i.sum(0), "logits": u_sum / steps}
+    if spike_trains:
+        out["s_e"], out["s_i"] = s_e, s_i
     if p.mem_theta is not None:
         out["u_excess"] = u_excess / steps
     if record_voltage:

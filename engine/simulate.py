@@ -11,9 +11,12 @@ from engine.weights import Weights
 
 
 def simulate(weights: Weights, input_spikes: torch.Tensor | InputEvents, config: Config,
-             record_voltage: bool = False) -> dict[str, torch.Tensor]:
-    """E and I spike trains [T, B, n] and readout logits [B, n_out] for 0/1 input
-    spikes [T, B, n_input] (or `InputEvents`), with the backend the config names.
+             record_voltage: bool = False, spike_trains: bool = True) -> dict[str, torch.Tensor]:
+    """E and I spike trains s_e / s_i [T, B, n], spike counts count_e / count_i [B, n]
+    and readout logits [B, n_out] for 0/1 input spikes [T, B, n_input] (or
+    `InputEvents`), with the backend the config names. All are differentiable.
+    Without `spike_trains` the trains are left out (the fast backend then never
+    builds them: at batch 64 they are half a gigabyte per call).
 
     Every backend follows MODEL.md's step conventions, so all return the same
     spikes in float64 for the same weights and input.
@@ -25,5 +28,5 @@ def simulate(weights: Weights, input_spikes: torch.Tensor | InputEvents, config:
     if config.backend == "fast":
         from engine.fast import simulate_fast  # beside the reference, same contract
 
-        return simulate_fast(weights, input_spikes, config, record_voltage=record_voltage)
-    return simulate_reference(weights, input_spikes, config, record_voltage=record_voltage)
+        return simulate_fast(weights, input_spikes, config, record_voltage, spike_trains)
+    return simulate_reference(weights, input_spikes, config, record_voltage, spike_trains)

@@ -120,10 +120,10 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
             raise TrainingCancelled(f"stopped during epoch {epoch}")
         x = poisson_encode(train.images[index], config, batch_generator(config.seed, "train", epoch, b))
         labels = train.labels[index].to(config.torch_device)
-        out = simulate(weights, x, config)
+        out = simulate(weights, x, config, spike_trains=False)
         loss = F.cross_entropy(out["logits"], labels)
         if config.rate_reg_weight > 0:
-            rate_e = out["s_e"].sum(0).mean() / trial_s / config.n_e
+            rate_e = out["count_e"].mean() / trial_s  # Hz, mean over cells and samples
             loss = loss + config.rate_reg_weight * (rate_e - config.rate_target_hz) ** 2
         if config.mem_reg_weight > 0:
             loss = loss + config.mem_reg_weight * out["u_excess"].mean()

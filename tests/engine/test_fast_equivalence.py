@@ -71,7 +71,8 @@ def run(backend, config: Config, x: torch.Tensor, labels: torch.Tensor, record_v
         weights[name].requires_grad_(True)
     out = backend(weights, x, config, record_voltage=record_voltage)
     loss = (F.cross_entropy(out["logits"], labels) + 0.01 * out["s_e"].sum(0).mean()
-            + 0.01 * out["s_i"].sum(0).mean())
+            + 0.01 * out["s_i"].sum(0).mean() + 0.003 * out["count_e"].pow(2).mean()
+            + 0.002 * out["count_i"].mean())
     loss.backward()
     return out, {name: weights[name].grad for name in config.trainable}
 
@@ -85,6 +86,7 @@ def assert_equivalent(config: Config, x: torch.Tensor, labels: torch.Tensor, rec
             fast, fast_grads = run(simulate_fast, config, x, labels, record_voltage)
         assert torch.equal(fast["s_e"], ref["s_e"]), f"{loop}: E spikes differ"
         assert torch.equal(fast["s_i"], ref["s_i"]), f"{loop}: I spikes differ"
+        assert torch.equal(fast["count_e"], ref["count_e"]) and torch.equal(fast["count_i"], ref["count_i"])
         torch.testing.assert_close(fast["logits"], ref["logits"], rtol=1e-10, atol=1e-12)
         if record_voltage:
             assert torch.equal(fast["v_e"], ref["v_e"]) and torch.equal(fast["v_i"], ref["v_i"]), loop
@@ -190,6 +192,29 @@ def test_compiled_loops_split_over_threads_agree(smoke):
     assert torch.equal(one["s_e"], two["s_e"]) and torch.equal(one["s_i"], two["s_i"])
     for name in ALL_WEIGHTS:
         torch.testing.assert_close(two_grads[name], one_grads[name], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_without_spike_trains_counts_logits_and_gradients_are_unchanged(smoke, loop):
+    """spike_trains=False (what training uses) leaves out s_e / s_i and nothing else."""
+    config = Config(arch="ping", dtype="float64", t_ms=40.0, trainable=ALL_WEIGHTS)
+    x = poisson_input(smoke, config, batch=2, seed=7)
+    labels = smoke.train.labels[:2]
+    results = []
+    for trains in (True, False):
+        weights = init_weights(config)
+        for name in config.trainable:
+            weights[name].requires_grad_(True)
+        with time_loop(loop):
+            out = simulate_fast(weights, x, config, spike_trains=trains)
+            (F.cross_entropy(out["logits"], labels) + 0.01 * out["count_e"].mean()).backward()
+        results.append((out, {name: weights[name].grad for name in config.trainable}))
+    (full, full_grads), (bare, bare_grads) = results
+    assert "s_e" not in bare and "s_i" not in bare and full["s_e"].shape[0] == config.n_steps
+    assert torch.equal(bare["count_e"], full["s_e"].sum(0)) and torch.equal(bare["count_i"], full["s_i"].sum(0))
+    assert torch.equal(bare["logits"], full["logits"])
+    for name in config.trainable:
+        torch.testing.assert_close(bare_grads[name], full_grads[name], rtol=1e-12, atol=0)
 
 
 # --- dispatch, inference, dtype and unsupported combinations ------------------------

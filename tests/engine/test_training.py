@@ -72,8 +72,8 @@ def test_nan_loss_fails_with_reason_and_keeps_last_good_checkpoint(tmp_path, mon
     real_simulate = train_module.simulate
     calls = {"n": 0}
 
-    def poisoned(weights, x, cfg):
-        out = real_simulate(weights, x, cfg)
+    def poisoned(weights, x, cfg, **options):
+        out = real_simulate(weights, x, cfg, **options)
         calls["n"] += 1
         if calls["n"] > 4:  # epoch 1 has 4 batches of 100
             out["logits"] = out["logits"] * math.nan
