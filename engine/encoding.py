@@ -8,9 +8,9 @@ import torch
 
 from engine.config import Config
 
-# Steps drawn per call to the generator: bounds the float buffer to
-# chunk x batch x n_input whatever the trial length.
-_CHUNK_STEPS = 250
+# Gaps drawn per active pixel and round: most pixels (rate <= 100 Hz, 200 ms) need
+# one or two rounds; the loop runs on for the few that fire more.
+_GAPS_PER_ROUND = 16
 
 
 class InputEvents(NamedTuple):
@@ -32,17 +32,43 @@ class InputEvents(NamedTuple):
         return cls(step, sample, channel, tuple(spikes.shape))
 
 
-def poisson_encode(images: torch.Tensor, config: Config, generator: torch.Generator,
-                   n_steps: int | None = None) -> torch.Tensor:
-    """Bool spikes [T, B, n_input] from intensities `images` [B, n_input] in [0, 1].
+def poisson_events(images: torch.Tensor, config: Config, generator: torch.Generator,
+                   n_steps: int | None = None) -> InputEvents:
+    """Poisson input spikes as events, sorted by (step, sample, channel), on the config's device.
 
-    Fresh spikes on every call; the generator (CPU) makes them repeatable.
+    Pixel p fires on each step with probability q = p * max_rate * dt, independently:
+    a Bernoulli process, whose gaps between spikes are Geometric(q). Drawing the gaps
+    (floor(log U / log(1 - q)) + 1 for U uniform in (0, 1], capped past the trial)
+    costs a few numbers per
+    spike, where drawing every (step, pixel) costs T x 784 per image: at batch 64 x
+    2000 steps, milliseconds instead of most of a second. Fresh spikes on every call;
+    the generator (CPU) makes them repeatable.
     """
     steps = config.n_steps if n_steps is None else n_steps
     prob = (images.to(torch.float32).cpu() * (config.max_rate_hz * config.dt_ms / 1000.0)).clamp(0, 1)
-    chunks = []
-    for start in range(0, steps, _CHUNK_STEPS):
-        length = min(_CHUNK_STEPS, steps - start)
-        draw = torch.rand((length, *prob.shape), generator=generator)
-        chunks.append(draw < prob)
-    return torch.cat(chunks).to(config.torch_device)
+    sample, channel = prob.nonzero(as_tuple=True)
+    log_stay = torch.log1p(-prob[sample, channel].double())  # -inf where q = 1: a spike every step
+    last = torch.full(sample.shape, -1, dtype=torch.long)  # each pixel's latest spike step
+    pixel = torch.arange(sample.numel())
+    found = []
+    while pixel.numel():
+        uniform = 1.0 - torch.rand((pixel.numel(), _GAPS_PER_ROUND), generator=generator, dtype=torch.float64)
+        gaps = (torch.log(uniform) / log_stay[pixel, None]).floor_().clamp_(max=steps).long() + 1
+        at = last[pixel, None] + gaps.cumsum(1)
+        hit = at < steps
+        found.append((at[hit], pixel[:, None].expand_as(at)[hit]))
+        last[pixel] = at[:, -1]
+        pixel = pixel[at[:, -1] < steps]
+    step = torch.cat([at for at, _ in found] + [torch.zeros(0, dtype=torch.long)])
+    owner = torch.cat([who for _, who in found] + [torch.zeros(0, dtype=torch.long)])
+    batch, n_input = prob.shape
+    order = torch.sort((step * batch + sample[owner]) * n_input + channel[owner]).indices
+    device = config.torch_device
+    return InputEvents(step[order].to(device), sample[owner][order].to(device), channel[owner][order].to(device),
+                       (steps, batch, n_input))
+
+
+def poisson_encode(images: torch.Tensor, config: Config, generator: torch.Generator,
+                   n_steps: int | None = None) -> torch.Tensor:
+    """`poisson_events` as a bool tensor [T, B, n_input]: the same spikes, dense."""
+    return poisson_events(images, config, generator, n_steps).to_dense()

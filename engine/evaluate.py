@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from engine.config import Config
 from engine.data import Split
-from engine.encoding import poisson_encode
+from engine.encoding import poisson_events
 from engine.seeding import batch_generator
 from engine.simulate import simulate
 from engine.weights import Weights
@@ -48,7 +48,7 @@ def evaluate(weights: Weights, split: Split, config: Config, tag: str = "test",
     counts_i = torch.zeros(config.n_i, dtype=torch.float64)
     kept_e, kept_i = [], []
     for b, index in enumerate(batches(len(split.labels), config.batch_size)):
-        x = poisson_encode(split.images[index], config, batch_generator(config.seed, tag, 0, b))
+        x = poisson_events(split.images[index], config, batch_generator(config.seed, tag, 0, b))
         keep = sum(k.shape[1] for k in kept_e) < keep_spikes
         out = simulate(weights, x, config, spike_trains=keep)
         labels = split.labels[index].to(config.torch_device)

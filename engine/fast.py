@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 
 from engine.config import Config, ConfigError
+from engine.encoding import InputEvents
 from engine.weights import Weights
 
 # Elements of one [K, B, M] chunk buffer: bounds the backward's working memory.
@@ -118,12 +119,22 @@ def fast_params(config: Config, steps: int, batch: int, device, dtype) -> FastPa
     )
 
 
-def input_events(spikes: torch.Tensor, p: FastParams) -> ArrivalEvents:
-    """Events of a 0/1 [T, B, n_input] tensor; the last step's spikes never arrive."""
-    step, sample, channel = (spikes if spikes.dtype == torch.bool else spikes != 0).nonzero(as_tuple=True)
+def input_events(spikes: torch.Tensor | InputEvents, p: FastParams) -> ArrivalEvents:
+    """Arrivals of input spikes (a 0/1 [T, B, n_input] tensor, or events sorted as its
+    nonzero() would be) one step later; the last step's spikes never arrive."""
+    if isinstance(spikes, InputEvents):
+        step, sample, channel = spikes.step, spikes.sample, spikes.channel
+    else:
+        step, sample, channel = (spikes if spikes.dtype == torch.bool else spikes != 0).nonzero(as_tuple=True)
     keep = step < p.steps - 1
     step, sample, channel = step[keep] + 1, sample[keep], channel[keep]
     return ArrivalEvents(step, sample, channel, chunk_bounds(step, p))
+
+
+def _to_device(spikes: torch.Tensor | InputEvents, device) -> torch.Tensor | InputEvents:
+    if isinstance(spikes, InputEvents):
+        return InputEvents(*(part.to(device) for part in spikes[:3]), spikes.shape)
+    return spikes.to(device)
 
 
 def chunk_bounds(step: torch.Tensor, p: FastParams) -> list[int]:
@@ -317,7 +328,7 @@ def check_supported(config: Config) -> None:
                           "(u_excess, mem_reg_weight > 0); use backend 'reference'")
 
 
-def simulate_fast(weights: Weights, input_spikes: torch.Tensor, config: Config,
+def simulate_fast(weights: Weights, input_spikes: torch.Tensor | InputEvents, config: Config,
                   record_voltage: bool = False, spike_trains: bool = True) -> dict[str, torch.Tensor]:
     """`engine.reference.simulate_reference`'s contract, event-driven and fused.
 
@@ -331,7 +342,7 @@ def simulate_fast(weights: Weights, input_spikes: torch.Tensor, config: Config,
     w = {name: weights[name].to(device=device, dtype=dtype) for name in ("W_in", "W_ei", "W_ie", "W_out")}
     steps, batch = input_spikes.shape[0], input_spikes.shape[1]
     p = fast_params(config, steps, batch, device, dtype)
-    ev = input_events(input_spikes.to(device), p)
+    ev = input_events(_to_device(input_spikes, device), p)
     s_e, s_i, count_e, count_i, filtered, v_e, v_i = FusedNetwork.apply(
         w["W_in"], w["W_ei"], w["W_ie"], ev, batch, p, spike_trains, record_voltage)
     out = {"count_e": count_e, "count_i": count_i, "logits": (filtered @ w["W_out"]) / steps}

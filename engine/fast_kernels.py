@@ -224,12 +224,16 @@ def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos
 
 @_compiled
 def adjoint_step(b0, b1, k, n_e, const, k_dv, decay, tape_v, tape_leak, tape_surrogate, tape_reset,
-                 spike_grad_e, spike_grad_i, lam_v, lam_next, lam_out):
+                 readout_t, grad_filtered, grad_count_e, grad_count_i, grad_s_e, grad_s_i, arrival_e, arrival_i,
+                 spike_grad, lam_v, lam_next, lam_out):
     """One reverse step (engine.fast_backward's docstring has the derivation).
 
-    spike_grad_e / _i: dL/ds of this step from everything but the reset, [B, n_e] /
-    [B, n_i] (the reset's share is added to them in place). Updates lam_v (dL/dv) in
-    place, writes dL/dg of the step into lam_out.
+    dL/ds of the step is assembled in spike_grad [B, N] (scratch) from its parts,
+    each [B, n_e] / [B, n_i] and each left out when empty: the readout
+    (grad_filtered * readout_t, E only), the spike counts, this step's row of the
+    spike trains' gradient, the next step's arrivals (W @ lam.T, so [n_e, B] /
+    [n_i, B]) and the reset. Updates lam_v (dL/dv) in place, writes dL/dg of the
+    step into lam_out.
     """
     n = lam_v.shape[1]
     e_ampa, e_gaba = const[E_AMPA], const[E_GABA]
@@ -239,23 +243,47 @@ def adjoint_step(b0, b1, k, n_e, const, k_dv, decay, tape_v, tape_leak, tape_sur
         v_prev, leak, surrogate = tape_v[k, b], tape_leak[k, b], tape_surrogate[k, b]
         lv, out, nxt = lam_v[b], lam_out[b], lam_next[b]
         out_gaba, nxt_gaba, decay_gaba = out[n:], lam_next[b, n:], decay[n:]
-        grad_e, grad_i = spike_grad_e[b], spike_grad_i[b]
-        if keep_reset:  # the reset's share of dL/ds, added apart: the loops below stay branch-free
-            reset = tape_reset[k, b]
+        grad = spike_grad[b]
+        grad_e, grad_i = grad[:n_e], grad[n_e:]
+        # one loop per part, each vectorisable; the branches test whole parts
+        if grad_filtered.shape[0] > 0:
             for j in range(n_e):
-                grad_e[j] += lv[j] * reset[j]
+                grad_e[j] = grad_filtered[b, j] * readout_t
+        else:
+            grad_e[:] = zero
+        grad_i[:] = zero
+        if grad_count_e.shape[0] > 0:
+            for j in range(n_e):
+                grad_e[j] += grad_count_e[b, j]
+        if grad_count_i.shape[0] > 0:
             for j in range(n - n_e):
-                grad_i[j] += lv[n_e + j] * reset[n_e + j]
+                grad_i[j] += grad_count_i[b, j]
+        if grad_s_e.shape[0] > 0:
+            for j in range(n_e):
+                grad_e[j] += grad_s_e[b, j]
+        if grad_s_i.shape[0] > 0:
+            for j in range(n - n_e):
+                grad_i[j] += grad_s_i[b, j]
+        if arrival_e.shape[0] > 0:
+            for j in range(n_e):
+                grad_e[j] += arrival_e[j, b]
+        if arrival_i.shape[0] > 0:
+            for j in range(n - n_e):
+                grad_i[j] += arrival_i[j, b]
+        if keep_reset:
+            reset = tape_reset[k, b]
+            for j in range(n):
+                grad[j] += lv[j] * reset[j]
         for j in range(n_e):  # E: AMPA and GABA
             sg = surrogate[j]
-            e = (lv[j] if sg > zero else zero) + grad_e[j] * abs(sg)
+            e = (lv[j] if sg > zero else zero) + grad[j] * abs(sg)
             ed = e * k_dv[j]
             out[j] = nxt[j] * decay[j] + ed * (e_ampa - v_prev[j])
             out_gaba[j] = nxt_gaba[j] * decay_gaba[j] + ed * (e_gaba - v_prev[j])
             lv[j] = e - ed * leak[j]
         for j in range(n_e, n):  # I: AMPA only
             sg = surrogate[j]
-            e = (lv[j] if sg > zero else zero) + grad_i[j - n_e] * abs(sg)
+            e = (lv[j] if sg > zero else zero) + grad[j] * abs(sg)
             ed = e * k_dv[j]
             out[j] = nxt[j] * decay[j] + ed * (e_ampa - v_prev[j])
             lv[j] = e - ed * leak[j]

@@ -21,12 +21,13 @@ def simulate(weights: Weights, input_spikes: torch.Tensor | InputEvents, config:
     Every backend follows MODEL.md's step conventions, so all return the same
     spikes in float64 for the same weights and input.
     """
-    if isinstance(input_spikes, InputEvents):
-        input_spikes = input_spikes.to_dense()
-    if input_spikes.dim() != 3 or input_spikes.shape[2] != config.n_input:
-        raise ValueError(f"input_spikes must be [T, B, {config.n_input}], got {list(input_spikes.shape)}")
+    shape = input_spikes.shape if isinstance(input_spikes, InputEvents) else tuple(input_spikes.shape)
+    if len(shape) != 3 or shape[2] != config.n_input:
+        raise ValueError(f"input_spikes must be [T, B, {config.n_input}], got {list(shape)}")
     if config.backend == "fast":
         from engine.fast import simulate_fast  # beside the reference, same contract
 
         return simulate_fast(weights, input_spikes, config, record_voltage, spike_trains)
+    if isinstance(input_spikes, InputEvents):
+        input_spikes = input_spikes.to_dense()
     return simulate_reference(weights, input_spikes, config, record_voltage, spike_trains)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from engine.config import Config
 from engine.convergence import summarise
 from engine.data import Dataset, load_tier
-from engine.encoding import poisson_encode
+from engine.encoding import poisson_events
 from engine.evaluate import batches, evaluate
 from engine.rundir import RunDir
 from engine.seeding import batch_generator
@@ -118,7 +118,7 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
     for b, index in enumerate(batches(len(order), config.batch_size, order)):
         if should_stop and should_stop():
             raise TrainingCancelled(f"stopped during epoch {epoch}")
-        x = poisson_encode(train.images[index], config, batch_generator(config.seed, "train", epoch, b))
+        x = poisson_events(train.images[index], config, batch_generator(config.seed, "train", epoch, b))
         labels = train.labels[index].to(config.torch_device)
         out = simulate(weights, x, config, spike_trains=False)
         loss = F.cross_entropy(out["logits"], labels)
