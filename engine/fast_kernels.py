@@ -223,6 +223,22 @@ def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos
 
 
 @_compiled
+def _add_row(grad, part, b):
+    """grad += part[b], unless part is empty."""
+    if part.shape[0] > 0:
+        for j in range(grad.shape[0]):
+            grad[j] += part[b, j]
+
+
+@_compiled
+def _add_column(grad, part, b):
+    """grad += part[:, b] ([cells, B], a presynaptic product), unless part is empty."""
+    if part.shape[0] > 0:
+        for j in range(grad.shape[0]):
+            grad[j] += part[j, b]
+
+
+@_compiled
 def adjoint_step(b0, b1, k, n_e, const, k_dv, decay, tape_v, tape_leak, tape_surrogate, tape_reset,
                  readout_t, grad_filtered, grad_count_e, grad_count_i, grad_s_e, grad_s_i, arrival_e, arrival_i,
                  spike_grad, lam_v, lam_next, lam_out):
@@ -252,24 +268,12 @@ def adjoint_step(b0, b1, k, n_e, const, k_dv, decay, tape_v, tape_leak, tape_sur
         else:
             grad_e[:] = zero
         grad_i[:] = zero
-        if grad_count_e.shape[0] > 0:
-            for j in range(n_e):
-                grad_e[j] += grad_count_e[b, j]
-        if grad_count_i.shape[0] > 0:
-            for j in range(n - n_e):
-                grad_i[j] += grad_count_i[b, j]
-        if grad_s_e.shape[0] > 0:
-            for j in range(n_e):
-                grad_e[j] += grad_s_e[b, j]
-        if grad_s_i.shape[0] > 0:
-            for j in range(n - n_e):
-                grad_i[j] += grad_s_i[b, j]
-        if arrival_e.shape[0] > 0:
-            for j in range(n_e):
-                grad_e[j] += arrival_e[j, b]
-        if arrival_i.shape[0] > 0:
-            for j in range(n - n_e):
-                grad_i[j] += arrival_i[j, b]
+        _add_row(grad_e, grad_count_e, b)
+        _add_row(grad_i, grad_count_i, b)
+        _add_row(grad_e, grad_s_e, b)
+        _add_row(grad_i, grad_s_i, b)
+        _add_column(grad_e, arrival_e, b)
+        _add_column(grad_i, arrival_i, b)
         if keep_reset:
             reset = tape_reset[k, b]
             for j in range(n):

@@ -116,7 +116,7 @@ def test_ping_canonical_2000_steps_all_weights_trainable(smoke):
 
 
 def test_coba_canonical_2000_steps(smoke):
-    config = Config(arch="coba", dtype="float64", trainable=("W_in", "W_ei", "W_out"))
+    config = Config(arch="coba", dtype="float64", trainable=ALL_WEIGHTS)
     x = poisson_input(smoke, config, seed=1)
     assert_equivalent(config, x, smoke.train.labels[:2])
 
