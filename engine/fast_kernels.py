@@ -28,6 +28,14 @@ _compiled = njit(nogil=True, cache=True, boundscheck=False)
 
 
 @_compiled
+def _copy(dst, src):
+    """dst[:len(src)] = src[:len(dst)] as a plain loop: numba's slice assignment
+    checks for overlap and costs about a microsecond per call, once per step here."""
+    for j in range(min(dst.shape[0], src.shape[0])):
+        dst[j] = src[j]
+
+
+@_compiled
 def _fired_cells(fired, cells):
     """Indices of the True entries of `fired` (length a multiple of 8), ascending; their count."""
     words = fired.view(np.uint64)
@@ -144,13 +152,13 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
         cursor, end = ev_ptr[b], ev_ptr[b + 1]
         for t in range(steps):
             if t % chunk == 0:
-                ck_v[t // chunk, b] = v
-                ck_g[t // chunk, b] = g
-                ck_last[t // chunk, b] = last
+                _copy(ck_v[t // chunk, b], v)
+                _copy(ck_g[t // chunk, b], g)
+                _copy(ck_last[t // chunk, b], last)
             cursor = _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                                    w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
             _membrane_step(t, n_e, const, c, decay, refractory, a, v, g, last, fired[:n], v2)
-            spikes[t, b] = fired[:n]
+            _copy(spikes[t, b], fired)
             count = _fired_cells(fired, cells)
             for index in range(count):
                 cell = cells[index]
@@ -166,7 +174,7 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
                 for j in range(n - n_e):
                     row_i[j] = fired[n_e + j]
             if record_voltage:
-                voltages[t, b] = v
+                _copy(voltages[t, b], v)
 
 
 @_compiled
@@ -197,11 +205,11 @@ def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos
         cursor = lo + np.searchsorted(ev_step[lo:end], t0)
         count = 0
         if t0 > 0:
-            fired[:n] = spikes[t0 - 1, b]
+            _copy(fired, spikes[t0 - 1, b])
             count = _fired_cells(fired, cells)
         for k in range(length):
             t = t0 + k
-            tape_v[k, b] = v
+            _copy(tape_v[k, b], v)
             cursor = _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                                    w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
             for j in range(n):
