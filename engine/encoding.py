@@ -21,6 +21,9 @@ class InputEvents(NamedTuple):
     channel: torch.Tensor
     shape: tuple[int, int, int]  # (T, B, n_input) of the dense equivalent
 
+    def to(self, device) -> "InputEvents":
+        return InputEvents(self.step.to(device), self.sample.to(device), self.channel.to(device), self.shape)
+
     def to_dense(self, dtype: torch.dtype = torch.bool) -> torch.Tensor:
         dense = torch.zeros(self.shape, dtype=dtype, device=self.step.device)
         dense[self.step, self.sample, self.channel] = 1
@@ -61,11 +64,11 @@ def poisson_events(images: torch.Tensor, config: Config, generator: torch.Genera
         pixel = pixel[at[:, -1] < steps]
     step = torch.cat([at for at, _ in found] + [torch.zeros(0, dtype=torch.long)])
     owner = torch.cat([who for _, who in found] + [torch.zeros(0, dtype=torch.long)])
+    sample, channel = sample[owner], channel[owner]
     batch, n_input = prob.shape
-    order = torch.sort((step * batch + sample[owner]) * n_input + channel[owner]).indices
-    device = config.torch_device
-    return InputEvents(step[order].to(device), sample[owner][order].to(device), channel[owner][order].to(device),
-                       (steps, batch, n_input))
+    order = torch.sort((step * batch + sample) * n_input + channel).indices
+    events = InputEvents(step[order], sample[order], channel[order], (steps, batch, n_input))
+    return events.to(config.torch_device)
 
 
 def poisson_encode(images: torch.Tensor, config: Config, generator: torch.Generator,

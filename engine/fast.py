@@ -131,12 +131,6 @@ def input_events(spikes: torch.Tensor | InputEvents, p: FastParams) -> ArrivalEv
     return ArrivalEvents(step, sample, channel, chunk_bounds(step, p))
 
 
-def _to_device(spikes: torch.Tensor | InputEvents, device) -> torch.Tensor | InputEvents:
-    if isinstance(spikes, InputEvents):
-        return InputEvents(*(part.to(device) for part in spikes[:3]), spikes.shape)
-    return spikes.to(device)
-
-
 def chunk_bounds(step: torch.Tensor, p: FastParams) -> list[int]:
     """Where each chunk's events start in step-sorted events, and the end."""
     starts = torch.arange(0, p.steps, p.chunk, device=step.device)
@@ -342,7 +336,7 @@ def simulate_fast(weights: Weights, input_spikes: torch.Tensor | InputEvents, co
     w = {name: weights[name].to(device=device, dtype=dtype) for name in ("W_in", "W_ei", "W_ie", "W_out")}
     steps, batch = input_spikes.shape[0], input_spikes.shape[1]
     p = fast_params(config, steps, batch, device, dtype)
-    ev = input_events(_to_device(input_spikes, device), p)
+    ev = input_events(input_spikes.to(device), p)
     s_e, s_i, count_e, count_i, filtered, v_e, v_i = FusedNetwork.apply(
         w["W_in"], w["W_ei"], w["W_ie"], ev, batch, p, spike_trains, record_voltage)
     out = {"count_e": count_e, "count_i": count_i, "logits": (filtered @ w["W_out"]) / steps}

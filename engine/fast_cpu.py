@@ -139,18 +139,22 @@ def network_backward(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: Fast
     """
     batch = spikes.shape[1]
     ranges = _sample_ranges(batch)
+    rec = recurrence(w_ei, w_ie)
+    # the presynaptic products' operands, shared by the ranges (None: no product)
+    operands = (presynaptic_operand(w_ei) if rec.use_ei and not p.detach_recurrent else None,
+                presynaptic_operand(w_ie) if rec.use_ie and not p.detach_recurrent else None)
     if len(ranges) == 1:
-        return _backward_range(w_in, w_ei, w_ie, spikes, saved, ev, p, out_grads, need, 0, batch)
+        return _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev, p, out_grads, need, 0, batch)
 
     def one_range(lo, hi):
         torch.set_num_threads(1)  # this worker thread's own setting: the ranges share the cores
-        return _backward_range(w_in, w_ei, w_ie, spikes, saved, ev, p, out_grads, need, lo, hi)
+        return _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev, p, out_grads, need, lo, hi)
 
     parts = [future.result() for future in [_pool(len(ranges)).submit(one_range, lo, hi) for lo, hi in ranges]]
     return tuple(None if grads[0] is None else sum(grads[1:], grads[0]) for grads in zip(*parts))
 
 
-def _backward_range(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: FastParams,
+def _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev: ArrivalEvents, p: FastParams,
                     out_grads: OutputGrads, need, b0: int, b1: int):
     """network_backward of samples [b0, b1)."""
     checkpoints, loop = saved
@@ -162,11 +166,7 @@ def _backward_range(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: FastP
         out_grads = OutputGrads(*(None if g is None else g[:, b0:b1] if g.dim() == 3 else g[b0:b1]
                                   for g in out_grads))
     batch, dtype = spikes.shape[1], w_in.dtype
-    rec = recurrence(w_ei, w_ie)
-    adjoint_ei = rec.use_ei and not p.detach_recurrent
-    adjoint_ie = rec.use_ie and not p.detach_recurrent
-    to_e = PresynapticProduct.of(w_ei, batch) if adjoint_ei else None
-    to_i = PresynapticProduct.of(w_ie, batch) if adjoint_ie else None
+    to_e, to_i = (None if w is None else PresynapticProduct.of(w, batch) for w in operands)
     k_dv = _np(p.c / p.v_grad_dampen)
     readout = p.readout.tolist()
     grads = WeightGrads.zeros(w_in, w_ei, w_ie, need)
@@ -207,31 +207,36 @@ def _backward_range(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: FastP
     return grads.result(w_in)
 
 
+# Fraction of nonzero entries up to which the presynaptic product is sparse.
+SPARSE_UP_TO = 0.25
+
+
+def presynaptic_operand(w: torch.Tensor) -> torch.Tensor:
+    """W for PresynapticProduct: as CSR while sparse, else dense.
+
+    The product is most of the backward's arithmetic. The default W_ei / W_ie are
+    Bernoulli(0.2) masks, and at that density MKL's sparse product is about 1.6x
+    faster than the dense one on one core; from about 30 % nonzero on, dense wins
+    (both measured at B = 32). A trained W_ei / W_ie is usually dense.
+    """
+    w = w.detach()
+    if w.count_nonzero() > SPARSE_UP_TO * w.numel():
+        return w
+    with warnings.catch_warnings():  # torch flags its CSR layout as beta; products are stable
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
+        return w.to_sparse_csr()
+
+
 class PresynapticProduct(NamedTuple):
     """W @ lam.T: the presynaptic spikes' gradient [sources, B] from their targets'
-    conductance adjoint lam [B, targets], for W [sources, targets].
+    conductance adjoint lam [B, targets], for W [sources, targets]."""
 
-    This product is most of the backward's arithmetic. The default W_ei / W_ie are
-    Bernoulli(0.2) masks, and at that density MKL's sparse product (CSR W) is about
-    1.6x faster than the dense one on one core; from about 30 % nonzero on, dense
-    wins (both measured at B = 32). A trained W_ei / W_ie is usually dense and
-    takes the dense product.
-    """
-
-    weights: torch.Tensor  # W, dense or CSR
+    weights: torch.Tensor  # W, dense or CSR (presynaptic_operand)
     scratch: torch.Tensor  # the product, [sources, B]
 
-    SPARSE_UP_TO = 0.25  # fraction of nonzero entries
-
     @classmethod
-    def of(cls, w: torch.Tensor, batch: int) -> "PresynapticProduct":
-        w = w.detach()
-        scratch = torch.empty(w.shape[0], batch, dtype=w.dtype)
-        if w.count_nonzero() > cls.SPARSE_UP_TO * w.numel():
-            return cls(w, scratch)
-        with warnings.catch_warnings():  # torch flags its CSR layout as beta; products are stable
-            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state")
-            return cls(w.to_sparse_csr(), scratch)
+    def of(cls, weights: torch.Tensor, batch: int) -> "PresynapticProduct":
+        return cls(weights, torch.empty(weights.shape[0], batch, dtype=weights.dtype))
 
     def write(self, lam: torch.Tensor) -> None:
         torch.mm(self.weights, lam.t(), out=self.scratch)

@@ -24,7 +24,7 @@ import engine.fast
 from engine import Config, ConfigError, init_weights, poisson_encode, poisson_events, simulate
 from engine.data import load_tier
 from engine.fast import simulate_fast
-from engine.fast_cpu import PresynapticProduct
+from engine.fast_cpu import presynaptic_operand
 from engine.reference import simulate_reference
 
 ALL_WEIGHTS = ("W_in", "W_ei", "W_ie", "W_out")
@@ -184,10 +184,10 @@ def test_small_network_flags(smoke, changes):
 def test_recurrent_adjoint_product_is_sparse_for_masked_weights_and_dense_otherwise():
     masked = init_weights(Config(**SMALL))  # Bernoulli(0.2) masks: the sparse product
     full = init_weights(Config(**{**SMALL, "p_ei": 1.0, "p_ie": 1.0}))
-    assert PresynapticProduct.of(masked["W_ei"], 2).weights.layout == torch.sparse_csr
-    assert PresynapticProduct.of(masked["W_ie"], 2).weights.layout == torch.sparse_csr
-    assert PresynapticProduct.of(full["W_ei"], 2).weights.layout == torch.strided
-    assert PresynapticProduct.of(full["W_ie"], 2).weights.layout == torch.strided
+    assert presynaptic_operand(masked["W_ei"]).layout == torch.sparse_csr
+    assert presynaptic_operand(masked["W_ie"]).layout == torch.sparse_csr
+    assert presynaptic_operand(full["W_ei"]).layout == torch.strided
+    assert presynaptic_operand(full["W_ie"]).layout == torch.strided
 
 
 @pytest.mark.parametrize("loop", LOOPS)
