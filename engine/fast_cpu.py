@@ -3,8 +3,8 @@
 engine.fast's torch-op loop costs about 25 small tensor ops per step forward and 45
 backward, each a few tens of microseconds however little it computes: on CPU it is
 bound by per-op overhead. Here the forward (which also writes the spike counts and,
-when asked, the float spike trains), the backward's recomputation of each chunk
-and each reverse step's elementwise adjoint are single compiled loops. Only the
+when asked, the float spike trains), the backward's recomputation of each chunk,
+each reverse step's elementwise adjoint and W_in's gradient are compiled loops. Only the
 adjoint's two recurrent products per step stay torch matmuls (PresynapticProduct:
 MKL's sparse product for the default masked W_ei / W_ie, BLAS for dense ones).
 Samples are independent, so sample ranges run on `torch.get_num_threads()`
@@ -13,7 +13,7 @@ threads: the forward's and the recomputation's per loop, the backward's whole.
 Saved for backward: bool spikes [T, B, N] and the state at each chunk start,
 stacked into one Checkpoint ([C, B, N] voltages, [C, B, M] conductances, [C, B, N]
 last spike steps). The chunk length is engine.fast's, so the input events' chunk
-bounds and the weight gradients' accumulation (engine.fast_backward.WeightGrads)
+bounds and the W_ei / W_ie gradients' accumulation (engine.fast_backward.WeightGrads)
 are shared with the torch-op loop.
 """
 
@@ -59,18 +59,20 @@ class Loop(NamedTuple):
     use_ei: bool
     use_ie: bool
     has_neg: bool
-    const: np.ndarray  # kernels.E_L ... kernels.BETA, in the state's dtype
-    c: np.ndarray
-    decay: np.ndarray
-    refractory: np.ndarray
+    const: np.ndarray  # kernels.E_L ... kernels.K_DV_I, in the state's dtype
+    refractory: np.ndarray  # steps, E and I
 
     @classmethod
     def build(cls, w_in: torch.Tensor, rec: Recurrence, events: SampleEvents, p: FastParams) -> "Loop":
         w_pos, w_neg = split_input_weights(w_in.detach())
-        const = torch.tensor([p.e_l, p.v_reset, p.v_th, p.e_ampa, p.e_gaba, p.beta], dtype=w_in.dtype)
+        e, i, gaba = 0, p.n_e, p.n  # first column of E, of I, of the GABA conductances
+        k_dv = p.c / p.v_grad_dampen
+        const = torch.cat([torch.tensor([p.e_l, p.v_reset, p.v_th, p.e_ampa, p.e_gaba, p.beta], dtype=w_in.dtype),
+                           torch.stack([p.c[e], p.c[i], p.decay[e], p.decay[gaba], k_dv[e], k_dv[i]]).cpu()])
+        refractory = (-p.hold_from[0][[e, i]]).to(torch.int32)  # hold_from[0] = -refractory
         return cls(p.n_e, *events, _np(w_pos), _np(w_neg if w_neg is not None else w_pos[:0]),
                    _np(rec.w_ei), _np(rec.w_ie), rec.use_ei, rec.use_ie, w_neg is not None,
-                   _np(const), _np(p.c), _np(p.decay), _np(-p.hold_from[0]))  # hold_from[0] = -refractory
+                   _np(const), _np(refractory))
 
 
 def sample_events(ev: ArrivalEvents, batch: int) -> SampleEvents:
@@ -167,26 +169,33 @@ def _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev: ArrivalEvents
                                   for g in out_grads))
     batch, dtype = spikes.shape[1], w_in.dtype
     to_e, to_i = (None if w is None else PresynapticProduct.of(w, batch) for w in operands)
-    k_dv = _np(p.c / p.v_grad_dampen)
     readout = p.readout.tolist()
     grads = WeightGrads.zeros(w_in, w_ei, w_ie, need)
+    np_pos, np_neg = (None if g is None else _np(g) for g in (grads.pos, grads.neg))
     want_recurrent = grads.ei is not None or grads.ie is not None
     full = Tape.empty(p.chunk, batch, p, dtype)
     lam_full = torch.empty(p.chunk, batch, p.m, dtype=dtype)
     lam_v = torch.zeros(batch, p.n, dtype=dtype)
     lam_next = torch.zeros(batch, p.m, dtype=dtype)
-    none = np.empty((0, 0), dtype=_np(lam_v).dtype)
-    filtered, count_e, count_i = (none if g is None else _np(g.contiguous())
-                                  for g in (out_grads.filtered, out_grads.count_e, out_grads.count_i))
+    np_dtype = _np(lam_v).dtype
+
+    def part(grad, *shape):
+        """A part of dL/ds for adjoint_step, which adds every part: zeros where the loss does not reach."""
+        return np.zeros(shape, dtype=np_dtype) if grad is None else _np(grad.contiguous())
+
+    filtered, count_e, count_i = (part(out_grads.filtered, batch, p.n_e), part(out_grads.count_e, batch, p.n_e),
+                                  part(out_grads.count_i, batch, p.n_i))
+    zeros_e, zeros_i = part(None, batch, p.n_e), part(None, batch, p.n_i)  # I's readout; absent train rows
     s_e, s_i = (None if g is None else _np(g.contiguous()) for g in (out_grads.s_e, out_grads.s_i))
-    arrival_e, arrival_i = (none if to is None else _np(to.scratch) for to in (to_e, to_i))
+    arrival_e = _np(to_e.scratch) if to_e is not None else part(None, p.n_e, batch)
+    arrival_i = _np(to_i.scratch) if to_i is not None else part(None, p.n_i, batch)
+    no_reset = part(None, batch, p.n)  # a detached reset passes no gradient
     ck = tuple(_np(s) for s in checkpoints)
-    spike_grad = np.empty((batch, p.n), dtype=none.dtype)
     np_spikes, np_lam_v, np_lam = _np(spikes), _np(lam_v), _np(lam_full)
     for index in reversed(range(checkpoints.v.shape[0])):
         t0 = index * p.chunk
         length = min(p.chunk, p.steps - t0)
-        np_tape = tuple(_np(s) for s in full.head(length))
+        tape_v, tape_leak, tape_surrogate, tape_reset = np_tape = tuple(_np(s) for s in full.head(length))
         _over_samples(kernels.recompute_samples, batch, index, t0, *loop, np_spikes, *ck, *np_tape)
         lam = lam_full[:length]
         np_next = _np(lam_next)
@@ -196,13 +205,18 @@ def _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev: ArrivalEvents
                 to_e.write(lam_next[:, p.n_e:p.n])
             if to_i is not None:
                 to_i.write(lam_next[:, p.n:])
-            kernels.adjoint_step(0, batch, k, p.n_e, loop.const, k_dv, loop.decay, *np_tape, readout[t],
-                                 filtered, count_e, count_i, none if s_e is None else s_e[t],
-                                 none if s_i is None else s_i[t], arrival_e, arrival_i, spike_grad,
-                                 np_lam_v, np_next, np_lam[k])
+            kernels.adjoint_step(0, batch, p.n_e, loop.const, tape_v[k], tape_leak[k], tape_surrogate[k],
+                                 no_reset if p.detach_reset else tape_reset[k], readout[t],
+                                 filtered, zeros_i, count_e, count_i,
+                                 zeros_e if s_e is None else s_e[t], zeros_i if s_i is None else s_i[t],
+                                 arrival_e, arrival_i, np_lam_v, np_next, np_lam[k])
             lam_next, np_next = lam[k], np_lam[k]
-        sev = chunk_spike_events(spikes, t0, length, p) if want_recurrent else None
-        grads.accumulate(lam.view(length * batch, p.m), ev, index, t0, batch, sev, p)
+        lo, hi = ev.bounds[index], ev.bounds[index + 1]
+        if grads.pos is not None and hi > lo:
+            kernels.add_input_grads(t0, batch, p.n_e, *(_np(s[lo:hi]) for s in (ev.step, ev.sample, ev.channel)),
+                                    np_lam[:length].reshape(length * batch, p.m), np_pos, np_neg)
+        if want_recurrent:
+            grads.accumulate_recurrent(lam.view(length * batch, p.m), chunk_spike_events(spikes, t0, length, p), p)
         lam_next = lam_next.clone()  # lam_full is overwritten by the next chunk
     return grads.result(w_in)
 

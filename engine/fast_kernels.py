@@ -19,12 +19,42 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from numba.core import types
+from numba.extending import intrinsic
 
-# Layout of `const`.
-E_L, V_RESET, V_TH, E_AMPA, E_GABA, BETA = range(6)
-NEVER = -(1 << 40)  # "last spike" of a cell that never fired
+# Layout of `const`, in the state's dtype: MODEL.md's constants, then the
+# per-population ones (membrane dt/tau_m, conductance decay per step, and the
+# adjoint's dt/tau_m / v_grad_dampen).
+E_L, V_RESET, V_TH, E_AMPA, E_GABA, BETA, C_E, C_I, DECAY_AMPA, DECAY_GABA, K_DV_E, K_DV_I = range(12)
+# A cell's age (steps since its last spike) is int32, capped at _AGE_CAP: half
+# the bytes stored per step of an int64 (stores bound the cell update, see _step).
+_AGE = np.int32
+_ONE_STEP = _AGE(1)
+_AGE_CAP = 1 << 30
 
-_compiled = njit(nogil=True, cache=True, boundscheck=False)
+# error_model="numpy": a float division has no zero check (whose raise would
+# keep LLVM from vectorising the loop around it)
+_compiled = njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
+
+
+@intrinsic
+def _select(typingctx, condition, if_true, if_false):
+    """`if_true if condition else if_false` as one LLVM select.
+
+    numba lowers the conditional expression to branches; in a vectorised loop LLVM
+    turns a store behind them into masked stores (vmaskmov), several times slower
+    than a blend and a plain store on the AMD cores measured (docs/PERFORMANCE.md).
+    For the same reason a cell's refractory state is its age (steps since its last
+    spike, counted up every step) rather than the step of its last spike: storing
+    `t if spiked else last` back to `last` is again a conditional store.
+    """
+    if not isinstance(condition, types.Boolean) or if_true != if_false:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(*args)
+
+    return if_true(condition, if_true, if_false), codegen
 
 
 @_compiled
@@ -89,49 +119,119 @@ def _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
 
 
 @_compiled
-def _membrane_step(t, n_e, const, c, decay, refractory, a, v, g, last, fired, v2):
+def _threshold(j, v1, refractory, const, v, age, fired, factors):
+    """Cell j after its Euler step v1: hold, threshold, reset; its adjoint factors
+    when `factors` is not None (see _step)."""
+    v_reset, v_th, beta = const[V_RESET], const[V_TH], const[BETA]
+    held = age[j] <= refractory
+    v2 = _select(held, v_reset, v1)
+    spiked = v2 > v_th
+    fired[j] = spiked
+    v[j] = _select(spiked, v_reset, v2)
+    age[j] = _select(spiked, _ONE_STEP, _AGE(age[j] + 1))
+    if factors is not None:
+        one, zero = const.dtype.type(1.0), const.dtype.type(0.0)
+        x = abs(v2 - v_th) * beta + one
+        sg = one / (x * x)
+        factors[2][j] = _select(held, zero, _select(spiked, -sg, sg))
+        factors[3][j] = v_reset - v2
+
+
+@_compiled
+def _step_e(const, refractory, a_ampa, a_gaba, v, g_ampa, g_gaba, age, fired, factors):
+    """One step of the E cells of one sample: AMPA and GABA (see _step)."""
+    e_l, e_ampa, e_gaba, c = const[E_L], const[E_AMPA], const[E_GABA], const[C_E]
+    d_ampa, d_gaba, one = const[DECAY_AMPA], const[DECAY_GABA], const.dtype.type(1.0)
+    for j in range(v.shape[0]):
+        ga = g_ampa[j] * d_ampa + a_ampa[j]
+        gg = g_gaba[j] * d_gaba + a_gaba[j]
+        g_ampa[j] = ga
+        g_gaba[j] = gg
+        vj = v[j]
+        dv = e_l - vj
+        dv = dv + (e_ampa - vj) * ga
+        dv = dv + (e_gaba - vj) * gg
+        if factors is not None:
+            factors[0][j] = vj
+            factors[1][j] = one + ga + gg
+        _threshold(j, vj + dv * c, refractory, const, v, age, fired, factors)
+
+
+@_compiled
+def _step_i(const, refractory, a_ampa, v, g_ampa, age, fired, factors):
+    """One step of the I cells of one sample: AMPA only (see _step)."""
+    e_l, e_ampa, c = const[E_L], const[E_AMPA], const[C_I]
+    d_ampa, one = const[DECAY_AMPA], const.dtype.type(1.0)
+    for j in range(v.shape[0]):
+        ga = g_ampa[j] * d_ampa + a_ampa[j]
+        g_ampa[j] = ga
+        vj = v[j]
+        dv = e_l - vj
+        dv = dv + (e_ampa - vj) * ga
+        if factors is not None:
+            factors[0][j] = vj
+            factors[1][j] = one + ga
+        _threshold(j, vj + dv * c, refractory, const, v, age, fired, factors)
+
+
+@_compiled
+def _columns(rows, lo, hi):
+    """Columns [lo, hi) of each of four rows."""
+    return rows[0][lo:hi], rows[1][lo:hi], rows[2][lo:hi], rows[3][lo:hi]
+
+
+@_compiled
+def _step(n_e, const, refractory, a, v, g, age, fired, factors):
     """One step of MODEL.md's cell update for one sample, in the reference's rounding order.
 
-    v2 gets the voltage after the Euler step and the hold, before the reset. One
-    loop per written array (E with GABA, I without, then hold, threshold, reset as
-    selects): with few arrays per loop LLVM vectorises them.
+    Reads the arrivals a [M]; updates v, g and age (steps since the last spike)
+    in place; fired[j] says whether cell j spiked. `factors` is None (the
+    forward) or four rows [N] for the adjoint's factors of the step: the voltage
+    before it, the leak 1 + g_a + g_g, the surrogate 1 / (1 + beta |v2 - V_th|)^2
+    signed (0 where held; negative where the cell spiked, so that its sign says
+    whether dL/dv passes the reset: one array fewer to write and read) and
+    V_reset - v2. numba compiles the two cases apart (a None argument's branches
+    are pruned), so the forward stores nothing it does not keep: on the Zen 1
+    cores measured a 256-bit store takes two cycles, and stores bound this loop.
+    One fused loop per population; the E and I rows of every array are separate
+    views, so LLVM vectorises with one overlap check per array.
     """
     n = v.shape[0]
-    e_l, e_ampa, e_gaba = const[E_L], const[E_AMPA], const[E_GABA]
-    v_reset, v_th = const[V_RESET], const[V_TH]
-    for j in range(g.shape[0]):
-        g[j] = g[j] * decay[j] + a[j]
-    for j in range(n_e):
-        vj = v[j]
-        dv = e_l - vj
-        dv = dv + (e_ampa - vj) * g[j]
-        dv = dv + (e_gaba - vj) * g[n + j]
-        v2[j] = vj + dv * c[j]
-    for j in range(n_e, n):
-        vj = v[j]
-        dv = e_l - vj
-        dv = dv + (e_ampa - vj) * g[j]
-        v2[j] = vj + dv * c[j]
-    for j in range(n):
-        v2[j] = v_reset if last[j] >= t - refractory[j] else v2[j]
-    for j in range(n):
-        fired[j] = v2[j] > v_th
-    for j in range(n):
-        v[j] = v_reset if v2[j] > v_th else v2[j]
-    for j in range(n):
-        last[j] = t if v2[j] > v_th else last[j]
+    e = (const, refractory[0], a[:n_e], a[n:], v[:n_e], g[:n_e], g[n:], age[:n_e], fired[:n_e])
+    i = (const, refractory[1], a[n_e:n], v[n_e:], g[n_e:n], age[n_e:], fired[n_e:n])
+    if factors is None:
+        _step_e(*e, None)
+        _step_i(*i, None)
+    else:
+        _step_e(*e, _columns(factors, 0, n_e))
+        _step_i(*i, _columns(factors, n_e, n))
 
 
 @_compiled
 def _scratch(n, n_e, m, dtype):
-    """Per-thread buffers: arrivals, I->E sum, spikes (padded to whole words), cell list."""
+    """Per-thread buffers: arrivals, I->E sum, spikes (padded to whole words), cell list, ages."""
     return (np.empty(m, dtype=dtype), np.empty(n_e, dtype=dtype),
-            np.zeros((n + 7) // 8 * 8, dtype=np.bool_), np.empty(n, dtype=np.int64))
+            np.zeros((n + 7) // 8 * 8, dtype=np.bool_), np.empty(n, dtype=np.int64), np.empty(n, dtype=_AGE))
+
+
+@_compiled
+def _save_last_spike(t, age, last):
+    """A checkpoint's "step of the last spike" (engine.fast's) from the ages at step t."""
+    for j in range(age.shape[0]):
+        last[j] = t - age[j]
+
+
+@_compiled
+def _load_age(t, last, age):
+    """The ages at step t from a checkpoint's "step of the last spike"; a cell that
+    never fired (or fired _AGE_CAP steps ago) gets _AGE_CAP: it is not held either way."""
+    for j in range(age.shape[0]):
+        age[j] = min(t - last[j], _AGE_CAP)
 
 
 @_compiled
 def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
-                    use_ei, use_ie, has_neg, const, c, decay, refractory, chunk, readout,
+                    use_ei, use_ie, has_neg, const, refractory, chunk, readout,
                     spikes, count_e, count_i, filtered, s_e, s_i, ck_v, ck_g, ck_last, voltages):
     """Simulate samples [b0, b1) from rest.
 
@@ -139,25 +239,24 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
     sum_t readout[t] s_e[t] [B, n_e], the state at every chunk start
     (ck_*[chunk index, b]), and where those arrays are not empty the float spike
     trains s_e [T, B, n_e] / s_i [T, B, n_i] and the voltages [T, B, N]."""
-    steps, n = spikes.shape[0], spikes.shape[2]
-    m = decay.shape[0]
-    a, ie_sum, fired, cells = _scratch(n, n_e, m, decay.dtype)
-    v2 = np.empty(n, dtype=decay.dtype)
+    steps, n, m = spikes.shape[0], spikes.shape[2], ck_g.shape[2]
+    dtype = const.dtype
+    a, ie_sum, fired, cells, age = _scratch(n, n_e, m, dtype)
     trains, record_voltage = s_e.shape[0] > 0, voltages.shape[0] > 0
     for b in range(b0, b1):
-        v = np.full(n, const[E_L], dtype=decay.dtype)
-        g = np.zeros(m, dtype=decay.dtype)
-        last = np.full(n, NEVER, dtype=np.int64)
+        v = np.full(n, const[E_L], dtype=dtype)
+        g = np.zeros(m, dtype=dtype)
+        age[:] = _AGE_CAP
         count = 0
         cursor, end = ev_ptr[b], ev_ptr[b + 1]
         for t in range(steps):
             if t % chunk == 0:
                 _copy(ck_v[t // chunk, b], v)
                 _copy(ck_g[t // chunk, b], g)
-                _copy(ck_last[t // chunk, b], last)
+                _save_last_spike(t, age, ck_last[t // chunk, b])
             cursor = _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                                    w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
-            _membrane_step(t, n_e, const, c, decay, refractory, a, v, g, last, fired[:n], v2)
+            _step(n_e, const, refractory, a, v, g, age, fired, None)
             _copy(spikes[t, b], fired)
             count = _fired_cells(fired, cells)
             for index in range(count):
@@ -179,28 +278,21 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
 
 @_compiled
 def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
-                      use_ei, use_ie, has_neg, const, c, decay, refractory,
+                      use_ei, use_ie, has_neg, const, refractory,
                       spikes, ck_v, ck_g, ck_last, tape_v, tape_leak, tape_surrogate, tape_reset):
     """Re-run chunk `index` (steps t0 .. t0 + L - 1) of samples [b0, b1) from its checkpoint.
 
-    Writes the adjoint's per-step factors, [L, B, N]: the voltage before the step,
-    the leak 1 + g_a + g_g, the surrogate 1 / (1 + beta |v2 - V_th|)^2 signed
-    (0 where held; negative where the cell spiked, so that its sign says whether
-    dL/dv passes the reset: one array fewer to write and read) and, when the reset
-    keeps its gradient (tape_reset not empty), V_reset - v2.
+    Writes the adjoint's per-step factors (_step's), [L, B, N]; V_reset - v2 only
+    when the reset keeps its gradient (tape_reset not empty).
     """
     length, n = tape_v.shape[0], spikes.shape[2]
-    dtype = decay.dtype
-    v_reset, v_th, beta = const[V_RESET], const[V_TH], const[BETA]
-    one, zero = dtype.type(1.0), dtype.type(0.0)
+    a, ie_sum, fired, cells, age = _scratch(n, n_e, ck_g.shape[2], const.dtype)
     keep_reset = tape_reset.shape[0] > 0
-    a, ie_sum, fired, cells = _scratch(n, n_e, decay.shape[0], dtype)
-    held = np.empty(n, dtype=np.bool_)
-    v2 = np.empty(n, dtype=dtype)
+    unused = np.empty(n, dtype=const.dtype)  # V_reset - v2 of a detached reset
     for b in range(b0, b1):
         v = ck_v[index, b].copy()
         g = ck_g[index, b].copy()
-        last = ck_last[index, b].copy()
+        _load_age(t0, ck_last[index, b], age)
         lo, end = ev_ptr[b], ev_ptr[b + 1]
         cursor = lo + np.searchsorted(ev_step[lo:end], t0)
         count = 0
@@ -208,94 +300,92 @@ def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos
             _copy(fired, spikes[t0 - 1, b])
             count = _fired_cells(fired, cells)
         for k in range(length):
-            t = t0 + k
-            _copy(tape_v[k, b], v)
-            cursor = _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
+            cursor = _add_arrivals(t0 + k, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                                    w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
-            for j in range(n):
-                held[j] = last[j] >= t - refractory[j]
-            _membrane_step(t, n_e, const, c, decay, refractory, a, v, g, last, fired[:n], v2)
+            _step(n_e, const, refractory, a, v, g, age, fired,
+                  (tape_v[k, b], tape_leak[k, b], tape_surrogate[k, b], tape_reset[k, b] if keep_reset else unused))
             count = _fired_cells(fired, cells)
-            leak, surrogate = tape_leak[k, b], tape_surrogate[k, b]
-            for j in range(n_e):
-                leak[j] = one + g[j] + g[n + j]
-            for j in range(n_e, n):
-                leak[j] = one + g[j]
-            for j in range(n):
-                x = abs(v2[j] - v_th) * beta + one
-                sg = one / (x * x)
-                surrogate[j] = zero if held[j] else (-sg if fired[j] else sg)
-            if keep_reset:
-                for j in range(n):
-                    tape_reset[k, b, j] = v_reset - v2[j]
 
 
 @_compiled
-def _add_row(grad, part, b):
-    """grad += part[b], unless part is empty."""
-    if part.shape[0] > 0:
-        for j in range(grad.shape[0]):
-            grad[j] += part[b, j]
+def add_input_grads(t0, batch, n_e, ev_step, ev_sample, ev_channel, lam, grad_pos, grad_neg):
+    """W_in's shares of one chunk: each input event (step, sample, channel) adds
+    its dL/da row lam[(step - t0) * batch + sample] ([L * B, M]) to row `channel`
+    of grad_pos (the AMPA part) and of grad_neg (the GABA part of E)."""
+    n = lam.shape[1] - n_e
+    for e in range(ev_step.shape[0]):
+        row = lam[(ev_step[e] - t0) * batch + ev_sample[e]]
+        pos, neg = grad_pos[ev_channel[e]], grad_neg[ev_channel[e]]
+        for j in range(n_e):
+            pos[j] += row[j]
+        for j in range(n_e):
+            neg[j] += row[n + j]
 
 
 @_compiled
-def _add_column(grad, part, b):
-    """grad += part[:, b] ([cells, B], a presynaptic product), unless part is empty."""
-    if part.shape[0] > 0:
-        for j in range(grad.shape[0]):
-            grad[j] += part[j, b]
+def _voltage_adjoint(j, readout_t, grad_filtered, grad_count, grad_s, arrival, surrogate, reset, lam_v):
+    """e = dL/dv1 of cell j (engine.fast_backward's docstring).
+
+    dL/ds is the sum of its parts, each an array that is zero where the loss does
+    not reach: the readout (grad_filtered * readout_t), the spike count, this
+    step's spike-train gradient, the next step's arrivals (its presynaptic
+    product) and the reset's lam_v (V_reset - v2).
+    """
+    zero = lam_v.dtype.type(0.0)
+    grad = grad_filtered[j] * readout_t + grad_count[j] + grad_s[j] + arrival[j] + lam_v[j] * reset[j]
+    sg = surrogate[j]
+    return _select(sg > zero, lam_v[j], zero) + grad * abs(sg)
 
 
 @_compiled
-def adjoint_step(b0, b1, k, n_e, const, k_dv, decay, tape_v, tape_leak, tape_surrogate, tape_reset,
-                 readout_t, grad_filtered, grad_count_e, grad_count_i, grad_s_e, grad_s_i, arrival_e, arrival_i,
-                 spike_grad, lam_v, lam_next, lam_out):
-    """One reverse step (engine.fast_backward's docstring has the derivation).
+def _adjoint_e(readout_t, const, grad_filtered, grad_count, grad_s, arrival, v_prev, leak, surrogate, reset,
+               lam_v, next_ampa, next_gaba, lam_ampa, lam_gaba):
+    """One reverse step of the E cells of sample b: lam_v in place, lam_ampa and lam_gaba."""
+    k_dv, e_ampa, e_gaba = const[K_DV_E], const[E_AMPA], const[E_GABA]
+    d_ampa, d_gaba = const[DECAY_AMPA], const[DECAY_GABA]
+    for j in range(lam_v.shape[0]):
+        e = _voltage_adjoint(j, readout_t, grad_filtered, grad_count, grad_s, arrival, surrogate, reset, lam_v)
+        ed = e * k_dv
+        lam_ampa[j] = next_ampa[j] * d_ampa + ed * (e_ampa - v_prev[j])
+        lam_gaba[j] = next_gaba[j] * d_gaba + ed * (e_gaba - v_prev[j])
+        lam_v[j] = e - ed * leak[j]
 
-    dL/ds of the step is assembled in spike_grad [B, N] (scratch) from its parts,
-    each [B, n_e] / [B, n_i] and each left out when empty: the readout
-    (grad_filtered * readout_t, E only), the spike counts, this step's row of the
-    spike trains' gradient, the next step's arrivals (W @ lam.T, so [n_e, B] /
-    [n_i, B]) and the reset. Updates lam_v (dL/dv) in place, writes dL/dg of the
-    step into lam_out.
+
+@_compiled
+def _adjoint_i(readout_t, const, grad_filtered, grad_count, grad_s, arrival, v_prev, leak, surrogate, reset,
+               lam_v, next_ampa, lam_ampa):
+    """One reverse step of the I cells of sample b: lam_v in place, lam_ampa."""
+    k_dv, e_ampa, d_ampa = const[K_DV_I], const[E_AMPA], const[DECAY_AMPA]
+    for j in range(lam_v.shape[0]):
+        e = _voltage_adjoint(j, readout_t, grad_filtered, grad_count, grad_s, arrival, surrogate, reset, lam_v)
+        ed = e * k_dv
+        lam_ampa[j] = next_ampa[j] * d_ampa + ed * (e_ampa - v_prev[j])
+        lam_v[j] = e - ed * leak[j]
+
+
+@_compiled
+def adjoint_step(b0, b1, n_e, const, tape_v, tape_leak, tape_surrogate, reset, readout_t,
+                 filtered_e, filtered_i, count_e, count_i, s_e, s_i, arrival_e, arrival_i,
+                 lam_v, lam_next, lam_out):
+    """One reverse step of samples [b0, b1) (engine.fast_backward's docstring has the derivation).
+
+    Takes the step's adjoint factors [B, N] (tape_*: recompute_samples's rows of
+    the step; reset: V_reset - v2, zeros when the reset is detached) and the parts
+    of dL/ds, zero where the loss does not reach: the readout's
+    (filtered_* [B, n_*] times readout_t; filtered_i is zeros), the counts'
+    [B, n_*], this step's spike-train rows [B, n_*] and the next step's arrivals
+    (presynaptic products [n_*, B]). Updates lam_v [B, N] (dL/dv) in place and
+    writes dL/dg of the step [B, M] into lam_out.
     """
     n = lam_v.shape[1]
-    e_ampa, e_gaba = const[E_AMPA], const[E_GABA]
-    zero = decay.dtype.type(0.0)
-    keep_reset = tape_reset.shape[0] > 0
+    arrival = np.empty(n, dtype=lam_v.dtype)
     for b in range(b0, b1):
-        v_prev, leak, surrogate = tape_v[k, b], tape_leak[k, b], tape_surrogate[k, b]
-        lv, out, nxt = lam_v[b], lam_out[b], lam_next[b]
-        out_gaba, nxt_gaba, decay_gaba = out[n:], lam_next[b, n:], decay[n:]
-        grad = spike_grad[b]
-        grad_e, grad_i = grad[:n_e], grad[n_e:]
-        # one loop per part, each vectorisable; the branches test whole parts
-        if grad_filtered.shape[0] > 0:
-            for j in range(n_e):
-                grad_e[j] = grad_filtered[b, j] * readout_t
-        else:
-            grad_e[:] = zero
-        grad_i[:] = zero
-        _add_row(grad_e, grad_count_e, b)
-        _add_row(grad_i, grad_count_i, b)
-        _add_row(grad_e, grad_s_e, b)
-        _add_row(grad_i, grad_s_i, b)
-        _add_column(grad_e, arrival_e, b)
-        _add_column(grad_i, arrival_i, b)
-        if keep_reset:
-            reset = tape_reset[k, b]
-            for j in range(n):
-                grad[j] += lv[j] * reset[j]
-        for j in range(n_e):  # E: AMPA and GABA
-            sg = surrogate[j]
-            e = (lv[j] if sg > zero else zero) + grad[j] * abs(sg)
-            ed = e * k_dv[j]
-            out[j] = nxt[j] * decay[j] + ed * (e_ampa - v_prev[j])
-            out_gaba[j] = nxt_gaba[j] * decay_gaba[j] + ed * (e_gaba - v_prev[j])
-            lv[j] = e - ed * leak[j]
-        for j in range(n_e, n):  # I: AMPA only
-            sg = surrogate[j]
-            e = (lv[j] if sg > zero else zero) + grad[j] * abs(sg)
-            ed = e * k_dv[j]
-            out[j] = nxt[j] * decay[j] + ed * (e_ampa - v_prev[j])
-            lv[j] = e - ed * leak[j]
+        # the products' column b, gathered once: a strided read in the loops below would not vectorise
+        _copy(arrival[:n_e], arrival_e[:, b])
+        _copy(arrival[n_e:], arrival_i[:, b])
+        v_prev, leak, surrogate, res = tape_v[b], tape_leak[b], tape_surrogate[b], reset[b]
+        lv, nxt, out = lam_v[b], lam_next[b], lam_out[b]
+        _adjoint_e(readout_t, const, filtered_e[b], count_e[b], s_e[b], arrival[:n_e], v_prev[:n_e], leak[:n_e],
+                   surrogate[:n_e], res[:n_e], lv[:n_e], nxt[:n_e], nxt[n:], out[:n_e], out[n:])
+        _adjoint_i(readout_t, const, filtered_i[b], count_i[b], s_i[b], arrival[n_e:], v_prev[n_e:], leak[n_e:],
+                   surrogate[n_e:], res[n_e:], lv[n_e:], nxt[n_e:n], out[n_e:n])

@@ -181,6 +181,17 @@ def test_small_network_flags(smoke, changes):
             assert err <= GRAD_RTOL * ref.norm() + 1e-300, f"{loop}: {name}: {float(err / ref.norm()):.2e}"
 
 
+def test_refractory_holds_resume_across_chunk_boundaries(smoke, monkeypatch):
+    """With 7-step chunks every hold (20 steps for E, 10 for I) spans chunk starts,
+    where the recomputation resumes each cell's refractory state from a checkpoint."""
+    monkeypatch.setattr(engine.fast, "_MAX_CHUNK_STEPS", 7)
+    config = Config(**{**SMALL, "t_ms": 20.0})
+    ref = assert_equivalent(config, poisson_input(smoke, config, seed=9), smoke.train.labels[:2],
+                            record_voltage=True)
+    assert ref["s_i"].sum() > 0
+    assert config.t_ref_e_ms / config.dt_ms > 7 and config.t_ref_i_ms / config.dt_ms > 7
+
+
 def test_recurrent_adjoint_product_is_sparse_for_masked_weights_and_dense_otherwise():
     masked = init_weights(Config(**SMALL))  # Bernoulli(0.2) masks: the sparse product
     full = init_weights(Config(**{**SMALL, "p_ei": 1.0, "p_ie": 1.0}))
