@@ -24,7 +24,7 @@ import engine.fast
 from engine import Config, ConfigError, init_weights, poisson_encode, poisson_events, simulate
 from engine.data import load_tier
 from engine.fast import simulate_fast
-from engine.fast_cpu import presynaptic_operand
+from engine.fast_cpu import PresynapticProduct, presynaptic_operand
 from engine.reference import simulate_reference
 
 ALL_WEIGHTS = ("W_in", "W_ei", "W_ie", "W_out")
@@ -199,6 +199,20 @@ def test_recurrent_adjoint_product_is_sparse_for_masked_weights_and_dense_otherw
     assert presynaptic_operand(masked["W_ie"]).layout == torch.sparse_csr
     assert presynaptic_operand(full["W_ei"]).layout == torch.strided
     assert presynaptic_operand(full["W_ie"]).layout == torch.strided
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [3, 32, 45])
+def test_sparse_presynaptic_product_matches_the_dense_one(batch, dtype):
+    """The compiled CSR product on a column slice of an adjoint (as the backward
+    passes it), for batches of one partial block, one whole block and more."""
+    gen = torch.Generator().manual_seed(10)
+    w = (torch.rand(80, 30, generator=gen) < 0.2).to(dtype) * torch.rand(80, 30, generator=gen, dtype=dtype)
+    lam = torch.randn(batch, 70, generator=gen, dtype=dtype)[:, 20:50]
+    product = PresynapticProduct.of(presynaptic_operand(w), batch)
+    assert product.dense is None
+    product.write(lam)
+    torch.testing.assert_close(product.scratch, w @ lam.t())
 
 
 @pytest.mark.parametrize("loop", LOOPS)
