@@ -339,6 +339,10 @@ def _block_row(typingctx, table, idx, val, k0, k1, out, row):
     with a constant one LLVM needs its SLP vectoriser, which numba switches off
     process-wide. No fast-math flags: a multiply and an add, as in numba's loops.
     """
+    rows = (table, out)
+    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C" for a in rows) \
+            or not table.dtype == out.dtype == val.dtype:
+        return None  # the rows are read and written as whole vectors of table's dtype
     sig = types.void(table, idx, val, k0, k1, out, row)
 
     def codegen(context, builder, signature, args):
