@@ -10,13 +10,14 @@ from engine.rundir import RunDir
 from tests.conftest import tiny_config
 
 
+@pytest.mark.parametrize("backend", ["reference", "fast"])
 @pytest.mark.parametrize("arch", ["ping", "coba"])
-def test_smoke_training_learns_well_above_chance(arch, tmp_path):
-    config = tiny_config(arch=arch, epochs=3)
+def test_smoke_training_learns_well_above_chance(arch, backend, tmp_path):
+    config = tiny_config(arch=arch, backend=backend, epochs=3)
     records = []
     summary = train(config, tmp_path, on_epoch=records.append)
     accs = [r["test_acc"] for r in records]
-    print(arch, "test accuracy by epoch:", accs, "E rate:", [round(r["rate_e_hz"], 1) for r in records])
+    print(arch, backend, "test accuracy by epoch:", accs, "E rate:", [round(r["rate_e_hz"], 1) for r in records])
     assert [r["epoch"] for r in records] == [1, 2, 3]
     assert accs[-1] >= 40.0  # chance is 10 %
     assert summary["final"]["test_acc"] == accs[-1]
