@@ -6,7 +6,8 @@ bound by per-op overhead. Here the forward (which also writes the spike counts a
 when asked, the float spike trains), the backward's recomputation of each chunk,
 each reverse step's elementwise adjoint and W_in's gradient are compiled loops, and so
 are the adjoint's two recurrent products per step while W_ei / W_ie are sparse (the
-default masks); dense ones go to BLAS (PresynapticProduct).
+default masks): a chunk's reverse steps are one compiled call. Dense ones go to BLAS
+(PresynapticProduct) between compiled steps.
 Samples are independent, so sample ranges run on `torch.get_num_threads()`
 threads: the forward's and the recomputation's per loop, the backward's whole.
 
@@ -169,7 +170,11 @@ def _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev: ArrivalEvents
                                   for g in out_grads))
     batch, dtype = spikes.shape[1], w_in.dtype
     to_e, to_i = (None if w is None else PresynapticProduct.of(w, batch) for w in operands)
-    readout = p.readout.tolist()
+    dense = [(product, columns) for product, columns in ((to_e, slice(p.n_e, p.n)), (to_i, slice(p.n, p.m)))
+             if product is not None and product.dense is not None]
+    # in the state's dtype: a Python float would be typed float64 by numba and
+    # promote the whole float32 adjoint to float64 (half the vector width)
+    readout = _np(p.readout.to(dtype))
     grads = WeightGrads.zeros(w_in, w_ei, w_ie, need)
     np_pos, np_neg = (None if g is None else _np(g) for g in (grads.pos, grads.neg))
     want_recurrent = grads.ei is not None or grads.ie is not None
@@ -177,47 +182,43 @@ def _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev: ArrivalEvents
     lam_full = torch.empty(p.chunk, batch, p.m, dtype=dtype)
     lam_v = torch.zeros(batch, p.n, dtype=dtype)
     lam_next = torch.zeros(batch, p.m, dtype=dtype)
-    np_dtype = _np(lam_v).dtype
-
-    def part(grad, *shape):
-        """A part of dL/ds for adjoint_step, which adds every part: zeros where the loss does not reach."""
-        return np.zeros(shape, dtype=np_dtype) if grad is None else _np(grad.contiguous())
-
-    filtered, count_e, count_i = (part(out_grads.filtered, batch, p.n_e), part(out_grads.count_e, batch, p.n_e),
-                                  part(out_grads.count_i, batch, p.n_i))
-    zeros_e, zeros_i = part(None, batch, p.n_e), part(None, batch, p.n_i)  # I's readout; absent train rows
-    s_e, s_i = (None if g is None else _np(g.contiguous()) for g in (out_grads.s_e, out_grads.s_i))
-    arrival_e = _np(to_e.scratch) if to_e is not None else part(None, p.n_e, batch)
-    arrival_i = _np(to_i.scratch) if to_i is not None else part(None, p.n_i, batch)
-    no_reset = part(None, batch, p.n)  # a detached reset passes no gradient
+    filtered, count_e, count_i, s_e, s_i = (None if g is None else _np(g.contiguous()) for g in
+                                            (out_grads.filtered, out_grads.count_e, out_grads.count_i,
+                                             out_grads.s_e, out_grads.s_i))
+    products = tuple(None if product is None else product.compiled for product in (to_e, to_i))
+    arrivals = tuple(None if product is None else _np(product.out) for product in (to_e, to_i))
     ck = tuple(_np(s) for s in checkpoints)
     np_spikes, np_lam_v, np_lam = _np(spikes), _np(lam_v), _np(lam_full)
     for index in reversed(range(checkpoints.v.shape[0])):
         t0 = index * p.chunk
         length = min(p.chunk, p.steps - t0)
-        tape_v, tape_leak, tape_surrogate, tape_reset = np_tape = tuple(_np(s) for s in full.head(length))
+        np_tape = tuple(_np(s) for s in full.head(length))
         _over_samples(kernels.recompute_samples, batch, index, t0, *loop, np_spikes, *ck, *np_tape)
+        steps = slice(t0, t0 + length)
+
+        def reverse(k1, k0, lam_after):
+            """Reverse steps k1 - 1 .. k0 of the chunk; lam_after: dL/dg of step k1."""
+            kernels.reverse_steps(k1, k0, p.n_e, loop.const, readout[steps], *np_tape[:3],
+                                  None if p.detach_reset else np_tape[3], filtered, count_e, count_i,
+                                  None if s_e is None else s_e[steps], None if s_i is None else s_i[steps],
+                                  *products, *arrivals, np_lam_v, _np(lam_after), np_lam)
+
+        if not dense:
+            reverse(length, 0, lam_next)
+        else:  # BLAS's dense products run between the compiled steps
+            for k in reversed(range(length)):
+                lam_after = lam_next if k == length - 1 else lam_full[k + 1]
+                for product, columns in dense:
+                    product.write_dense(lam_after[:, columns])
+                reverse(k + 1, k, lam_after)
         lam = lam_full[:length]
-        np_next = _np(lam_next)
-        for k in reversed(range(length)):
-            t = t0 + k
-            if to_e is not None:
-                to_e.write(lam_next[:, p.n_e:p.n])
-            if to_i is not None:
-                to_i.write(lam_next[:, p.n:])
-            kernels.adjoint_step(0, batch, p.n_e, loop.const, tape_v[k], tape_leak[k], tape_surrogate[k],
-                                 no_reset if p.detach_reset else tape_reset[k], readout[t],
-                                 filtered, zeros_i, count_e, count_i,
-                                 zeros_e if s_e is None else s_e[t], zeros_i if s_i is None else s_i[t],
-                                 arrival_e, arrival_i, np_lam_v, np_next, np_lam[k])
-            lam_next, np_next = lam[k], np_lam[k]
         lo, hi = ev.bounds[index], ev.bounds[index + 1]
         if grads.pos is not None and hi > lo:
             kernels.add_input_grads(t0, batch, p.n_e, *(_np(s[lo:hi]) for s in (ev.step, ev.sample, ev.channel)),
                                     np_lam[:length].reshape(length * batch, p.m), np_pos, np_neg)
         if want_recurrent:
             grads.accumulate_recurrent(lam.view(length * batch, p.m), chunk_spike_events(spikes, t0, length, p), p)
-        lam_next = lam_next.clone()  # lam_full is overwritten by the next chunk
+        lam_next = lam[0].clone()  # lam_full is overwritten by the next chunk
     return grads.result(w_in)
 
 
@@ -246,27 +247,23 @@ class PresynapticProduct(NamedTuple):
     """W @ lam.T: the presynaptic spikes' gradient [sources, B] from their targets'
     conductance adjoint lam [B, targets], for W [sources, targets]."""
 
-    dense: torch.Tensor | None  # W for BLAS, or None when sparse
-    csr: tuple[np.ndarray, ...]  # (row pointers, columns, values) when sparse
-    blocks: tuple[np.ndarray, np.ndarray]  # kernels.presynaptic_product's lam_t and acc
-    scratch: torch.Tensor  # the product, [sources, B]
+    dense: torch.Tensor | None  # W for BLAS (write_dense), or None when sparse
+    compiled: tuple[np.ndarray, ...] | None  # when sparse: kernels.presynaptic_product's CSR and scratch blocks
+    out: torch.Tensor  # the product, [sources, B]
 
     @classmethod
     def of(cls, weights: torch.Tensor, batch: int) -> "PresynapticProduct":
         """For W from presynaptic_operand."""
-        scratch = torch.empty(weights.shape[0], batch, dtype=weights.dtype)
+        out = torch.empty(weights.shape[0], batch, dtype=weights.dtype)
         if weights.layout == torch.strided:
-            return cls(weights, (), (), scratch)
+            return cls(weights, None, out)
         sources, targets = weights.shape
-        dtype = _np(scratch).dtype
-        return cls(None, (_np(weights.crow_indices()), _np(weights.col_indices()), _np(weights.values())),
-                   (np.zeros((targets, kernels.BLOCK), dtype), np.zeros((sources, kernels.BLOCK), dtype)), scratch)
+        dtype = _np(out).dtype
+        return cls(None, (_np(weights.crow_indices()), _np(weights.col_indices()), _np(weights.values()),
+                          np.zeros((targets, kernels.BLOCK), dtype), np.zeros((sources, kernels.BLOCK), dtype)), out)
 
-    def write(self, lam: torch.Tensor) -> None:
-        if self.dense is not None:
-            torch.mm(self.dense, lam.t(), out=self.scratch)
-        else:
-            kernels.presynaptic_product(*self.csr, _np(lam), *self.blocks, _np(self.scratch))
+    def write_dense(self, lam: torch.Tensor) -> None:
+        torch.mm(self.dense, lam.t(), out=self.out)
 
 
 def _events_of_samples(ev: ArrivalEvents, b0: int, b1: int, p: FastParams) -> ArrivalEvents:

@@ -21,7 +21,7 @@ import numpy as np
 from llvmlite import ir
 from numba import njit
 from numba.core import cgutils, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 # Layout of `const`, in the state's dtype: MODEL.md's constants, then the
 # per-population ones (membrane dt/tau_m, conductance decay per step, and the
@@ -373,12 +373,12 @@ def _block_row(typingctx, table, idx, val, k0, k1, out, row):
 
 
 @_compiled
-def presynaptic_product(ptr, idx, val, lam, lam_t, acc, out):
+def presynaptic_product(ptr, idx, val, lam_t, acc, lam, out):
     """out [sources, B] = W @ lam.T, for W [sources, targets] in CSR (ptr, idx, val)
     and lam [B, targets]: the presynaptic spikes' gradient from their targets'
     conductance adjoint. Block by block of BLOCK samples: lam's block transposed
-    (zero-padded) into lam_t [targets, BLOCK], each row of W summed into acc
-    [sources, BLOCK]."""
+    (zero-padded) into the scratch lam_t [targets, BLOCK], each row of W summed
+    into the scratch acc [sources, BLOCK]."""
     batch, targets = lam.shape
     zero = lam.dtype.type(0.0)
     for b0 in range(0, batch, BLOCK):
@@ -393,29 +393,51 @@ def presynaptic_product(ptr, idx, val, lam, lam_t, acc, out):
                 out[i, b0 + u] = acc[i, u]
 
 
+def _part(a, index):
+    """a[index], or None where a is None (a part of dL/ds the loss does not reach)."""
+
+
+@overload(_part)
+def _part_typed(a, index):
+    # resolved at typing: the callee is compiled for None, and its `is None`
+    # branches are pruned, so an absent part costs no load in the vector loops
+    if isinstance(a, types.NoneType):
+        return lambda a, index: None
+    return lambda a, index: a[index]
+
+
 @_compiled
-def _voltage_adjoint(j, readout_t, grad_filtered, grad_count, grad_s, arrival, surrogate, reset, lam_v):
+def _voltage_adjoint(j, readout_t, arrival, filtered, count, spike_train, reset, surrogate, lam_v):
     """e = dL/dv1 of cell j (engine.fast_backward's docstring).
 
-    dL/ds is the sum of its parts, each an array that is zero where the loss does
-    not reach: the readout (grad_filtered * readout_t), the spike count, this
-    step's spike-train gradient, the next step's arrivals (its presynaptic
-    product) and the reset's lam_v (V_reset - v2).
+    dL/ds is the sum of its parts, in the torch-op loop's order: the readout
+    (filtered * readout_t), the spike count, this step's spike-train gradient, the
+    next step's arrivals (its presynaptic products, `arrival`) and the reset's
+    lam_v (V_reset - v2). A part is None where the loss does not reach.
     """
     zero = lam_v.dtype.type(0.0)
-    grad = grad_filtered[j] * readout_t + grad_count[j] + grad_s[j] + arrival[j] + lam_v[j] * reset[j]
+    grad = zero
+    if filtered is not None:
+        grad = filtered[j] * readout_t
+    if count is not None:
+        grad = grad + count[j]
+    if spike_train is not None:
+        grad = grad + spike_train[j]
+    grad = grad + arrival[j]
+    if reset is not None:
+        grad = grad + lam_v[j] * reset[j]
     sg = surrogate[j]
     return _select(sg > zero, lam_v[j], zero) + grad * abs(sg)
 
 
 @_compiled
-def _adjoint_e(readout_t, const, grad_filtered, grad_count, grad_s, arrival, v_prev, leak, surrogate, reset,
+def _adjoint_e(readout_t, const, arrival, filtered, count, spike_train, reset, v_prev, leak, surrogate,
                lam_v, next_ampa, next_gaba, lam_ampa, lam_gaba):
-    """One reverse step of the E cells of sample b: lam_v in place, lam_ampa and lam_gaba."""
+    """One reverse step of the E cells of one sample: lam_v in place, lam_ampa and lam_gaba."""
     k_dv, e_ampa, e_gaba = const[K_DV_E], const[E_AMPA], const[E_GABA]
     d_ampa, d_gaba = const[DECAY_AMPA], const[DECAY_GABA]
     for j in range(lam_v.shape[0]):
-        e = _voltage_adjoint(j, readout_t, grad_filtered, grad_count, grad_s, arrival, surrogate, reset, lam_v)
+        e = _voltage_adjoint(j, readout_t, arrival, filtered, count, spike_train, reset, surrogate, lam_v)
         ed = e * k_dv
         lam_ampa[j] = next_ampa[j] * d_ampa + ed * (e_ampa - v_prev[j])
         lam_gaba[j] = next_gaba[j] * d_gaba + ed * (e_gaba - v_prev[j])
@@ -423,40 +445,54 @@ def _adjoint_e(readout_t, const, grad_filtered, grad_count, grad_s, arrival, v_p
 
 
 @_compiled
-def _adjoint_i(readout_t, const, grad_filtered, grad_count, grad_s, arrival, v_prev, leak, surrogate, reset,
-               lam_v, next_ampa, lam_ampa):
-    """One reverse step of the I cells of sample b: lam_v in place, lam_ampa."""
+def _adjoint_i(const, arrival, count, spike_train, reset, v_prev, leak, surrogate, lam_v, next_ampa, lam_ampa):
+    """One reverse step of the I cells of one sample (no readout): lam_v in place, lam_ampa."""
     k_dv, e_ampa, d_ampa = const[K_DV_I], const[E_AMPA], const[DECAY_AMPA]
+    no_readout = const.dtype.type(0.0)
     for j in range(lam_v.shape[0]):
-        e = _voltage_adjoint(j, readout_t, grad_filtered, grad_count, grad_s, arrival, surrogate, reset, lam_v)
+        e = _voltage_adjoint(j, no_readout, arrival, None, count, spike_train, reset, surrogate, lam_v)
         ed = e * k_dv
         lam_ampa[j] = next_ampa[j] * d_ampa + ed * (e_ampa - v_prev[j])
         lam_v[j] = e - ed * leak[j]
 
 
 @_compiled
-def adjoint_step(b0, b1, n_e, const, tape_v, tape_leak, tape_surrogate, reset, readout_t,
-                 filtered_e, filtered_i, count_e, count_i, s_e, s_i, arrival_e, arrival_i,
-                 lam_v, lam_next, lam_out):
-    """One reverse step of samples [b0, b1) (engine.fast_backward's docstring has the derivation).
+def reverse_steps(k1, k0, n_e, const, readout, tape_v, tape_leak, tape_surrogate, tape_reset,
+                  filtered, count_e, count_i, s_e, s_i, product_e, product_i, arrival_e, arrival_i,
+                  lam_v, lam_next, lam):
+    """Reverse steps k1 - 1 down to k0 of one chunk, for the whole batch
+    (engine.fast_backward's docstring has the derivation).
 
-    Takes the step's adjoint factors [B, N] (tape_*: recompute_samples's rows of
-    the step; reset: V_reset - v2, zeros when the reset is detached) and the parts
-    of dL/ds, zero where the loss does not reach: the readout's
-    (filtered_* [B, n_*] times readout_t; filtered_i is zeros), the counts'
-    [B, n_*], this step's spike-train rows [B, n_*] and the next step's arrivals
-    (presynaptic products [n_*, B]). Updates lam_v [B, N] (dL/dv) in place and
-    writes dL/dg of the step [B, M] into lam_out.
+    Takes the chunk's adjoint factors [L, B, N] (recompute_samples's tape; tape_reset
+    None when the reset is detached) and readout [L]; the parts of dL/ds, None where
+    the loss does not reach: the readout's (filtered [B, n_e] times readout[k]), the
+    counts' [B, n_*], the chunk's spike-train rows [L, B, n_*]; and the next step's
+    arrivals' share, the presynaptic products [n_*, B] into arrival_e / arrival_i:
+    computed here each step from product_* (presynaptic_product's CSR and blocks) where
+    that is not None, else given (a dense product), or None (no share). Updates
+    lam_v [B, N] (dL/dv) in place and writes dL/dg [B, M] of step k into lam[k],
+    from lam[k + 1], or lam_next for step k1 - 1.
     """
-    n = lam_v.shape[1]
-    arrival = np.empty(n, dtype=lam_v.dtype)
-    for b in range(b0, b1):
-        # the products' column b, gathered once: a strided read in the loops below would not vectorise
-        _copy(arrival[:n_e], arrival_e[:, b])
-        _copy(arrival[n_e:], arrival_i[:, b])
-        v_prev, leak, surrogate, res = tape_v[b], tape_leak[b], tape_surrogate[b], reset[b]
-        lv, nxt, out = lam_v[b], lam_next[b], lam_out[b]
-        _adjoint_e(readout_t, const, filtered_e[b], count_e[b], s_e[b], arrival[:n_e], v_prev[:n_e], leak[:n_e],
-                   surrogate[:n_e], res[:n_e], lv[:n_e], nxt[:n_e], nxt[n:], out[:n_e], out[n:])
-        _adjoint_i(readout_t, const, filtered_i[b], count_i[b], s_i[b], arrival[n_e:], v_prev[n_e:], leak[n_e:],
-                   surrogate[n_e:], res[n_e:], lv[n_e:], nxt[n_e:n], out[n_e:n])
+    batch, n = lam_v.shape
+    arrival = np.zeros(n, dtype=lam_v.dtype)  # one sample's share, gathered from the products' column
+    for k in range(k1 - 1, k0 - 1, -1):
+        nxt = lam_next if k == k1 - 1 else lam[k + 1]
+        if product_e is not None:
+            presynaptic_product(*product_e, nxt[:, n_e:n], arrival_e)
+        if product_i is not None:
+            presynaptic_product(*product_i, nxt[:, n:], arrival_i)
+        spike_e, spike_i = _part(s_e, k), _part(s_i, k)
+        reset_k = _part(tape_reset, k)
+        for b in range(batch):
+            # a strided read in the loops below would not vectorise: copy the column once
+            if arrival_e is not None:
+                _copy(arrival[:n_e], arrival_e[:, b])
+            if arrival_i is not None:
+                _copy(arrival[n_e:], arrival_i[:, b])
+            v_prev, leak, surrogate, lv = tape_v[k, b], tape_leak[k, b], tape_surrogate[k, b], lam_v[b]
+            reset_b, nxt_b, out = _part(reset_k, b), nxt[b], lam[k, b]
+            _adjoint_e(readout[k], const, arrival[:n_e], _part(filtered, b), _part(count_e, b),
+                       _part(spike_e, b), _part(reset_b, slice(0, n_e)), v_prev[:n_e], leak[:n_e],
+                       surrogate[:n_e], lv[:n_e], nxt_b[:n_e], nxt_b[n:], out[:n_e], out[n:])
+            _adjoint_i(const, arrival[n_e:], _part(count_i, b), _part(spike_i, b), _part(reset_b, slice(n_e, n)),
+                       v_prev[n_e:], leak[n_e:], surrogate[n_e:], lv[n_e:], nxt_b[n_e:n], out[n_e:n])
