@@ -248,7 +248,7 @@ class PresynapticProduct(NamedTuple):
     conductance adjoint lam [B, targets], for W [sources, targets]."""
 
     dense: torch.Tensor | None  # W for BLAS (write_dense), or None when sparse
-    compiled: tuple[np.ndarray, ...] | None  # when sparse: kernels.presynaptic_product's CSR and scratch blocks
+    compiled: tuple[np.ndarray, ...] | None  # when sparse: kernels.presynaptic_product's tiled CSR and scratch
     out: torch.Tensor  # the product, [sources, B]
 
     @classmethod
@@ -257,13 +257,25 @@ class PresynapticProduct(NamedTuple):
         out = torch.empty(weights.shape[0], batch, dtype=weights.dtype)
         if weights.layout == torch.strided:
             return cls(weights, None, out)
-        sources, targets = weights.shape
         dtype = _np(out).dtype
-        return cls(None, (_np(weights.crow_indices()), _np(weights.col_indices()), _np(weights.values()),
-                          np.zeros((targets, kernels.BLOCK), dtype), np.zeros((sources, kernels.BLOCK), dtype)), out)
+        return cls(None, (*_tiled_csr(_np(weights.to_dense())), np.zeros((kernels.TILE, kernels.BLOCK), dtype),
+                          np.zeros((weights.shape[0], kernels.BLOCK), dtype)), out)
 
     def write_dense(self, lam: torch.Tensor) -> None:
         torch.mm(self.dense, lam.t(), out=self.out)
+
+
+def _tiled_csr(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W [sources, targets] as kernels.presynaptic_product takes it: one CSR per tile
+    of kernels.TILE targets, concatenated; row pointers [tiles, sources + 1]."""
+    ptr, idx, val, offset = [], [], [], 0
+    for c0 in range(0, w.shape[1], kernels.TILE):
+        rows, columns = np.nonzero(w[:, c0:c0 + kernels.TILE])  # row-major: by row, then column
+        ptr.append(offset + np.searchsorted(rows, np.arange(w.shape[0] + 1)))
+        idx.append(columns)
+        val.append(w[rows, c0 + columns])
+        offset += rows.size
+    return np.stack(ptr), np.concatenate(idx), np.concatenate(val)
 
 
 def _events_of_samples(ev: ArrivalEvents, b0: int, b1: int, p: FastParams) -> ArrivalEvents:

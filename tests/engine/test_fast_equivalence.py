@@ -207,10 +207,12 @@ def test_recurrent_adjoint_product_is_sparse_for_masked_weights_and_dense_otherw
 @pytest.mark.parametrize("batch", [3, 32, 45])
 def test_sparse_presynaptic_product_matches_the_dense_one(batch, dtype):
     """The compiled CSR product on a column slice of an adjoint (as the backward
-    passes it), for batches of one partial block, one whole block and more."""
+    passes it), for batches of one partial block, one whole block and more, and
+    targets in two whole tiles and a partial one."""
     gen = torch.Generator().manual_seed(10)
-    w = (torch.rand(80, 30, generator=gen) < 0.2).to(dtype) * torch.rand(80, 30, generator=gen, dtype=dtype)
-    lam = torch.randn(batch, 70, generator=gen, dtype=dtype)[:, 20:50]
+    targets = 2 * kernels.TILE + 50
+    w = (torch.rand(80, targets, generator=gen) < 0.2).to(dtype) * torch.rand(80, targets, generator=gen, dtype=dtype)
+    lam = torch.randn(batch, targets + 40, generator=gen, dtype=dtype)[:, 20:20 + targets]
     product = PresynapticProduct.of(presynaptic_operand(w), batch)
     assert product.dense is None
     kernels.presynaptic_product(*product.compiled, lam.numpy(), product.out.numpy())
