@@ -12,9 +12,10 @@ gradients to rounding. What makes it fast (issue 6):
   index-added back onto only those rows.
 - E->I and I->E arrivals are the W_ei / W_ie rows of the cells that spiked on the
   previous step (index_add), not dense products.
-- A custom autograd Function keeps only bool spikes and the state every K steps;
-  backward recomputes one chunk's voltages and conductances from its checkpoint
-  and runs the hand-written adjoint (engine.fast_backward) in reverse.
+- A custom autograd Function keeps only bool spikes and the state every K steps
+  (the compiled CPU loops, engine.fast_cpu, only the state); backward recomputes
+  one chunk's voltages and conductances from its checkpoint and runs the
+  hand-written adjoint (engine.fast_backward) in reverse.
 - The readout is linear: the time-mean of u is (sum_t c_t s_e[t]) @ W_out / T
   with c_t = sum_{k < T-t} exp(-dt/tau_out)^k, so it is computed from one filtered
   spike count by autograd outside the Function.
@@ -274,8 +275,9 @@ class FusedNetwork(torch.autograd.Function):
         if compiled:
             from engine.fast_cpu import run_forward as run_compiled
 
-            spikes, (s_e, s_i), (count_e, count_i), filtered, saved, voltages = run_compiled(
+            (s_e, s_i), (count_e, count_i), filtered, saved, voltages = run_compiled(
                 w_in, rec, ev, batch, p, trains, record_voltage)
+            spikes = None  # the compiled backward recomputes them from `saved`
         else:
             spikes, saved, voltages = run_forward(w_in, rec, ev, batch, p, record_voltage)
             (s_e, s_i), (count_e, count_i), filtered = spike_outputs(spikes, p, w_in.dtype, trains)
@@ -291,18 +293,20 @@ class FusedNetwork(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_s_e, grad_s_i, grad_count_e, grad_count_i, grad_filtered, _grad_v_e, _grad_v_i):
-        if ctx.compiled:
-            from engine.fast_cpu import network_backward
-        else:
-            from engine.fast_backward import network_backward
-
         w_in, w_ei, w_ie = ctx.saved_tensors
         need = ctx.needs_input_grad[:3]
         trains = grad_s_e is not None and grad_s_e.numel() > 0, grad_s_i is not None and grad_s_i.numel() > 0
         out_grads = OutputGrads(grad_s_e if trains[0] else None, grad_s_i if trains[1] else None,
                                 grad_count_e, grad_count_i, grad_filtered)
-        grads = network_backward(w_in, w_ei, w_ie, ctx.spikes, ctx.saved, ctx.events, ctx.params,
-                                 out_grads, need)
+        if ctx.compiled:
+            from engine.fast_cpu import network_backward as compiled_backward
+
+            grads = compiled_backward(w_in, w_ei, w_ie, ctx.saved, ctx.events, ctx.params, out_grads, need)
+        else:
+            from engine.fast_backward import network_backward
+
+            grads = network_backward(w_in, w_ei, w_ie, ctx.spikes, ctx.saved, ctx.events, ctx.params,
+                                     out_grads, need)
         return (*grads, None, None, None, None, None)
 
 

@@ -53,10 +53,13 @@ class SpikeEvents(NamedTuple):
 
 def chunk_spike_events(spikes: torch.Tensor, t0: int, length: int, p: FastParams) -> SpikeEvents:
     """E and I spikes of steps t0-1 .. t0+length-2, keyed by their arrival row."""
-    batch = spikes.shape[1]
     first = max(t0 - 1, 0)
-    source = spikes[first:t0 + length - 1]
-    offset = first + 1 - t0
+    return spike_events(spikes[first:t0 + length - 1], first + 1 - t0, p)
+
+
+def spike_events(source: torch.Tensor, offset: int, p: FastParams) -> SpikeEvents:
+    """The spikes source[k] [K, B, N], arriving at chunk row k + offset."""
+    batch = source.shape[1]
     k, b, e = source[:, :, :p.n_e].nonzero(as_tuple=True)
     k2, b2, i = source[:, :, p.n_e:].nonzero(as_tuple=True)
     return SpikeEvents((k + offset) * batch + b, e, (k2 + offset) * batch + b2, i)

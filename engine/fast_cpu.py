@@ -11,11 +11,13 @@ default masks): a chunk's reverse steps are one compiled call. Dense ones go to 
 Samples are independent, so sample ranges run on `torch.get_num_threads()`
 threads: the forward's and the recomputation's per loop, the backward's whole.
 
-Saved for backward: bool spikes [T, B, N] and the state at each chunk start,
-stacked into one Checkpoint ([C, B, N] voltages, [C, B, M] conductances, [C, B, N]
-last spike steps). The chunk length is engine.fast's, so the input events' chunk
-bounds and the W_ei / W_ie gradients' accumulation (engine.fast_backward.WeightGrads)
-are shared with the torch-op loop.
+Saved for backward: only the state at each chunk start (ChunkStarts, which
+includes the previous step's spikes); the recomputation reproduces a chunk's
+spikes where W_ei's / W_ie's gradients need them. Not keeping bool spikes
+[T, B, N] spares 128 MB of fresh memory per training step at batch 64, whose page
+faults alone cost about 40 ms. The chunk length is engine.fast's, so the input
+events' chunk bounds and the W_ei / W_ie gradients' accumulation
+(engine.fast_backward.WeightGrads) are shared with the torch-op loop.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import numpy as np
 import torch
 
 from engine import fast_kernels as kernels
-from engine.fast import (ArrivalEvents, Checkpoint, FastParams, OutputGrads, Recurrence, chunk_bounds,
+from engine.fast import (ArrivalEvents, FastParams, OutputGrads, Recurrence, chunk_bounds,
                          recurrence, split_input_weights)
-from engine.fast_backward import WeightGrads, chunk_spike_events
+from engine.fast_backward import WeightGrads, spike_events
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
@@ -84,32 +86,41 @@ def sample_events(ev: ArrivalEvents, batch: int) -> SampleEvents:
     return SampleEvents(_np(ptr), _np(ev.step[order]), _np(ev.channel[order]))
 
 
+class ChunkStarts(NamedTuple):
+    """The compiled loops' state at each chunk start, [C, B, ...]: all that backward keeps."""
+
+    v: torch.Tensor  # [C, B, N]
+    g: torch.Tensor  # [C, B, M]
+    age: torch.Tensor  # [C, B, N] int32, steps since the last spike
+    fired: torch.Tensor  # [C, B, N] bool, the previous step's spikes
+
+
 def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastParams, trains: bool,
                 record_voltage: bool):
-    """Bool spikes [T, B, N]; float trains (s_e, s_i), or (None, None) unless `trains`;
-    spike counts (E [B, n_e], I [B, n_i]); the filtered E count [B, n_e]; the state
-    saved for backward; voltages [T, B, N] or None."""
+    """Float trains (s_e, s_i), or (None, None) unless `trains`; spike counts
+    (E [B, n_e], I [B, n_i]); the filtered E count [B, n_e]; the state saved for
+    backward; voltages [T, B, N] or None."""
     dtype = w_in.dtype
     events = sample_events(ev, batch)
     loop = Loop.build(w_in, rec, events, p)
     n_chunks = math.ceil(p.steps / p.chunk)
-    spikes = torch.empty(p.steps, batch, p.n, dtype=torch.bool)
     count_e = torch.zeros(batch, p.n_e, dtype=dtype)
     count_i = torch.zeros(batch, p.n_i, dtype=dtype)
     filtered = torch.zeros(batch, p.n_e, dtype=dtype)
-    checkpoints = Checkpoint(v=torch.empty(n_chunks, batch, p.n, dtype=dtype),
-                             g=torch.empty(n_chunks, batch, p.m, dtype=dtype),
-                             last_spike=torch.empty(n_chunks, batch, p.n, dtype=torch.long))
+    starts = ChunkStarts(v=torch.empty(n_chunks, batch, p.n, dtype=dtype),
+                         g=torch.empty(n_chunks, batch, p.m, dtype=dtype),
+                         age=torch.empty(n_chunks, batch, p.n, dtype=torch.int32),
+                         fired=torch.empty(n_chunks, batch, p.n, dtype=torch.bool))
     # the trains are written by the loops, on their threads: filling fresh memory
     # of this size is a cost of its own (page faults), worth sharing
     t_trains, t_voltages = (p.steps if trains else 0), (p.steps if record_voltage else 0)
     s_e = torch.empty(t_trains, batch, p.n_e, dtype=dtype)
     s_i = torch.empty(t_trains, batch, p.n_i, dtype=dtype)
     voltages = torch.empty(t_voltages, batch, p.n, dtype=dtype)
-    _over_samples(kernels.forward_samples, batch, *loop, p.chunk, _np(p.readout), _np(spikes), _np(count_e),
-                  _np(count_i), _np(filtered), _np(s_e), _np(s_i), *(_np(s) for s in checkpoints), _np(voltages))
-    return (spikes, (s_e, s_i) if trains else (None, None), (count_e, count_i),
-            filtered, (checkpoints, loop), voltages if record_voltage else None)
+    _over_samples(kernels.forward_samples, batch, *loop, p.chunk, _np(p.readout), _np(count_e),
+                  _np(count_i), _np(filtered), _np(s_e), _np(s_i), *(_np(s) for s in starts), _np(voltages))
+    return ((s_e, s_i) if trains else (None, None), (count_e, count_i),
+            filtered, (starts, loop), voltages if record_voltage else None)
 
 
 class Tape(NamedTuple):
@@ -131,8 +142,7 @@ class Tape(NamedTuple):
         return Tape(*(s[:length] for s in self))  # an empty reset stays empty
 
 
-def network_backward(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: FastParams,
-                     out_grads: OutputGrads, need):
+def network_backward(w_in, w_ei, w_ie, saved, ev: ArrivalEvents, p: FastParams, out_grads: OutputGrads, need):
     """Gradients (W_in, W_ei, W_ie), None where not needed: engine.fast_backward's adjoint.
 
     A batch's weight gradient is the sum of its samples', and the adjoint of one
@@ -140,35 +150,34 @@ def network_backward(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: Fast
     runs the whole backward of one sample range, its recurrent products included
     (one intra-op thread each), with no hand-off per step; the sums are added last.
     """
-    batch = spikes.shape[1]
+    batch = saved[0].v.shape[1]
     ranges = _sample_ranges(batch)
     rec = recurrence(w_ei, w_ie)
     # the presynaptic products' operands, shared by the ranges (None: no product)
     operands = (presynaptic_operand(w_ei) if rec.use_ei and not p.detach_recurrent else None,
                 presynaptic_operand(w_ie) if rec.use_ie and not p.detach_recurrent else None)
     if len(ranges) == 1:
-        return _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev, p, out_grads, need, 0, batch)
+        return _backward_range(w_in, w_ei, w_ie, operands, saved, ev, p, out_grads, need, 0, batch)
 
     def one_range(lo, hi):
         torch.set_num_threads(1)  # this worker thread's own setting: the ranges share the cores
-        return _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev, p, out_grads, need, lo, hi)
+        return _backward_range(w_in, w_ei, w_ie, operands, saved, ev, p, out_grads, need, lo, hi)
 
     parts = [future.result() for future in [_pool(len(ranges)).submit(one_range, lo, hi) for lo, hi in ranges]]
     return tuple(None if grads[0] is None else sum(grads[1:], grads[0]) for grads in zip(*parts))
 
 
-def _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev: ArrivalEvents, p: FastParams,
+def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: FastParams,
                     out_grads: OutputGrads, need, b0: int, b1: int):
     """network_backward of samples [b0, b1)."""
-    checkpoints, loop = saved
-    if (b0, b1) != (0, spikes.shape[1]):
-        spikes = spikes[:, b0:b1]
-        checkpoints = Checkpoint(*(s[:, b0:b1] for s in checkpoints))
+    starts, loop = saved
+    if (b0, b1) != (0, starts.v.shape[1]):
+        starts = ChunkStarts(*(s[:, b0:b1] for s in starts))
         loop = loop._replace(ptr=loop.ptr[b0:b1 + 1])
         ev = _events_of_samples(ev, b0, b1, p)
         out_grads = OutputGrads(*(None if g is None else g[:, b0:b1] if g.dim() == 3 else g[b0:b1]
                                   for g in out_grads))
-    batch, dtype = spikes.shape[1], w_in.dtype
+    batch, dtype = starts.v.shape[1], w_in.dtype
     to_e, to_i = (None if w is None else PresynapticProduct.of(w, batch) for w in operands)
     dense = [(product, columns) for product, columns in ((to_e, slice(p.n_e, p.n)), (to_i, slice(p.n, p.m)))
              if product is not None and product.dense is not None]
@@ -187,13 +196,16 @@ def _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev: ArrivalEvents
                                              out_grads.s_e, out_grads.s_i))
     products = tuple(None if product is None else product.compiled for product in (to_e, to_i))
     arrivals = tuple(None if product is None else _np(product.out) for product in (to_e, to_i))
-    ck = tuple(_np(s) for s in checkpoints)
-    np_spikes, np_lam_v, np_lam = _np(spikes), _np(lam_v), _np(lam_full)
-    for index in reversed(range(checkpoints.v.shape[0])):
+    # the spikes arriving in a chunk, recomputed with it: W_ei's / W_ie's gradients need them
+    spikes = torch.empty(p.chunk, batch, p.n, dtype=torch.bool) if want_recurrent else None
+    ck = tuple(_np(s) for s in starts)
+    np_lam_v, np_lam = _np(lam_v), _np(lam_full)
+    for index in reversed(range(starts.v.shape[0])):
         t0 = index * p.chunk
         length = min(p.chunk, p.steps - t0)
         np_tape = tuple(_np(s) for s in full.head(length))
-        _over_samples(kernels.recompute_samples, batch, index, t0, *loop, np_spikes, *ck, *np_tape)
+        kernels.recompute_samples(0, batch, index, t0, *loop, *ck, *np_tape,
+                                  None if spikes is None else _np(spikes[:length]))
         steps = slice(t0, t0 + length)
 
         def reverse(k1, k0, lam_after):
@@ -217,7 +229,7 @@ def _backward_range(w_in, w_ei, w_ie, operands, spikes, saved, ev: ArrivalEvents
             kernels.add_input_grads(t0, batch, p.n_e, *(_np(s[lo:hi]) for s in (ev.step, ev.sample, ev.channel)),
                                     np_lam[:length].reshape(length * batch, p.m), np_pos, np_neg)
         if want_recurrent:
-            grads.accumulate_recurrent(lam.view(length * batch, p.m), chunk_spike_events(spikes, t0, length, p), p)
+            grads.accumulate_recurrent(lam.view(length * batch, p.m), spike_events(spikes[:length], 0, p), p)
         lam_next = lam[0].clone()  # lam_full is overwritten by the next chunk
     return grads.result(w_in)
 

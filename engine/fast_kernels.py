@@ -27,11 +27,12 @@ from numba.extending import intrinsic, overload
 # per-population ones (membrane dt/tau_m, conductance decay per step, and the
 # adjoint's dt/tau_m / v_grad_dampen).
 E_L, V_RESET, V_TH, E_AMPA, E_GABA, BETA, C_E, C_I, DECAY_AMPA, DECAY_GABA, K_DV_E, K_DV_I = range(12)
-# A cell's age (steps since its last spike) is int32, capped at _AGE_CAP: half
-# the bytes stored per step of an int64 (stores bound the cell update, see _step).
+# A cell's age (steps since its last spike) is int32: half the bytes stored per
+# step of an int64 (stores bound the cell update, see _step). A cell that never
+# fired starts at _NEVER, 2**30 steps short of overflowing.
 _AGE = np.int32
 _ONE_STEP = _AGE(1)
-_AGE_CAP = 1 << 30
+_NEVER = 1 << 30
 
 # error_model="numpy": a float division has no zero check (whose raise would
 # keep LLVM from vectorising the loop around it)
@@ -216,49 +217,36 @@ def _scratch(n, n_e, m, dtype):
 
 
 @_compiled
-def _save_last_spike(t, age, last):
-    """A checkpoint's "step of the last spike" (engine.fast's) from the ages at step t."""
-    for j in range(age.shape[0]):
-        last[j] = t - age[j]
-
-
-@_compiled
-def _load_age(t, last, age):
-    """The ages at step t from a checkpoint's "step of the last spike"; a cell that
-    never fired (or fired _AGE_CAP steps ago) gets _AGE_CAP: it is not held either way."""
-    for j in range(age.shape[0]):
-        age[j] = min(t - last[j], _AGE_CAP)
-
-
-@_compiled
 def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
                     use_ei, use_ie, has_neg, const, refractory, chunk, readout,
-                    spikes, count_e, count_i, filtered, s_e, s_i, ck_v, ck_g, ck_last, voltages):
+                    count_e, count_i, filtered, s_e, s_i, ck_v, ck_g, ck_age, ck_fired, voltages):
     """Simulate samples [b0, b1) from rest.
 
-    Writes bool spikes [T, B, N], spike counts [B, n_e] / [B, n_i], the readout's filtered E count
-    sum_t readout[t] s_e[t] [B, n_e], the state at every chunk start
-    (ck_*[chunk index, b]), and where those arrays are not empty the float spike
-    trains s_e [T, B, n_e] / s_i [T, B, n_i] and the voltages [T, B, N]."""
-    steps, n, m = spikes.shape[0], spikes.shape[2], ck_g.shape[2]
+    Writes spike counts [B, n_e] / [B, n_i], the readout's filtered E count
+    sum_t readout[t] s_e[t] [B, n_e], the state at every chunk start (ck_*[chunk
+    index, b]: v, g, ages and the previous step's spikes), and where those arrays
+    are not empty the float spike trains s_e [T, B, n_e] / s_i [T, B, n_i] and the
+    voltages [T, B, N]."""
+    steps, n, m = readout.shape[0], ck_v.shape[2], ck_g.shape[2]
     dtype = const.dtype
     a, ie_sum, fired, cells, age = _scratch(n, n_e, m, dtype)
     trains, record_voltage = s_e.shape[0] > 0, voltages.shape[0] > 0
     for b in range(b0, b1):
         v = np.full(n, const[E_L], dtype=dtype)
         g = np.zeros(m, dtype=dtype)
-        age[:] = _AGE_CAP
+        age[:] = _NEVER
+        fired[:] = False
         count = 0
         cursor, end = ev_ptr[b], ev_ptr[b + 1]
         for t in range(steps):
             if t % chunk == 0:
                 _copy(ck_v[t // chunk, b], v)
                 _copy(ck_g[t // chunk, b], g)
-                _save_last_spike(t, age, ck_last[t // chunk, b])
+                _copy(ck_age[t // chunk, b], age)
+                _copy(ck_fired[t // chunk, b], fired)
             cursor = _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                                    w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
             _step(n_e, const, refractory, a, v, g, age, fired, None)
-            _copy(spikes[t, b], fired)
             count = _fired_cells(fired, cells)
             for index in range(count):
                 cell = cells[index]
@@ -279,28 +267,30 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
 
 @_compiled
 def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
-                      use_ei, use_ie, has_neg, const, refractory,
-                      spikes, ck_v, ck_g, ck_last, tape_v, tape_leak, tape_surrogate, tape_reset):
+                      use_ei, use_ie, has_neg, const, refractory, ck_v, ck_g, ck_age, ck_fired,
+                      tape_v, tape_leak, tape_surrogate, tape_reset, spikes):
     """Re-run chunk `index` (steps t0 .. t0 + L - 1) of samples [b0, b1) from its checkpoint.
 
     Writes the adjoint's per-step factors (_step's), [L, B, N]; V_reset - v2 only
-    when the reset keeps its gradient (tape_reset not empty).
+    when the reset keeps its gradient (tape_reset not empty); and unless `spikes`
+    is None, the spikes arriving in the chunk, those of steps t0 - 1 .. t0 + L - 2,
+    into spikes [L, B, N].
     """
-    length, n = tape_v.shape[0], spikes.shape[2]
+    length, n = tape_v.shape[0], ck_v.shape[2]
     a, ie_sum, fired, cells, age = _scratch(n, n_e, ck_g.shape[2], const.dtype)
     keep_reset = tape_reset.shape[0] > 0
     unused = np.empty(n, dtype=const.dtype)  # V_reset - v2 of a detached reset
     for b in range(b0, b1):
         v = ck_v[index, b].copy()
         g = ck_g[index, b].copy()
-        _load_age(t0, ck_last[index, b], age)
+        _copy(age, ck_age[index, b])
+        _copy(fired, ck_fired[index, b])
         lo, end = ev_ptr[b], ev_ptr[b + 1]
         cursor = lo + np.searchsorted(ev_step[lo:end], t0)
-        count = 0
-        if t0 > 0:
-            _copy(fired, spikes[t0 - 1, b])
-            count = _fired_cells(fired, cells)
+        count = _fired_cells(fired, cells)
         for k in range(length):
+            if spikes is not None:
+                _copy(spikes[k, b], fired)
             cursor = _add_arrivals(t0 + k, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                                    w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
             _step(n_e, const, refractory, a, v, g, age, fired,
