@@ -124,22 +124,17 @@ def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastPar
 
 
 class Tape(NamedTuple):
-    """One chunk's adjoint factors, [L, B, N] (engine.fast_kernels.recompute_samples)."""
+    """One chunk's adjoint factors (engine.fast_kernels.recompute_samples)."""
 
-    v: torch.Tensor  # before each step
-    leak: torch.Tensor  # 1 + g_a + g_g
-    surrogate: torch.Tensor  # 0 where held, negative where the cell spiked
-    reset: torch.Tensor  # V_reset - v2 when the reset keeps its gradient, else empty
+    v2: torch.Tensor  # [L + 1, B, N]: the voltage before the chunk, then each step's before reset (+inf: held)
+    leak: torch.Tensor  # [L, B, N]: 1 + g_a + g_g
 
     @classmethod
     def empty(cls, length: int, batch: int, p: FastParams, dtype) -> "Tape":
-        def make(rows=length):
-            return torch.empty(rows, batch, p.n, dtype=dtype)
-
-        return cls(make(), make(), make(), make(0 if p.detach_reset else length))
+        return cls(torch.empty(length + 1, batch, p.n, dtype=dtype), torch.empty(length, batch, p.n, dtype=dtype))
 
     def head(self, length: int) -> "Tape":
-        return Tape(*(s[:length] for s in self))  # an empty reset stays empty
+        return Tape(self.v2[:length + 1], self.leak[:length])
 
 
 def network_backward(w_in, w_ei, w_ie, saved, ev: ArrivalEvents, p: FastParams, out_grads: OutputGrads, need):
@@ -210,8 +205,8 @@ def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: Fas
 
         def reverse(k1, k0, lam_after):
             """Reverse steps k1 - 1 .. k0 of the chunk; lam_after: dL/dg of step k1."""
-            kernels.reverse_steps(k1, k0, p.n_e, loop.const, readout[steps], *np_tape[:3],
-                                  None if p.detach_reset else np_tape[3], filtered, count_e, count_i,
+            kernels.reverse_steps(k1, k0, p.n_e, loop.const, readout[steps], *np_tape, not p.detach_reset,
+                                  filtered, count_e, count_i,
                                   None if s_e is None else s_e[steps], None if s_i is None else s_i[steps],
                                   *products, *arrivals, np_lam_v, _np(lam_after), np_lam)
 

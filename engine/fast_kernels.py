@@ -124,7 +124,7 @@ def _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
 def _threshold(j, v1, refractory, const, v, age, fired, factors):
     """Cell j after its Euler step v1: hold, threshold, reset; its adjoint factors
     when `factors` is not None (see _step)."""
-    v_reset, v_th, beta = const[V_RESET], const[V_TH], const[BETA]
+    v_reset, v_th = const[V_RESET], const[V_TH]
     held = age[j] <= refractory
     v2 = _select(held, v_reset, v1)
     spiked = v2 > v_th
@@ -132,11 +132,7 @@ def _threshold(j, v1, refractory, const, v, age, fired, factors):
     v[j] = _select(spiked, v_reset, v2)
     age[j] = _select(spiked, _ONE_STEP, _AGE(age[j] + 1))
     if factors is not None:
-        one, zero = const.dtype.type(1.0), const.dtype.type(0.0)
-        x = abs(v2 - v_th) * beta + one
-        sg = one / (x * x)
-        factors[2][j] = _select(held, zero, _select(spiked, -sg, sg))
-        factors[3][j] = v_reset - v2
+        factors[0][j] = _select(held, const.dtype.type(np.inf), v2)
 
 
 @_compiled
@@ -154,7 +150,6 @@ def _step_e(const, refractory, a_ampa, a_gaba, v, g_ampa, g_gaba, age, fired, fa
         dv = dv + (e_ampa - vj) * ga
         dv = dv + (e_gaba - vj) * gg
         if factors is not None:
-            factors[0][j] = vj
             factors[1][j] = one + ga + gg
         _threshold(j, vj + dv * c, refractory, const, v, age, fired, factors)
 
@@ -171,15 +166,14 @@ def _step_i(const, refractory, a_ampa, v, g_ampa, age, fired, factors):
         dv = e_l - vj
         dv = dv + (e_ampa - vj) * ga
         if factors is not None:
-            factors[0][j] = vj
             factors[1][j] = one + ga
         _threshold(j, vj + dv * c, refractory, const, v, age, fired, factors)
 
 
 @_compiled
 def _columns(rows, lo, hi):
-    """Columns [lo, hi) of each of four rows."""
-    return rows[0][lo:hi], rows[1][lo:hi], rows[2][lo:hi], rows[3][lo:hi]
+    """Columns [lo, hi) of each of two rows."""
+    return rows[0][lo:hi], rows[1][lo:hi]
 
 
 @_compiled
@@ -188,13 +182,15 @@ def _step(n_e, const, refractory, a, v, g, age, fired, factors):
 
     Reads the arrivals a [M]; updates v, g and age (steps since the last spike)
     in place; fired[j] says whether cell j spiked. `factors` is None (the
-    forward) or four rows [N] for the adjoint's factors of the step: the voltage
-    before it, the leak 1 + g_a + g_g, the surrogate 1 / (1 + beta |v2 - V_th|)^2
-    signed (0 where held; negative where the cell spiked, so that its sign says
-    whether dL/dv passes the reset: one array fewer to write and read) and
-    V_reset - v2. numba compiles the two cases apart (a None argument's branches
-    are pruned), so the forward stores nothing it does not keep: on the Zen 1
-    cores measured a 256-bit store takes two cycles, and stores bound this loop.
+    forward) or two rows [N] for the adjoint (the tape): the voltage v2 before the
+    reset, +inf where the cell is held, and the leak 1 + g_a + g_g. From v2 the
+    adjoint derives all else it needs (_voltage_adjoint, _voltage_before): the
+    surrogate, whether the cell was held or spiked, the reset's V_reset - v2, and
+    the voltage after the step, which the next step's drive needs. numba compiles
+    the two cases apart (a None argument's branches are pruned), so the forward
+    stores nothing it does not keep: on the Zen 1 cores measured a 256-bit store
+    takes two cycles, and stores bound this loop (a tape of four factors per cell,
+    surrogate and V_reset - v2 included, made the recomputation 1.8x the forward).
     One fused loop per population; the E and I rows of every array are separate
     views, so LLVM vectorises with one overlap check per array.
     """
@@ -268,21 +264,20 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
 @_compiled
 def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
                       use_ei, use_ie, has_neg, const, refractory, ck_v, ck_g, ck_age, ck_fired,
-                      tape_v, tape_leak, tape_surrogate, tape_reset, spikes):
+                      tape_v2, tape_leak, spikes):
     """Re-run chunk `index` (steps t0 .. t0 + L - 1) of samples [b0, b1) from its checkpoint.
 
-    Writes the adjoint's per-step factors (_step's), [L, B, N]; V_reset - v2 only
-    when the reset keeps its gradient (tape_reset not empty); and unless `spikes`
-    is None, the spikes arriving in the chunk, those of steps t0 - 1 .. t0 + L - 2,
-    into spikes [L, B, N].
+    Writes the tape (_step's factors): tape_v2 [L + 1, B, N], whose row 0 is the
+    voltage before the chunk and row k + 1 step k's v2; tape_leak [L, B, N]; and
+    unless `spikes` is None, the spikes arriving in the chunk, those of steps
+    t0 - 1 .. t0 + L - 2, into spikes [L, B, N].
     """
-    length, n = tape_v.shape[0], ck_v.shape[2]
+    length, n = tape_leak.shape[0], ck_v.shape[2]
     a, ie_sum, fired, cells, age = _scratch(n, n_e, ck_g.shape[2], const.dtype)
-    keep_reset = tape_reset.shape[0] > 0
-    unused = np.empty(n, dtype=const.dtype)  # V_reset - v2 of a detached reset
     for b in range(b0, b1):
         v = ck_v[index, b].copy()
         g = ck_g[index, b].copy()
+        _copy(tape_v2[0, b], v)
         _copy(age, ck_age[index, b])
         _copy(fired, ck_fired[index, b])
         lo, end = ev_ptr[b], ev_ptr[b + 1]
@@ -293,8 +288,7 @@ def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos
                 _copy(spikes[k, b], fired)
             cursor = _add_arrivals(t0 + k, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                                    w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
-            _step(n_e, const, refractory, a, v, g, age, fired,
-                  (tape_v[k, b], tape_leak[k, b], tape_surrogate[k, b], tape_reset[k, b] if keep_reset else unused))
+            _step(n_e, const, refractory, a, v, g, age, fired, (tape_v2[k + 1, b], tape_leak[k, b]))
             count = _fired_cells(fired, cells)
 
 
@@ -415,15 +409,17 @@ def _part_typed(a, index):
 
 
 @_compiled
-def _voltage_adjoint(j, readout_t, arrival, filtered, count, spike_train, reset, surrogate, lam_v):
-    """e = dL/dv1 of cell j (engine.fast_backward's docstring).
+def _voltage_adjoint(j, const, keep_reset, readout_t, arrival, filtered, count, spike_train, v2, lam_v):
+    """e = dL/dv1 of cell j (engine.fast_backward's docstring), from its v2 on the tape.
 
     dL/ds is the sum of its parts, in the torch-op loop's order: the readout
     (filtered * readout_t), the spike count, this step's spike-train gradient, the
-    next step's arrivals (its presynaptic products, `arrival`) and the reset's
-    lam_v (V_reset - v2). A part is None where the loss does not reach.
+    next step's arrivals (its presynaptic products, `arrival`) and, when the reset
+    keeps its gradient, lam_v (V_reset - v2). A part is None where the loss does
+    not reach. A held cell (v2 = +inf) passes nothing; one that spiked passes no lam_v.
     """
-    zero = lam_v.dtype.type(0.0)
+    zero, one = lam_v.dtype.type(0.0), lam_v.dtype.type(1.0)
+    x = v2[j]
     grad = zero
     if filtered is not None:
         grad = filtered[j] * readout_t
@@ -432,54 +428,65 @@ def _voltage_adjoint(j, readout_t, arrival, filtered, count, spike_train, reset,
     if spike_train is not None:
         grad = grad + spike_train[j]
     grad = grad + arrival[j]
-    if reset is not None:
-        grad = grad + lam_v[j] * reset[j]
-    sg = surrogate[j]
-    return _select(sg > zero, lam_v[j], zero) + grad * abs(sg)
+    if keep_reset:
+        grad = grad + lam_v[j] * (const[V_RESET] - x)
+    d = abs(x - const[V_TH]) * const[BETA] + one
+    e = _select(x > const[V_TH], zero, lam_v[j]) + grad * (one / (d * d))
+    return _select(x == np.inf, zero, e)
 
 
 @_compiled
-def _adjoint_e(readout_t, const, arrival, filtered, count, spike_train, reset, v_prev, leak, surrogate,
+def _voltage_before(j, const, v2_prev):
+    """The voltage after the previous step from that step's tape entry: its v2
+    unless the cell spiked or was held (+inf), else V_reset. (Row 0 of the tape,
+    the voltage before the chunk, passes unchanged: it is at most V_th or V_reset.)"""
+    x = v2_prev[j]
+    return _select(x > const[V_TH], const[V_RESET], x)
+
+
+@_compiled
+def _adjoint_e(readout_t, const, keep_reset, arrival, filtered, count, spike_train, v2, v2_prev, leak,
                lam_v, next_ampa, next_gaba, lam_ampa, lam_gaba):
     """One reverse step of the E cells of one sample: lam_v in place, lam_ampa and lam_gaba."""
     k_dv, e_ampa, e_gaba = const[K_DV_E], const[E_AMPA], const[E_GABA]
     d_ampa, d_gaba = const[DECAY_AMPA], const[DECAY_GABA]
     for j in range(lam_v.shape[0]):
-        e = _voltage_adjoint(j, readout_t, arrival, filtered, count, spike_train, reset, surrogate, lam_v)
+        e = _voltage_adjoint(j, const, keep_reset, readout_t, arrival, filtered, count, spike_train, v2, lam_v)
         ed = e * k_dv
-        lam_ampa[j] = next_ampa[j] * d_ampa + ed * (e_ampa - v_prev[j])
-        lam_gaba[j] = next_gaba[j] * d_gaba + ed * (e_gaba - v_prev[j])
+        v_prev = _voltage_before(j, const, v2_prev)
+        lam_ampa[j] = next_ampa[j] * d_ampa + ed * (e_ampa - v_prev)
+        lam_gaba[j] = next_gaba[j] * d_gaba + ed * (e_gaba - v_prev)
         lam_v[j] = e - ed * leak[j]
 
 
 @_compiled
-def _adjoint_i(const, arrival, count, spike_train, reset, v_prev, leak, surrogate, lam_v, next_ampa, lam_ampa):
+def _adjoint_i(const, keep_reset, arrival, count, spike_train, v2, v2_prev, leak, lam_v, next_ampa, lam_ampa):
     """One reverse step of the I cells of one sample (no readout): lam_v in place, lam_ampa."""
     k_dv, e_ampa, d_ampa = const[K_DV_I], const[E_AMPA], const[DECAY_AMPA]
     no_readout = const.dtype.type(0.0)
     for j in range(lam_v.shape[0]):
-        e = _voltage_adjoint(j, no_readout, arrival, None, count, spike_train, reset, surrogate, lam_v)
+        e = _voltage_adjoint(j, const, keep_reset, no_readout, arrival, None, count, spike_train, v2, lam_v)
         ed = e * k_dv
-        lam_ampa[j] = next_ampa[j] * d_ampa + ed * (e_ampa - v_prev[j])
+        lam_ampa[j] = next_ampa[j] * d_ampa + ed * (e_ampa - _voltage_before(j, const, v2_prev))
         lam_v[j] = e - ed * leak[j]
 
 
 @_compiled
-def reverse_steps(k1, k0, n_e, const, readout, tape_v, tape_leak, tape_surrogate, tape_reset,
+def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, keep_reset,
                   filtered, count_e, count_i, s_e, s_i, product_e, product_i, arrival_e, arrival_i,
                   lam_v, lam_next, lam):
     """Reverse steps k1 - 1 down to k0 of one chunk, for the whole batch
     (engine.fast_backward's docstring has the derivation).
 
-    Takes the chunk's adjoint factors [L, B, N] (recompute_samples's tape; tape_reset
-    None when the reset is detached) and readout [L]; the parts of dL/ds, None where
-    the loss does not reach: the readout's (filtered [B, n_e] times readout[k]), the
-    counts' [B, n_*], the chunk's spike-train rows [L, B, n_*]; and the next step's
-    arrivals' share, the presynaptic products [n_*, B] into arrival_e / arrival_i:
-    computed here each step from product_* (presynaptic_product's CSR and blocks) where
-    that is not None, else given (a dense product), or None (no share). Updates
-    lam_v [B, N] (dL/dv) in place and writes dL/dg [B, M] of step k into lam[k],
-    from lam[k + 1], or lam_next for step k1 - 1.
+    Takes the chunk's tape (recompute_samples's) and readout [L]; whether the reset
+    keeps its gradient; the parts of dL/ds, None where the loss does not reach:
+    the readout's (filtered [B, n_e] times readout[k]), the counts' [B, n_*], the
+    chunk's spike-train rows [L, B, n_*]; and the next step's arrivals' share, the
+    presynaptic products [n_*, B] into arrival_e / arrival_i: computed here each
+    step from product_* (presynaptic_product's CSR and scratch) where that is not
+    None, else given (a dense product), or None (no share). Updates lam_v [B, N]
+    (dL/dv) in place and writes dL/dg [B, M] of step k into lam[k], from lam[k + 1],
+    or lam_next for step k1 - 1.
     """
     batch, n = lam_v.shape
     arrival = np.zeros(n, dtype=lam_v.dtype)  # one sample's share, gathered from the products' column
@@ -490,17 +497,16 @@ def reverse_steps(k1, k0, n_e, const, readout, tape_v, tape_leak, tape_surrogate
         if product_i is not None:
             presynaptic_product(*product_i, nxt[:, n:], arrival_i)
         spike_e, spike_i = _part(s_e, k), _part(s_i, k)
-        reset_k = _part(tape_reset, k)
         for b in range(batch):
             # a strided read in the loops below would not vectorise: copy the column once
             if arrival_e is not None:
                 _copy(arrival[:n_e], arrival_e[:, b])
             if arrival_i is not None:
                 _copy(arrival[n_e:], arrival_i[:, b])
-            v_prev, leak, surrogate, lv = tape_v[k, b], tape_leak[k, b], tape_surrogate[k, b], lam_v[b]
-            reset_b, nxt_b, out = _part(reset_k, b), nxt[b], lam[k, b]
-            _adjoint_e(readout[k], const, arrival[:n_e], _part(filtered, b), _part(count_e, b),
-                       _part(spike_e, b), _part(reset_b, slice(0, n_e)), v_prev[:n_e], leak[:n_e],
-                       surrogate[:n_e], lv[:n_e], nxt_b[:n_e], nxt_b[n:], out[:n_e], out[n:])
-            _adjoint_i(const, arrival[n_e:], _part(count_i, b), _part(spike_i, b), _part(reset_b, slice(n_e, n)),
-                       v_prev[n_e:], leak[n_e:], surrogate[n_e:], lv[n_e:], nxt_b[n_e:n], out[n_e:n])
+            v2, v2_prev, leak, lv = tape_v2[k + 1, b], tape_v2[k, b], tape_leak[k, b], lam_v[b]
+            nxt_b, out = nxt[b], lam[k, b]
+            _adjoint_e(readout[k], const, keep_reset, arrival[:n_e], _part(filtered, b), _part(count_e, b),
+                       _part(spike_e, b), v2[:n_e], v2_prev[:n_e], leak[:n_e], lv[:n_e], nxt_b[:n_e], nxt_b[n:],
+                       out[:n_e], out[n:])
+            _adjoint_i(const, keep_reset, arrival[n_e:], _part(count_i, b), _part(spike_i, b), v2[n_e:],
+                       v2_prev[n_e:], leak[n_e:], lv[n_e:], nxt_b[n_e:n], out[n_e:n])
