@@ -251,17 +251,17 @@ def presynaptic_operand(w: torch.Tensor) -> torch.Tensor:
 
 
 class PresynapticProduct(NamedTuple):
-    """W @ lam.T: the presynaptic spikes' gradient [sources, B] from their targets'
+    """lam @ W.T: the presynaptic spikes' gradient [B, sources] from their targets'
     conductance adjoint lam [B, targets], for W [sources, targets]."""
 
     dense: torch.Tensor | None  # W for BLAS (write_dense), or None when sparse
     compiled: tuple[np.ndarray, ...] | None  # when sparse: kernels.presynaptic_product's tiled CSR and scratch
-    out: torch.Tensor  # the product, [sources, B]
+    out: torch.Tensor  # the product, [B, sources]
 
     @classmethod
     def of(cls, weights: torch.Tensor, batch: int) -> "PresynapticProduct":
         """For W from presynaptic_operand."""
-        out = torch.empty(weights.shape[0], batch, dtype=weights.dtype)
+        out = torch.empty(batch, weights.shape[0], dtype=weights.dtype)
         if weights.layout == torch.strided:
             return cls(weights, None, out)
         dtype = _np(out).dtype
@@ -269,7 +269,7 @@ class PresynapticProduct(NamedTuple):
                           np.zeros((weights.shape[0], kernels.BLOCK), dtype)), out)
 
     def write_dense(self, lam: torch.Tensor) -> None:
-        torch.mm(self.dense, lam.t(), out=self.out)
+        torch.mm(lam, self.dense.t(), out=self.out)
 
 
 def _tiled_csr(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

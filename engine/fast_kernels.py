@@ -369,7 +369,7 @@ def _block_row(typingctx, table, idx, val, k0, k1, out, row, accumulate):
 
 @_compiled
 def presynaptic_product(ptr, idx, val, lam_t, acc, lam, out):
-    """out [sources, B] = W @ lam.T, for lam [B, targets]: the presynaptic spikes'
+    """out [B, sources] = lam @ W.T, for lam [B, targets]: the presynaptic spikes'
     gradient from their targets' conductance adjoint.
 
     W [sources, targets] comes as one CSR per tile of TILE targets: row i of tile r
@@ -377,7 +377,8 @@ def presynaptic_product(ptr, idx, val, lam_t, acc, lam, out):
     values val. Block by block of BLOCK samples and tile by tile: lam's block and
     tile transposed (zero-padded) into the scratch lam_t [TILE, BLOCK], each row of
     W summed into the scratch acc [sources, BLOCK] (continuing the previous tiles'
-    sum, so every output is summed in ascending column order as untiled).
+    sum, so every output is summed in ascending column order as untiled); acc is
+    written out transposed, as the reverse step reads it: one sample's row at a time.
     """
     batch, targets = lam.shape
     zero = lam.dtype.type(0.0)
@@ -390,9 +391,11 @@ def presynaptic_product(ptr, idx, val, lam_t, acc, lam, out):
                     lam_t[j, u] = lam[b0 + u, c0 + j] if u < width else zero
             for i in range(ptr.shape[1] - 1):
                 _block_row(lam_t, idx, val, ptr[r, i], ptr[r, i + 1], acc, i, r > 0)
+        # row by row of acc: its reads are contiguous and the BLOCK rows written
+        # to stay in L1 (column by column, each read would be a cache line of its own)
         for i in range(ptr.shape[1] - 1):
             for u in range(width):
-                out[i, b0 + u] = acc[i, u]
+                out[b0 + u, i] = acc[i, u]
 
 
 def _part(a, index):
@@ -427,7 +430,8 @@ def _voltage_adjoint(j, const, keep_reset, readout_t, arrival, filtered, count, 
         grad = grad + count[j]
     if spike_train is not None:
         grad = grad + spike_train[j]
-    grad = grad + arrival[j]
+    if arrival is not None:
+        grad = grad + arrival[j]
     if keep_reset:
         grad = grad + lam_v[j] * (const[V_RESET] - x)
     d = abs(x - const[V_TH]) * const[BETA] + one
@@ -482,14 +486,13 @@ def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, keep_reset,
     keeps its gradient; the parts of dL/ds, None where the loss does not reach:
     the readout's (filtered [B, n_e] times readout[k]), the counts' [B, n_*], the
     chunk's spike-train rows [L, B, n_*]; and the next step's arrivals' share, the
-    presynaptic products [n_*, B] into arrival_e / arrival_i: computed here each
+    presynaptic products [B, n_*] into arrival_e / arrival_i: computed here each
     step from product_* (presynaptic_product's CSR and scratch) where that is not
     None, else given (a dense product), or None (no share). Updates lam_v [B, N]
     (dL/dv) in place and writes dL/dg [B, M] of step k into lam[k], from lam[k + 1],
     or lam_next for step k1 - 1.
     """
     batch, n = lam_v.shape
-    arrival = np.zeros(n, dtype=lam_v.dtype)  # one sample's share, gathered from the products' column
     for k in range(k1 - 1, k0 - 1, -1):
         nxt = lam_next if k == k1 - 1 else lam[k + 1]
         if product_e is not None:
@@ -498,15 +501,10 @@ def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, keep_reset,
             presynaptic_product(*product_i, nxt[:, n:], arrival_i)
         spike_e, spike_i = _part(s_e, k), _part(s_i, k)
         for b in range(batch):
-            # a strided read in the loops below would not vectorise: copy the column once
-            if arrival_e is not None:
-                _copy(arrival[:n_e], arrival_e[:, b])
-            if arrival_i is not None:
-                _copy(arrival[n_e:], arrival_i[:, b])
             v2, v2_prev, leak, lv = tape_v2[k + 1, b], tape_v2[k, b], tape_leak[k, b], lam_v[b]
             nxt_b, out = nxt[b], lam[k, b]
-            _adjoint_e(readout[k], const, keep_reset, arrival[:n_e], _part(filtered, b), _part(count_e, b),
+            _adjoint_e(readout[k], const, keep_reset, _part(arrival_e, b), _part(filtered, b), _part(count_e, b),
                        _part(spike_e, b), v2[:n_e], v2_prev[:n_e], leak[:n_e], lv[:n_e], nxt_b[:n_e], nxt_b[n:],
                        out[:n_e], out[n:])
-            _adjoint_i(const, keep_reset, arrival[n_e:], _part(count_i, b), _part(spike_i, b), v2[n_e:],
+            _adjoint_i(const, keep_reset, _part(arrival_i, b), _part(count_i, b), _part(spike_i, b), v2[n_e:],
                        v2_prev[n_e:], leak[n_e:], lv[n_e:], nxt_b[n_e:n], out[n_e:n])

@@ -216,7 +216,7 @@ def test_sparse_presynaptic_product_matches_the_dense_one(batch, dtype):
     product = PresynapticProduct.of(presynaptic_operand(w), batch)
     assert product.dense is None
     kernels.presynaptic_product(*product.compiled, lam.numpy(), product.out.numpy())
-    torch.testing.assert_close(product.out, w @ lam.t())
+    torch.testing.assert_close(product.out, lam @ w.t())
 
 
 @pytest.mark.parametrize("loop", LOOPS)
