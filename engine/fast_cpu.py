@@ -4,12 +4,13 @@ engine.fast's torch-op loop costs about 25 small tensor ops per step forward and
 backward, each a few tens of microseconds however little it computes: on CPU it is
 bound by per-op overhead. Here the forward (which also writes the spike counts and,
 when asked, the float spike trains), the backward's recomputation of each chunk,
-each reverse step's elementwise adjoint and W_in's gradient are compiled loops, and so
-are the adjoint's two recurrent products per step while W_ei / W_ie are sparse (the
-default masks): a chunk's reverse steps are one compiled call. Dense ones go to BLAS
+each reverse step's elementwise adjoint and W_in's gradient (added in the reverse
+step, while each new adjoint row is in cache) are compiled loops, and so are the
+adjoint's two recurrent products per step while W_ei / W_ie are sparse (the default
+masks): a chunk's reverse steps are one compiled call. Dense ones go to BLAS
 (PresynapticProduct) between compiled steps.
 Samples are independent, so sample ranges run on `torch.get_num_threads()`
-threads: the forward's and the recomputation's per loop, the backward's whole.
+threads: the forward's per loop, the backward's whole.
 
 Saved for backward: only the state at each chunk start (ChunkStarts, which
 includes the previous step's spikes); the recomputation reproduces a chunk's
@@ -202,13 +203,16 @@ def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: Fas
         kernels.recompute_samples(0, batch, index, t0, *loop, *ck, *np_tape,
                                   None if spikes is None else _np(spikes[:length]))
         steps = slice(t0, t0 + length)
+        lo, hi = ev.bounds[index], ev.bounds[index + 1]
+        input_events = (_np(ev.step[lo:hi] - t0), _np(ev.sample[lo:hi]), _np(ev.channel[lo:hi]))
 
         def reverse(k1, k0, lam_after):
             """Reverse steps k1 - 1 .. k0 of the chunk; lam_after: dL/dg of step k1."""
             kernels.reverse_steps(k1, k0, p.n_e, loop.const, readout[steps], *np_tape, not p.detach_reset,
                                   filtered, count_e, count_i,
                                   None if s_e is None else s_e[steps], None if s_i is None else s_i[steps],
-                                  *products, *arrivals, np_lam_v, _np(lam_after), np_lam)
+                                  *products, *arrivals, input_events, np_pos, np_neg, np_lam_v, _np(lam_after),
+                                  np_lam)
 
         if not dense:
             reverse(length, 0, lam_next)
@@ -219,10 +223,6 @@ def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: Fas
                     product.write_dense(lam_after[:, columns])
                 reverse(k + 1, k, lam_after)
         lam = lam_full[:length]
-        lo, hi = ev.bounds[index], ev.bounds[index + 1]
-        if grads.pos is not None and hi > lo:
-            kernels.add_input_grads(t0, batch, p.n_e, *(_np(s[lo:hi]) for s in (ev.step, ev.sample, ev.channel)),
-                                    np_lam[:length].reshape(length * batch, p.m), np_pos, np_neg)
         if want_recurrent:
             grads.accumulate_recurrent(lam.view(length * batch, p.m), spike_events(spikes[:length], 0, p), p)
         lam_next = lam[0].clone()  # lam_full is overwritten by the next chunk

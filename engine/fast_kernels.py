@@ -292,21 +292,6 @@ def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos
             count = _fired_cells(fired, cells)
 
 
-@_compiled
-def add_input_grads(t0, batch, n_e, ev_step, ev_sample, ev_channel, lam, grad_pos, grad_neg):
-    """W_in's shares of one chunk: each input event (step, sample, channel) adds
-    its dL/da row lam[(step - t0) * batch + sample] ([L * B, M]) to row `channel`
-    of grad_pos (the AMPA part) and of grad_neg (the GABA part of E)."""
-    n = lam.shape[1] - n_e
-    for e in range(ev_step.shape[0]):
-        row = lam[(ev_step[e] - t0) * batch + ev_sample[e]]
-        pos, neg = grad_pos[ev_channel[e]], grad_neg[ev_channel[e]]
-        for j in range(n_e):
-            pos[j] += row[j]
-        for j in range(n_e):
-            neg[j] += row[n + j]
-
-
 # Samples per block of the presynaptic product: its accumulators, BLOCK floats,
 # stay in registers (four 256-bit ones in float32).
 BLOCK = 32
@@ -478,7 +463,7 @@ def _adjoint_i(const, keep_reset, arrival, count, spike_train, v2, v2_prev, leak
 @_compiled
 def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, keep_reset,
                   filtered, count_e, count_i, s_e, s_i, product_e, product_i, arrival_e, arrival_i,
-                  lam_v, lam_next, lam):
+                  input_events, grad_pos, grad_neg, lam_v, lam_next, lam):
     """Reverse steps k1 - 1 down to k0 of one chunk, for the whole batch
     (engine.fast_backward's docstring has the derivation).
 
@@ -491,8 +476,15 @@ def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, keep_reset,
     None, else given (a dense product), or None (no share). Updates lam_v [B, N]
     (dL/dv) in place and writes dL/dg [B, M] of step k into lam[k], from lam[k + 1],
     or lam_next for step k1 - 1.
+
+    Unless grad_pos is None, also adds W_in's shares: each input event (k, sample,
+    channel) of input_events (chunk steps k, sorted by step and sample) adds its
+    sample's new lam[k] row to row `channel` of grad_pos (the AMPA part) and of
+    grad_neg (the GABA part of E), while that row is still in cache.
     """
     batch, n = lam_v.shape
+    ev_k, ev_sample, ev_channel = input_events
+    cursor = np.searchsorted(ev_k, k1)  # events of steps k < k1 lie before it
     for k in range(k1 - 1, k0 - 1, -1):
         nxt = lam_next if k == k1 - 1 else lam[k + 1]
         if product_e is not None:
@@ -500,6 +492,8 @@ def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, keep_reset,
         if product_i is not None:
             presynaptic_product(*product_i, nxt[:, n:], arrival_i)
         spike_e, spike_i = _part(s_e, k), _part(s_i, k)
+        event, stop = np.searchsorted(ev_k[:cursor], k), cursor  # step k's input events
+        cursor = event
         for b in range(batch):
             v2, v2_prev, leak, lv = tape_v2[k + 1, b], tape_v2[k, b], tape_leak[k, b], lam_v[b]
             nxt_b, out = nxt[b], lam[k, b]
@@ -508,3 +502,11 @@ def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, keep_reset,
                        out[:n_e], out[n:])
             _adjoint_i(const, keep_reset, _part(arrival_i, b), _part(count_i, b), _part(spike_i, b), v2[n_e:],
                        v2_prev[n_e:], leak[n_e:], lv[n_e:], nxt_b[n_e:n], out[n_e:n])
+            if grad_pos is not None:
+                while event < stop and ev_sample[event] == b:
+                    pos, neg = grad_pos[ev_channel[event]], grad_neg[ev_channel[event]]
+                    for j in range(n_e):
+                        pos[j] += out[j]
+                    for j in range(n_e):
+                        neg[j] += out[n + j]
+                    event += 1
