@@ -1,8 +1,10 @@
-"""Compiled CPU loops of the fast backend (numba): per-sample time loops, one adjoint step.
+"""Compiled CPU loops of the fast backend (numba): per-sample time loops, a chunk's reverse steps.
 
-Each function works on a range of samples [b0, b1) of numpy views of the fast
-backend's tensors, and releases the GIL, so `engine.fast_cpu` runs sample ranges
-on several threads. Layouts are engine.fast's: a state row holds E then I cells
+The functions work on numpy views of the fast backend's tensors and release the
+GIL, so `engine.fast_cpu` runs sample ranges on several threads: the forward and
+the recomputation take their range [b0, b1), the reverse steps (whose recurrent
+products block the samples together) all samples of the arrays they are given,
+one range's. Layouts are engine.fast's: a state row holds E then I cells
 (N = n_e + n_i), a conductance row [AMPA of E | AMPA of I | GABA of E] (M = N + n_e).
 
 Bit-exactness with the reference (float64) rests on two things kept here:
@@ -12,7 +14,8 @@ Bit-exactness with the reference (float64) rests on two things kept here:
 - no fused multiply-add: numba compiles without fastmath, so LLVM does not
   contract a * b + c, and the membrane update rounds after every operation as
   torch's elementwise ops do.
-Scalars come in `const` (same dtype as the state), so float32 stays float32.
+Scalars come in `const`, in the state's dtype, and so do the reverse steps'
+readout weights, so their float32 vector loops stay float32.
 """
 
 from __future__ import annotations
