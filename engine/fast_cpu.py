@@ -12,9 +12,9 @@ masks): a chunk's reverse steps are one compiled call. Dense ones go to BLAS
 Samples are independent, so sample ranges run on `torch.get_num_threads()`
 threads: the forward's per loop, the backward's whole.
 
-Saved for backward: only the state at each chunk start (ChunkStarts, which
-includes the previous step's spikes); the recomputation reproduces a chunk's
-spikes where W_ei's / W_ie's gradients need them. Not keeping bool spikes
+Saved for backward: only the state at each chunk start (ChunkStarts; the cells
+that spiked on the step before are those of age 1); the recomputation reproduces a
+chunk's spikes where W_ei's / W_ie's gradients need them. Not keeping bool spikes
 [T, B, N] spares 128 MB of fresh memory per training step at batch 64, whose page
 faults alone cost about 40 ms. The chunk length is engine.fast's, so the input
 events' chunk bounds and the W_ei / W_ie gradients' accumulation
@@ -93,7 +93,6 @@ class ChunkStarts(NamedTuple):
     v: torch.Tensor  # [C, B, N]
     g: torch.Tensor  # [C, B, M]
     age: torch.Tensor  # [C, B, N] int32, steps since the last spike
-    fired: torch.Tensor  # [C, B, N] bool, the previous step's spikes
 
 
 def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastParams, trains: bool,
@@ -110,8 +109,7 @@ def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastPar
     filtered = torch.zeros(batch, p.n_e, dtype=dtype)
     starts = ChunkStarts(v=torch.empty(n_chunks, batch, p.n, dtype=dtype),
                          g=torch.empty(n_chunks, batch, p.m, dtype=dtype),
-                         age=torch.empty(n_chunks, batch, p.n, dtype=torch.int32),
-                         fired=torch.empty(n_chunks, batch, p.n, dtype=torch.bool))
+                         age=torch.empty(n_chunks, batch, p.n, dtype=torch.int32))
     # the trains are written by the loops, on their threads: filling fresh memory
     # of this size is a cost of its own (page faults), worth sharing
     t_trains, t_voltages = (p.steps if trains else 0), (p.steps if record_voltage else 0)
@@ -149,9 +147,9 @@ def network_backward(w_in, w_ei, w_ie, saved, ev: ArrivalEvents, p: FastParams, 
     batch = saved[0].v.shape[1]
     ranges = _sample_ranges(batch)
     rec = recurrence(w_ei, w_ie)
-    # the presynaptic products' operands, shared by the ranges (None: no product)
-    operands = (presynaptic_operand(w_ei) if rec.use_ei and not p.detach_recurrent else None,
-                presynaptic_operand(w_ie) if rec.use_ie and not p.detach_recurrent else None)
+    # the presynaptic products' operands, built once for all ranges (None: no product)
+    operands = (product_operand(w_ei) if rec.use_ei and not p.detach_recurrent else None,
+                product_operand(w_ie) if rec.use_ie and not p.detach_recurrent else None)
     if len(ranges) == 1:
         return _backward_range(w_in, w_ei, w_ie, operands, saved, ev, p, out_grads, need, 0, batch)
 
@@ -174,7 +172,7 @@ def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: Fas
         out_grads = OutputGrads(*(None if g is None else g[:, b0:b1] if g.dim() == 3 else g[b0:b1]
                                   for g in out_grads))
     batch, dtype = starts.v.shape[1], w_in.dtype
-    to_e, to_i = (None if w is None else PresynapticProduct.of(w, batch) for w in operands)
+    to_e, to_i = (None if w is None else PresynapticProduct.of(w, batch, dtype) for w in operands)
     dense = [(product, columns) for product, columns in ((to_e, slice(p.n_e, p.n)), (to_i, slice(p.n, p.m)))
              if product is not None and product.dense is not None]
     # in the state's dtype: a Python float would be typed float64 by numba and
@@ -200,7 +198,7 @@ def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: Fas
         t0 = index * p.chunk
         length = min(p.chunk, p.steps - t0)
         np_tape = tuple(_np(s) for s in full.head(length))
-        kernels.recompute_samples(0, batch, index, t0, *loop, *ck, *np_tape,
+        kernels.recompute_samples(index, t0, *loop, *ck, *np_tape,
                                   None if spikes is None else _np(spikes[:length]))
         steps = slice(t0, t0 + length)
         lo, hi = ev.bounds[index], ev.bounds[index + 1]
@@ -250,6 +248,27 @@ def presynaptic_operand(w: torch.Tensor) -> torch.Tensor:
         return w.to_sparse_csr()
 
 
+def product_operand(w: torch.Tensor) -> torch.Tensor | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W as PresynapticProduct takes it: the dense tensor, or (while presynaptic_operand
+    keeps it sparse) kernels.presynaptic_product's CSR, one per tile of kernels.TILE
+    targets, concatenated: row pointers [tiles, sources + 1], columns counted from
+    each tile's first, values."""
+    w = presynaptic_operand(w)
+    if w.layout == torch.strided:
+        return w
+    row_of = np.repeat(np.arange(w.shape[0]), np.diff(_np(w.crow_indices())))
+    columns, values = _np(w.col_indices()), _np(w.values())
+    ptr, idx, val, offset = [], [], [], 0
+    for c0 in range(0, w.shape[1], kernels.TILE):
+        keep = (columns >= c0) & (columns < c0 + kernels.TILE)  # CSR order: by row, then column
+        rows = row_of[keep]
+        ptr.append(offset + np.searchsorted(rows, np.arange(w.shape[0] + 1)))
+        idx.append(columns[keep] - c0)
+        val.append(values[keep])
+        offset += rows.size
+    return np.stack(ptr), np.concatenate(idx), np.concatenate(val)
+
+
 class PresynapticProduct(NamedTuple):
     """lam @ W.T: the presynaptic spikes' gradient [B, sources] from their targets'
     conductance adjoint lam [B, targets], for W [sources, targets]."""
@@ -259,30 +278,18 @@ class PresynapticProduct(NamedTuple):
     out: torch.Tensor  # the product, [B, sources]
 
     @classmethod
-    def of(cls, weights: torch.Tensor, batch: int) -> "PresynapticProduct":
-        """For W from presynaptic_operand."""
-        out = torch.empty(batch, weights.shape[0], dtype=weights.dtype)
-        if weights.layout == torch.strided:
-            return cls(weights, None, out)
-        dtype = _np(out).dtype
-        return cls(None, (*_tiled_csr(_np(weights.to_dense())), np.zeros((kernels.TILE, kernels.BLOCK), dtype),
-                          np.zeros((weights.shape[0], kernels.BLOCK), dtype)), out)
+    def of(cls, operand, batch: int, dtype: torch.dtype) -> "PresynapticProduct":
+        """For W from product_operand, with this range's output and scratch."""
+        if isinstance(operand, torch.Tensor):
+            return cls(operand, None, torch.empty(batch, operand.shape[0], dtype=dtype))
+        sources = operand[0].shape[1] - 1
+        out = torch.empty(batch, sources, dtype=dtype)
+        scalar = _np(out).dtype
+        return cls(None, (*operand, np.zeros((kernels.TILE, kernels.BLOCK), scalar),
+                          np.zeros((sources, kernels.BLOCK), scalar)), out)
 
     def write_dense(self, lam: torch.Tensor) -> None:
         torch.mm(lam, self.dense.t(), out=self.out)
-
-
-def _tiled_csr(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """W [sources, targets] as kernels.presynaptic_product takes it: one CSR per tile
-    of kernels.TILE targets, concatenated; row pointers [tiles, sources + 1]."""
-    ptr, idx, val, offset = [], [], [], 0
-    for c0 in range(0, w.shape[1], kernels.TILE):
-        rows, columns = np.nonzero(w[:, c0:c0 + kernels.TILE])  # row-major: by row, then column
-        ptr.append(offset + np.searchsorted(rows, np.arange(w.shape[0] + 1)))
-        idx.append(columns)
-        val.append(w[rows, c0 + columns])
-        offset += rows.size
-    return np.stack(ptr), np.concatenate(idx), np.concatenate(val)
 
 
 def _events_of_samples(ev: ArrivalEvents, b0: int, b1: int, p: FastParams) -> ArrivalEvents:

@@ -1,8 +1,8 @@
 """Compiled CPU loops of the fast backend (numba): per-sample time loops, a chunk's reverse steps.
 
 The functions work on numpy views of the fast backend's tensors and release the
-GIL, so `engine.fast_cpu` runs sample ranges on several threads: the forward and
-the recomputation take their range [b0, b1), the reverse steps (whose recurrent
+GIL, so `engine.fast_cpu` runs sample ranges on several threads: the forward takes
+its range [b0, b1), the recomputation and the reverse steps (whose recurrent
 products block the samples together) all samples of the arrays they are given,
 one range's. Layouts are engine.fast's: a state row holds E then I cells
 (N = n_e + n_i), a conductance row [AMPA of E | AMPA of I | GABA of E] (M = N + n_e).
@@ -218,12 +218,12 @@ def _scratch(n, n_e, m, dtype):
 @_compiled
 def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
                     use_ei, use_ie, has_neg, const, refractory, chunk, readout,
-                    count_e, count_i, filtered, s_e, s_i, ck_v, ck_g, ck_age, ck_fired, voltages):
+                    count_e, count_i, filtered, s_e, s_i, ck_v, ck_g, ck_age, voltages):
     """Simulate samples [b0, b1) from rest.
 
     Writes spike counts [B, n_e] / [B, n_i], the readout's filtered E count
     sum_t readout[t] s_e[t] [B, n_e], the state at every chunk start (ck_*[chunk
-    index, b]: v, g, ages and the previous step's spikes), and where those arrays
+    index, b]: v, g and ages), and where those arrays
     are not empty the float spike trains s_e [T, B, n_e] / s_i [T, B, n_i] and the
     voltages [T, B, N]."""
     steps, n, m = readout.shape[0], ck_v.shape[2], ck_g.shape[2]
@@ -234,7 +234,6 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
         v = np.full(n, const[E_L], dtype=dtype)
         g = np.zeros(m, dtype=dtype)
         age[:] = _NEVER
-        fired[:] = False
         count = 0
         cursor, end = ev_ptr[b], ev_ptr[b + 1]
         for t in range(steps):
@@ -242,7 +241,6 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
                 _copy(ck_v[t // chunk, b], v)
                 _copy(ck_g[t // chunk, b], g)
                 _copy(ck_age[t // chunk, b], age)
-                _copy(ck_fired[t // chunk, b], fired)
             cursor = _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                                    w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
             _step(n_e, const, refractory, a, v, g, age, fired, None)
@@ -265,10 +263,10 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
 
 
 @_compiled
-def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
-                      use_ei, use_ie, has_neg, const, refractory, ck_v, ck_g, ck_age, ck_fired,
+def recompute_samples(index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
+                      use_ei, use_ie, has_neg, const, refractory, ck_v, ck_g, ck_age,
                       tape_v2, tape_leak, spikes):
-    """Re-run chunk `index` (steps t0 .. t0 + L - 1) of samples [b0, b1) from its checkpoint.
+    """Re-run chunk `index` (steps t0 .. t0 + L - 1) of every sample from its checkpoint.
 
     Writes the tape (_step's factors): tape_v2 [L + 1, B, N], whose row 0 is the
     voltage before the chunk and row k + 1 step k's v2; tape_leak [L, B, N]; and
@@ -277,12 +275,13 @@ def recompute_samples(b0, b1, index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos
     """
     length, n = tape_leak.shape[0], ck_v.shape[2]
     a, ie_sum, fired, cells, age = _scratch(n, n_e, ck_g.shape[2], const.dtype)
-    for b in range(b0, b1):
+    for b in range(ck_v.shape[1]):
         v = ck_v[index, b].copy()
         g = ck_g[index, b].copy()
         _copy(tape_v2[0, b], v)
         _copy(age, ck_age[index, b])
-        _copy(fired, ck_fired[index, b])
+        for j in range(n):
+            fired[j] = age[j] == _ONE_STEP  # the cells that spiked on the step before the chunk
         lo, end = ev_ptr[b], ev_ptr[b + 1]
         cursor = lo + np.searchsorted(ev_step[lo:end], t0)
         count = _fired_cells(fired, cells)

@@ -25,7 +25,7 @@ from engine import Config, ConfigError, init_weights, poisson_encode, poisson_ev
 from engine.data import load_tier
 from engine.fast import simulate_fast
 from engine import fast_kernels as kernels
-from engine.fast_cpu import PresynapticProduct, presynaptic_operand
+from engine.fast_cpu import PresynapticProduct, presynaptic_operand, product_operand
 from engine.reference import simulate_reference
 
 ALL_WEIGHTS = ("W_in", "W_ei", "W_ie", "W_out")
@@ -213,7 +213,7 @@ def test_sparse_presynaptic_product_matches_the_dense_one(batch, dtype):
     targets = 2 * kernels.TILE + 50
     w = (torch.rand(80, targets, generator=gen) < 0.2).to(dtype) * torch.rand(80, targets, generator=gen, dtype=dtype)
     lam = torch.randn(batch, targets + 40, generator=gen, dtype=dtype)[:, 20:20 + targets]
-    product = PresynapticProduct.of(presynaptic_operand(w), batch)
+    product = PresynapticProduct.of(product_operand(w), batch, dtype)
     assert product.dense is None
     kernels.presynaptic_product(*product.compiled, lam.numpy(), product.out.numpy())
     torch.testing.assert_close(product.out, lam @ w.t())
