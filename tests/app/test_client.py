@@ -56,7 +56,7 @@ def test_train_follow_wait_metrics_download_rerun_cancel_delete(token_server, tm
         analysis = client.submit_analysis(run, "fi_curve")
         assert analysis.kind is RunKind.ANALYSIS and analysis.source_run_id == run.id
         again = client.rerun(run)
-        assert again.source_run_id == run.id and again.config == run.config
+        assert again.id != run.id and again.config == run.config
         for queued in (analysis, again):
             client.cancel(queued)
         assert {client.wait(r, timeout_s=30, poll_s=0.2).state for r in (analysis, again)} == {RunState.CANCELLED}
