@@ -25,11 +25,12 @@ def add_remote_arguments(sub: argparse._SubParsersAction, train: argparse.Argume
                          study: argparse.ArgumentParser, force: argparse.ArgumentParser) -> None:
     """--server/--token on the queueing commands, and the `runs` command group."""
     for parser in (train, study, force):
-        group = parser.add_argument_group("against a server (through its REST API, not --data-dir)")
+        group = parser.add_argument_group("against a server (queue through its REST API, nothing local)")
         group.add_argument("--server", metavar="URL", help="queue on this spikeboard server, e.g. http://gpu-box:8000")
         group.add_argument("--token", help="its bearer token (default: SPIKEBOARD_TOKEN)")
-    train.add_argument_group("against a server").add_argument(
-        "--detach", action="store_true", help="with --server: print the queued run and return, do not follow it")
+        if parser is train:
+            group.add_argument("--detach", action="store_true",
+                               help="print the queued run and return instead of following its epochs")
     for action in train._actions:  # --out names a local folder: not needed with --server (checked below)
         if action.dest == "out":
             action.required = False
