@@ -98,7 +98,7 @@ def test_errors_carry_the_servers_detail_and_the_token_comes_from_the_environmen
         nobody.list_runs()
 
 
-def test_sweeps_studies_force_and_filters_on_a_queue_only_server(queue_only_server):
+def test_sweeps_studies_force_and_filters_on_a_queue_only_server(queue_only_server, tmp_path):
     with Client(queue_only_server.url) as client:
         sweep = client.submit_sweep(small_config(epochs=1), {"ei_strength": [0.0, 0.1]})
         assert isinstance(sweep, SweepPublic) and len(sweep.run_ids) == 2
@@ -117,6 +117,11 @@ def test_sweeps_studies_force_and_filters_on_a_queue_only_server(queue_only_serv
         assert isinstance(study, StudyPublic) and len(study.members) == 2
         assert client.get_study(study).id in [s.id for s in client.list_studies().data]
         assert client.cancel_study(study).state is RunState.CANCELLED
+        report = client.study_report(study)
+        assert report["study_id"] == study.id and report["state"] == "cancelled"
+        markdown = client.download_report(study, "md", tmp_path)
+        assert markdown == tmp_path / f"study-{study.id}.md" and markdown.read_text().startswith("#")
+        assert client.download_report(study, "csv").splitlines()[0]  # a header row
         assert "nb041" in {p.name for p in client.study_presets().data}
         with pytest.raises(Conflict, match="analyses need a succeeded train run"):
             client.submit_analysis(force, "fi_curve")
