@@ -109,8 +109,9 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def queue_train(client: Client, args: argparse.Namespace) -> int:
-    if args.resume:
-        print("spikeboard: --resume is for a local run folder; a server resumes its runs itself", file=sys.stderr)
+    if args.out or args.resume:
+        print("spikeboard: --out and --resume name a local run folder; with --server the server keeps "
+              "(and resumes) its runs", file=sys.stderr)
         return 2
     run = client.submit_run(config_fields(args))
     print(json.dumps({"run_id": run.id, "state": run.state.value, "server": client.url}))

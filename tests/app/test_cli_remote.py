@@ -68,6 +68,8 @@ def test_bad_requests_exit_2_with_the_servers_detail(server, capsys, monkeypatch
     assert status == 2 and "invalid request" in err and "config.n_e: must be > 0" in err
     status, _, err = run_cli(capsys, "force", "nope", "--server", server.url, "--token", TOKEN)
     assert status == 2 and "experiment" in err
+    status, _, err = run_cli(capsys, "train", "--server", server.url, "--out", "runs/here")
+    assert status == 2 and "local run folder" in err
     status, _, err = run_cli(capsys, "runs", "show", "nope", "--server", server.url)
     assert status == 2 and "run nope not found" in err
     with pytest.raises(SystemExit) as usage:  # no --server: a local run needs its folder, as before
