@@ -248,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     force.add_argument("--data-dir", default="spikeboard-data", help="the store to queue into")
 
     sub.add_parser("bench", help="benchmark reference vs fast engine (see --help after bench)", add_help=False)
+    from app.cli_remote import add_remote_arguments  # --server on train/study/force, and `runs`
+
+    add_remote_arguments(sub, train=train, study=study, force=force)
     return parser
 
 
@@ -260,7 +263,12 @@ def main(argv: list[str] | None = None) -> int:
         from engine.bench import main as bench_main
 
         return bench_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from app.cli_remote import remote_command
+
+    if (status := remote_command(parser, args)) is not None:  # through a server's REST API
+        return status
     commands = {"train": cmd_train, "simulate": cmd_simulate, "serve": cmd_serve, "force": cmd_force, "study": cmd_study}
     try:
         return commands[args.command](args)

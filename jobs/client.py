@@ -1,4 +1,10 @@
-"""A small client of the REST API for scripts.
+"""A small untyped client of the REST API (dicts in, dicts out).
+
+Deprecated for scripts: use `from spikeboard import Client` (app/client.py), which
+returns the API's typed models, follows and waits with a progress bar, and gives
+metrics as a DataFrame. That client needs the API's pydantic models, which live in
+app/, and the job layer does not import app/, so it cannot be re-exported from
+here; this module stays as the test suite's low-level helper.
 
     from jobs.client import Client
     with Client("http://127.0.0.1:8000", token=None) as api:

@@ -62,7 +62,8 @@ def get_metrics(run_id: RunId, jobs: JobServiceDep, format: Annotated[str | None
 
 
 @router.get("/{run_id}/events", response_class=EventSourceResponse,
-            responses={200: {"content": {"text/event-stream": {}}, "description": "state and epoch events"}})
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                             "description": "state and epoch events"}})
 async def follow_run(run_id: RunId, jobs: JobServiceDep) -> EventSourceResponse:
     """Server-Sent Events: `state` (now and on each change), `epoch` (each new
     epoch), then `end` once the run is finished."""
@@ -117,7 +118,9 @@ def list_artifacts(run_id: RunId, jobs: JobServiceDep) -> ArtifactsPublic:
 
 
 @router.get("/{run_id}/artifacts/{name:path}", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {}}, "description": "the file"}})
+            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                 "format": "binary"}}},
+                             "description": "the file"}})
 def get_artifact(run_id: RunId, name: str, jobs: JobServiceDep) -> FileResponse:
     """A file inside the run's folder (e.g. artifacts/rates.npz); nothing outside it."""
     return FileResponse(jobs.artifact_path(run_id, name))
