@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from app.api.deps import Authorized, JobServiceDep
 from app.api.responses import CONFLICT, NOT_FOUND, WRITE
-from app.api.runs import fields_under
+from jobs.models import InvalidRequest
 from app.api.schemas import SweepCreate, SweepPublic, SweepsPublic
 
 router = APIRouter(prefix="/sweeps", tags=["sweeps"])
@@ -17,8 +17,18 @@ router = APIRouter(prefix="/sweeps", tags=["sweeps"])
 @router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Authorized], responses=WRITE)
 def submit_sweep(body: SweepCreate, jobs: JobServiceDep) -> SweepPublic:
     """Grid over config fields (seeds included): {"config": {...}, "grid": {"arch": ["ping", "coba"]}}."""
-    with fields_under("config" if body.config is not None else "base"):
+    try:
         return SweepPublic.of(jobs.submit_sweep(body.base_config(), body.grid))
+    except InvalidRequest as exc:
+        if body.base is not None:
+            raise
+        # the service names the base config "base"; this request called it "config"
+        (field, message), *more = [(_renamed(f), m) for f, m in exc.errors]
+        raise InvalidRequest(field, message, more=tuple(more)) from exc
+
+
+def _renamed(field: str) -> str:
+    return "config" + field[len("base"):] if field == "base" or field.startswith("base.") else field
 
 
 @router.get("")
