@@ -347,3 +347,11 @@ def test_unconnected_page_sessions_are_capped_and_expire(dashboard):
     while sessions() and time.monotonic() < deadline:  # never connected: expired within seconds
         time.sleep(0.5)
     assert sessions() == 0 and time.monotonic() < deadline
+
+
+def test_the_run_page_shows_the_divergence_flag():
+    from app.dashboard.run_page import divergence_html
+
+    assert divergence_html([{"epoch": 1, "divergence": None}]) == ""
+    shown = divergence_html([{"epoch": 2, "divergence": "E rate 491 Hz is at the refractory ceiling (500 Hz)"}])
+    assert "Diverged" in shown and "epoch 2" in shown and "refractory ceiling" in shown
