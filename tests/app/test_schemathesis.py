@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("schemathesis")
 
-MAX_EXAMPLES = 15
+MAX_EXAMPLES = 5
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 
 
