@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 from engine.config import Config
@@ -59,7 +60,7 @@ def machine_memory_bytes() -> float:
         memory = 8e9
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            raw = open(path).read().strip()
+            raw = Path(path).read_text().strip()
         except OSError:
             continue
         if raw.isdigit():
