@@ -266,22 +266,22 @@ class Client:
 
     # --- studies --------------------------------------------------------------------------
     def study_presets(self) -> StudyPresetsPublic:
-        return self._get(StudyPresetsPublic, "/api/studies")
+        return self._get(StudyPresetsPublic, "/api/studies/presets")
 
     def submit_study(self, name: str, overrides: dict[str, Any] | None = None,
                      source_run_id: str | None = None) -> StudyPublic:
         """Queue preset `name` (see `study_presets()`); its analyses follow its training runs."""
-        return self._post(StudyPublic, f"/api/studies/{name}",
+        return self._post(StudyPublic, f"/api/studies/presets/{name}",
                           {"overrides": overrides or {}, "source_run_id": source_run_id})
 
     def get_study(self, study: str | StudyPublic) -> StudyPublic:
-        return self._get(StudyPublic, f"/api/studies/runs/{_id(study)}")
+        return self._get(StudyPublic, f"/api/studies/{_id(study)}")
 
     def list_studies(self, limit: int = 100, offset: int = 0) -> StudiesPublic:
-        return self._get(StudiesPublic, "/api/studies/runs", limit=limit, offset=offset)
+        return self._get(StudiesPublic, "/api/studies", limit=limit, offset=offset)
 
     def cancel_study(self, study: str | StudyPublic) -> StudyPublic:
-        return self._post(StudyPublic, f"/api/studies/runs/{_id(study)}/cancel")
+        return self._post(StudyPublic, f"/api/studies/{_id(study)}/cancel")
 
     def wait_study(self, study: str | StudyPublic, timeout_s: float | None = None, poll_s: float = 1.0,
                    progress: bool = False) -> StudyPublic:
@@ -290,7 +290,7 @@ class Client:
                               lambda s: bar.show(round(100 * s.progress), s.state.value))
 
     def study_report(self, study: str | StudyPublic) -> dict[str, Any]:
-        return self._send("GET", f"/api/studies/runs/{_id(study)}/report").json()
+        return self._send("GET", f"/api/studies/{_id(study)}/report").json()
 
     def download_report(self, study: str | StudyPublic, format: str = "md",
                         dest: str | Path | None = None) -> str | Path:
@@ -299,7 +299,7 @@ class Client:
         if format not in ("md", "csv", "json"):
             raise ValueError(f"format must be md, csv or json, not {format!r}")
         suffix = "" if format == "json" else f".{format}"
-        text = self._send("GET", f"/api/studies/runs/{_id(study)}/report{suffix}").text
+        text = self._send("GET", f"/api/studies/{_id(study)}/report{suffix}").text
         if dest is None:
             return text
         target = Path(dest)

@@ -9,8 +9,10 @@ from fastapi import FastAPI
 from app.api.deps import Services
 from app.api.errors import install_error_handlers
 from app.api.router import api_router
+from app.security import DashboardProbe, GuardOptions, GuardState, RequestGuard
 from app.settings import Settings
 from jobs.executors import make_executor
+from jobs.limits import RunLimits
 from jobs.paths import DataDir
 from jobs.scheduler import Scheduler
 from jobs.service import JobService
@@ -26,7 +28,7 @@ def build_services(settings: Settings) -> Services:
                              ray_address=settings.ray_address)
     scheduler = Scheduler(store, executor, stale_after_s=settings.stale_after_s,
                           grace_s=settings.cancel_grace_s)
-    jobs = JobService(store, data, cancel_worker=scheduler.cancel)
+    jobs = JobService(store, data, cancel_worker=scheduler.cancel, limits=RunLimits.for_machine())
     return Services(settings=settings, store=store, jobs=jobs, scheduler=scheduler)
 
 
@@ -46,10 +48,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="spikeboard", version="0.1.0", lifespan=lifespan,
                   description="Queue, follow and inspect spiking E/I network runs and sweeps.")
     app.state.services = services
+    app.state.guard = GuardState()
+    app.state.dashboard_probe = DashboardProbe()
     install_error_handlers(app)
     app.include_router(api_router, prefix="/api")
     if settings.dashboard:
         from app.dashboard import mount_dashboard  # Panel and HoloViews load only when served
 
         mount_dashboard(app, services)  # after the API, whose routes it must not shadow
+    # outermost: Host, cross-site, content-type and session checks come before anything else
+    app.add_middleware(RequestGuard, bind_host=settings.host, options=GuardOptions.from_env(),
+                       state=app.state.guard, dashboard=app.state.dashboard_probe, token=settings.token)
     return app

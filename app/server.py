@@ -14,6 +14,7 @@ import logging
 import uvicorn
 
 from app.main import create_app
+from app.security import check_bind
 from app.settings import Settings
 
 log = logging.getLogger("app.server")
@@ -25,9 +26,7 @@ def serve(host: str, port: int, data_dir: str, workers: int, token: str | None, 
     settings = Settings.from_env(host=host, port=port, data_dir=data_dir, workers=workers, token=token,
                                  executor=executor, ray_address=ray_address, runs_per_gpu=runs_per_gpu)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not settings.is_loopback and settings.token is None:
-        log.warning("serving on %s without a token: anyone who can reach this port can queue, cancel "
-                    "and delete runs; pass --token (or SPIKEBOARD_TOKEN)", host)
+    check_bind(settings.host, settings.token)  # a public bind needs a token (app/security.py)
     app = create_app(settings)
     log.info("data in %s, %s executor, %d worker slot(s)%s", settings.data_dir.resolve(), settings.executor,
              settings.workers, f" at Ray {settings.ray_address}" if settings.ray_address else "")

@@ -209,10 +209,31 @@ def _validate(config: Config) -> None:
         raise ConfigError("trainable", f"must be a non-empty subset of {list(WEIGHT_NAMES)}, got {list(config.trainable)}")
     if len(set(config.trainable)) != len(config.trainable):
         raise ConfigError("trainable", f"lists a weight twice: {list(config.trainable)}")
+    _validate_extremes(config)
     if config.n_steps < 1:
         raise ConfigError("t_ms", f"must cover at least one step of dt_ms, got {config.t_ms}")
     if not (config.device == "cpu" or config.device == "cuda" or config.device.startswith("cuda:")):
         raise ConfigError("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {config.device!r}")
+
+
+# Values no run can use, refused here rather than failing inside a worker: torch
+# seeds are 64-bit signed; counts beyond 2^31 overflow tensor indexing long
+# before memory runs out; a step under a microsecond is no neuron model.
+MAX_SEED = 2**63 - 1
+MAX_COUNT = 2**31 - 1
+MIN_DT_MS = 1e-3
+
+
+def _validate_extremes(config: Config) -> None:
+    if config.seed > MAX_SEED:
+        raise ConfigError("seed", f"must be <= 2^63 - 1, got {config.seed}")
+    for name in ("n_input", "n_e", "n_i", "n_out", "epochs", "batch_size"):
+        if getattr(config, name) > MAX_COUNT:
+            raise ConfigError(name, f"must be <= 2^31 - 1, got {getattr(config, name)}")
+    if config.dt_ms < MIN_DT_MS:
+        raise ConfigError("dt_ms", f"must be >= {MIN_DT_MS} ms, got {config.dt_ms}")
+    if not config.t_ms / config.dt_ms <= MAX_COUNT:
+        raise ConfigError("t_ms", f"must be at most 2^31 - 1 steps of dt_ms, got {config.t_ms}")
 
 
 def _validate_resolved(config: Config) -> None:

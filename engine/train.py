@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from engine.config import Config
 from engine.convergence import summarise
 from engine.data import Dataset, load_tier
+from engine.divergence import divergence_reasons
 from engine.encoding import poisson_events
 from engine.evaluate import batches, evaluate
 from engine.rundir import RunDir
@@ -75,6 +76,9 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = True,
             "grad_ratio": stats["grad_ratio"],
             "epoch_s": time.perf_counter() - started,
         }
+        _check_finite(record, epoch)
+        diverged = divergence_reasons([*run.read_metrics(), record], config)
+        record["divergence"] = "; ".join(diverged) or None  # flagged, not failed: the numbers are finite
         run.append_metrics(record)
         run.save_checkpoint(_checkpoint(config, weights, optimizer, epoch))
         if on_epoch:
@@ -140,7 +144,14 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
             ratios[name].append(float(w.grad.norm() / w.detach().norm().clamp(min=1e-12)))
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        optimizer.step()
+        try:
+            optimizer.step()
+        except RuntimeError as exc:  # Adam's step size lr / (1 - beta1^t) itself overflowed the dtype
+            if "overflow" not in str(exc):
+                raise
+            raise NonFiniteError(f"the optimiser step overflowed {config.dtype} in epoch {epoch}, batch {b + 1} "
+                                 f"(lr {config.lr:g}): {exc}") from exc
+        _check_weights(weights, config, epoch, b + 1)
         loss_sum += float(loss.detach()) * len(index)
         correct += int((out["logits"].argmax(-1) == labels).sum())
         grad_norms.append(grad_norm)
@@ -151,6 +162,27 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
         "grad_norm": sum(grad_norms) / len(grad_norms),
         "grad_ratio": {name: sum(v) / len(v) for name, v in ratios.items()},
     }
+
+
+def _check_weights(weights, config: Config, epoch: int, batch: int) -> None:
+    """A weight that an optimiser step made NaN or inf fails the run here, before
+    the next batch simulates with it (the last good checkpoint stays)."""
+    for name in config.trainable:
+        w = weights[name].detach()
+        if not bool(torch.isfinite(w).all()):
+            bad = int((~torch.isfinite(w)).sum())
+            raise NonFiniteError(f"weight {name} became non-finite ({bad} of {w.numel()} entries) in "
+                                 f"epoch {epoch}, batch {batch}; lower lr ({config.lr:g})")
+
+
+def _check_finite(record: dict[str, Any], epoch: int, prefix: str = "") -> None:
+    """Every figure of an epoch record is finite (JSON has no inf), e.g. a norm
+    that overflowed float32 although each weight is finite."""
+    for key, value in record.items():
+        if isinstance(value, dict):
+            _check_finite(value, epoch, f"{prefix}{key}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise NonFiniteError(f"{prefix}{key} became {value} in epoch {epoch}")
 
 
 def _checkpoint(config: Config, weights, optimizer, epoch: int) -> dict[str, Any]:
@@ -170,6 +202,8 @@ def _finish(run: RunDir, weights, test) -> None:
 
 
 def _summary(run: RunDir) -> dict[str, Any]:
-    summary = summarise(run.read_metrics())
+    records = run.read_metrics()
+    summary = summarise(records)
+    summary["divergence"] = records[-1].get("divergence") if records else None
     run.save_summary(summary)
     return summary

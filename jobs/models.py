@@ -66,11 +66,27 @@ class Conflict(JobsError):
 
 
 class InvalidRequest(JobsError):
-    """A request field is invalid; `field` names it (HTTP 422)."""
+    """A request field is invalid; `field` names it (HTTP 422). `more` holds
+    further (field, message) pairs, so one answer names every bad field;
+    `location` is where the fields are: "body" or "query"."""
 
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
+    def __init__(self, field: str, message: str, *, more: tuple[tuple[str, str], ...] = (),
+                 location: str = "body"):
+        super().__init__("; ".join(f"{f}: {m}" for f, m in ((field, message), *more)))
+        self.field, self.message, self.more, self.location = field, message, tuple(more), location
+
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        return [(self.field, self.message), *self.more]
+
+    @property
+    def prefix(self) -> tuple[str, ...]:
+        return (self.location,)
+
+    def under(self, prefix: str) -> "InvalidRequest":
+        """The same errors with their fields placed under `prefix` (config.n_e)."""
+        (field, message), *more = [(f"{prefix}.{f}", m) for f, m in self.errors]
+        return InvalidRequest(field, message, more=tuple(more), location=self.location)
 
 
 def check_transition(run_id: str, current: RunState, target: RunState) -> None:
@@ -98,6 +114,12 @@ class Run:
     cancel_requested: bool
     resumed_from_epoch: int | None
     n_epochs: int
+    restarts: int = 0  # requeues by a server stop or restart: not counted as crashes
+
+    @property
+    def crashes(self) -> int:
+        """Attempts that ended for the run's own reasons (or are under way)."""
+        return self.attempt - self.restarts
 
     @classmethod
     def from_row(cls, row: Any) -> "Run":
@@ -110,6 +132,7 @@ class Run:
             heartbeat_at=row["heartbeat_at"], worker_pid=row["worker_pid"],
             cancel_requested=bool(row["cancel_requested"]),
             resumed_from_epoch=row["resumed_from_epoch"], n_epochs=row["n_epochs"],
+            restarts=row["restarts"] if "restarts" in row.keys() else 0,
         )
 
 

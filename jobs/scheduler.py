@@ -42,7 +42,7 @@ class Scheduler:
         requeued = []
         for run in self._running():
             if not self.executor.is_alive(run.id) and not pid_alive(run.worker_pid):
-                if self.store.requeue(run.id, run.attempt):
+                if self.store.requeue(run.id, run.attempt, restart=True):
                     requeued.append(run.id)
         if requeued:
             log.info("requeued %d run(s) left running by a previous server: %s", len(requeued), requeued)
@@ -76,13 +76,13 @@ class Scheduler:
             return
         if run.cancel_requested:
             target, error = RunState.CANCELLED, None
-        elif run.attempt < self.max_attempts:
+        elif run.crashes < self.max_attempts:
             log.warning("run %s: worker exited with code %d; requeued", run.id, exited.returncode)
             self.store.requeue(run.id, run.attempt)
             return
         else:
             target, error = RunState.FAILED, (f"worker exited with code {exited.returncode} without a "
-                                              f"result (attempt {run.attempt} of {self.max_attempts})")
+                                              f"result (crash {run.crashes} of {self.max_attempts})")
         try:
             self.store.transition(run.id, target, error=error, attempt=exited.attempt)
         except (Conflict, InvalidTransition) as exc:
@@ -123,4 +123,4 @@ class Scheduler:
             if run.state is RunState.RUNNING and run.cancel_requested:
                 self.settle(exited)
             else:
-                self.store.requeue(exited.run_id, exited.attempt)
+                self.store.requeue(exited.run_id, exited.attempt, restart=True)

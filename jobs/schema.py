@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS study_runs (
 );
 """
 
+# Columns added after the first release, with their definitions: a store opened
+# on an older file adds them (SQLite has no ADD COLUMN IF NOT EXISTS).
+# restarts: requeues that were not the run's fault (server stop or restart); the
+# retry budget counts attempts minus restarts.
+ADDED_RUN_COLUMNS = {"restarts": "INTEGER NOT NULL DEFAULT 0"}
+
 # Every read of a run goes through this projection, so `Run.from_row` sees one shape.
 RUN_COLUMNS = """
     runs.*, (SELECT COUNT(*) FROM metrics m WHERE m.run_id = runs.id) AS n_epochs

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator
 from engine.config import Config, ConfigError
 from jobs.models import (Conflict, InvalidRequest, InvalidTransition, Run, RunKind, RunNotFound,
                          RunState, Sweep)
+from jobs.limits import RunLimits
 from jobs.paths import DataDir
 from jobs.store import RunStore
 from jobs.studies import Study
@@ -30,29 +31,55 @@ EVENT_POLL_S = 0.25
 class NotFound(RunNotFound):
     """A file that is not (or may not be served) inside a run's folder."""
 
+    def __init__(self, message: str):
+        Exception.__init__(self, message)
 
-def validate_config(fields: dict[str, Any]) -> dict[str, Any]:
-    """The one validation of a run config: the engine's own."""
-    try:
-        return Config.from_dict(fields).to_dict()
-    except ConfigError as exc:
-        raise InvalidRequest(exc.field, exc.message) from exc
-    except TypeError as exc:  # e.g. a value the dataclass cannot hold at all
-        raise InvalidRequest("config", str(exc)) from exc
+
+def validate_config(fields: dict[str, Any], limits: RunLimits | None = None) -> dict[str, Any]:
+    """The one validation of a run config: the engine's own, then (with `limits`)
+    this server's size limits. Every bad field is named, not only the first."""
+    return _checked_config(fields, limits).to_dict()
+
+
+def _checked_config(fields: dict[str, Any], limits: RunLimits | None) -> Config:
+    errors: list[tuple[str, str]] = []
+    remaining = dict(fields)
+    config = None
+    # the engine stops at the first bad field: drop it (its default stands in) and look again
+    for _ in range(len(fields) + 1):
+        try:
+            config = Config.from_dict(remaining)
+            break
+        except ConfigError as exc:
+            errors.append((exc.field, exc.message))
+            if exc.field not in remaining:  # a rule between fields, or a default: nothing left to drop
+                break
+            del remaining[exc.field]
+        except TypeError as exc:  # e.g. a value the dataclass cannot hold at all
+            errors.append(("config", str(exc)))
+            break
+    if not errors and config is not None and limits is not None:
+        errors = limits.check(config)
+    if errors or config is None:
+        (field, message), *more = errors or [("config", "is not a valid config")]
+        raise InvalidRequest(field, message, more=tuple(more))
+    return config
 
 
 class JobService:
-    def __init__(self, store: RunStore, data: DataDir, cancel_worker=None):
+    def __init__(self, store: RunStore, data: DataDir, cancel_worker=None, limits: RunLimits | None = None):
         # cancel_worker(run_id) signals the run's worker; the server passes the
         # scheduler's, a process without workers (a script, tests) passes none.
         self.store, self.data = store, data
+        self.limits = limits or RunLimits.for_machine()
         # rasters simulate inside the server process: at most two at a time
         self._rasters = threading.BoundedSemaphore(2)
         self._cancel_worker = cancel_worker or (lambda run_id: None)
 
     # --- runs -------------------------------------------------------------------
     def submit_run(self, fields: dict[str, Any]) -> Run:
-        return self.store.create_run(RunKind.TRAIN, validate_config(fields), code_version=code_version())
+        return self.store.create_run(RunKind.TRAIN, validate_config(fields, self.limits),
+                                     code_version=code_version())
 
     def get_run(self, run_id: str) -> Run:
         return self.store.get_run(run_id)
@@ -67,10 +94,11 @@ class JobService:
         return run
 
     def rerun(self, run_id: str) -> Run:
-        """A new queued run with the same config (and source, for an analysis)."""
+        """A new queued run with the same config. Its `source_run_id` names the run it
+        repeats; an analysis's re-run keeps the trained run it analyses as its source."""
         old = self.store.get_run(run_id)
-        return self.store.create_run(old.kind, old.config, source_run_id=old.source_run_id,
-                                     code_version=code_version())
+        source = old.source_run_id if old.kind is RunKind.ANALYSIS else old.id
+        return self.store.create_run(old.kind, old.config, source_run_id=source, code_version=code_version())
 
     def delete_run(self, run_id: str) -> None:
         """Finished runs only (409 otherwise: cancel first); removes its folder too."""
@@ -113,9 +141,9 @@ class JobService:
         try:
             path = (root / name).resolve()
         except (OSError, ValueError) as exc:
-            raise NotFound(f"{run_id}/{name}") from exc
+            raise NotFound(f"artifact {name} not found in run {run_id}") from exc
         if not path.is_relative_to(root) or not path.is_file():
-            raise NotFound(f"{run_id}/{name}")
+            raise NotFound(f"artifact {name} not found in run {run_id}")
         return path
 
     def spike_raster(self, run_id: str, sample: int = 0, ei_factor: float = 1.0,
@@ -155,7 +183,20 @@ class JobService:
     # --- sweeps ---------------------------------------------------------------------
     def submit_sweep(self, base: dict[str, Any], grid: dict[str, list[Any]]) -> Sweep:
         configs = expand_grid(base, grid)
+        self._check_sizes(configs, "grid")
         return self.store.create_sweep(base, grid, configs, code_version=code_version())
+
+    def _check_sizes(self, configs: list[dict[str, Any]], where: str) -> None:
+        """Each run against the per-run limits, all of them against the per-request one."""
+        checked = [Config.from_dict(c) for c in configs]
+        for config in checked:
+            errors = self.limits.check(config)
+            if errors:
+                (field, message), *more = [(f"{where}.{f}", m) for f, m in errors]
+                raise InvalidRequest(field, message, more=tuple(more))
+        errors = self.limits.check_request(checked)
+        if errors:
+            raise InvalidRequest(where, errors[0][1])
 
     def get_sweep(self, sweep_id: str) -> Sweep:
         return self.store.get_sweep(sweep_id)
@@ -187,6 +228,7 @@ class JobService:
             plan = expand(name, overrides or {}).to_dict()
         except StudyError as exc:
             raise InvalidRequest("name" if exc.field == "name" else f"overrides.{exc.field}", exc.message) from exc
+        self._check_sizes([r["config"] for r in plan["runs"]], "overrides")
         source_analyses = []
         if plan["needs_source"]:
             if source_run_id is None:

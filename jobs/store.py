@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 from jobs.models import (FINISHED_STATES, Conflict, Run, RunKind, RunNotFound, RunState, Sweep,
                          SweepNotFound, check_transition)
-from jobs.schema import RUN_COLUMNS, SCHEMA
+from jobs.schema import ADDED_RUN_COLUMNS, RUN_COLUMNS, SCHEMA
 from jobs.studies import Study, StudyNotFound
 
 BUSY_TIMEOUT_MS = 10_000
@@ -46,6 +46,10 @@ class RunStore:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            present = {row["name"] for row in conn.execute("PRAGMA table_info(runs)")}
+            for column, definition in ADDED_RUN_COLUMNS.items():
+                if column not in present:
+                    conn.execute(f"ALTER TABLE runs ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         with self._lock:
@@ -146,11 +150,18 @@ class RunStore:
         return bool(rows and rows[0][0])
 
     def delete_run(self, run_id: str) -> None:
-        """Delete a finished run's records; unfinished runs must be cancelled first."""
+        """Delete a finished run's records; unfinished runs must be cancelled first,
+        and so must unfinished analyses that read this run's folder."""
         with self._tx() as conn:
             state = _state(conn, run_id)
             if state not in FINISHED_STATES:
                 raise Conflict(f"run {run_id} is {state.value}; cancel it before deleting it")
+            readers = [r["id"] for r in conn.execute(
+                "SELECT id FROM runs WHERE source_run_id = ? AND kind = 'analysis' "
+                "AND state IN ('queued', 'running') ORDER BY created_at", (run_id,))]
+            if readers:
+                raise Conflict(f"run {run_id} is the source of unfinished analyses {', '.join(readers)}; "
+                               "cancel them (or let them finish) before deleting it")
             conn.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
@@ -164,11 +175,15 @@ class RunStore:
                 (now - stale_after_s,)).fetchall()
         return [r["id"] for r in rows]
 
-    def requeue(self, run_id: str, attempt: int) -> bool:
-        """Give a running run back to the queue (its worker stopped without finishing)."""
+    def requeue(self, run_id: str, attempt: int, *, restart: bool = False) -> bool:
+        """Give a running run back to the queue (its worker stopped without finishing).
+        `restart`: the server stopped or restarted, which is not the run's fault and
+        does not count against its retry budget (`Run.crashes`)."""
         with self._tx() as conn:
-            cur = conn.execute("UPDATE runs SET state = 'queued', worker_pid = NULL "
-                               "WHERE id = ? AND attempt = ? AND state = 'running'", (run_id, attempt))
+            cur = conn.execute("UPDATE runs SET state = 'queued', worker_pid = NULL, "
+                               "restarts = restarts + ? "
+                               "WHERE id = ? AND attempt = ? AND state = 'running'",
+                               (int(restart), run_id, attempt))
             return cur.rowcount == 1
 
     # --- metrics --------------------------------------------------------------------

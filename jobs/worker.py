@@ -125,7 +125,7 @@ def record_outcome(store: RunStore, run: Run, stop: threading.Event, exc: BaseEx
         target, error = RunState.SUCCEEDED, None
     elif stop.is_set() or isinstance(exc, engine.TrainingCancelled):
         if not store.cancel_requested(run.id):
-            store.requeue(run.id, run.attempt)
+            store.requeue(run.id, run.attempt, restart=True)  # the server is stopping: not the run's fault
             return None
         target, error = RunState.CANCELLED, None
     elif isinstance(exc, engine.NonFiniteError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from app.api.deps import Authorized, JobServiceDep
+from app.api.responses import WRITE
 from app.api.schemas import ForceExperimentPublic, ForceExperimentsPublic, ForceRunCreate, RunPublic
 from jobs.service import list_force_experiments
 
@@ -23,7 +24,7 @@ def list_experiments() -> ForceExperimentsPublic:
     return ForceExperimentsPublic(data=data, count=len(data))
 
 
-@router.post("/runs", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
+@router.post("/runs", status_code=status.HTTP_201_CREATED, dependencies=[Authorized], responses=WRITE)
 def submit_force_run(body: ForceRunCreate, jobs: JobServiceDep) -> RunPublic:
     """Queue one experiment; a bad parameter answers 422 naming it (params.config.n, ...)."""
     return RunPublic.of(jobs.submit_force(body.experiment, body.params))

@@ -1,4 +1,4 @@
-"""/api/health (cheap liveness for probes; never touches the dashboard) and /api/analyses."""
+"""/api/health: cheap liveness for probes (never touches the dashboard)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from fastapi import APIRouter
 from app.api.deps import JobServiceDep
 from app.api.schemas import Health
 from jobs.models import RunState
-from jobs.service import list_analyses
 from jobs.version import code_version
 
 router = APIRouter(tags=["health"])
@@ -18,9 +17,3 @@ def health(jobs: JobServiceDep) -> Health:
     _, queued = jobs.list_runs(state=RunState.QUEUED, limit=1)
     _, running = jobs.list_runs(state=RunState.RUNNING, limit=1)
     return Health(status="ok", version=code_version(), queued=queued, running=running)
-
-
-@router.get("/analyses", tags=["analyses"])
-def analyses() -> list[dict]:
-    """Analyses that POST /api/runs/{id}/analyses accepts, with their default params."""
-    return list_analyses()

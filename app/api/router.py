@@ -1,10 +1,14 @@
-"""All REST routers under one APIRouter, mounted at /api by `create_app`."""
+"""All REST routers under one APIRouter, mounted at /api by `create_app`.
 
-from fastapi import APIRouter
+Every route answers its errors as JSON and declares them in the OpenAPI
+schema (app/api/responses.py), so a generated client knows each status."""
+
+from fastapi import APIRouter, Depends
 from fastapi.routing import APIRoute
 
-from app.api import force
-from app.api import health, runs, studies, sweeps
+from app.api import analyses, force, health, runs, studies, sweeps
+from app.api.errors import finite_json_body
+from app.api.responses import ANY_REQUEST
 
 
 def operation_id(route: APIRoute) -> str:
@@ -13,9 +17,11 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
-api_router = APIRouter(generate_unique_id_function=operation_id)
+api_router = APIRouter(dependencies=[Depends(finite_json_body)], responses=ANY_REQUEST,
+                       generate_unique_id_function=operation_id)
 api_router.include_router(runs.router)
 api_router.include_router(sweeps.router)
 api_router.include_router(health.router)
+api_router.include_router(analyses.router)
 api_router.include_router(studies.router)
 api_router.include_router(force.router)

@@ -7,15 +7,17 @@ from contextlib import contextmanager
 from typing import Annotated, Iterator
 
 from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse
 from sse_starlette.sse import EventSourceResponse
 
 from app.api.deps import Authorized, JobServiceDep
+from app.api.responses import (ARTIFACT_DEFAULT_TYPE, ARTIFACT_TYPES, CONFLICT, NOT_FOUND, WRITE, CsvResponse)
 from app.api.schemas import (AnalysisCreate, ArtifactPublic, ArtifactsPublic, MetricsPublic, RasterPublic,
                              RunCreate, RunPublic, RunsPublic)
 from jobs.models import InvalidRequest, RunKind, RunState
 
 router = APIRouter(prefix="/runs", tags=["runs"])
+ONE_RUN = {**NOT_FOUND}
 RunId = Annotated[str, "run id"]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=10**9)]
@@ -27,10 +29,19 @@ def fields_under(prefix: str) -> Iterator[None]:
     try:
         yield
     except InvalidRequest as exc:
-        raise InvalidRequest(f"{prefix}.{exc.field}", exc.message) from exc
+        raise exc.under(prefix) from exc
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
+@contextmanager
+def query_fields() -> Iterator[None]:
+    """A bad field named by the service is a query parameter here (loc ["query", "sample"])."""
+    try:
+        yield
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.field, exc.message, more=exc.more, location="query") from exc
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Authorized], responses=WRITE)
 def submit_run(body: RunCreate, jobs: JobServiceDep) -> RunPublic:
     with fields_under("config"):
         run = jobs.submit_run(body.config.model_dump())
@@ -44,26 +55,27 @@ def list_runs(jobs: JobServiceDep, state: RunState | None = None, kind: RunKind 
     return RunsPublic(data=[RunPublic.of(r) for r in runs], count=count)
 
 
-@router.get("/{run_id}")
+@router.get("/{run_id}", responses=ONE_RUN)
 def get_run(run_id: RunId, jobs: JobServiceDep) -> RunPublic:
     return RunPublic.of(jobs.get_run(run_id))
 
 
 @router.get("/{run_id}/metrics", response_model=MetricsPublic,
-            responses={200: {"content": {"text/csv": {}}, "description": "JSON, or CSV on request"}})
+            responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+                             "description": "JSON, or CSV on request"}, **ONE_RUN})
 def get_metrics(run_id: RunId, jobs: JobServiceDep, format: Annotated[str | None, Query(pattern="^(json|csv)$")] = None,
                 accept: Annotated[str | None, Header()] = None):
     """JSON by default; CSV with `?format=csv` or `Accept: text/csv`."""
     wants_csv = format == "csv" or (format is None and "text/csv" in (accept or ""))
     if wants_csv:
-        return PlainTextResponse(jobs.metrics_csv(run_id), media_type="text/csv")
+        return CsvResponse(jobs.metrics_csv(run_id))
     records = jobs.metrics(run_id)
     return MetricsPublic(data=records, count=len(records))
 
 
 @router.get("/{run_id}/events", response_class=EventSourceResponse,
             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                             "description": "state and epoch events"}})
+                             "description": "state and epoch events"}, **ONE_RUN})
 async def follow_run(run_id: RunId, jobs: JobServiceDep) -> EventSourceResponse:
     """Server-Sent Events: `state` (now and on each change), `epoch` (each new
     epoch), then `end` once the run is finished."""
@@ -77,50 +89,60 @@ async def follow_run(run_id: RunId, jobs: JobServiceDep) -> EventSourceResponse:
     return EventSourceResponse(stream())
 
 
-@router.post("/{run_id}/cancel", dependencies=[Authorized])
+@router.post("/{run_id}/cancel", dependencies=[Authorized], responses={**WRITE, **ONE_RUN, **CONFLICT})
 def cancel_run(run_id: RunId, jobs: JobServiceDep) -> RunPublic:
     """Queued: cancelled at once. Running: cancelled within seconds. Finished: 409."""
     return RunPublic.of(jobs.cancel_run(run_id))
 
 
-@router.post("/{run_id}/rerun", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
+@router.post("/{run_id}/rerun", status_code=status.HTTP_201_CREATED, dependencies=[Authorized],
+             responses={**WRITE, **ONE_RUN, **CONFLICT})
 def rerun(run_id: RunId, jobs: JobServiceDep) -> RunPublic:
+    """A new queued run with the same config; its `source_run_id` is the run it repeats
+    (an analysis's re-run analyses the same trained run, and names that one)."""
     return RunPublic.of(jobs.rerun(run_id))
 
 
-@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Authorized])
+@router.delete("/{run_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[Authorized],
+               responses={**WRITE, **ONE_RUN, **CONFLICT})
 def delete_run(run_id: RunId, jobs: JobServiceDep) -> Response:
-    """Finished runs only: a queued or running run answers 409 (cancel it first)."""
+    """Finished runs only: a queued or running run answers 409 (cancel it first), and
+    so does a run that an unfinished analysis or re-run reads (cancel or wait for it)."""
     jobs.delete_run(run_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{run_id}/analyses", status_code=status.HTTP_201_CREATED, dependencies=[Authorized])
+@router.post("/{run_id}/analyses", status_code=status.HTTP_201_CREATED, dependencies=[Authorized],
+             responses={**WRITE, **ONE_RUN, **CONFLICT})
 def submit_analysis(run_id: RunId, body: AnalysisCreate, jobs: JobServiceDep) -> RunPublic:
     """Queue an analysis (e.g. coupling_sweep) of a succeeded train run."""
     return RunPublic.of(jobs.submit_analysis(run_id, body.name, body.params))
 
 
-@router.get("/{run_id}/raster")
+@router.get("/{run_id}/raster", responses={**ONE_RUN, **CONFLICT})
 def get_raster(run_id: RunId, jobs: JobServiceDep, sample: Annotated[int, Query(ge=0, le=100_000)] = 0,
                ei_factor: Annotated[float, Query(ge=0, le=100)] = 1.0,
                ie_factor: Annotated[float, Query(ge=0, le=100)] = 1.0) -> RasterPublic:
     """Simulate test image `sample` through the run's weights (W_ei, W_ie scaled by
     the factors, as in the coupling sweep) and return its spikes and spectrum."""
-    with fields_under("query"):
+    with query_fields():
         return RasterPublic(**jobs.spike_raster(run_id, sample, ei_factor, ie_factor))
 
 
-@router.get("/{run_id}/artifacts")
+@router.get("/{run_id}/artifacts", responses=ONE_RUN)
 def list_artifacts(run_id: RunId, jobs: JobServiceDep) -> ArtifactsPublic:
     files = [ArtifactPublic(**f) for f in jobs.list_artifacts(run_id)]
     return ArtifactsPublic(data=files, count=len(files))
 
 
+_ARTIFACT_CONTENT = {media: {"schema": {"type": "string", "format": "binary"}}
+                     for media in (*ARTIFACT_TYPES.values(), ARTIFACT_DEFAULT_TYPE)}
+
+
 @router.get("/{run_id}/artifacts/{name:path}", response_class=FileResponse,
-            responses={200: {"content": {"application/octet-stream": {"schema": {"type": "string",
-                                                                                 "format": "binary"}}},
-                             "description": "the file"}})
+            responses={200: {"content": _ARTIFACT_CONTENT, "description": "the file, typed by its suffix"},
+                       **ONE_RUN})
 def get_artifact(run_id: RunId, name: str, jobs: JobServiceDep) -> FileResponse:
     """A file inside the run's folder (e.g. artifacts/rates.npz); nothing outside it."""
-    return FileResponse(jobs.artifact_path(run_id, name))
+    path = jobs.artifact_path(run_id, name)
+    return FileResponse(path, media_type=ARTIFACT_TYPES.get(path.suffix.lower(), ARTIFACT_DEFAULT_TYPE))

@@ -7,12 +7,13 @@ import typing
 from dataclasses import MISSING, fields
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from engine.config import ARCHS, BACKENDS, DTYPES, TIERS, Config
 from jobs.models import Run, RunKind, RunState, Sweep
 
-STRICT = ConfigDict(strict=True, extra="forbid")
+# NaN and Infinity are no JSON numbers (Python's parser takes them): refused as input
+STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 # Choice fields get enums in the schema (the engine validates them again).
 _CHOICES: dict[str, tuple[str, ...]] = {"arch": ARCHS, "tier": TIERS, "backend": BACKENDS,
@@ -57,6 +58,7 @@ class RunPublic(BaseModel):
     sweep_id: str | None
     source_run_id: str | None
     attempt: int
+    restarts: int  # attempts that a server stop or restart ended (not counted against the retry budget)
     n_epochs: int
     resumed_from_epoch: int | None
     cancel_requested: bool
@@ -68,7 +70,8 @@ class RunPublic(BaseModel):
         return cls(id=run.id, kind=run.kind, state=run.state, config=run.config, created_at=run.created_at,
                    started_at=run.started_at, finished_at=run.finished_at, progress=run.progress,
                    error=run.error, code_version=run.code_version, sweep_id=run.sweep_id,
-                   source_run_id=run.source_run_id, attempt=run.attempt, n_epochs=run.n_epochs,
+                   source_run_id=run.source_run_id, attempt=run.attempt, restarts=run.restarts,
+                   n_epochs=run.n_epochs,
                    resumed_from_epoch=run.resumed_from_epoch, cancel_requested=run.cancel_requested,
                    worker_pid=run.worker_pid, heartbeat_at=run.heartbeat_at)
 
@@ -132,10 +135,25 @@ GridValue = bool | int | float | str | list[str]
 
 
 class SweepCreate(BaseModel):
+    """`config` is the base config every grid point starts from, named as in
+    POST /api/runs; `base` is its old name, still accepted (not both)."""
     model_config = STRICT
-    base: RunConfig = Field(default_factory=RunConfig)  # type: ignore[valid-type]
+    config: RunConfig | None = None  # type: ignore[valid-type]
+    base: RunConfig | None = Field(default=None, deprecated=True,  # type: ignore[valid-type]
+                                   description="deprecated: the old name of `config`")
     # values of config fields: scalars, or lists of names (trainable)
-    grid: dict[str, list[GridValue]] = Field(min_length=1, examples=[{"arch": ["ping", "coba"], "seed": [42, 43]}])
+    grid: dict[str, list[GridValue]] = Field(min_length=1, max_length=64,
+                                             examples=[{"arch": ["ping", "coba"], "seed": [42, 43]}])
+
+    @model_validator(mode="after")
+    def _one_base(self) -> "SweepCreate":
+        if self.config is not None and self.base is not None:
+            raise ValueError("give the base config as `config` (or the deprecated `base`), not both")
+        return self
+
+    def base_config(self) -> dict[str, Any]:
+        chosen = self.config if self.config is not None else self.base
+        return (chosen or RunConfig()).model_dump()
 
 
 class SweepPublic(BaseModel):
@@ -157,6 +175,22 @@ class SweepPublic(BaseModel):
 class SweepsPublic(BaseModel):
     data: list[SweepPublic]
     count: int
+
+
+class AnalysisPublic(BaseModel):
+    name: str
+    description: str
+    defaults: dict[str, Any]
+
+
+class AnalysesPublic(BaseModel):
+    data: list[AnalysisPublic]
+    count: int
+
+
+class ErrorPublic(BaseModel):
+    """Every 4xx answer but a 422: what went wrong, in words."""
+    detail: str
 
 
 class Health(BaseModel):

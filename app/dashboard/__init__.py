@@ -27,8 +27,8 @@ STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 # A closed tab's session goes once its websocket is gone (see sessions.py) and
 # Bokeh's sweep finds it unused; a page opened without a websocket (a crawler, a
 # stray GET) lingers at most this long.
-UNUSED_SESSION_MS = 15_000
-CHECK_UNUSED_MS = 3_000
+UNUSED_SESSION_MS = 6_000
+CHECK_UNUSED_MS = 1_000
 
 
 class DashboardSessions(BaseModel):
@@ -60,6 +60,9 @@ def mount_dashboard(app: FastAPI, services: Services) -> None:
         """Live dashboard sessions (one per open tab) and live-feed subscribers."""
         return DashboardSessions(sessions=sessions.live_sessions(bokeh_app), live_subscribers=feed.subscribers)
 
+    # the request guard (app/security.py) caps page sessions with these
+    app.state.dashboard_probe.pages = frozenset(pages)
+    app.state.dashboard_probe.live_sessions = lambda: sessions.live_sessions(bokeh_app)
     if services.settings.token:
         access.install(app, services.settings.token)
     _run_with_app(app, feed.run)

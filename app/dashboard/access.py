@@ -21,7 +21,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 COOKIE = "spikeboard_token"
 # the API checks its own bearer token; assets and BokehJS hold nothing private
-OPEN_PREFIXES = ("/api", "/docs", "/redoc", "/openapi.json", "/assets", "/static", "/favicon.ico", "/login")
+OPEN_PREFIXES = ("/api", "/docs", "/redoc", "/openapi.json", "/assets", "/static", "/favicon.ico", "/login",
+                 "/logout")
+COOKIE_MAX_AGE_S = 7 * 24 * 3600  # a week; /logout ends it sooner
+
+
+def served_over_https(request: Request) -> bool:
+    """The request reached us over HTTPS, directly or through a proxy that says
+    so (uvicorn's --proxy-headers / forwarded-allow-ips decide whom to believe)."""
+    return request.url.scheme in ("https", "wss") or \
+        request.headers.get("x-forwarded-proto", "").split(",")[0].strip() == "https"
 
 
 def cookie_value(token: str) -> str:
@@ -86,7 +95,14 @@ def install(app: FastAPI, token: str) -> None:
             return HTMLResponse(_login_page(next, failed=True), status_code=401)
         target = next if next.startswith("/") and not next.startswith("//") else "/"
         response = RedirectResponse(target, status_code=303)
-        response.set_cookie(COOKIE, cookie_value(token), httponly=True, samesite="strict")
+        response.set_cookie(COOKIE, cookie_value(token), max_age=COOKIE_MAX_AGE_S, httponly=True,
+                            samesite="strict", secure=served_over_https(request))
+        return response
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(request: Request) -> RedirectResponse:
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=served_over_https(request))
         return response
 
     app_token = token.encode()

@@ -101,7 +101,8 @@ class RunPage(param.Parameterized):
                  f"{s['slopes']['test_acc_pp_per_epoch']:+.3f} pp/epoch {flag(s['converged']['test_acc'])}"),
                 (f"E-rate slope (last {s['slopes']['window']} epochs)",
                  f"{s['slopes']['rate_e_hz_per_epoch']:+.3f} Hz/epoch {flag(s['converged']['rate_e'])}")]
-        return '<table class="kv">' + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+        table = '<table class="kv">' + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+        return divergence_html(self.records) + table
 
     # --- figures -------------------------------------------------------------------------
     @param.depends("records")
@@ -227,6 +228,15 @@ class RunPage(param.Parameterized):
                                   lambda: _rate_frame(self.raster)),
                                 f(self.spectrum, f"{rid}-spectrum", lambda: plots.spectrum_frame(self.raster)))),
             status=self.status)
+
+
+def divergence_html(records: list[dict]) -> str:
+    """The flag training sets on an epoch that looks diverged (engine.divergence), above the slopes."""
+    reasons = records[-1].get("divergence") if records else None
+    if not reasons:
+        return ""
+    return (f'<p class="field-error diverged"><b>Diverged</b> (epoch {records[-1]["epoch"]}): '
+            f'{html.escape(reasons)}. Lower lr or w_in_scale and run again.</p>')
 
 
 def _rate_frame(raster: dict | None):

@@ -118,7 +118,7 @@ def test_openapi_and_health(http):
     schema = http.get("/openapi.json").json()
     assert "/api/runs/{run_id}/events" in schema["paths"]
     assert http.get("/docs").status_code == 200
-    assert "coupling_sweep" in {a["name"] for a in http.get("/api/analyses").json()}
+    assert "coupling_sweep" in {a["name"] for a in http.get("/api/analyses").json()["data"]}
 
 
 def test_token_guards_mutations_only(server_factory, tmp_path):

@@ -1,4 +1,6 @@
-"""Schemathesis over the live OpenAPI schema: no input makes any endpoint answer 5xx.
+"""Schemathesis over the live OpenAPI schema: no input makes any endpoint answer 5xx,
+and every answer's status code, content type and body are the ones the schema
+declares (a client generated from /openapi.json is right).
 
 Runs its CLI against a real queue-only server (fuzzed configs must not start
 training). The SSE endpoint is left out: on a queued run it streams until the
@@ -14,12 +16,13 @@ import pytest
 
 pytest.importorskip("schemathesis")
 
-MAX_EXAMPLES = 30
+MAX_EXAMPLES = 5
+CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 
 
-def test_no_input_makes_the_api_answer_5xx(queue_only_server, tmp_path):
+def test_no_input_makes_the_api_answer_5xx_or_off_schema(queue_only_server, tmp_path):
     command = [sys.executable, "-m", "schemathesis.cli", "run", f"{queue_only_server.url}/openapi.json",
-               "--checks", "not_a_server_error", "--max-examples", str(MAX_EXAMPLES), "--seed", "1",
+               "--checks", CHECKS, "--max-examples", str(MAX_EXAMPLES), "--seed", "1",
                "--workers", "2", "--exclude-path-regex", "/events$", "--request-timeout", "10",
                "--report-dir", str(tmp_path / "report")]
     # cwd: schemathesis keeps a hypothesis database in ./.schemathesis

@@ -21,14 +21,17 @@ def test_unsafe_values_are_refused(changes):
         Settings(**changes)
 
 
-def test_serve_warns_without_token_off_loopback(monkeypatch, tmp_path, caplog):
+def test_serve_refuses_a_public_bind_without_token_unless_explicit(monkeypatch, tmp_path, capsys):
+    from app.security import BindRefused
+
     started = []
     monkeypatch.setattr(server.uvicorn, "run", lambda app, host, port, **kw: started.append((host, port)))
-    with caplog.at_level(logging.WARNING, logger="app.server"):
+    monkeypatch.delenv("SPIKEBOARD_ALLOW_PUBLIC_WITHOUT_TOKEN", raising=False)
+    with pytest.raises(BindRefused, match="without a token"):
         server.serve("0.0.0.0", 8123, str(tmp_path / "data"), 0, None)
-    assert started == [("0.0.0.0", 8123)]
-    assert "without a token" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="app.server"):
-        server.serve("127.0.0.1", 8124, str(tmp_path / "data"), 0, None)
-    assert "without a token" not in caplog.text
+    assert started == []
+    server.serve("127.0.0.2", 8124, str(tmp_path / "data"), 0, None)  # all of 127/8 is loopback
+    monkeypatch.setenv("SPIKEBOARD_ALLOW_PUBLIC_WITHOUT_TOKEN", "1")
+    server.serve("0.0.0.0", 8123, str(tmp_path / "data"), 0, None)
+    assert started == [("127.0.0.2", 8124), ("0.0.0.0", 8123)]
+    assert "without a token" in capsys.readouterr().err
