@@ -26,11 +26,12 @@ One module per loop family, no import cycle (each imports only those above it):
     adjoint     the adjoint's notation, spike events, weight-gradient accumulation
     torch_ops   the loop as torch tensor ops: any device, the readable version
     cpu_kernels the compiled CPU loops (numba); cpu drives them over sample ranges
+    gpu_kernels the Triton kernels (one program per sample); gpu launches them per chunk
     network     FusedNetwork (the autograd Function) and simulate_fast: picks the loop
 """
 
 
 from engine.fast.common import FastParams, check_supported, fast_params
-from engine.fast.network import FusedNetwork, compiled_loops, simulate_fast
+from engine.fast.network import LOOPS, FusedNetwork, loop_family, simulate_fast
 
-__all__ = ["FastParams", "FusedNetwork", "check_supported", "compiled_loops", "fast_params", "simulate_fast"]
+__all__ = ["LOOPS", "FastParams", "FusedNetwork", "check_supported", "fast_params", "loop_family", "simulate_fast"]

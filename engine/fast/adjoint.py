@@ -65,12 +65,16 @@ class WeightGrads:
     def accumulate(self, lam, ev: ArrivalEvents, index: int, t0: int, batch: int,
                    sev: SpikeEvents, p: FastParams) -> None:
         """Add chunk `index`'s shares; lam is its dL/da, [L * B, M] (row (step - t0) * B + sample)."""
+        self.accumulate_input(lam, ev, index, t0, batch, p)
+        self.accumulate_recurrent(lam, sev, p)
+
+    def accumulate_input(self, lam, ev: ArrivalEvents, index: int, t0: int, batch: int, p: FastParams) -> None:
+        """accumulate's W_in shares alone."""
         lo, hi = ev.bounds[index], ev.bounds[index + 1]
         if self.pos is not None and hi > lo:
             rows = (ev.step[lo:hi] - t0) * batch + ev.sample[lo:hi]
             self.pos.index_add_(0, ev.channel[lo:hi], lam[:, :p.n_e].index_select(0, rows))
             self.neg.index_add_(0, ev.channel[lo:hi], lam[:, p.n:].index_select(0, rows))
-        self.accumulate_recurrent(lam, sev, p)
 
     def accumulate_recurrent(self, lam, sev: SpikeEvents, p: FastParams) -> None:
         """accumulate's W_ei / W_ie shares alone."""

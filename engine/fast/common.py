@@ -75,7 +75,10 @@ class Recurrence(NamedTuple):
     use_ie: bool
 
 
-def fast_params(config: Config, steps: int, batch: int, device, dtype) -> FastParams:
+def fast_params(config: Config, steps: int, batch: int, device, dtype,
+                chunk_elements: int | None = None) -> FastParams:
+    """The constants of one simulation; chunks of at most `chunk_elements` [K, B, M]
+    elements (default _CHUNK_ELEMENTS) and _MAX_CHUNK_STEPS steps."""
     n_e, n_i = config.n_e, config.n_i
     dt = config.dt_ms
 
@@ -89,7 +92,7 @@ def fast_params(config: Config, steps: int, batch: int, device, dtype) -> FastPa
     remaining = torch.arange(steps, 0, -1, dtype=torch.float64)  # T - t
     readout = (1.0 - out_decay ** remaining) / (1.0 - out_decay)
     m = 2 * n_e + n_i
-    chunk = max(1, min(steps, _MAX_CHUNK_STEPS, _CHUNK_ELEMENTS // max(1, batch * m)))
+    chunk = max(1, min(steps, _MAX_CHUNK_STEPS, (chunk_elements or _CHUNK_ELEMENTS) // max(1, batch * m)))
     return FastParams(
         n_e=n_e, n_i=n_i, steps=steps, chunk=chunk, e_l=config.e_l_mv, v_reset=config.v_reset_mv,
         v_th=config.v_th_mv, e_ampa=config.e_ampa_mv, e_gaba=config.e_gaba_mv, beta=config.beta,

@@ -1,8 +1,9 @@
 """FusedNetwork, the fast backend's autograd Function, and simulate_fast: which time loop runs.
 
-On CPU the compiled loops (engine.fast.cpu); elsewhere the torch-op loop
-(engine.fast.torch_ops). Both keep what backward needs in ctx and recompute the
-rest chunk by chunk.
+On CPU the compiled loops (engine.fast.cpu); on a GPU the Triton kernels
+(engine.fast.gpu); the torch-op loop (engine.fast.torch_ops) runs anywhere and is
+the GPU's fallback and the bench's baseline. Each keeps what backward needs in ctx
+and recomputes the rest chunk by chunk.
 """
 
 from __future__ import annotations
@@ -20,25 +21,30 @@ from engine.weights import Weights
 class FusedNetwork(torch.autograd.Function):
     """(W_in, W_ei, W_ie) -> (s_e, s_i, count_e, count_i, sum_t c_t s_e[t], v_e, v_i)
     with a hand-written BPTT; s_e / s_i are empty unless `trains`, v_e / v_i unless
-    `record_voltage`."""
+    `record_voltage`. `loop` is one of LOOPS (loop_family)."""
 
     @staticmethod
     def forward(ctx, w_in, w_ei, w_ie, ev: ArrivalEvents, batch: int, p: FastParams,
-                trains: bool, record_voltage: bool):
+                trains: bool, record_voltage: bool, loop: str = "torch_ops"):
         rec = recurrence(w_ei, w_ie)
-        compiled = compiled_loops(w_in.device)
-        if compiled:
+        if loop == "compiled":
             from engine.fast.cpu import run_forward as run_compiled
 
             (s_e, s_i), (count_e, count_i), filtered, saved, voltages = run_compiled(
                 w_in, rec, ev, batch, p, trains, record_voltage)
             spikes = None  # the compiled backward recomputes them from `saved`
+        elif loop == "triton":
+            from engine.fast import gpu
+
+            spikes, starts, voltages, inputs = gpu.run_forward(w_in, rec, ev, batch, p, record_voltage)
+            saved = (starts, inputs)
+            (s_e, s_i), (count_e, count_i), filtered = spike_outputs(spikes, p, w_in.dtype, trains)
         else:
             spikes, saved, voltages = torch_ops.run_forward(w_in, rec, ev, batch, p, record_voltage)
             (s_e, s_i), (count_e, count_i), filtered = spike_outputs(spikes, p, w_in.dtype, trains)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(w_in, w_ei, w_ie)
-        ctx.spikes, ctx.saved, ctx.events, ctx.params, ctx.compiled = spikes, saved, ev, p, compiled
+        ctx.spikes, ctx.saved, ctx.events, ctx.params, ctx.loop = spikes, saved, ev, p, loop
         empty = w_in.new_empty(0)
         s_e, s_i = (s_e, s_i) if trains else (empty, empty.clone())
         v_e = voltages[:, :, :p.n_e] if voltages is not None else empty.clone()
@@ -53,19 +59,40 @@ class FusedNetwork(torch.autograd.Function):
         trains = grad_s_e is not None and grad_s_e.numel() > 0, grad_s_i is not None and grad_s_i.numel() > 0
         out_grads = OutputGrads(grad_s_e if trains[0] else None, grad_s_i if trains[1] else None,
                                 grad_count_e, grad_count_i, grad_filtered)
-        if ctx.compiled:
+        if ctx.loop == "compiled":
             from engine.fast.cpu import network_backward as compiled_backward
 
             grads = compiled_backward(w_in, w_ei, w_ie, ctx.saved, ctx.events, ctx.params, out_grads, need)
+        elif ctx.loop == "triton":
+            from engine.fast import gpu
+
+            grads = gpu.network_backward(w_in, w_ei, w_ie, ctx.spikes, ctx.saved, ctx.events, ctx.params,
+                                         out_grads, need)
         else:
             grads = torch_ops.network_backward(w_in, w_ei, w_ie, ctx.spikes, ctx.saved, ctx.events, ctx.params,
-                                     out_grads, need)
-        return (*grads, None, None, None, None, None)
+                                               out_grads, need)
+        return (*grads, None, None, None, None, None, None)
 
 
-def compiled_loops(device: torch.device) -> bool:
-    """Whether the time loops run compiled (engine.fast.cpu): on CPU; CUDA keeps torch ops."""
-    return device.type == "cpu"
+# The time loops: compiled CPU loops (engine.fast.cpu), Triton kernels (engine.fast.gpu),
+# torch tensor ops (engine.fast.torch_ops, any device).
+LOOPS = ("compiled", "triton", "torch_ops")
+
+
+def loop_family(device: torch.device) -> str:
+    """Which time loop runs on `device`: compiled on CPU, Triton on a GPU (the torch-op
+    loop where Triton is missing)."""
+    if device.type == "cpu":
+        return "compiled"
+    return "triton" if _has_triton() else "torch_ops"
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401  (ships with CUDA builds of torch)
+    except ImportError:
+        return False
+    return True
 
 
 def simulate_fast(weights: Weights, input_spikes: torch.Tensor | InputEvents, config: Config,
@@ -81,13 +108,23 @@ def simulate_fast(weights: Weights, input_spikes: torch.Tensor | InputEvents, co
     dtype, device = config.torch_dtype, config.torch_device
     w = {name: weights[name].to(device=device, dtype=dtype) for name in ("W_in", "W_ei", "W_ie", "W_out")}
     steps, batch = input_spikes.shape[0], input_spikes.shape[1]
-    p = fast_params(config, steps, batch, device, dtype)
+    loop = loop_family(device)
+    p = fast_params(config, steps, batch, device, dtype, chunk_elements=_chunk_elements(loop))
     ev = input_events(input_spikes.to(device), p)
     s_e, s_i, count_e, count_i, filtered, v_e, v_i = FusedNetwork.apply(
-        w["W_in"], w["W_ei"], w["W_ie"], ev, batch, p, spike_trains, record_voltage)
+        w["W_in"], w["W_ei"], w["W_ie"], ev, batch, p, spike_trains, record_voltage, loop)
     out = {"count_e": count_e, "count_i": count_i, "logits": (filtered @ w["W_out"]) / steps}
     if spike_trains:
         out["s_e"], out["s_i"] = s_e, s_i
     if record_voltage:
         out["v_e"], out["v_i"] = v_e, v_i
     return out
+
+
+def _chunk_elements(loop: str) -> int | None:
+    """The Triton loop's longer chunks (engine.fast.gpu.GPU_CHUNK_ELEMENTS); the others' default."""
+    if loop != "triton":
+        return None
+    from engine.fast.gpu import GPU_CHUNK_ELEMENTS
+
+    return GPU_CHUNK_ELEMENTS

@@ -56,12 +56,12 @@ def time_loop(kind: str):
     if kind != "torch_ops":
         yield
         return
-    original = engine.fast.network.compiled_loops
-    engine.fast.network.compiled_loops = lambda device: False
+    original = engine.fast.network.loop_family
+    engine.fast.network.loop_family = lambda device: "torch_ops"
     try:
         yield
     finally:
-        engine.fast.network.compiled_loops = original
+        engine.fast.network.loop_family = original
 
 
 LOOPS = ("compiled", "torch_ops")
