@@ -8,8 +8,9 @@ lives in each run's own weights and optimizer may differ (PER_RUN_FIELDS): so
 nb024's six cells (PING and COBA x three seeds, one tier, one trial length) are
 one pack.
 
-Only the decision is built: the scheduler does not launch packs yet, because the
-kernels have no run axis yet (docs/PERFORMANCE.md, "On a GPU").
+Only the decision is built: the engine can simulate packed runs
+(engine.fast.network.simulate_fast_runs), but neither the training loop nor the
+worker runs a pack yet (docs/PERFORMANCE.md, "On a GPU").
 """
 
 from __future__ import annotations
@@ -18,16 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.config import Config
+from engine.fast.network import PER_RUN_FIELDS
 from jobs.models import Run, RunKind, RunState
-
-# Config fields that may differ between the runs of one pack: they set each run's
-# initial weights (seed, arch and the connectivity they resolve), the adjoint's
-# per-cell scale (v_grad_dampen) or its own optimizer and loss terms.
-PER_RUN_FIELDS = frozenset({
-    "seed", "arch", "w_in_sparsity", "w_in_scale", "p_ei", "ei_strength", "p_ie", "ie_strength",
-    "w_out_std", "v_grad_dampen", "lr", "grad_clip", "rate_reg_weight", "rate_target_hz",
-})
-
 
 def pack_key(run: Run) -> tuple[tuple[str, Any], ...] | None:
     """What a run must share with its pack-mates, or None if it trains alone: only

@@ -32,6 +32,7 @@ One module per loop family, no import cycle (each imports only those above it):
 
 
 from engine.fast.common import FastParams, check_supported, fast_params
-from engine.fast.network import LOOPS, FusedNetwork, loop_family, simulate_fast
+from engine.fast.network import LOOPS, PER_RUN_FIELDS, FusedNetwork, loop_family, simulate_fast, simulate_fast_runs
 
-__all__ = ["LOOPS", "FastParams", "FusedNetwork", "check_supported", "fast_params", "loop_family", "simulate_fast"]
+__all__ = ["LOOPS", "PER_RUN_FIELDS", "FastParams", "FusedNetwork", "check_supported", "fast_params", "loop_family",
+           "simulate_fast", "simulate_fast_runs"]

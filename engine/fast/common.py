@@ -34,7 +34,7 @@ class FastParams(NamedTuple):
     e_ampa: float
     e_gaba: float
     beta: float
-    v_grad_dampen: float
+    v_grad_dampen: float | tuple[float, ...]  # one per run for packed runs (Triton loop only)
     detach_reset: bool
     detach_recurrent: bool
     c: torch.Tensor  # [N] dt / tau_m

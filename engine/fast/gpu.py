@@ -47,27 +47,35 @@ class KernelInputs(NamedTuple):
 
     const: torch.Tensor  # [6] kernels.E_L ... kernels.BETA, in the state's dtype
     refractory: torch.Tensor  # [N] int32, steps
-    k_dv: torch.Tensor  # [N] dt / tau_m / v_grad_dampen
+    k_dv: torch.Tensor  # [K, N] dt / tau_m / v_grad_dampen, per run
     ev_ptr: torch.Tensor  # [B, T + 1]: sample b's arrivals at step t are ev_channel[ev_ptr[b, t]:ev_ptr[b, t + 1]]
     ev_channel: torch.Tensor  # by (sample, step, channel)
-    w_pos: torch.Tensor
+    w_pos: torch.Tensor  # [K * n_input, n_e]: packed runs' rows one run after another
     w_neg: torch.Tensor  # w_pos when W_in has no negative entry (then not read)
     has_neg: bool
     block_n: int  # N rounded up to a power of two: a state row in registers
 
     @classmethod
     def build(cls, w_in: torch.Tensor, ev: ArrivalEvents, batch: int, p: FastParams) -> KernelInputs:
+        """W_in [n_input, n_e], or [K, n_input, n_e] for K packed runs (run_count)."""
         dtype, device = w_in.dtype, w_in.device
-        w_pos, w_neg = split_input_weights(w_in.detach())
+        w_pos, w_neg = split_input_weights(w_in.detach().reshape(-1, p.n_e))
+        dampen = p.v_grad_dampen if isinstance(p.v_grad_dampen, tuple) else (p.v_grad_dampen,) * run_count(w_in)
+        k_dv = p.c[None, :] / torch.tensor(dampen, dtype=dtype, device=device)[:, None]
         const = torch.tensor([p.e_l, p.v_reset, p.v_th, p.e_ampa, p.e_gaba, p.beta], dtype=dtype, device=device)
         # ev is sorted by (step, sample, channel): a stable sort by (sample, step) keeps channels ascending
         key = ev.sample * (p.steps + 1) + ev.step
         key, order = torch.sort(key, stable=True)
         queries = torch.arange(batch * (p.steps + 1), device=device)
         ev_ptr = torch.searchsorted(key, queries).view(batch, p.steps + 1)
-        return cls(const, (-p.hold_from[0]).to(torch.int32), p.c / p.v_grad_dampen, ev_ptr,
+        return cls(const, (-p.hold_from[0]).to(torch.int32), k_dv.contiguous(), ev_ptr,
                    ev.channel[order], w_pos.contiguous(), (w_neg if w_neg is not None else w_pos).contiguous(),
                    w_neg is not None, triton.next_power_of_2(p.n))
+
+
+def run_count(w_in: torch.Tensor) -> int:
+    """K, the packed runs of a stacked W_in [K, n_input, n_e]; 1 for one run's [n_input, n_e]."""
+    return w_in.shape[0] if w_in.dim() == 3 else 1
 
 
 class LaunchCount:
@@ -120,14 +128,15 @@ def _launch(kernel, batch: int, block_n: int, *args, **meta) -> None:
 class Recurrent(NamedTuple):
     """The recurrent weights as the kernels read them."""
 
-    w_rec: torch.Tensor  # [N, N]: W_ei in the E rows x I columns, W_ie in the I rows x E columns
+    w_rec: torch.Tensor  # [K, N, N]: W_ei in the E rows x I columns, W_ie in the I rows x E columns
     any: bool  # whether W_ei or W_ie has a nonzero entry
 
     @classmethod
     def build(cls, rec: Recurrence, p: FastParams) -> Recurrent:
-        w_rec = torch.zeros(p.n, p.n, dtype=rec.w_ei.dtype, device=rec.w_ei.device)
-        w_rec[:p.n_e, p.n_e:] = rec.w_ei.detach()
-        w_rec[p.n_e:, :p.n_e] = rec.w_ie.detach()
+        w_ei, w_ie = (w.detach().reshape(-1, *w.shape[-2:]) for w in (rec.w_ei, rec.w_ie))
+        w_rec = torch.zeros(w_ei.shape[0], p.n, p.n, dtype=w_ei.dtype, device=w_ei.device)
+        w_rec[:, :p.n_e, p.n_e:] = w_ei
+        w_rec[:, p.n_e:, :p.n_e] = w_ie
         return cls(w_rec, rec.use_ei or rec.use_ie)
 
     def adjoint(self, rec: Recurrence, p: FastParams) -> torch.Tensor | None:
@@ -136,11 +145,11 @@ class Recurrent(NamedTuple):
         adjoint_ie = rec.use_ie and not p.detach_recurrent
         if not (adjoint_ei or adjoint_ie):
             return None
-        w_t = self.w_rec.t().contiguous()
+        w_t = self.w_rec.transpose(1, 2).contiguous()
         if not adjoint_ei:
-            w_t[p.n_e:, :p.n_e] = 0
+            w_t[:, p.n_e:, :p.n_e] = 0
         if not adjoint_ie:
-            w_t[:p.n_e, p.n_e:] = 0
+            w_t[:, :p.n_e, p.n_e:] = 0
         return w_t
 
 
@@ -155,7 +164,7 @@ def _time_loop(k: KernelInputs, r: Recurrent, p: FastParams, batch: int, t0: int
             k.const, p.c, p.decay, k.refractory, k.ev_ptr, k.ev_channel, k.w_pos, k.w_neg, r.w_rec,
             state.v, state.g, state.last, ck.v, ck.g, ck.last,
             spikes, voltages if voltages is not None else state.v, tv, tv2, theld, tg, p.steps + 1,
-            HAS_NEG=k.has_neg, RECURRENT=r.any, FORWARD=forward,
+            batch // r.w_rec.shape[0], HAS_NEG=k.has_neg, RECURRENT=r.any, FORWARD=forward,
             CHECKPOINT=checkpoint is not None, RECORD=voltages is not None)
 
 
@@ -184,6 +193,7 @@ def network_backward(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: Fast
     """Gradients (W_in, W_ei, W_ie), None where not needed: engine.fast.adjoint's math, chunk by chunk."""
     starts, (k, r, rec) = saved
     batch, dtype, device = spikes.shape[1], w_in.dtype, w_in.device
+    runs = run_count(w_in)
     w_rec_t = r.adjoint(rec, p)
     grad_count = torch.cat([_or_zeros(out_grads.count_e, (batch, p.n_e), w_in),
                             _or_zeros(out_grads.count_i, (batch, p.n_i), w_in)], 1)
@@ -194,7 +204,9 @@ def network_backward(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: Fast
     if has_trains:
         grad_trains = torch.cat([_or_zeros(out_grads.s_e, (p.steps, batch, p.n_e), w_in),
                                  _or_zeros(out_grads.s_i, (p.steps, batch, p.n_i), w_in)], 2)
-    grads = WeightGrads.zeros(w_in, w_ei, w_ie, need)
+    # packed runs: W_in's gradient rows one run after another, as the events' channels count them
+    flat_in = w_in.reshape(-1, p.n_e)
+    grads = WeightGrads.zeros(flat_in, w_ei.reshape(runs, p.n_e, p.n_i), w_ie.reshape(runs, p.n_i, p.n_e), need)
     tape = (torch.empty(p.chunk, batch, p.n, dtype=dtype, device=device),
             torch.empty(p.chunk, batch, p.n, dtype=dtype, device=device),
             torch.empty(p.chunk, batch, p.n, dtype=torch.int8, device=device),
@@ -213,27 +225,34 @@ def network_backward(w_in, w_ei, w_ie, spikes, saved, ev: ArrivalEvents, p: Fast
         _launch(kernels.reverse_chunk, batch, k.block_n,
                 t0, length, p.n_e, p.n, p.m, batch, k.const, k.k_dv, p.decay, p.readout,
                 *tape, spikes, grad_count, grad_filtered, grad_trains,
-                r.w_rec if w_rec_t is None else w_rec_t, lam_pre, lam_v, lam_next, lam_full,
+                r.w_rec if w_rec_t is None else w_rec_t, lam_pre, lam_v, lam_next, lam_full, batch // runs,
                 HAS_FILTERED=has_filtered, HAS_TRAINS=has_trains, RECURRENT=w_rec_t is not None,
                 KEEP_RESET=not p.detach_reset)
         lam = lam_full[:length].view(length * batch, p.m)
         grads.accumulate_input(lam, ev, index, t0, batch, p)
-        _accumulate_recurrent(grads, lam, spikes, t0, length, batch, p)
-    return grads.result(w_in)
+        _accumulate_recurrent(grads, lam, spikes, t0, length, runs, p)
+    d_in, d_ei, d_ie = grads.result(flat_in)
+    return tuple(None if g is None else g.view(w.shape) for g, w in ((d_in, w_in), (d_ei, w_ei), (d_ie, w_ie)))
 
 
 def _accumulate_recurrent(grads: WeightGrads, lam: torch.Tensor, spikes: torch.Tensor, t0: int, length: int,
-                          batch: int, p: FastParams) -> None:
-    """dL/dW_ei += s_e[t-1]^T dL/da_I[t] and dL/dW_ie += s_i[t-1]^T dL/da_GABA[t] over the chunk's steps t."""
+                          runs: int, p: FastParams) -> None:
+    """dL/dW_ei += s_e[t-1]^T dL/da_I[t] and dL/dW_ie += s_i[t-1]^T dL/da_GABA[t] over the chunk's
+    steps t, per run (grads.ei [K, n_e, n_i], grads.ie [K, n_i, n_e]; lam [L * B, M])."""
     if grads.ei is None and grads.ie is None:
         return
     first = 1 if t0 == 0 else 0  # step 0 has no previous spikes
-    previous = spikes[t0 + first - 1:t0 + length - 1].reshape((length - first) * batch, p.n).to(lam.dtype)
-    rows = lam[first * batch:]
+    steps, per_run = length - first, spikes.shape[1] // runs
+
+    def by_run(x):  # [steps, K * b, C] -> [K, steps * b, C]
+        return x.view(steps, runs, per_run, x.shape[-1]).transpose(0, 1).reshape(runs, steps * per_run, -1)
+
+    previous = by_run(spikes[t0 + first - 1:t0 + length - 1].to(lam.dtype))
+    rows = by_run(lam.view(length, runs * per_run, p.m)[first:])
     if grads.ei is not None:
-        grads.ei.addmm_(previous[:, :p.n_e].t(), rows[:, p.n_e:p.n])
+        grads.ei.baddbmm_(previous[:, :, :p.n_e].transpose(1, 2), rows[:, :, p.n_e:p.n])
     if grads.ie is not None:
-        grads.ie.addmm_(previous[:, p.n_e:].t(), rows[:, p.n:])
+        grads.ie.baddbmm_(previous[:, :, p.n_e:].transpose(1, 2), rows[:, :, p.n:])
 
 
 def _or_zeros(grad: torch.Tensor | None, shape, like: torch.Tensor) -> torch.Tensor:

@@ -51,7 +51,7 @@ def time_loop(t0, length, n_e, n, m, n_input, batch,
               ev_ptr_ptr, ev_channel_ptr, w_pos_ptr, w_neg_ptr, w_rec_ptr,
               v_ptr, g_ptr, last_ptr, ck_v_ptr, ck_g_ptr, ck_last_ptr,
               spikes_ptr, voltages_ptr, tape_v_ptr, tape_v2_ptr, tape_held_ptr, tape_g_ptr,
-              steps_plus_one,
+              steps_plus_one, batch_per_run,
               HAS_NEG: tl.constexpr, RECURRENT: tl.constexpr,
               FORWARD: tl.constexpr, CHECKPOINT: tl.constexpr, RECORD: tl.constexpr,
               BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
@@ -63,8 +63,13 @@ def time_loop(t0, length, n_e, n, m, n_input, batch,
     Input events: sample b's arriving at step t are ev_channel[ev_ptr[b, t] : ev_ptr[b, t + 1]].
     W_rec [N, N] holds W_ei in its E rows x I columns and W_ie in its I rows x E
     columns (zeros elsewhere, never read).
+
+    Packed runs (the run axis): the B programs are K runs of batch_per_run samples,
+    run r's W_rec is [K, N, N][r], and its input events' channels are counted from
+    r * n_input in W_in's [K * n_input, n_e] rows. One run: batch_per_run = B.
     """
     b = tl.program_id(0).to(tl.int64)
+    w_rec_ptr += (b // batch_per_run) * n * n
     cols = tl.arange(0, BLOCK_N)
     rows = tl.arange(0, ROWS)
     in_n = cols < n
@@ -153,7 +158,7 @@ def reverse_chunk(t0, length, n_e, n, m, batch,
                   const_ptr, k_dv_ptr, decay_ptr, readout_ptr,
                   tape_v_ptr, tape_v2_ptr, tape_held_ptr, tape_g_ptr, spikes_ptr,
                   grad_count_ptr, grad_filtered_ptr, grad_trains_ptr,
-                  w_rec_t_ptr, lam_pre_ptr, lam_v_ptr, lam_next_ptr, lam_ptr,
+                  w_rec_t_ptr, lam_pre_ptr, lam_v_ptr, lam_next_ptr, lam_ptr, batch_per_run,
                   HAS_FILTERED: tl.constexpr, HAS_TRAINS: tl.constexpr,
                   RECURRENT: tl.constexpr, KEEP_RESET: tl.constexpr,
                   BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
@@ -166,9 +171,13 @@ def reverse_chunk(t0, length, n_e, n, m, batch,
     each step. grad_count [B, N] holds dL/dcount of E then I (zeros where the loss
     does not reach), grad_filtered [B, n_e] dL/d(sum_t c_t s_e[t]), grad_trains
     [T, B, N] dL/ds_t. W_rec^T is the transpose of time_loop's W_rec, with the
-    blocks whose adjoint is detached zeroed.
+    blocks whose adjoint is detached zeroed. Packed runs: W_rec^T [K, N, N] and
+    k_dv [K, N], indexed by the program's run (time_loop's docstring).
     """
     b = tl.program_id(0).to(tl.int64)
+    run = b // batch_per_run
+    w_rec_t_ptr += run * n * n
+    k_dv_ptr += run * n
     cols = tl.arange(0, BLOCK_N)
     rows = tl.arange(0, ROWS)
     in_n = cols < n

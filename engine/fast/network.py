@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from engine.config import Config
+from engine.config import Config, ConfigError
 from engine.encoding import InputEvents
 from engine.fast import torch_ops
-from engine.fast.common import ArrivalEvents, FastParams, OutputGrads, check_supported, fast_params, \
-    input_events, recurrence, spike_outputs
+from engine.fast.common import ArrivalEvents, FastParams, OutputGrads, check_supported, chunk_bounds, \
+    fast_params, input_events, recurrence, spike_outputs
 from engine.weights import Weights
 
 
@@ -119,6 +119,70 @@ def simulate_fast(weights: Weights, input_spikes: torch.Tensor | InputEvents, co
     if record_voltage:
         out["v_e"], out["v_i"] = v_e, v_i
     return out
+
+
+def simulate_fast_runs(weights: list[Weights], inputs: list[torch.Tensor | InputEvents], configs: list[Config],
+                       record_voltage: bool = False, spike_trains: bool = True) -> list[dict[str, torch.Tensor]]:
+    """K packed runs through one set of Triton launches (the run axis): simulate_fast's
+    result for each, from each run's own weights, input and config.
+
+    The K x B samples are the kernels' programs; each run's weights, gradients and
+    v_grad_dampen are its own. The configs must agree on everything but
+    PER_RUN_FIELDS (checked here), and the
+    inputs on their shape [T, B, n_input].
+    """
+    config = configs[0]
+    check_supported(config)
+    shared = {name: value for name, value in config.to_dict().items() if name not in PER_RUN_FIELDS}
+    for other in configs[1:]:
+        differ = sorted(name for name, value in other.to_dict().items()
+                        if name not in PER_RUN_FIELDS and shared[name] != value)
+        if differ:
+            raise ConfigError(differ[0], f"packed runs must agree on {differ}")
+    if len({tuple(x.shape) for x in inputs}) != 1:
+        raise ConfigError("inputs", "packed runs need inputs of one shape [T, B, n_input]")
+    dtype, device = config.torch_dtype, config.torch_device
+    runs, (steps, batch, n_input) = len(configs), tuple(inputs[0].shape)
+    w = {name: torch.stack([run[name].to(device=device, dtype=dtype) for run in weights])
+         for name in ("W_in", "W_ei", "W_ie", "W_out")}
+    p = fast_params(config, steps, runs * batch, device, dtype, chunk_elements=_chunk_elements("triton"))
+    p = p._replace(v_grad_dampen=tuple(float(c.v_grad_dampen) for c in configs))
+    ev = _packed_events([input_events(x.to(device), p) for x in inputs], batch, n_input, p)
+    s_e, s_i, count_e, count_i, filtered, v_e, v_i = FusedNetwork.apply(
+        w["W_in"], w["W_ei"], w["W_ie"], ev, runs * batch, p, spike_trains, record_voltage, "triton")
+    outs = []
+    for r in range(runs):
+        samples = slice(r * batch, (r + 1) * batch)
+        out = {"count_e": count_e[samples], "count_i": count_i[samples],
+               "logits": (filtered[samples] @ w["W_out"][r]) / steps}
+        if spike_trains:
+            out["s_e"], out["s_i"] = s_e[:, samples], s_i[:, samples]
+        if record_voltage:
+            out["v_e"], out["v_i"] = v_e[:, samples], v_i[:, samples]
+        outs.append(out)
+    return outs
+
+
+# Config fields that packed runs may differ in: they set each run's initial weights
+# (seed, arch and the connectivity they resolve), the adjoint's per-cell scale
+# (v_grad_dampen) or its own optimizer and loss terms. The scheduler's packing
+# (jobs.packing) uses the same set.
+PER_RUN_FIELDS = frozenset({
+    "seed", "arch", "w_in_sparsity", "w_in_scale", "p_ei", "ei_strength", "p_ie", "ie_strength",
+    "w_out_std", "v_grad_dampen", "lr", "grad_clip", "rate_reg_weight", "rate_target_hz",
+})
+
+
+def _packed_events(events: list[ArrivalEvents], batch: int, n_input: int, p: FastParams) -> ArrivalEvents:
+    """Each run's events as one batch of K x B samples, channels counted from r * n_input
+    (the rows of the stacked W_in), sorted by (step, sample, channel) as input_events sorts."""
+    runs = len(events)
+    step = torch.cat([ev.step for ev in events])
+    sample = torch.cat([ev.sample + r * batch for r, ev in enumerate(events)])
+    channel = torch.cat([ev.channel + r * n_input for r, ev in enumerate(events)])
+    order = torch.argsort((step * (runs * batch) + sample) * (runs * n_input) + channel)
+    step = step[order]
+    return ArrivalEvents(step, sample[order], channel[order], chunk_bounds(step, p))
 
 
 def _chunk_elements(loop: str) -> int | None:

@@ -34,7 +34,7 @@ import engine.fast.common  # noqa: E402
 import engine.fast.network  # noqa: E402
 from engine import Config, init_weights, poisson_events  # noqa: E402
 from engine.data import load_tier  # noqa: E402
-from engine.fast import gpu, simulate_fast  # noqa: E402
+from engine.fast import gpu, simulate_fast, simulate_fast_runs  # noqa: E402
 from engine.reference import simulate_reference  # noqa: E402
 
 ALL_WEIGHTS = ("W_in", "W_ei", "W_ie", "W_out")
@@ -71,16 +71,23 @@ def tiny_input(config: Config, batch: int, seed: int = 1) -> torch.Tensor:
     return (torch.rand(config.n_steps, batch, config.n_input, generator=gen) < 0.3).to(config.torch_dtype)
 
 
+def on_cpu(config: Config) -> Config:
+    """The reference runs on CPU (the spec's arithmetic, whatever the device under test)."""
+    return Config.from_dict({**config.to_dict(), "device": "cpu"})
+
+
 def run(backend, config: Config, x, labels, weights, record_voltage=False):
-    w = {name: t.clone().to(DEVICE) for name, t in weights.items()}
+    device = config.torch_device
+    w = {name: t.clone().to(device) for name, t in weights.items()}
     for name in config.trainable:
         w[name].requires_grad_(True)
-    out = backend(w, x.to(DEVICE), config, record_voltage=record_voltage)
-    loss = (F.cross_entropy(out["logits"], labels.to(DEVICE)) + 0.01 * out["s_e"].sum(0).mean()
+    out = backend(w, x.to(device), config, record_voltage=record_voltage)
+    out = {name: t.cpu() for name, t in out.items()}
+    loss = (F.cross_entropy(out["logits"], labels.cpu()) + 0.01 * out["s_e"].sum(0).mean()
             + 0.01 * out["s_i"].sum(0).mean() + 0.003 * out["count_e"].pow(2).mean()
             + 0.002 * out["count_i"].mean())
     loss.backward()
-    grads = {name: w[name].grad if w[name].grad is not None else torch.zeros_like(w[name])
+    grads = {name: (w[name].grad if w[name].grad is not None else torch.zeros_like(w[name])).cpu()
              for name in config.trainable}
     return out, grads
 
@@ -89,7 +96,7 @@ def assert_matches_reference(config: Config, batch: int = 1, record_voltage: boo
     weights = weights if weights is not None else tiny_weights(config)
     x = tiny_input(config, batch)
     labels = torch.arange(batch) % config.n_out
-    ref, ref_grads = run(simulate_reference, config, x, labels, weights, record_voltage)
+    ref, ref_grads = run(simulate_reference, on_cpu(config), x, labels, weights, record_voltage)
     fast, grads = run(simulate_fast, config, x, labels, weights, record_voltage)
     assert ref["s_e"].sum() > 0 and torch.equal(fast["s_e"], ref["s_e"]), "E spikes differ"
     assert torch.equal(fast["s_i"], ref["s_i"]), "I spikes differ"
@@ -132,12 +139,38 @@ def test_float32_matches_the_compiled_cpu_loops(triton_loop, monkeypatch):
     x, labels = tiny_input(config, 2), torch.tensor([0, 1])
     fast, grads = run(simulate_fast, config, x, labels, weights)
     monkeypatch.setattr(engine.fast.network, "loop_family", lambda device: "compiled")
-    cpu, cpu_grads = run(simulate_fast, config, x.cpu(), labels, {k: v.cpu() for k, v in weights.items()})
+    cpu, cpu_grads = run(simulate_fast, on_cpu(config), x, labels, weights)
     assert fast["s_e"].dtype == torch.float32 and fast["s_e"].sum() > 0
-    assert torch.equal(fast["s_e"].cpu(), cpu["s_e"]) and torch.equal(fast["s_i"].cpu(), cpu["s_i"])
+    assert torch.equal(fast["s_e"], cpu["s_e"]) and torch.equal(fast["s_i"], cpu["s_i"])
     for name in ALL_WEIGHTS:
-        rel = float((grads[name].cpu() - cpu_grads[name]).norm() / cpu_grads[name].norm())
+        rel = float((grads[name] - cpu_grads[name]).norm() / cpu_grads[name].norm())
         assert rel < 1e-5, f"{name}: {rel:.1e}"
+
+
+def test_packed_runs_each_equal_the_reference():
+    """The run axis: a PING and a COBA run (own seeds, weights, v_grad_dampen and input)
+    through one set of launches give each run's reference spikes and gradients."""
+    configs = [Config(**{**TINY, "seed": 1}), Config(**{**TINY, "arch": "coba", "ei_strength": 0.0, "seed": 2})]
+    assert configs[0].v_grad_dampen != configs[1].v_grad_dampen
+    weights = [tiny_weights(config) for config in configs]
+    inputs = [tiny_input(config, 2, seed=r) for r, config in enumerate(configs)]
+    labels = torch.tensor([0, 1])
+    leaves = [{name: t.clone().to(DEVICE).requires_grad_(True) for name, t in w.items()} for w in weights]
+    with gpu.counting_launches() as launches:
+        outs = simulate_fast_runs(leaves, [x.to(DEVICE) for x in inputs], configs)
+        sum(F.cross_entropy(out["logits"].cpu(), labels) + 0.01 * out["s_e"].sum(0).mean().cpu()
+            for out in outs).backward()
+    assert launches.launches == 3 * 3  # one set of launches for both runs
+    for config, w, x, out, leaf in zip(configs, weights, inputs, outs, leaves):
+        ref_leaf = {name: t.clone().requires_grad_(True) for name, t in w.items()}
+        ref = simulate_reference(ref_leaf, x, on_cpu(config))
+        (F.cross_entropy(ref["logits"], labels) + 0.01 * ref["s_e"].sum(0).mean()).backward()
+        assert ref["s_e"].sum() > 0
+        assert torch.equal(out["s_e"].cpu(), ref["s_e"]) and torch.equal(out["s_i"].cpu(), ref["s_i"])
+        for name in ALL_WEIGHTS:
+            expected = ref_leaf[name].grad if ref_leaf[name].grad is not None else torch.zeros_like(w[name])
+            got = leaf[name].grad.cpu()
+            assert float((got - expected).norm()) <= GRAD_RTOL * float(expected.norm()), (config.arch, name)
 
 
 class OpCounter(TorchDispatchMode):
@@ -201,13 +234,13 @@ def test_canonical_network_short_trial_equals_the_reference(triton_loop, monkeyp
     x = poisson_events(images.images[:1], config, torch.Generator().manual_seed(2)).to_dense(torch.float64)
     labels = images.labels[:1]
     weights = init_weights(config)
-    ref, ref_grads = run(simulate_reference, config, x, labels, weights)
+    ref, ref_grads = run(simulate_reference, on_cpu(config), x, labels, weights)
     fast, grads = run(simulate_fast, config, x, labels, weights)
     assert ref["s_e"].sum() > 0
-    assert torch.equal(fast["s_e"].cpu(), ref["s_e"]) and torch.equal(fast["s_i"].cpu(), ref["s_i"])
+    assert torch.equal(fast["s_e"], ref["s_e"]) and torch.equal(fast["s_i"], ref["s_i"])
     for name in ALL_WEIGHTS:
         if ref_grads[name].norm() == 0:
             assert grads[name].norm() == 0, name
             continue
-        rel = float((grads[name].cpu() - ref_grads[name]).norm() / ref_grads[name].norm())
+        rel = float((grads[name] - ref_grads[name]).norm() / ref_grads[name].norm())
         assert rel < GRAD_RTOL, f"{name}: {rel:.2e}"
