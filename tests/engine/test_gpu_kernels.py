@@ -153,8 +153,8 @@ def test_packed_runs_each_equal_the_reference():
     configs = [Config(**{**TINY, "seed": 1}), Config(**{**TINY, "arch": "coba", "ei_strength": 0.0, "seed": 2})]
     assert configs[0].v_grad_dampen != configs[1].v_grad_dampen
     weights = [tiny_weights(config) for config in configs]
-    inputs = [tiny_input(config, 2, seed=r) for r, config in enumerate(configs)]
-    labels = torch.tensor([0, 1])
+    inputs = [tiny_input(config, 1, seed=r) for r, config in enumerate(configs)]
+    labels = torch.tensor([1])
     leaves = [{name: t.clone().to(DEVICE).requires_grad_(True) for name, t in w.items()} for w in weights]
     with gpu.counting_launches() as launches:
         outs = simulate_fast_runs(leaves, [x.to(DEVICE) for x in inputs], configs)
@@ -205,8 +205,8 @@ def test_a_dry_run_counts_what_the_kernels_launch(triton_loop):
     """Counting with the kernels skipped (how the canonical network is counted below)
     gives the count of a real run."""
     config = Config(**{**TINY, "n_input": 784, "t_ms": 1.2})
-    real = count_training_step(config, batch=2, dry_run=False, weights=tiny_weights(config))
-    dry = count_training_step(config, batch=2, dry_run=True, weights=tiny_weights(config))
+    real = count_training_step(config, batch=1, dry_run=False, weights=tiny_weights(config))
+    dry = count_training_step(config, batch=1, dry_run=True, weights=tiny_weights(config))
     assert real == dry and real[0] == 3 * 3  # 3 chunks: forward, recomputation, reverse
 
 
