@@ -12,6 +12,11 @@ Saved for backward: the int8 spikes [T, B, N] (the recurrent arrivals and the
 W_ei / W_ie gradients read them) and the state at each chunk start. Chunks are
 longer here (GPU_CHUNK_ELEMENTS): GPU memory is plentiful and launches are the cost.
 
+Packed runs (engine.fast.network.simulate_fast_runs): the weights come stacked,
+W_in [K, n_input, n_e] and so on; the K x B samples are the programs, program b
+belongs to run b // B and reads that run's W_in rows, W_rec and v_grad_dampen;
+the gradients come back stacked. One run is K = 1.
+
 Runs wherever Triton does: CUDA, or the CPU with TRITON_INTERPRET=1 set before
 triton is imported (how CI tests it).
 """
