@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -44,6 +45,10 @@ def _measure(spec: dict) -> dict:
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
+    if spec.get("loop"):  # the fast backend's time loop, forced (the GPU comparison)
+        import engine.fast.network
+
+        engine.fast.network.loop_family = lambda device, loop=spec["loop"]: loop
     config = Config(arch=spec["arch"], backend=spec["backend"], dtype=spec["dtype"],
                     device=spec["device"], t_ms=spec["steps"] * 0.1)
     images = load_tier("smoke").train
@@ -71,7 +76,12 @@ def _measure(spec: dict) -> dict:
         if config.device != "cpu":
             torch.cuda.synchronize()
 
+    if spec.get("pack", 1) > 1:  # K packed runs (PING and COBA by turns, own seeds) as one job
+        once = _packed_step(spec, config, labels)
+
     once(warm_up)  # libraries, allocator, first-call paths
+    if spec.get("count"):
+        return _count_launches(once, x, spec)
     cuda = config.device != "cpu"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -86,6 +96,51 @@ def _measure(spec: dict) -> dict:
             else max(0, _peak_rss() - rss_before))
     return {"wall_s": wall, "cpu_s": cpu, "peak_bytes": peak, "threads": torch.get_num_threads(),
             "encode_s": encode}
+
+
+def _packed_step(spec: dict, config, labels):
+    """One training step of spec["pack"] runs through engine.fast.simulate_fast_runs."""
+    import torch
+    import torch.nn.functional as F
+
+    from engine import Config, init_weights
+    from engine.fast import simulate_fast_runs
+
+    configs = [Config.from_dict({**config.to_dict(), "arch": ("ping", "coba")[r % 2], "ei_strength": None,
+                                 "v_grad_dampen": None, "seed": 42 + r}) for r in range(spec["pack"])]
+    weights = [init_weights(c) for c in configs]
+    for w, c in zip(weights, configs):
+        for name in c.trainable:
+            w[name].requires_grad_(True)
+
+    def once(inputs):
+        outs = simulate_fast_runs(weights, [inputs] * len(configs), configs, spike_trains=False)
+        sum(F.cross_entropy(out["logits"], labels) for out in outs).backward()
+        if config.device != "cpu":
+            torch.cuda.synchronize()
+
+    return once
+
+
+def _count_launches(once, x, spec: dict) -> dict:
+    """Kernel launches of one call: Triton launches plus torch ops (each op one or more kernels)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from engine.fast import gpu
+
+    class Ops(TorchDispatchMode):
+        def __init__(self, launches):
+            super().__init__()
+            self.launches, self.ops = launches, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not self.launches.inside:  # the Triton interpreter's own ops (CPU tests)
+                self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    with gpu.counting_launches() as launches, Ops(launches) as ops:
+        once(x)
+    return {"kernels": launches.launches, "ops": ops.ops, "steps": spec["steps"]}
 
 
 def _current_rss() -> int:
@@ -154,7 +209,11 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--arch", choices=("ping", "coba"), default="ping")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu, or cuda: the fused Triton loop against the torch-op loop (docs/PERFORMANCE.md)")
+    ap.add_argument("--pack", type=int, default=6,
+                    help="cuda: runs packed into one job for the projection (default 6, nb024's cells)")
+    ap.add_argument("--gpu-comparison", action="store_true", help=argparse.SUPPRESS)  # cuda's report on any device
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     return ap
 
@@ -206,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(_measure(json.loads(args.worker))))
         return 0
+    if args.device.startswith("cuda") or args.gpu_comparison:
+        return _main_gpu(args)
     cases = _cases(args)
     print("spikeboard bench:", _machine(args.threads))
     print(f"  arch {args.arch}, {args.dtype}, device {args.device}, canonical 800 E / 200 I, "
@@ -253,6 +314,78 @@ def _report(args, cases, stats) -> None:
         per_epoch = ((TRAIN_IMAGES / args.batch) * (train["best_at"] + encode_train)
                      + TEST_IMAGES * args.steps / infer["rate"] + TEST_IMAGES / args.infer_batch * encode_test)
         print(f"  {label:<9}: {per_epoch:8.1f} s per epoch, {per_epoch * EPOCHS / 3600:8.2f} h per run")
+
+
+def _gpu_cases(args) -> list[dict]:
+    base = {"arch": args.arch, "dtype": args.dtype, "device": args.device, "threads": args.threads,
+            "steps": args.steps, "backend": "fast"}
+    return [
+        {**base, "loop": "triton", "mode": "train", "batch": args.batch},
+        {**base, "loop": "torch_ops", "mode": "train", "batch": args.batch},
+        {**base, "loop": "triton", "mode": "train", "batch": args.batch, "pack": args.pack},
+        {**base, "loop": "triton", "mode": "infer", "batch": args.infer_batch},
+    ]
+
+
+def _main_gpu(args) -> int:
+    """The fused Triton loop against the torch-op loop, interleaved, each call in a fresh process."""
+    cases = _gpu_cases(args)
+    names = ["fused train step", "torch-op train step", f"fused train, {args.pack} runs packed",
+             "fused inference"]
+    print("spikeboard bench:", _machine(args.threads), "|", _gpu_name(args.device))
+    print(f"  arch {args.arch}, {args.dtype}, device {args.device}, canonical 800 E / 200 I, "
+          f"smoke-tier MNIST Poisson input, {args.reps} interleaved repetitions, fresh process each")
+    print("  peak = torch.cuda.max_memory_allocated during the call, minus what was allocated before")
+    counts = [_run_worker({**cases[i], "count": True}) for i in (0, 1)]
+    runs: list[list[dict]] = [[] for _ in cases]
+    for rep in range(args.reps):
+        for i, case in enumerate(cases):
+            runs[i].append(_run_worker(case))
+            print(f"  rep {rep + 1}/{args.reps} {names[i]:<28} batch {case['batch']}: "
+                  f"{runs[i][-1]['wall_s']:.3f} s", flush=True)
+    stats = [_summarise(c, r, c["batch"]) for c, r in zip(cases, runs)]
+    _report_gpu(args, cases, names, stats, counts)
+    return 0
+
+
+def _gpu_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return f"{props.name}, {props.total_memory / 2**30:.0f} GiB"
+    return f"no GPU: device {device}"
+
+
+def _report_gpu(args, cases, names, stats, counts) -> None:
+    fused, torch_ops, packed, infer = stats
+    print("\nKernel launches per training step (Triton launches + torch ops; one batch, "
+          f"{args.steps} steps):")
+    for label, count in zip(("fused", "torch-op loop"), counts):
+        total = count["kernels"] + count["ops"]
+        print(f"  {label:<14}: {count['kernels']:>7} Triton + {count['ops']:>7} torch ops = {total:>8} "
+              f"({total / args.steps:.2f} per step)")
+    ratio = (counts[1]["kernels"] + counts[1]["ops"]) / max(1, counts[0]["kernels"] + counts[0]["ops"])
+    print(f"  the fused loop launches 1/{ratio:.0f} of the torch-op loop's")
+    print("\nResults (one training step = forward + backward of cross-entropy, without spike trains):")
+    for name, case, s in zip(names, cases, stats):
+        print(f"  {name:<30} batch {case['batch']:>4} x {case['steps']} steps: best {s['best']:8.3f} s, "
+              f"median {s['median']:8.3f} s, peak GPU memory {s['peak'] / 2**20:8.0f} MB")
+    print(f"  fused vs torch-op loop at batch {args.batch}: best {torch_ops['best'] / fused['best']:.1f}x, "
+          f"median {torch_ops['median'] / fused['median']:.1f}x")
+    steps_per_epoch = math.ceil(TRAIN_IMAGES / args.batch)
+    infer_per_epoch = TEST_IMAGES / args.infer_batch * infer["best"]
+    cell = EPOCHS * (steps_per_epoch * fused["best"] + infer_per_epoch)
+    torch_cell = EPOCHS * steps_per_epoch * torch_ops["best"]
+    print(f"\nProjected medium cell ({EPOCHS} epochs x ({TRAIN_IMAGES} training images at batch {args.batch} + "
+          f"{TEST_IMAGES} test images inferred), {args.steps} steps, best times, encoding left out):")
+    print(f"  fused        : {cell / 60:8.1f} min per run")
+    print(f"  torch-op loop: {torch_cell / 60:8.1f} min per run (training steps alone)")
+    # a packed step is measured (engine.fast.simulate_fast_runs); each run's test set is inferred on its own
+    packed_cell = EPOCHS * (steps_per_epoch * packed["best"] + args.pack * infer_per_epoch)
+    print(f"  {args.pack} cells packed in one job (nb024): {packed_cell / 60:8.1f} min, against "
+          f"{args.pack * cell / 60:.1f} min one after another (the packed training loop and the "
+          f"worker that would run it are not built yet: engine-level projection)")
 
 
 if __name__ == "__main__":

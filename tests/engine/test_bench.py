@@ -63,3 +63,27 @@ def test_reference_batch_is_halved_until_it_fits_in_memory():
     assert batch < 256 and 2 * batch * 2000 * bench._REF_BYTES_PER_SAMPLE_STEP > bench._REF_MEMORY_LIMIT
     explicit = bench._parser().parse_args(["--batch", "64", "--ref-batch", "8"])
     assert bench._reference_batch(explicit) == 8
+
+
+@pytest.mark.slow
+def test_gpu_comparison_reports_launches_times_and_projections():
+    """`--device cuda`'s report, run on CPU through the Triton interpreter (minutes:
+    the canonical network at 3 steps); on a GPU scripts/gpu_check.sh runs it for real."""
+    import os
+
+    cmd = [sys.executable, "-m", "engine.bench", "--gpu-comparison", "--device", "cpu", "--steps", "3",
+           "--batch", "1", "--reps", "1", "--infer-batch", "1", "--pack", "2", "--threads", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False,
+                          env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = done.stdout
+    fused = re.search(r"fused +: +(\d+) Triton \+ +(\d+) torch ops", report)
+    torch_ops = re.search(r"torch-op loop : +(\d+) Triton \+ +(\d+) torch ops", report)
+    assert fused and torch_ops and int(fused[1]) == 3 and int(torch_ops[1]) == 0
+    assert int(torch_ops[2]) > int(fused[1]) + int(fused[2])
+    assert re.findall(r"rep 1/1 (fused train step|torch-op train step|fused train, 2 runs packed|fused inference)",
+                      report) == ["fused train step", "torch-op train step", "fused train, 2 runs packed",
+                                  "fused inference"]
+    assert re.search(r"fused vs torch-op loop at batch 1: best [\d.]+x", report)
+    assert re.search(r"fused +: +[\d.]+ min per run", report)
+    assert re.search(r"2 cells packed in one job \(nb024\): +[\d.]+ min", report)

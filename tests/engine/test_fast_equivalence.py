@@ -1,7 +1,7 @@
 """The fast backend against the reference: identical float64 spikes, gradients to 1e-6.
 
 Both of the fast backend's time loops are checked: the compiled loops it runs on
-CPU (engine.fast_cpu) and the torch-op loop it runs on CUDA (engine.fast_backward),
+CPU (engine.fast.cpu) and the torch-op loop it runs on CUDA (engine.fast.torch_ops),
 the latter forced onto the CPU here. Canonical network (800 E / 200 I), 2 MNIST
 samples of the smoke tier as Poisson input, 2000 steps for PING and COBA; shorter
 trials for the flag variants. The loss
@@ -20,12 +20,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import engine.fast
+import engine.fast.common
+import engine.fast.network
 from engine import Config, ConfigError, init_weights, poisson_encode, poisson_events, simulate
 from engine.data import load_tier
+from engine.fast import cpu_kernels as kernels
 from engine.fast import simulate_fast
-from engine import fast_kernels as kernels
-from engine.fast_cpu import PresynapticProduct, presynaptic_operand, product_operand
+from engine.fast.cpu import PresynapticProduct, presynaptic_operand, product_operand
 from engine.reference import simulate_reference
 
 ALL_WEIGHTS = ("W_in", "W_ei", "W_ie", "W_out")
@@ -55,12 +56,12 @@ def time_loop(kind: str):
     if kind != "torch_ops":
         yield
         return
-    original = engine.fast.compiled_loops
-    engine.fast.compiled_loops = lambda device: False
+    original = engine.fast.network.loop_family
+    engine.fast.network.loop_family = lambda device: "torch_ops"
     try:
         yield
     finally:
-        engine.fast.compiled_loops = original
+        engine.fast.network.loop_family = original
 
 
 LOOPS = ("compiled", "torch_ops")
@@ -186,7 +187,7 @@ def test_small_network_flags(smoke, changes):
 def test_refractory_holds_resume_across_chunk_boundaries(smoke, monkeypatch):
     """With 7-step chunks every hold (20 steps for E, 10 for I) spans chunk starts,
     where the recomputation resumes each cell's refractory state from a checkpoint."""
-    monkeypatch.setattr(engine.fast, "_MAX_CHUNK_STEPS", 7)
+    monkeypatch.setattr(engine.fast.common, "_MAX_CHUNK_STEPS", 7)
     config = Config(**{**SMALL, "t_ms": 20.0})
     ref = assert_equivalent(config, poisson_input(smoke, config, seed=9), smoke.train.labels[:2],
                             record_voltage=True)

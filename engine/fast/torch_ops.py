@@ -1,26 +1,9 @@
-"""The adjoint of engine.fast's time loop: recompute a chunk, then run it in reverse.
+"""The fast backend's torch-op time loop: the forward, and its adjoint (engine.fast.adjoint's
+notation) by chunk: recompute a chunk from its checkpoint, then run it in reverse.
 
-Notation for one step t (per cell, k = dt/tau_m, D = v_grad_dampen):
-
-    g_t   = decay * g_{t-1} + a_t                      (a_t: arrivals, [AMPA_E | AMPA_I | GABA_E])
-    v1_t  = v_{t-1} + dv_t,  dv_t = k((E_L - v) + g_a (E_a - v) + g_g (E_g - v)),  gradient of dv / D
-    v2_t  = V_reset if held_t else v1_t
-    s_t   = H(v2_t - V_th),  surrogate sg_t = 1 / (1 + beta |v2_t - V_th|)^2
-    v_t   = v2_t (1 - s_t) + V_reset s_t               (s_t detached here unless detach_reset is off)
-
-Adjoints, going backwards (lam_v = dL/dv_t, lam_g = dL/dg_t, lam_s = dL/ds_t):
-
-    lam_s  = c_t dL/dcount + dL/ds_t + arrivals' share: (lam_g_{t+1} on I AMPA) W_ei^T  (E),
-             (lam_g_{t+1} on E GABA) W_ie^T (I), unless detach_recurrent
-    lam_s += lam_v (V_reset - v2_t)                    (only if the reset is not detached)
-    e      = [lam_v (1 - s_t) + lam_s sg_t] * not held_t          (= dL/dv1_t)
-    ed     = e k / D
-    lam_g_t   = decay * lam_g_{t+1} + ed (E_syn - v_{t-1})         (also dL/da_t)
-    lam_v_{t-1} = e - ed (1 + g_a + g_g)
-
-Weight gradients come from dL/da_t at the arrival of each spike: W_in rows of the
-channels that spiked (then the clamp split: a zero entry gets both parts), W_ei
-rows of the E cells that spiked, W_ie rows of the I cells.
+About 25 tensor ops per step forward and 45 backward: only torch ops, so it runs on
+any device. On CPU the compiled loops (engine.fast.cpu) replace it; it stays the
+readable version of the fused loop and is tested against the reference like them.
 """
 
 from __future__ import annotations
@@ -29,8 +12,72 @@ from typing import NamedTuple
 
 import torch
 
-from engine.fast import (Checkpoint, FastParams, ArrivalEvents, input_chunk, membrane_update,
-                         recurrence, split_input_weights, sum_rows)
+from engine.fast.adjoint import SpikeEvents, WeightGrads, spike_events
+from engine.fast.common import (ArrivalEvents, Checkpoint, FastParams, Recurrence, initial_checkpoint,
+                                input_chunk, recurrence, split_input_weights, sum_rows)
+
+
+def add_recurrent(arrivals: torch.Tensor, spikes_prev: torch.Tensor, rec: Recurrence,
+                  p: FastParams) -> None:
+    """Add the previous step's E->I and I->E arrivals to `arrivals` [B, M] in place.
+
+    Each sum is formed apart and added once, so the rounding matches the
+    reference's `x @ W_in_neg + s_i @ W_ie` (and `0 + s_e @ W_ei`).
+    """
+    batch = arrivals.shape[0]
+    if rec.use_ei:
+        sample, cell = spikes_prev[:, :p.n_e].nonzero(as_tuple=True)
+        arrivals[:, p.n_e:p.n].add_(sum_rows(rec.w_ei, cell, sample, batch))
+    if rec.use_ie:
+        sample, cell = spikes_prev[:, p.n_e:].nonzero(as_tuple=True)
+        arrivals[:, p.n:].add_(sum_rows(rec.w_ie, cell, sample, batch))
+
+
+def membrane_update(v: torch.Tensor, g: torch.Tensor, p: FastParams) -> torch.Tensor:
+    """dv of one forward-Euler step, with the reference's operation order."""
+    n_e = p.n_e
+    total = p.e_l - v
+    total.add_((p.e_ampa - v).mul_(g[:, :p.n]))
+    total[:, :n_e].add_((p.e_gaba - v[:, :n_e]).mul_(g[:, p.n:]))
+    return total.mul_(p.c)
+
+
+def forward_chunk(state: Checkpoint, arrivals: torch.Tensor, spikes: torch.Tensor, t0: int,
+                  rec: Recurrence, p: FastParams, voltages: torch.Tensor | None) -> None:
+    """Advance `state` in place over len(arrivals) steps, writing bool spikes [T, B, N]."""
+    v, g, last = state
+    for k in range(arrivals.shape[0]):
+        t = t0 + k
+        x = arrivals[k]
+        if t > 0:
+            add_recurrent(x, spikes[t - 1], rec, p)
+        # conductances: decay, then this step's arrivals
+        g.mul_(p.decay).add_(x)
+        # Euler step; held cells sit at V_reset; strict threshold; reset
+        v.add_(membrane_update(v, g, p))
+        v.masked_fill_(last >= p.hold_from[t], p.v_reset)
+        fired = torch.gt(v, p.v_th, out=spikes[t])
+        v.masked_fill_(fired, p.v_reset)
+        last.masked_fill_(fired, t)
+        if voltages is not None:
+            voltages[t].copy_(v)
+
+
+def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastParams,
+                record_voltage: bool):
+    """Spikes bool [T, B, N], the checkpoints at every chunk start, voltages or None."""
+    dtype, device = w_in.dtype, w_in.device
+    w_pos, w_neg = split_input_weights(w_in)
+    spikes = torch.empty(p.steps, batch, p.n, dtype=torch.bool, device=device)
+    voltages = torch.empty(p.steps, batch, p.n, dtype=dtype, device=device) if record_voltage else None
+    state = initial_checkpoint(batch, p, dtype, device)
+    checkpoints = []
+    for index, t0 in enumerate(range(0, p.steps, p.chunk)):
+        checkpoints.append(Checkpoint(*(s.clone() for s in state)))
+        length = min(p.chunk, p.steps - t0)
+        arrivals = input_chunk(w_pos, w_neg, ev, index, t0, length, batch, p)
+        forward_chunk(state, arrivals, spikes, t0, rec, p, voltages)
+    return spikes, checkpoints, voltages
 
 
 class Tape(NamedTuple):
@@ -42,27 +89,10 @@ class Tape(NamedTuple):
     held: torch.Tensor  # bool
 
 
-class SpikeEvents(NamedTuple):
-    """Recurrent spikes arriving in a chunk: flat row (step, sample) and cell."""
-
-    rows_e: torch.Tensor
-    cells_e: torch.Tensor
-    rows_i: torch.Tensor
-    cells_i: torch.Tensor
-
-
 def chunk_spike_events(spikes: torch.Tensor, t0: int, length: int, p: FastParams) -> SpikeEvents:
     """E and I spikes of steps t0-1 .. t0+length-2, keyed by their arrival row."""
     first = max(t0 - 1, 0)
     return spike_events(spikes[first:t0 + length - 1], first + 1 - t0, p)
-
-
-def spike_events(source: torch.Tensor, offset: int, p: FastParams) -> SpikeEvents:
-    """The spikes source[k] [K, B, N], arriving at chunk row k + offset."""
-    batch = source.shape[1]
-    k, b, e = source[:, :, :p.n_e].nonzero(as_tuple=True)
-    k2, b2, i = source[:, :, p.n_e:].nonzero(as_tuple=True)
-    return SpikeEvents((k + offset) * batch + b, e, (k2 + offset) * batch + b2, i)
 
 
 def add_recurrent_chunk(arrivals: torch.Tensor, ev: SpikeEvents, rec, p: FastParams) -> None:
@@ -199,41 +229,3 @@ def network_backward(w_in, w_ei, w_ie, spikes, checkpoints, ev: ArrivalEvents, p
         state = adjoint_chunk(state, co, lam, t0, ctx)
         grads.accumulate(lam.view(length * batch, p.m), ev, index, t0, batch, sev, p)
     return grads.result(w_in)
-
-
-class WeightGrads:
-    """dL/d(W_in_pos, W_in_neg, W_ei, W_ie) accumulated from dL/da at each arrival."""
-
-    def __init__(self, pos, neg, ei, ie):
-        self.pos, self.neg, self.ei, self.ie = pos, neg, ei, ie
-
-    @classmethod
-    def zeros(cls, w_in, w_ei, w_ie, need):
-        def make(w, flag):
-            return torch.zeros_like(w) if flag else None
-
-        return cls(make(w_in, need[0]), make(w_in, need[0]), make(w_ei, need[1]), make(w_ie, need[2]))
-
-    def accumulate(self, lam, ev: ArrivalEvents, index: int, t0: int, batch: int,
-                   sev: SpikeEvents, p: FastParams) -> None:
-        """Add chunk `index`'s shares; lam is its dL/da, [L * B, M] (row (step - t0) * B + sample)."""
-        lo, hi = ev.bounds[index], ev.bounds[index + 1]
-        if self.pos is not None and hi > lo:
-            rows = (ev.step[lo:hi] - t0) * batch + ev.sample[lo:hi]
-            self.pos.index_add_(0, ev.channel[lo:hi], lam[:, :p.n_e].index_select(0, rows))
-            self.neg.index_add_(0, ev.channel[lo:hi], lam[:, p.n:].index_select(0, rows))
-        self.accumulate_recurrent(lam, sev, p)
-
-    def accumulate_recurrent(self, lam, sev: SpikeEvents, p: FastParams) -> None:
-        """accumulate's W_ei / W_ie shares alone."""
-        if self.ei is not None:
-            self.ei.index_add_(0, sev.cells_e, lam[:, p.n_e:p.n].index_select(0, sev.rows_e))
-        if self.ie is not None:
-            self.ie.index_add_(0, sev.cells_i, lam[:, p.n:].index_select(0, sev.rows_i))
-
-    def result(self, w_in):
-        # clamp's backward passes where x >= min: an exact zero gets both parts
-        d_in = None
-        if self.pos is not None:
-            d_in = self.pos * (w_in >= 0) - self.neg * (w_in <= 0)
-        return d_in, self.ei, self.ie

@@ -1,7 +1,7 @@
 """Compiled CPU loops of the fast backend (numba): per-sample time loops, a chunk's reverse steps.
 
 The functions work on numpy views of the fast backend's tensors and release the
-GIL, so `engine.fast_cpu` runs sample ranges on several threads: the forward takes
+GIL, so `engine.fast.cpu` runs sample ranges on several threads: the forward takes
 its range [b0, b1), the recomputation and the reverse steps (whose recurrent
 products block the samples together) all samples of the arrays they are given,
 one range's. Layouts are engine.fast's: a state row holds E then I cells
@@ -400,7 +400,7 @@ def _part_typed(a, index):
 
 @_compiled
 def _voltage_adjoint(j, const, keep_reset, readout_t, arrival, filtered, count, spike_train, v2, lam_v):
-    """e = dL/dv1 of cell j (engine.fast_backward's docstring), from its v2 on the tape.
+    """e = dL/dv1 of cell j (engine.fast.adjoint's docstring), from its v2 on the tape.
 
     dL/ds is the sum of its parts, in the torch-op loop's order: the readout
     (filtered * readout_t), the spike count, this step's spike-train gradient, the
@@ -467,7 +467,7 @@ def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, keep_reset,
                   filtered, count_e, count_i, s_e, s_i, product_e, product_i, arrival_e, arrival_i,
                   input_events, grad_pos, grad_neg, lam_v, lam_next, lam):
     """Reverse steps k1 - 1 down to k0 of one chunk, for the whole batch
-    (engine.fast_backward's docstring has the derivation).
+    (engine.fast.adjoint's docstring has the derivation).
 
     Takes the chunk's tape (recompute_samples's) and readout [L]; whether the reset
     keeps its gradient; the parts of dL/ds, None where the loss does not reach:

@@ -1,6 +1,6 @@
-"""The fast backend's time loops on CPU, compiled (engine.fast_kernels, numba).
+"""The fast backend's time loops on CPU, compiled (engine.fast.cpu_kernels, numba).
 
-engine.fast's torch-op loop costs about 25 small tensor ops per step forward and 45
+engine.fast.torch_ops's loop costs about 25 small tensor ops per step forward and 45
 backward, each a few tens of microseconds however little it computes: on CPU it is
 bound by per-op overhead. Here the forward (which also writes the spike counts and,
 when asked, the float spike trains), the backward's recomputation of each chunk,
@@ -16,9 +16,9 @@ Saved for backward: only the state at each chunk start (ChunkStarts; the cells
 that spiked on the step before are those of age 1); the recomputation reproduces a
 chunk's spikes where W_ei's / W_ie's gradients need them. Not keeping bool spikes
 [T, B, N] spares 128 MB of fresh memory per training step at batch 64, whose page
-faults alone cost about 40 ms. The chunk length is engine.fast's, so the input
+faults alone cost about 40 ms. The chunk length is engine.fast.common's, so the input
 events' chunk bounds and the W_ei / W_ie gradients' accumulation
-(engine.fast_backward.WeightGrads) are shared with the torch-op loop.
+(engine.fast.adjoint.WeightGrads) are shared with the torch-op loop.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from engine import fast_kernels as kernels
-from engine.fast import (ArrivalEvents, FastParams, OutputGrads, Recurrence, chunk_bounds,
-                         recurrence, split_input_weights)
-from engine.fast_backward import WeightGrads, spike_events
+from engine.fast import cpu_kernels as kernels
+from engine.fast.adjoint import WeightGrads, spike_events
+from engine.fast.common import (ArrivalEvents, FastParams, OutputGrads, Recurrence, chunk_bounds,
+                                recurrence, split_input_weights)
 
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
@@ -80,7 +80,7 @@ class Loop(NamedTuple):
 
 
 def sample_events(ev: ArrivalEvents, batch: int) -> SampleEvents:
-    """engine.fast's (step, sample, channel)-sorted events, re-sorted by sample (stable)."""
+    """engine.fast.common's (step, sample, channel)-sorted events, re-sorted by sample (stable)."""
     order = torch.sort(ev.sample, stable=True).indices
     sample = ev.sample[order]
     ptr = torch.searchsorted(sample, torch.arange(batch + 1, device=sample.device))
@@ -122,22 +122,22 @@ def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastPar
             filtered, (starts, loop), voltages if record_voltage else None)
 
 
-class Tape(NamedTuple):
-    """One chunk's adjoint factors (engine.fast_kernels.recompute_samples)."""
+class ChunkFactors(NamedTuple):
+    """One chunk's adjoint factors (engine.fast.cpu_kernels.recompute_samples)."""
 
     v2: torch.Tensor  # [L + 1, B, N]: the voltage before the chunk, then each step's before reset (+inf: held)
     leak: torch.Tensor  # [L, B, N]: 1 + g_a + g_g
 
     @classmethod
-    def empty(cls, length: int, batch: int, p: FastParams, dtype) -> "Tape":
+    def empty(cls, length: int, batch: int, p: FastParams, dtype) -> "ChunkFactors":
         return cls(torch.empty(length + 1, batch, p.n, dtype=dtype), torch.empty(length, batch, p.n, dtype=dtype))
 
-    def head(self, length: int) -> "Tape":
-        return Tape(self.v2[:length + 1], self.leak[:length])
+    def head(self, length: int) -> "ChunkFactors":
+        return ChunkFactors(self.v2[:length + 1], self.leak[:length])
 
 
 def network_backward(w_in, w_ei, w_ie, saved, ev: ArrivalEvents, p: FastParams, out_grads: OutputGrads, need):
-    """Gradients (W_in, W_ei, W_ie), None where not needed: engine.fast_backward's adjoint.
+    """Gradients (W_in, W_ei, W_ie), None where not needed: engine.fast.adjoint's math.
 
     A batch's weight gradient is the sum of its samples', and the adjoint of one
     sample never looks at another's. So each of `torch.get_num_threads()` threads
@@ -181,7 +181,7 @@ def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: Fas
     grads = WeightGrads.zeros(w_in, w_ei, w_ie, need)
     np_pos, np_neg = (None if g is None else _np(g) for g in (grads.pos, grads.neg))
     want_recurrent = grads.ei is not None or grads.ie is not None
-    full = Tape.empty(p.chunk, batch, p, dtype)
+    full = ChunkFactors.empty(p.chunk, batch, p, dtype)
     lam_full = torch.empty(p.chunk, batch, p.m, dtype=dtype)
     lam_v = torch.zeros(batch, p.n, dtype=dtype)
     lam_next = torch.zeros(batch, p.m, dtype=dtype)

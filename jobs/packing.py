@@ -1,0 +1,67 @@
+"""Which queued training runs could share one GPU job (issue 20, item 4): the packing decision.
+
+A packed job would train K runs in lockstep through one set of kernel launches
+(a run axis in engine.fast.gpu: each run its own weights, optimizer state, RNG,
+record, checkpoints and store row). Runs can share the launches when everything
+that sets the kernels' shapes and the training loop's schedule is equal; what
+lives in each run's own weights and optimizer may differ (PER_RUN_FIELDS): so
+nb024's six cells (PING and COBA x three seeds, one tier, one trial length) are
+one pack.
+
+Only the decision is built: the engine can simulate packed runs
+(engine.fast.network.simulate_fast_runs), but neither the training loop nor the
+worker runs a pack yet (docs/PERFORMANCE.md, "On a GPU").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from engine.config import Config
+from engine.fast.network import PER_RUN_FIELDS
+from jobs.models import Run, RunKind, RunState
+
+def pack_key(run: Run) -> tuple[tuple[str, Any], ...] | None:
+    """What a run must share with its pack-mates, or None if it trains alone: only
+    queued training runs of the fast backend on a GPU, starting from epoch 0 (a
+    resumed run continues from its own epoch)."""
+    if run.kind != RunKind.TRAIN or run.state != RunState.QUEUED or run.resumed_from_epoch:
+        return None
+    config = Config.from_dict(run.config).to_dict()
+    if config["backend"] != "fast" or not str(config["device"]).startswith("cuda"):
+        return None
+    return tuple(sorted((name, _hashable(value)) for name, value in config.items()
+                        if name not in PER_RUN_FIELDS))
+
+
+def plan_packs(queued: Sequence[Run], max_runs: int) -> list[list[Run]]:
+    """Queued runs (oldest first) as jobs of at most `max_runs` compatible runs each.
+
+    First come first served: each job starts with the oldest run not yet placed and
+    takes the next compatible ones in queue order, so packing never makes a run
+    wait behind a younger one. Runs that cannot be packed are jobs of one.
+    """
+    if max_runs < 1:
+        raise ValueError("max_runs must be at least 1")
+    keys = [pack_key(run) for run in queued]
+    placed = [False] * len(queued)
+    jobs: list[list[Run]] = []
+    for i, run in enumerate(queued):
+        if placed[i]:
+            continue
+        placed[i] = True
+        job = [run]
+        if keys[i] is not None:
+            for j in range(i + 1, len(queued)):
+                if len(job) == max_runs:
+                    break
+                if not placed[j] and keys[j] == keys[i]:
+                    placed[j] = True
+                    job.append(queued[j])
+        jobs.append(job)
+    return jobs
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
