@@ -96,17 +96,22 @@ def make_params(config: ForceConfig, g, q) -> ForceParams:
 
 
 def lif_init(config: ForceConfig, batch: int, generator: torch.Generator) -> LIFState:
-    shape = (batch, config.n)
+    """Every batch row starts from the same draw: a point's initial state depends on
+    (seed, N) alone, like omega0, so a point alone and in any batch are the same network."""
     low, high = config.v_init_low_mv, config.v_init_high_mv
-    v = low + (high - low) * torch.rand(shape, generator=generator, dtype=config.torch_dtype)
+    v = low + (high - low) * torch.rand((1, config.n), generator=generator, dtype=config.torch_dtype)
+    shape = (batch, config.n)
     zeros = lambda: torch.zeros(shape, dtype=config.torch_dtype, device=config.device)
-    return LIFState(v.to(config.device), zeros(), zeros(), zeros(), zeros(), zeros())
+    return LIFState(v.expand(shape).to(config.device, copy=True).contiguous(), zeros(), zeros(), zeros(), zeros(),
+                    zeros())
 
 
 def rate_init(config: ForceConfig, batch: int, generator: torch.Generator) -> RateState:
-    # All-silent is a fixed point of the rate twin (the bias sits at threshold), so it starts active.
-    r = config.rate_init_hz * torch.rand((batch, config.n), generator=generator, dtype=config.torch_dtype)
-    return RateState(r.to(config.device), torch.zeros_like(r, device=config.device))
+    # All-silent is a fixed point of the rate twin (the bias sits at threshold), so it starts active;
+    # one draw for every batch row, as lif_init.
+    r = config.rate_init_hz * torch.rand((1, config.n), generator=generator, dtype=config.torch_dtype)
+    r = r.expand(batch, config.n).to(config.device, copy=True).contiguous()
+    return RateState(r, torch.zeros_like(r))
 
 
 def encoded(z: torch.Tensor, u: torch.Tensor | None, w: ForceWeights, p: ForceParams) -> torch.Tensor:

@@ -71,6 +71,8 @@ def make_setup(config: ForceConfig, g, q, supervisor: Supervisor | None = None,
 
 
 def initial_state(network: str, setup: Setup) -> State:
+    """The state every point of the batch starts from: drawn from (seed, network) only, the same
+    for every (Q, G, alpha) and batch position, so a point's result does not depend on its neighbours."""
     generator = torch.Generator().manual_seed(derive_seed(setup.config.seed, f"force-init-{network}"))
     init = lif_init if network == "lif" else rate_init
     return init(setup.config, setup.batch, generator)
