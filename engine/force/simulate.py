@@ -84,6 +84,10 @@ def advance(network: str, setup: Setup, state: State, z: torch.Tensor, phi: torc
     """Steps [start, stop); z of each step goes to outputs[i - start]. With `rls`,
     decoders are learned every `update_every` steps from `start`. `tick(n)` is
     called every TICK_STEPS steps with n the steps of the run done so far."""
+    if setup.config.compiled:
+        from engine.force.compiled import advance_compiled
+
+        return advance_compiled(network, setup, state, z, phi, start, stop, outputs, tick, rls, samples)
     step = lif_step if network == "lif" else rate_step
     dtype = setup.config.torch_dtype
     phi_fast = (rls.phi if rls is not None else phi).to(dtype)
