@@ -189,10 +189,10 @@ def _lif_points(b0, b1, start, stop, phase_start, every, learning, v, ref, ipsc,
 
 
 @_compiled
-def _rate_points(start, stop, phase_start, every, learning, r, hr, z, omega0, eta0, g, q, const, inputs,
+def _rate_points(b0, b1, start, stop, phase_start, every, learning, r, hr, z, omega0, eta0, g, q, const, inputs,
                  has_inputs, phi_fast, P, phi, target, outputs, r64, uplo, blas):
-    """Steps [start, stop) of every point of the rate twin; returns the RLS updates made."""
-    batch, n = r.shape
+    """Steps [start, stop) of points [b0, b1) of the rate twin, in lockstep; returns the RLS updates made."""
+    n = r.shape[1]
     dtype = r.dtype.type
     dt, decay_r, decay_d = dtype(const[DT]), dtype(const[DECAY_R]), dtype(const[DECAY_D])
     v_reset, v_peak, bias = dtype(const[V_RESET]), dtype(const[V_PEAK]), dtype(const[BIAS])
@@ -204,12 +204,12 @@ def _rate_points(start, stop, phase_start, every, learning, r, hr, z, omega0, et
     omega_t = omega0.T
     updates = 0
     for t in range(start, stop):
-        recurrent = np.dot(r, omega_t)  # (B, N): every point's omega0 r in one BLAS product
-        for b in range(batch):
+        recurrent = np.dot(r[b0:b1], omega_t)  # (b1 - b0, N): the range's omega0 r in one BLAS product
+        for b in range(b0, b1):
             rb, hrb, zb, gb = r[b], hr[b], z[b], g[b]
             _drive(drive, zb, eta0, q[b], bias, inputs[t - start], has_inputs)
             for i in range(n):
-                current = drive[i] + recurrent[b, i] * gb
+                current = drive[i] + recurrent[b - b0, i] * gb
                 above = max(current - v_peak, dtype(0))
                 rate = dtype(1) / (np.log1p(span / above) * tau_m + tau_ref)
                 rb[i] = rb[i] * decay_r + dt * hrb[i]
@@ -217,7 +217,7 @@ def _rate_points(start, stop, phase_start, every, learning, r, hr, z, omega0, et
             _readout(zb, rb, phi_fast[b])
             outputs[t - start, b] = zb
         if learning and (t - phase_start) % every == 0:
-            for b in range(batch):
+            for b in range(b0, b1):
                 for i in range(n):
                     r64[i] = r[b, i]
                 _rls_update(P[b], phi[b], phi_fast[b], r64, z[b], target[t], k, s, ints, scalars, uplo, blas)
@@ -257,11 +257,19 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return _pools[threads]
 
 
-def _blas_threads(count: int):
-    """A context that sets the BLAS libraries' thread count (threadpoolctl)."""
-    from threadpoolctl import threadpool_limits
+_controller = None
 
-    return threadpool_limits(count, user_api="blas")
+
+def _blas_threads(count: int):
+    """A context that sets the BLAS libraries' thread count (threadpoolctl; the
+    libraries are looked up once: that costs milliseconds)."""
+    global _controller
+    from threadpoolctl import ThreadpoolController
+
+    with _lock:
+        if _controller is None:
+            _controller = ThreadpoolController()
+    return _controller.limit(limits=count, user_api="blas")
 
 
 def _constants(p) -> np.ndarray:
@@ -308,9 +316,15 @@ def advance_compiled(network: str, setup, state, z: torch.Tensor, phi: torch.Ten
     q, g = p.q.numpy(), p.g.numpy()
     r64 = np.empty(c.n)
     updates = 0
-    threads = max(1, min(torch.get_num_threads(), batch)) if network == "lif" else 1
+    # Ranges of points on threads; BLAS on one thread each (nested BLAS threads on
+    # a busy machine made a product 10x slower, measured), never more threads than cores.
+    threads = max(1, min(torch.get_num_threads(), batch))
+    bounds = [round(batch * i / threads) for i in range(threads + 1)]
     ends = _boundaries(start, stop, c.update_every, TICK_STEPS, samples is not None and learning)
-    with _blas_threads(1 if threads > 1 else torch.get_num_threads()):
+    kernel = _lif_points if network == "lif" else _rate_points
+    weights = _columns(w.omega0) if network == "lif" else w.omega0.numpy()
+    extra = (p.jump_g.numpy(), q) if network == "lif" else (g, q)
+    with _blas_threads(1):
         a = start
         for b_end in ends:
             if setup.inputs is None:
@@ -318,23 +332,15 @@ def advance_compiled(network: str, setup, state, z: torch.Tensor, phi: torch.Ten
             else:
                 u = setup.inputs[a:b_end].numpy()
                 inputs, has_inputs = np.ascontiguousarray(p.input_gain * (u @ w.eta_in0.numpy().T)), True
-            chunk_out = out_np[a - start:b_end - start]
-            if network == "lif":
-                args = (a, b_end, start, c.update_every, learning, *arrays, z_np, _columns(w.omega0), eta0,
-                        p.jump_g.numpy(), q, const, inputs, has_inputs, phi_fast_np, P_np, phi_np, target,
-                        chunk_out)
-                bounds = [round(batch * i / threads) for i in range(threads + 1)]
-                if threads == 1:
-                    made = [_lif_points(0, batch, *args, r64, _UPLO, _BLAS)]
-                else:
-                    futures = [_pool(threads).submit(_lif_points, b0, b1, *args, np.empty(c.n), _UPLO, _BLAS)
-                               for b0, b1 in zip(bounds, bounds[1:])]
-                    made = [f.result() for f in futures]
-                updates += made[0]
+            args = (a, b_end, start, c.update_every, learning, *arrays, z_np, weights, eta0, *extra, const, inputs,
+                    has_inputs, phi_fast_np, P_np, phi_np, target, out_np[a - start:b_end - start])
+            if threads == 1:
+                made = [kernel(0, batch, *args, r64, _UPLO, _BLAS)]
             else:
-                updates += _rate_points(a, b_end, start, c.update_every, learning, *arrays, z_np, w.omega0.numpy(),
-                                        eta0, g, q, const, inputs, has_inputs, phi_fast_np, P_np, phi_np, target,
-                                        chunk_out, r64, _UPLO, _BLAS)
+                futures = [_pool(threads).submit(kernel, b0, b1, *args, np.empty(c.n), _UPLO, _BLAS)
+                           for b0, b1 in zip(bounds, bounds[1:])]
+                made = [f.result() for f in futures]
+            updates += made[0]
             if samples is not None and learning and (b_end - 1 - start) % c.update_every == 0:
                 samples.append(state.r.clone())
             a = b_end
