@@ -26,6 +26,8 @@ and the outputs agree to ~1e-12 (the networks are chaotic, so not for long).
 
 from __future__ import annotations
 
+import ctypes
+import os
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +45,7 @@ from engine.force.rls import RLSState
 # by zero below threshold on purpose: log1p(inf) = inf, 1 / inf = 0, as in torch)
 _compiled = njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
 
-# scipy's BLAS (the one numba's np.dot calls), float64, Fortran calling convention:
+# scipy's BLAS for the RLS update (dsymv, dsyr: torch's MKL does not export them), Fortran calling convention:
 # every argument a pointer. The addresses are passed to the kernels as integers
 # (a ctypes function would be a dynamic global, and numba could not cache them).
 DSYMV = get_cython_function_address("scipy.linalg.cython_blas", "dsymv")
@@ -65,6 +67,25 @@ def _call10(typingctx, address, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10):
 
 
 @intrinsic
+def _call13(typingctx, address, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13):
+    """Calls the void function at `address` with thirteen pointers (addresses as integers)."""
+    return types.void(address, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11, p12, p13), _call_codegen
+
+
+@_compiled
+def _recurrent(out, r, omega0, trans, blas, ints, scalars):
+    """out (m, N) = r (m, N) @ omega0^T with the gemm at blas[2] (Fortran: out^T = omega0 r^T)."""
+    m, n = r.shape
+    ints[0] = n
+    ints[1] = m
+    scalars[0] = 1
+    scalars[1] = 0
+    n_, m_ = ints.ctypes.data, ints[1:].ctypes.data
+    _call13(blas[2], trans.ctypes.data, trans[1:].ctypes.data, n_, m_, n_, scalars.ctypes.data, omega0.ctypes.data,
+            n_, r.ctypes.data, n_, scalars[1:].ctypes.data, out.ctypes.data, n_)
+
+
+@intrinsic
 def _call7(typingctx, address, p1, p2, p3, p4, p5, p6, p7):
     """Calls the void function at `address` with seven pointers (addresses as integers)."""
     return types.void(address, p1, p2, p3, p4, p5, p6, p7), _call_codegen
@@ -72,7 +93,16 @@ def _call7(typingctx, address, p1, p2, p3, p4, p5, p6, p7):
 
 # 'L' of a column-major matrix is the upper triangle (i <= j) of our row-major P
 _UPLO = np.array([ord("L")], dtype=np.uint8)
-_BLAS = np.array([DSYMV, DSYR], dtype=np.int64)
+_TRANS = np.array([ord("T"), ord("N")], dtype=np.uint8)
+# The rate twin's product: torch's MKL sgemm_/dgemm_ (exported by libtorch_cpu), 6 to 15x
+# faster than scipy's OpenBLAS for these shapes here (measured, one thread, (1-8) x 2000 x 2000).
+_TORCH_CPU = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+_GEMM = {np.dtype(np.float32): ctypes.cast(_TORCH_CPU.sgemm_, ctypes.c_void_p).value,
+         np.dtype(np.float64): ctypes.cast(_TORCH_CPU.dgemm_, ctypes.c_void_p).value}
+
+
+def _blas_table(dtype) -> np.ndarray:
+    return np.array([DSYMV, DSYR, _GEMM[np.dtype(dtype)]], dtype=np.int64)
 
 # Layout of `const` (float64)
 DT, DECAY_R, DECAY_D, JUMP, KDV, V_RESET, V_PEAK, BIAS, TAU_M, TAU_REF, REF_STEPS, RATE_JUMP = range(12)
@@ -201,10 +231,14 @@ def _rate_points(b0, b1, start, stop, phase_start, every, learning, r, hr, z, om
     drive = np.empty(n, r.dtype)
     k, s = np.empty(n), np.empty(n)
     ints, scalars = np.empty(2, np.int32), np.empty(2)
-    omega_t = omega0.T
+    recurrent = np.empty((b1 - b0, n), r.dtype)
+    gemm_ints, gemm_scalars = np.empty(2, np.int32), np.empty(2, r.dtype)
+    trans = np.empty(2, np.uint8)
+    trans[0], trans[1] = 84, 78  # 'T', 'N'
     updates = 0
     for t in range(start, stop):
-        recurrent = np.dot(r[b0:b1], omega_t)  # (b1 - b0, N): the range's omega0 r in one BLAS product
+        # (b1 - b0, N): the range's omega0 r in one BLAS product
+        _recurrent(recurrent, r[b0:b1], omega0, trans, blas, gemm_ints, gemm_scalars)
         for b in range(b0, b1):
             rb, hrb, zb, gb = r[b], hr[b], z[b], g[b]
             _drive(drive, zb, eta0, q[b], bias, inputs[t - start], has_inputs)
@@ -318,34 +352,40 @@ def advance_compiled(network: str, setup, state, z: torch.Tensor, phi: torch.Ten
     updates = 0
     # Ranges of points on threads; BLAS on one thread each (nested BLAS threads on
     # a busy machine made a product 10x slower, measured), never more threads than cores.
-    threads = max(1, min(torch.get_num_threads(), batch))
+    torch_threads = torch.get_num_threads()
+    threads = max(1, min(torch_threads, batch))
     bounds = [round(batch * i / threads) for i in range(threads + 1)]
     ends = _boundaries(start, stop, c.update_every, TICK_STEPS, samples is not None and learning)
     kernel = _lif_points if network == "lif" else _rate_points
+    blas = _blas_table(eta0.dtype)
     weights = _columns(w.omega0) if network == "lif" else w.omega0.numpy()
     extra = (p.jump_g.numpy(), q) if network == "lif" else (g, q)
-    with _blas_threads(1):
-        a = start
-        for b_end in ends:
-            if setup.inputs is None:
-                inputs, has_inputs = np.zeros((b_end - a, 1), dtype=eta0.dtype), False
-            else:
-                u = setup.inputs[a:b_end].numpy()
-                inputs, has_inputs = np.ascontiguousarray(p.input_gain * (u @ w.eta_in0.numpy().T)), True
-            args = (a, b_end, start, c.update_every, learning, *arrays, z_np, weights, eta0, *extra, const, inputs,
-                    has_inputs, phi_fast_np, P_np, phi_np, target, out_np[a - start:b_end - start])
-            if threads == 1:
-                made = [kernel(0, batch, *args, r64, _UPLO, _BLAS)]
-            else:
-                futures = [_pool(threads).submit(kernel, b0, b1, *args, np.empty(c.n), _UPLO, _BLAS)
-                           for b0, b1 in zip(bounds, bounds[1:])]
-                made = [f.result() for f in futures]
-            updates += made[0]
-            if samples is not None and learning and (b_end - 1 - start) % c.update_every == 0:
-                samples.append(state.r.clone())
-            a = b_end
-            if tick is not None and b_end % TICK_STEPS == 0:
-                tick(b_end)
+    torch.set_num_threads(1)  # MKL's threads (the rate twin's product): each range runs on one core
+    try:
+        with _blas_threads(1):
+            a = start
+            for b_end in ends:
+                if setup.inputs is None:
+                    inputs, has_inputs = np.zeros((b_end - a, 1), dtype=eta0.dtype), False
+                else:
+                    u = setup.inputs[a:b_end].numpy()
+                    inputs, has_inputs = np.ascontiguousarray(p.input_gain * (u @ w.eta_in0.numpy().T)), True
+                args = (a, b_end, start, c.update_every, learning, *arrays, z_np, weights, eta0, *extra, const, inputs,
+                        has_inputs, phi_fast_np, P_np, phi_np, target, out_np[a - start:b_end - start])
+                if threads == 1:
+                    made = [kernel(0, batch, *args, r64, _UPLO, blas)]
+                else:
+                    futures = [_pool(threads).submit(kernel, b0, b1, *args, np.empty(c.n), _UPLO, blas)
+                               for b0, b1 in zip(bounds, bounds[1:])]
+                    made = [f.result() for f in futures]
+                updates += made[0]
+                if samples is not None and learning and (b_end - 1 - start) % c.update_every == 0:
+                    samples.append(state.r.clone())
+                a = b_end
+                if tick is not None and b_end % TICK_STEPS == 0:
+                    tick(b_end)
+    finally:
+        torch.set_num_threads(torch_threads)
     if learning:
         if updates:
             for b in range(batch):
