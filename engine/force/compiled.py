@@ -40,6 +40,7 @@ from numba.core import types
 from numba.extending import get_cython_function_address, intrinsic
 
 from engine.force.rls import RLSState
+import itertools
 
 # error_model="numpy": a float division has no zero check (the f-I curve divides
 # by zero below threshold on purpose: log1p(inf) = inf, 1 / inf = 0, as in torch)
@@ -376,7 +377,7 @@ def advance_compiled(network: str, setup, state, z: torch.Tensor, phi: torch.Ten
                     made = [kernel(0, batch, *args, r64, _UPLO, blas)]
                 else:
                     futures = [_pool(threads).submit(kernel, b0, b1, *args, np.empty(c.n), _UPLO, blas)
-                               for b0, b1 in zip(bounds, bounds[1:])]
+                               for b0, b1 in itertools.pairwise(bounds)]
                     made = [f.result() for f in futures]
                 updates += made[0]
                 if samples is not None and learning and (b_end - 1 - start) % c.update_every == 0:

@@ -92,7 +92,7 @@ def _ode_target(t: np.ndarray, scale: float, rhs, x0, transient: float) -> np.nd
     return np.stack([np.interp(t, shifted, states[:, j]) for j in range(states.shape[1])], axis=1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def vdp_period(mu: float) -> float:
     """The limit cycle's period in model time, measured between upward zero
     crossings of x after the transient (2 pi only in the harmonic limit mu -> 0:

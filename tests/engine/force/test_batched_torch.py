@@ -8,8 +8,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from engine.force import simulate
 from engine.force.config import ForceConfig
 
-CONFIG = dict(n=40, p=0.3, warmup_s=0.0025, learn_s=0.005, test_s=0.0025, dtype="float64", backend="reference",
-              update_every=10)
+CONFIG = {"n": 40, "p": 0.3, "warmup_s": 0.0025, "learn_s": 0.005, "test_s": 0.0025, "dtype": "float64", "backend": "reference",
+              "update_every": 10}
 SYNCS = {"aten.nonzero.default", "aten._local_scalar_dense.default", "aten.item.default", "aten.is_nonzero.default"}
 
 

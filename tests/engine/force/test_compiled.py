@@ -10,7 +10,7 @@ import torch
 from engine.force import simulate
 from engine.force.config import ForceConfig
 
-SHORT = dict(n=80, p=0.3, warmup_s=0.01, learn_s=0.03, test_s=0.01, dtype="float64", update_every=7)
+SHORT = {"n": 80, "p": 0.3, "warmup_s": 0.01, "learn_s": 0.03, "test_s": 0.01, "dtype": "float64", "update_every": 7}
 POINTS = [(12.0, 0.9, 1e-3), (4.0, 0.3, 5e-6), (25.0, 1.5, 5e-2)]  # (q, g, alpha)
 
 
@@ -32,7 +32,7 @@ def test_compiled_matches_the_reference(network, threads):
         fast_trained, fast_tested = _run("compiled", network)
     finally:
         torch.set_num_threads(before)
-    close = dict(rtol=1e-9, atol=1e-11)
+    close = {"rtol": 1e-9, "atol": 1e-11}
     if network == "lif":
         assert torch.equal(fast_trained.state.ref, ref_trained.state.ref)  # who spiked in the last 2 ms
         assert (ref_trained.state.r > 0).float().mean() > 0.3  # most cells fired

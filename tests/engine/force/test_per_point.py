@@ -8,7 +8,7 @@ import torch
 from engine.force import simulate
 from engine.force.config import ForceConfig
 
-SHORT = dict(n=60, p=0.3, warmup_s=0.01, learn_s=0.03, test_s=0.01, dtype="float64", backend="reference")
+SHORT = {"n": 60, "p": 0.3, "warmup_s": 0.01, "learn_s": 0.03, "test_s": 0.01, "dtype": "float64", "backend": "reference"}
 POINT = (12.0, 0.9, 1e-3)  # (q, g, alpha): strong enough that both twins are active and chaotic
 OTHERS = [(4.0, 0.3, 5e-6), (25.0, 1.5, 5e-2)]
 
