@@ -25,11 +25,11 @@ from app.api.deps import Services
 from app.dashboard import force_plots as fp
 from app.dashboard import layout, plots
 from app.dashboard.live import LiveFeed, News
-from engine.force.config import DTYPES, ENCODERS, TASKS, ForceConfig
+from engine.force.config import BACKENDS, DTYPES, ENCODERS, TASKS, ForceConfig
 from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
 from jobs.service import list_force_experiments
 
-CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "encoder": ENCODERS, "dtype": tuple(DTYPES)}
+CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "encoder": ENCODERS, "dtype": tuple(DTYPES), "backend": BACKENDS}
 # Config fields shown first; the others sit in the "All config fields" card.
 ESSENTIAL = ("task", "n", "q", "g", "alpha", "warmup_s", "learn_s", "test_s", "seed", "device")
 HINTS = typing.get_type_hints(ForceConfig)
