@@ -9,9 +9,10 @@ test_compiled.py holds this loop to them). What changes is how the work is done:
   only the rows of omega0^T (columns of omega0) of the cells that spiked, about
   two per step at N 2000. Points are independent, so ranges of points run on
   threads (the kernels release the GIL), each range through every step of a chunk.
-- Rate twin: one matrix product per step for all the batch's points, R (B, N) @
-  omega0^T with BLAS (the only O(N^2) work of a step: batched, omega0 is read once
-  per step for every point), then the f-I curve and filters elementwise.
+- Rate twin: one matrix product per step for a range's points, R (b, N) @ omega0^T
+  with torch's MKL gemm (the only O(N^2) work of a step: batched, omega0 is read
+  once per step for the range's points), then the f-I curve and filters
+  elementwise; ranges of points on threads as for LIF, one MKL thread each.
 - RLS, every `update_every` steps of learning: P in float64 as in rls.py, but only
   one triangle is kept up to date, with BLAS dsymv (k = P r) and dsyr (P -= s s^T,
   s = sqrt(c) k): half the memory traffic of the full matrix, the bound of an
@@ -27,6 +28,7 @@ and the outputs agree to ~1e-12 (the networks are chaotic, so not for long).
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import threading
 import weakref
@@ -40,7 +42,6 @@ from numba.core import types
 from numba.extending import get_cython_function_address, intrinsic
 
 from engine.force.rls import RLSState
-import itertools
 
 # error_model="numpy": a float division has no zero check (the f-I curve divides
 # by zero below threshold on purpose: log1p(inf) = inf, 1 / inf = 0, as in torch)
