@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     force.add_argument("--out", help="run here into folder OUT (result.json and .npz files) instead of queueing")
     force.add_argument("--data-dir", default="spikeboard-data", help="the store to queue into")
 
-    sub.add_parser("bench", help="benchmark reference vs fast engine (see --help after bench)", add_help=False)
+    sub.add_parser("bench", help="benchmark reference vs fast engine (see --help after bench); `bench force`: FORCE per grid point", add_help=False)
     from app.cli_remote import add_remote_arguments  # --server on train/study/force, and `runs`
 
     add_remote_arguments(sub, train=train, study=study, force=force)
@@ -259,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     from engine.train import NonFiniteError, TrainingCancelled
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["bench", "force"]:  # seconds per FORCE grid point (engine/force/bench.py)
+        from engine.force.bench import main as force_bench_main
+
+        return force_bench_main(argv[2:])
     if argv[:1] == ["bench"]:  # the benchmark parses its own flags
         from engine.bench import main as bench_main
 

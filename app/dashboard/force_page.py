@@ -25,11 +25,11 @@ from app.api.deps import Services
 from app.dashboard import force_plots as fp
 from app.dashboard import layout, plots
 from app.dashboard.live import LiveFeed, News
-from engine.force.config import DTYPES, ENCODERS, TASKS, ForceConfig
+from engine.force.config import BACKENDS, DTYPES, ENCODERS, TASKS, ForceConfig
 from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
 from jobs.service import list_force_experiments
 
-CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "encoder": ENCODERS, "dtype": tuple(DTYPES)}
+CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "encoder": ENCODERS, "dtype": tuple(DTYPES), "backend": BACKENDS}
 # Config fields shown first; the others sit in the "All config fields" card.
 ESSENTIAL = ("task", "n", "q", "g", "alpha", "warmup_s", "learn_s", "test_s", "seed", "device")
 HINTS = typing.get_type_hints(ForceConfig)
@@ -278,7 +278,7 @@ class ForcePage(param.Parameterized):
                 if k in rows[0][1]]
         head = "".join(f"<th>{k}</th>" for k in keys)
         body = "".join(f"<tr><th>{fp.NETWORK_LABELS.get(n, n)}</th>"
-                       + "".join(f"<td>{_fmt(r.get(k))}</td>" for k in keys) + "</tr>" for n, r in rows)
+                       + "".join(f"<td>{_fmt_result(r, k)}</td>" for k in keys) + "</tr>" for n, r in rows)
         fit = self.result.get("decoder_fit") or {}
         extra = (f"<p>decoders: r {_fmt(fit.get('r'))}, slope {_fmt(fit.get('slope'))}</p>" if fit else "")
         return f'<table class="kv"><tr><th></th>{head}</tr>{body}</table>{extra}'
@@ -301,8 +301,9 @@ class ForcePage(param.Parameterized):
         if point is None:
             return
         rows = "".join(
-            f"<tr><th>{fp.NETWORK_LABELS[n]}</th><td>{_fmt(r.get('test_error'))}</td><td>{_fmt(r.get('log10_error'))}"
-            f"</td><td>{_fmt(r.get('rmse'))}</td><td>{'yes' if r.get('success') else 'no'}</td>"
+            f"<tr><th>{fp.NETWORK_LABELS[n]}</th><td>{_fmt_result(r, 'test_error')}</td>"
+            f"<td>{_fmt_result(r, 'log10_error')}</td><td>{_fmt_result(r, 'rmse')}</td>"
+            f"<td>{_fmt_result(r, 'success')}</td>"
             f"<td>{_fmt(r.get('end_rate_hz'))}</td></tr>"
             for n in fp.NETWORKS if (r := point.get(n)))
         fit = point.get("decoder_fit") or {}
@@ -454,6 +455,13 @@ class ForcePage(param.Parameterized):
             results = self._results()
         body = [pn.Row(form, pn.Column(*side, sizing_mode="stretch_width"), sizing_mode="stretch_width"), *results]
         return layout.page(title, "/force", *body, status=self.status)
+
+
+def _fmt_result(network_result: dict, key: str) -> str:
+    """A network result's field; a diverged run's error fields (null in result.json) say "diverged"."""
+    if network_result.get("diverged") and key in ("test_error", "log10_error", "rmse", "success"):
+        return "diverged"
+    return _fmt(network_result.get(key))
 
 
 def _fmt(value) -> str:

@@ -144,9 +144,10 @@ def grid_frame(result: dict, q_values: Sequence[float], g_values: Sequence[float
                 rows.append({"network": network, "q": q, "g": g, "Q": label(q), "G": label(g),
                              "log10_error": _nan(net.get("log10_error")), "test_error": _nan(net.get("test_error")),
                              "rmse": _nan(net.get("rmse")), "end_rate_hz": _nan(net.get("end_rate_hz")),
-                             "decoder_r": _nan(fit.get("r")), "decoder_slope": _nan(fit.get("slope"))})
+                             "decoder_r": _nan(fit.get("r")), "decoder_slope": _nan(fit.get("slope")),
+                             "diverged": bool(net.get("diverged"))})
     columns = ["network", "q", "g", "Q", "G", "log10_error", "test_error", "rmse", "end_rate_hz", "decoder_r",
-               "decoder_slope"]
+               "decoder_slope", "diverged"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -177,7 +178,9 @@ def grid_heatmap(result: dict, q_values: Sequence[float], g_values: Sequence[flo
         ylabel="Q (feedback scale)", line_color="white", line_width=1, nonselection_alpha=1.0,
         clipping_colors={"NaN": "#edf2f7"})
     digits = ".1f" if value == "log10_error" else ".2f"
-    text = ["…" if math.isnan(v) else format(v, digits) for v in frame[value]]
+    # a diverged point (NaN/inf output) is done, not pending: say so instead of "…"
+    text = ["diverged" if diverged and value == "log10_error" else "…" if math.isnan(v) else format(v, digits)
+            for v, diverged in zip(frame[value], frame["diverged"])]
     cells = hv.Labels(frame.assign(text=text), ["G", "Q"], "text").opts(text_font_size="8pt", text_color="white")
     chosen = [(label(selected[1]), label(selected[0]))] if selected else []
     marker = hv.Points(chosen, ["G", "Q"]).opts(**SELECTED)

@@ -23,6 +23,9 @@ TASKS = ("sine", "sum_of_sines", "product_of_sines", "sawtooth", "vdp_harmonic",
          "lorenz", "fourier", "ode_to_joy", "pitchfork")
 ENCODERS = ("symmetric", "centred")  # Q * U[-1, 1] (Nicola & Clopath) or Q * (U[0, 1] - 0.5) (the study's code)
 NETWORKS = ("lif", "rate")
+# The time loop: "reference" is simulate.py's torch loop (any device, the executable spec),
+# "compiled" engine/force/compiled.py's numba loop (CPU); "auto" picks compiled on CPU.
+BACKENDS = ("auto", "reference", "compiled")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Task-dependent defaults, resolved at construction so a stored config is explicit.
@@ -69,6 +72,7 @@ class ForceConfig:
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.tau_d_ms is None:
@@ -85,6 +89,7 @@ class ForceConfig:
     n_steps = property(lambda self: self.warmup_steps + self.learn_steps + self.test_steps)
     trace_every = property(lambda self: max(1, _steps(self.trace_every_ms * 1e-3, self.dt_s)))
     torch_dtype = property(lambda self: DTYPES[self.dtype])
+    compiled = property(lambda self: self.backend == "compiled" or (self.backend == "auto" and self.device == "cpu"))
 
     def replace(self, **changes: Any) -> "ForceConfig":
         return dataclasses.replace(self, **changes)
@@ -162,3 +167,6 @@ def _validate(c: ForceConfig) -> None:
         raise ConfigError("test_s", f"the run has {c.n_steps} steps; at most 2e7 are allowed")
     if not isinstance(c.device, str) or not (c.device == "cpu" or c.device.startswith("cuda")):
         raise ConfigError("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {c.device!r}")
+    _choice(c, "backend", BACKENDS)
+    if c.backend == "compiled" and c.device != "cpu":
+        raise ConfigError("backend", f"'compiled' runs on the CPU only; use 'reference' or 'auto' on {c.device}")

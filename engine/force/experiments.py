@@ -79,11 +79,8 @@ def _config(params: dict, defaults: dict) -> dict:
 # --- shared pieces -----------------------------------------------------------------------
 def _network_result(setup: Setup, tested, b: int) -> dict:
     c = setup.config
-    sq = float(tested.sq_error[b])
-    error = measures.test_error(sq, c.test_steps, c.dt_s)
-    return {"test_error": error, "log10_error": measures.log10_or_none(error),
-            "rmse": measures.rmse(sq, c.test_steps, setup.supervisor.k),
-            "success": error < measures.SUCCESS_CUTOFF, "end_rate_hz": float(tested.end_rate_hz[b])}
+    return measures.network_result(float(tested.sq_error[b]), c.test_steps, c.dt_s, setup.supervisor.k,
+                                   float(tested.end_rate_hz[b]))
 
 
 def _traces(setup: Setup, trained: Trained | None, tested, b: int) -> np.ndarray:
@@ -152,8 +149,9 @@ def train_run(params: dict, w: ResultWriter) -> None:
         w.save_npz(f"traces_{network}.npz", t_s=t, target=f, output=z)
         result = _network_result(setup, tested, 0)
         test_z = tested.outputs[:, 0, 0].double().cpu().numpy()
-        result.update(frequency_hz=measures.dominant_frequency(test_z, config.dt_s),
-                      amplitude=float((test_z.max() - test_z.min()) / 2))
+        finite = bool(np.isfinite(test_z).all())
+        result.update(frequency_hz=measures.dominant_frequency(test_z, config.dt_s) if finite else None,
+                      amplitude=float((test_z.max() - test_z.min()) / 2) if finite else None)
         w.result["networks"][network] = result
         decoders[f"phi_{network}"] = trained.rls.phi[0].cpu().numpy()
     w.save_npz("decoders.npz", **decoders)

@@ -36,11 +36,8 @@ def grid_batch(config_fields: dict, points: list[tuple[float, float]], networks:
         tested = test(network, setup, trained, tick=step_tick)
         phis[network] = trained.rls.phi.cpu().numpy()
         for b, row in enumerate(rows):
-            error = measures.test_error(float(tested.sq_error[b]), config.test_steps, config.dt_s)
-            row[network] = {"test_error": error, "log10_error": measures.log10_or_none(error),
-                            "rmse": measures.rmse(float(tested.sq_error[b]), config.test_steps, setup.supervisor.k),
-                            "success": error < measures.SUCCESS_CUTOFF,
-                            "end_rate_hz": float(tested.end_rate_hz[b])}
+            row[network] = measures.network_result(float(tested.sq_error[b]), config.test_steps, config.dt_s,
+                                                   setup.supervisor.k, float(tested.end_rate_hz[b]))
     if len(phis) == 2:
         for b, row in enumerate(rows):
             row["decoder_fit"] = measures.decoder_fit(phis["lif"][b], phis["rate"][b])

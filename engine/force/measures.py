@@ -21,6 +21,17 @@ def rmse(sq_error_sum: float, n_steps: int, k: int) -> float:
     return math.sqrt(sq_error_sum / (n_steps * k))
 
 
+def network_result(sq_error_sum: float, n_steps: int, dt_s: float, k: int, end_rate_hz: float) -> dict:
+    """One network's test result. A run whose output became NaN or infinite is
+    `diverged`: its error fields are NaN (null in result.json) and it is no success."""
+    error = test_error(sq_error_sum, n_steps, dt_s) if math.isfinite(sq_error_sum) else math.nan
+    diverged = not math.isfinite(error)
+    return {"test_error": error, "log10_error": log10_or_none(error),
+            "rmse": rmse(sq_error_sum, n_steps, k) if not diverged else math.nan,
+            "success": (not diverged) and error < SUCCESS_CUTOFF, "diverged": diverged,
+            "end_rate_hz": end_rate_hz}
+
+
 def log10_or_none(x: float) -> float | None:
     return math.log10(x) if x > 0 and math.isfinite(x) else None
 

@@ -51,6 +51,9 @@ class ForceParams(NamedTuple):
     jump: float  # 1 / (tr td)
     jump_g: torch.Tensor  # (B,) g / (tr td): a spike's jump into the current filter
     ref_steps: int
+    # GPU: the spikes' input as one dense product s @ omega0^T, with no host sync
+    # (picking the spiking columns needs their count on the host every step)
+    dense_spikes: bool = False
 
 
 class LIFState(NamedTuple):
@@ -92,21 +95,27 @@ def make_params(config: ForceConfig, g, q) -> ForceParams:
                        tau_m=config.tau_m_ms * 1e-3, tau_ref=config.tau_ref_ms * 1e-3,
                        v_reset=config.v_reset_mv, v_peak=config.v_peak_mv, bias=config.bias_mv,
                        decay_r=math.exp(-dt / tr), decay_d=math.exp(-dt / td), jump=1.0 / (tr * td), jump_g=vector(g) / (tr * td),
-                       ref_steps=int(round(config.tau_ref_ms / config.dt_ms)))
+                       ref_steps=int(round(config.tau_ref_ms / config.dt_ms)),
+                       dense_spikes=config.device.startswith("cuda"))
 
 
 def lif_init(config: ForceConfig, batch: int, generator: torch.Generator) -> LIFState:
-    shape = (batch, config.n)
+    """Every batch row starts from the same draw: a point's initial state depends on
+    (seed, N) alone, like omega0, so a point alone and in any batch are the same network."""
     low, high = config.v_init_low_mv, config.v_init_high_mv
-    v = low + (high - low) * torch.rand(shape, generator=generator, dtype=config.torch_dtype)
+    v = low + (high - low) * torch.rand((1, config.n), generator=generator, dtype=config.torch_dtype)
+    shape = (batch, config.n)
     zeros = lambda: torch.zeros(shape, dtype=config.torch_dtype, device=config.device)
-    return LIFState(v.to(config.device), zeros(), zeros(), zeros(), zeros(), zeros())
+    return LIFState(v.expand(shape).to(config.device, copy=True).contiguous(), zeros(), zeros(), zeros(), zeros(),
+                    zeros())
 
 
 def rate_init(config: ForceConfig, batch: int, generator: torch.Generator) -> RateState:
-    # All-silent is a fixed point of the rate twin (the bias sits at threshold), so it starts active.
-    r = config.rate_init_hz * torch.rand((batch, config.n), generator=generator, dtype=config.torch_dtype)
-    return RateState(r.to(config.device), torch.zeros_like(r, device=config.device))
+    # All-silent is a fixed point of the rate twin (the bias sits at threshold), so it starts active;
+    # one draw for every batch row, as lif_init.
+    r = config.rate_init_hz * torch.rand((1, config.n), generator=generator, dtype=config.torch_dtype)
+    r = r.expand(batch, config.n).to(config.device, copy=True).contiguous()
+    return RateState(r, torch.zeros_like(r))
 
 
 def encoded(z: torch.Tensor, u: torch.Tensor | None, w: ForceWeights, p: ForceParams) -> torch.Tensor:
@@ -128,9 +137,12 @@ def lif_step(state: LIFState, drive: torch.Tensor, w: ForceWeights, p: ForcePara
     # Filters: each rise stage integrates its decay stage's value from before this step's jump
     ipsc = torch.add(ipsc * p.decay_r, h, alpha=p.dt)
     h = h * p.decay_d
-    fired = spikes.any(dim=0).nonzero().squeeze(1)
-    if fired.numel():  # only the spiking columns of omega0 are summed
-        h = h + (s[:, fired] @ w.omega0[:, fired].T) * p.jump_g[:, None]
+    if p.dense_spikes:  # a fixed number of kernel launches per step, whatever the batch and spikes
+        h = torch.addcmul(h, s @ w.omega0.T, p.jump_g[:, None])
+    else:
+        fired = spikes.any(dim=0).nonzero().squeeze(1)
+        if fired.numel():  # only the spiking columns of omega0 are summed
+            h = h + (s[:, fired] @ w.omega0[:, fired].T) * p.jump_g[:, None]
     r = torch.add(r * p.decay_r, hr, alpha=p.dt)
     hr = torch.add(hr * p.decay_d, s, alpha=p.jump)
     # Reset and refractoriness of the neurons that spiked

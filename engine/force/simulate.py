@@ -71,6 +71,8 @@ def make_setup(config: ForceConfig, g, q, supervisor: Supervisor | None = None,
 
 
 def initial_state(network: str, setup: Setup) -> State:
+    """The state every point of the batch starts from: drawn from (seed, network) only, the same
+    for every (Q, G, alpha) and batch position, so a point's result does not depend on its neighbours."""
     generator = torch.Generator().manual_seed(derive_seed(setup.config.seed, f"force-init-{network}"))
     init = lif_init if network == "lif" else rate_init
     return init(setup.config, setup.batch, generator)
@@ -82,6 +84,10 @@ def advance(network: str, setup: Setup, state: State, z: torch.Tensor, phi: torc
     """Steps [start, stop); z of each step goes to outputs[i - start]. With `rls`,
     decoders are learned every `update_every` steps from `start`. `tick(n)` is
     called every TICK_STEPS steps with n the steps of the run done so far."""
+    if setup.config.compiled:
+        from engine.force.compiled import advance_compiled
+
+        return advance_compiled(network, setup, state, z, phi, start, stop, outputs, tick, rls, samples)
     step = lif_step if network == "lif" else rate_step
     dtype = setup.config.torch_dtype
     phi_fast = (rls.phi if rls is not None else phi).to(dtype)

@@ -33,3 +33,12 @@ def test_sine_is_five_hertz_and_pitchfork_is_bistable():
     x = fork.target[:, 0]
     assert np.mean(np.abs(np.abs(x) - 1) < 0.1) > 0.9  # near +-1 nearly always
     assert (x > 0.9).any() and (x < -0.9).any()  # the pulses flip it
+
+
+@pytest.mark.parametrize("task", ["vdp_harmonic", "vdp_relaxation"])
+def test_van_der_pol_oscillates_at_freq_hz_at_any_mu(task):
+    """freq_hz is the limit cycle's frequency: 2 pi freq t as model time would give
+    1.08 Hz instead of 2 Hz at mu 5 (period 11.6, not 2 pi)."""
+    config = ForceConfig(task=task, warmup_s=0.0, learn_s=0.0, test_s=4.0, freq_hz=2.0, n=10)
+    x = make_supervisor(config).target[:, 0]
+    assert zero_crossing_frequency(x, config.dt_s) == pytest.approx(2.0, rel=1e-3)
