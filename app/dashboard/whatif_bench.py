@@ -48,6 +48,7 @@ PAINTED_JS = """([attr, value, t0]) => new Promise(resolve => {
       .find(m => typeof m.text === 'string' && m.text.includes('whatif-state'));
   const re = new RegExp(attr + '=(?:"|&quot;)([^"&]+)');
   const poll = () => {
+    if (performance.now() - t0 > 60000) { resolve(null); return; }
     const found = (model.text.match(re) || [])[1];
     if (found !== undefined && Math.abs(parseFloat(found) - value) < 1e-6) {
       const seen = performance.now();
@@ -173,6 +174,9 @@ def measure(sync_playwright, url: str, run_id: str, args) -> list[dict]:
             value = float(handle.get_attribute("aria-valuenow"))
             released = page.evaluate("() => window.__released")
             seen = page.evaluate(PAINTED_JS, [f"data-{name}", value, released])
+            if seen is None:
+                print(f"move {move + 1:2d}: {name} -> {value}: no frame within 60 s", flush=True)
+                continue
             rows.append({"slider": name, "value": value, "seen_s": seen["seen"] / 1000,
                          "total_s": seen["painted"] / 1000, **timings_of(seen["text"])})
             print(f"move {move + 1:2d}: {name} -> {value:5.2f}: {rows[-1]['total_s']:.3f} s "

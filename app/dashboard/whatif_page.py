@@ -90,7 +90,7 @@ class WhatIfPage:
         self.save_button = pn.widgets.Button(name="Save as run…", button_type="primary")
         self.save_button.on_click(self.show_save_form)
         self.summary = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["whatif-summary"])
-        self.save_form = pn.Column(visible=False, sizing_mode="stretch_width")
+        self.save_form = pn.Column(pn.pane.HTML(""), visible=False, sizing_mode="stretch_width")
         self._build_figures()
         self.latest = Latest(self._compute, self._deliver)
         if self.doc is not None:
@@ -188,7 +188,7 @@ class WhatIfPage:
     # --- one frame -----------------------------------------------------------------------
     def _frame_data(self, r: WhatIfResult) -> dict:
         """Every data source's new columns, built off the document lock."""
-        e_edges, e_counts = np.histogram(r.cell_rates_e_hz, _edges(r.cell_rates_e_hz, r.cell_rates_i_hz))
+        e_counts, e_edges = np.histogram(r.cell_rates_e_hz, _edges(r.cell_rates_e_hz, r.cell_rates_i_hz))
         i_counts = np.histogram(r.cell_rates_i_hz, e_edges)[0]
         spec = r.spectrum
         ei, ie = r.knobs.w_ei_scale, r.knobs.w_ie_scale
@@ -245,10 +245,9 @@ class WhatIfPage:
 
     # --- actions -------------------------------------------------------------------------
     async def reset(self, _event=None) -> None:
-        self._ticket += 1
         for name, slider in self.sliders.items():
-            with slider.param.discard_events(slider):  # one request for all, below
-                slider.value = self.trained[name]
+            slider.value = self.trained[name]  # their debounced requests find these knobs asked for already
+        self._ticket += 1
         await self.request_now("reset")
 
     def show_save_form(self, _event=None) -> None:

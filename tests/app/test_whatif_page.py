@@ -4,9 +4,13 @@ check that the figures move the way the physics says they must."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from engine import train
@@ -15,7 +19,7 @@ from jobs.models import RunState
 from jobs.paths import DataDir
 from jobs.service import JobService
 from jobs.store import RunStore
-from tests.app.conftest import REPO, start_server
+from tests.app.conftest import REPO, Server, free_port
 from tests.app.test_whatif_api import PING_200
 from tests.conftest import small_config
 
@@ -29,6 +33,27 @@ SOURCE_LENGTHS_JS = """() => Object.fromEntries(Bokeh.documents.flatMap(d => [..
     .filter(m => m.data && m.name).map(m => [m.name, Object.values(m.data)[0]?.length ?? 0]))"""
 
 
+def dashboard_server(data_dir: Path, start_s: float = 180.0) -> Server:
+    """conftest's server with the dashboard, given longer to start: on a loaded 2-core
+    machine Panel's and numba's imports alone can take over 30 s."""
+    port = free_port()
+    log = open(data_dir / "server.log", "ab")
+    process = subprocess.Popen([sys.executable, "-m", "app.server", "--host", "127.0.0.1", "--port", str(port),
+                                "--data-dir", str(data_dir), "--workers", "0"], cwd=REPO, stdout=log,
+                               stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONPATH": str(REPO), "SPIKEBOARD_DASHBOARD": "1"})
+    server = Server(f"http://127.0.0.1:{port}", data_dir, process)
+    deadline = time.monotonic() + start_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(server.url + "/api/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server did not start: {(data_dir / 'server.log').read_text()[-2000:]}")
+
+
 @pytest.fixture(scope="module")
 def served_run(tmp_path_factory):
     """A dashboard server over a store with one succeeded 1-epoch run (200 ms trials: a spectrum of 150 bins)."""
@@ -39,7 +64,7 @@ def served_run(tmp_path_factory):
     store.claim_next()
     store.transition(run.id, RunState.SUCCEEDED)
     store.close()
-    server = start_server(data.root, workers=0, dashboard=True)
+    server = dashboard_server(data.root)
     yield server, run.id
     server.stop()
 
@@ -49,6 +74,8 @@ def page(served_run, request):
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(120_000)  # the first page builds the run's network (imports, loads)
+        page.set_default_navigation_timeout(180_000)
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         yield page
