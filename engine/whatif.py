@@ -68,7 +68,7 @@ class Knobs:
             if value < low or (high is not None and value > high):
                 raise ConfigError(name, f"must be in [{low}, {high if high is not None else 'inf'}], got {value}")
 
-    def resolved(self, config: Config) -> "Knobs":
+    def resolved(self, config: Config) -> Knobs:
         """The knobs with the run's own values filled in."""
         return Knobs(self.w_ei_scale, self.w_ie_scale, self.w_in_scale,
                      config.max_rate_hz if self.max_rate_hz is None else self.max_rate_hz,

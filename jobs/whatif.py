@@ -31,7 +31,8 @@ import functools
 import os
 import threading
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import torch
 

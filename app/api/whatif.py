@@ -17,7 +17,14 @@ from pydantic import BaseModel, Field
 
 from app.api.deps import Services, get_services
 from app.api.schemas import STRICT, SpectrumPublic
-from engine.whatif import MAX_IMAGES, MAX_RATE_HZ, MAX_SCALE, MAX_TAU_GABA_MS, WhatIfResult, rate_histogram
+from engine.whatif import (
+    MAX_IMAGES,
+    MAX_RATE_HZ,
+    MAX_SCALE,
+    MAX_TAU_GABA_MS,
+    WhatIfResult,
+    rate_histogram,
+)
 from jobs.whatif import Busy, knobs_of
 
 router = APIRouter(prefix="/runs", tags=["what-if"])
@@ -88,7 +95,7 @@ class WhatIfPublic(BaseModel):
     timings_s: dict[str, float]
 
     @classmethod
-    def of(cls, r: WhatIfResult, raster: bool) -> "WhatIfPublic":
+    def of(cls, r: WhatIfResult, raster: bool) -> WhatIfPublic:
         events = RasterEvents(e_steps=r.raster_e.step.tolist(), e_cells=r.raster_e.cell.tolist(),
                               i_steps=r.raster_i.step.tolist(), i_cells=r.raster_i.cell.tolist()) if raster else None
         (e_edges, e_counts), (i_edges, i_counts) = rate_histogram(r.cell_rates_e_hz), rate_histogram(r.cell_rates_i_hz)

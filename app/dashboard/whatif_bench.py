@@ -106,7 +106,7 @@ def timings_of(text: str) -> dict[str, float]:
     import re
 
     inner = html.unescape(html.unescape(text))
-    state = json.loads(re.search(r"<div class=\"whatif-state\"[^>]*>(.*?)</div>", inner, re.S).group(1))
+    state = json.loads(re.search(r"<div class=\"whatif-state\"[^>]*>(.*?)</div>", inner, re.DOTALL).group(1))
     return state["timings_s"]
 
 
@@ -151,8 +151,11 @@ def measure(sync_playwright, url: str, run_id: str, args) -> list[dict]:
     rows = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # warm-up: the server's first what-if loads the kernels and the weights
+        httpx.post(f"{url}/api/runs/{run_id}/whatif", json={"n_images": args.images}, timeout=600)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.goto(f"{url}/whatif?run={run_id}")
+        page.set_default_timeout(120_000)
+        page.goto(f"{url}/whatif?run={run_id}", timeout=300_000)
         page.wait_for_function(f"() => ({STATE_JS})() !== null", timeout=300_000, polling=200)
         page.locator(".slider-edit input").first.wait_for()
         if args.images != 16:
@@ -171,7 +174,7 @@ def measure(sync_playwright, url: str, run_id: str, args) -> list[dict]:
             target = t_box["x"] + t_box["width"] * random.uniform(0.02, 0.5)  # multipliers 0.2 .. 5
             page.mouse.move(target, h_box["y"] + h_box["height"] / 2, steps=4)
             page.mouse.up()
-            value = float(handle.get_attribute("aria-valuenow"))
+            value = float(track.evaluate("el => el.noUiSlider.get(true)"))  # aria-valuenow is rounded
             released = page.evaluate("() => window.__released")
             seen = page.evaluate(PAINTED_JS, [f"data-{name}", value, released])
             if seen is None:

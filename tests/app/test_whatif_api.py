@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import httpx
 import pytest
 
@@ -11,13 +17,33 @@ from jobs.models import RunState
 from jobs.paths import DataDir
 from jobs.service import JobService
 from jobs.store import RunStore
-from tests.app.conftest import start_server
+from tests.app.conftest import REPO, Server, free_port
 from tests.conftest import small_config
-
 
 # 200 E / 50 I with the canonical network's summed coupling per cell (W_ei x 4, W_ie x 4):
 # small, but E is held well below its open-loop rate by inhibition
 PING_200 = dict(n_e=200, n_i=50, ei_strength=0.2, ie_strength=4.0, t_ms=100.0, epochs=1, backend="fast")
+
+
+def patient_server(data_dir: Path, dashboard: bool = False, start_s: float = 180.0) -> Server:
+    """conftest's server (no workers), given longer to start: on a loaded 2-core machine
+    the imports alone (torch, numba, Panel) can take over conftest's 30 s."""
+    port = free_port()
+    log = open(data_dir / "server.log", "ab")
+    process = subprocess.Popen([sys.executable, "-m", "app.server", "--host", "127.0.0.1", "--port", str(port),
+                                "--data-dir", str(data_dir), "--workers", "0"], cwd=REPO, stdout=log,
+                               stderr=subprocess.STDOUT,
+                               env={**os.environ, "PYTHONPATH": str(REPO), "SPIKEBOARD_DASHBOARD": "1" if dashboard else "0"})
+    server = Server(f"http://127.0.0.1:{port}", data_dir, process)
+    deadline = time.monotonic() + start_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if httpx.get(server.url + "/api/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"server did not start: {(data_dir / 'server.log').read_text()[-2000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +56,7 @@ def trained(tmp_path_factory):
     store.claim_next()
     store.transition(run.id, RunState.SUCCEEDED)
     store.close()
-    server = start_server(data.root, workers=0)
+    server = patient_server(data.root)
     with httpx.Client(base_url=server.url, timeout=60) as http:
         yield http, run
     server.stop()

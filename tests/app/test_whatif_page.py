@@ -4,13 +4,9 @@ check that the figures move the way the physics says they must."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from engine import train
@@ -19,8 +15,8 @@ from jobs.models import RunState
 from jobs.paths import DataDir
 from jobs.service import JobService
 from jobs.store import RunStore
-from tests.app.conftest import REPO, Server, free_port
-from tests.app.test_whatif_api import PING_200
+from tests.app.conftest import REPO
+from tests.app.test_whatif_api import PING_200, patient_server
 from tests.conftest import small_config
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -33,27 +29,6 @@ SOURCE_LENGTHS_JS = """() => Object.fromEntries(Bokeh.documents.flatMap(d => [..
     .filter(m => m.data && m.name).map(m => [m.name, Object.values(m.data)[0]?.length ?? 0]))"""
 
 
-def dashboard_server(data_dir: Path, start_s: float = 180.0) -> Server:
-    """conftest's server with the dashboard, given longer to start: on a loaded 2-core
-    machine Panel's and numba's imports alone can take over 30 s."""
-    port = free_port()
-    log = open(data_dir / "server.log", "ab")
-    process = subprocess.Popen([sys.executable, "-m", "app.server", "--host", "127.0.0.1", "--port", str(port),
-                                "--data-dir", str(data_dir), "--workers", "0"], cwd=REPO, stdout=log,
-                               stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONPATH": str(REPO), "SPIKEBOARD_DASHBOARD": "1"})
-    server = Server(f"http://127.0.0.1:{port}", data_dir, process)
-    deadline = time.monotonic() + start_s
-    while process.poll() is None and time.monotonic() < deadline:
-        try:
-            if httpx.get(server.url + "/api/health", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.stop()
-    raise RuntimeError(f"server did not start: {(data_dir / 'server.log').read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def served_run(tmp_path_factory):
     """A dashboard server over a store with one succeeded 1-epoch run (200 ms trials: a spectrum of 150 bins)."""
@@ -64,7 +39,7 @@ def served_run(tmp_path_factory):
     store.claim_next()
     store.transition(run.id, RunState.SUCCEEDED)
     store.close()
-    server = dashboard_server(data.root)
+    server = patient_server(data.root, dashboard=True)
     yield server, run.id
     server.stop()
 
@@ -144,6 +119,8 @@ def test_save_as_run_opens_a_prefilled_form(served_run, page):
     page.get_by_role("button", name="Save as run…").click()
     ie = page.locator(".bk-input-group:has(label:text-is('ie_strength')) input").first
     ie.wait_for(timeout=30_000)
-    assert float(ie.input_value()) == pytest.approx(0.5)  # the run's 1.0 x 0.5
+    ei = page.locator(".bk-input-group:has(label:text-is('ei_strength')) input").first
+    assert float(ie.input_value()) == pytest.approx(PING_200["ie_strength"] * 0.5)
+    assert float(ei.input_value()) == pytest.approx(PING_200["ei_strength"] * 2)
     page.get_by_role("button", name="Launch").click()
     page.get_by_text("Queued run").wait_for(timeout=30_000)
