@@ -17,6 +17,7 @@ from jobs.paths import DataDir
 from jobs.scheduler import Scheduler
 from jobs.service import JobService
 from jobs.store import RunStore
+from jobs.whatif import WhatIfService
 
 
 def build_services(settings: Settings) -> Services:
@@ -29,7 +30,8 @@ def build_services(settings: Settings) -> Services:
     scheduler = Scheduler(store, executor, stale_after_s=settings.stale_after_s,
                           grace_s=settings.cancel_grace_s)
     jobs = JobService(store, data, cancel_worker=scheduler.cancel, limits=RunLimits.for_machine())
-    return Services(settings=settings, store=store, jobs=jobs, scheduler=scheduler)
+    whatif = WhatIfService(jobs, workers=settings.workers, threads_per_run=settings.threads_per_run)
+    return Services(settings=settings, store=store, jobs=jobs, scheduler=scheduler, whatif=whatif)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -13,6 +13,7 @@ from app.settings import Settings
 from jobs.scheduler import Scheduler
 from jobs.service import JobService
 from jobs.store import RunStore
+from jobs.whatif import WhatIfService
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Services:
     store: RunStore
     jobs: JobService
     scheduler: Scheduler
+    whatif: WhatIfService  # live what-if inferences (their CPU cap)
 
 
 def get_services(request: Request) -> Services:

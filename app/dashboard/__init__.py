@@ -21,6 +21,7 @@ from app.api.deps import Services
 from app.dashboard import access, compare_page, coupling_page, run_page, runs_page, sessions
 from app.dashboard import force_page
 from app.dashboard import studies_page
+from app.dashboard import whatif_page
 from app.dashboard.live import LiveFeed
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
@@ -41,11 +42,13 @@ def mount_dashboard(app: FastAPI, services: Services) -> None:
     feed = LiveFeed(services.jobs)
     pages = {path: _page(module.create, services, feed) for path, module in (
         ("/", runs_page), ("/run", run_page), ("/compare", compare_page), ("/coupling", coupling_page),
-        ("/force", force_page), ("/studies", studies_page))}
+        ("/force", force_page), ("/studies", studies_page),
+        ("/whatif", whatif_page))}
     bokeh_app = add_applications(
         pages, app=app, title={"/": "Runs · spikeboard", "/run": "Run · spikeboard",
                                "/compare": "Compare · spikeboard", "/coupling": "Coupling sweep · spikeboard",
-                               "/force": "FORCE · spikeboard", "/studies": "Studies · spikeboard"},
+                               "/force": "FORCE · spikeboard", "/studies": "Studies · spikeboard",
+                               "/whatif": "What-if · spikeboard"},
         unused_session_lifetime_milliseconds=UNUSED_SESSION_MS,
         check_unused_sessions_milliseconds=CHECK_UNUSED_MS)
     # Bokeh's own /static holds BokehJS; ours lives under /assets

@@ -108,7 +108,8 @@ class CouplingPage(param.Parameterized):
         self.cell_info.object = (
             f"<p>W_ei × <b>{cell['ei_factor']:g}</b>, W_ie × <b>{cell['ie_factor']:g}</b>: "
             f"total {cell['rate_total_hz']:.2f} Hz (E {cell['rate_e_hz']:.2f} | I {cell['rate_i_hz']:.2f}), "
-            f"accuracy {cell['test_acc']:.1f} % — simulating test image 0…</p>")
+            f"accuracy {cell['test_acc']:.1f} % — simulating test image 0…</p>"
+            f'<p><a href="/whatif?run={self.run.id}&ei={cell["ei_factor"]:g}&ie={cell["ie_factor"]:g}">What-if at this cell →</a></p>')
         try:
             self.cell_raster = await asyncio.to_thread(self.jobs.spike_raster, self.run.id, 0,
                                                        cell["ei_factor"], cell["ie_factor"])

@@ -203,6 +203,7 @@ class RunPage(param.Parameterized):
         sample = pn.widgets.IntInput.from_param(self.param.sample, label="test image #", width=120)
         actions = pn.Row(
             pn.pane.HTML(f'<a href="/coupling?run={rid}">Coupling sweep →</a>&nbsp;&nbsp;'
+                         f'<a href="/whatif?run={rid}">What-if →</a>&nbsp;&nbsp;'
                          f'<a href="/compare?runs={rid}">Compare →</a>&nbsp;&nbsp;'
                          f'<a href="/api/runs/{rid}/metrics?format=csv">metrics.csv</a>'),
             sizing_mode="stretch_width")

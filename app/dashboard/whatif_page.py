@@ -1,0 +1,370 @@
+"""What-if: drag a trained run's couplings, input and GABA decay; the network answers.
+
+`/whatif?run=ID` (optionally `&ei=&ie=` to open at a coupling sweep's cell). Each
+slider change re-simulates the run's weights (`jobs.whatif`, `engine.whatif`) and
+redraws together: the picked image's E|I raster and population rates, the E-rate
+spectrum with its gamma peak, per-cell rate histograms, accuracy with its
+standard error, and the W_ei x W_ie plane with the trained point, the slider
+position and the coupling sweep's nearest cell.
+
+Flow of one change: a slider's `value` (continuous while dragging) is debounced
+by DEBOUNCE_S, its `value_throttled` (the release) asks at once; a request goes
+through the session's `Latest` (one inference per session, newer supersedes
+older) and the server's what-if cap. The frame's arrays are built in the
+inference's thread; the document is then changed in one next-tick callback, so
+the browser gets one patch and redraws every figure in the same animation frame.
+
+The figures are plain Bokeh figures whose data sources are replaced per frame,
+not HoloViews DynamicMaps: a HoloViews redraw of five figures costs several
+hundred milliseconds of server CPU (docs/dashboard.md), more than this page's
+whole budget. Each figure keeps Bokeh's own PNG save tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import time
+from functools import partial
+
+import numpy as np
+import panel as pn
+from bokeh.models import ColumnDataSource, Range1d, Span
+from bokeh.plotting import figure
+
+from app.api.deps import Services
+from app.dashboard import layout
+from app.dashboard.plots import E_COLOR, I_COLOR
+from engine.whatif import Knobs, WhatIfResult
+from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
+from jobs.whatif import Latest
+
+DEBOUNCE_S = 0.15
+HEIGHT = 240
+SWEEP = "coupling_sweep"
+TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
+STAR_COLOR, CURSOR_COLOR = "#d69e2e", "#2f855a"
+# the slider ranges (typed values may go beyond, up to the REST limits)
+RANGES = {"w_ei_scale": (0.0, 10.0, 0.05), "w_ie_scale": (0.0, 10.0, 0.05), "w_in_scale": (0.0, 3.0, 0.05),
+          "max_rate_hz": (0.0, 300.0, 5.0), "tau_gaba_ms": (1.0, 40.0, 0.5)}
+LABELS = {"w_ei_scale": "W_ei × (E→I)", "w_ie_scale": "W_ie × (I→E)", "w_in_scale": "W_in × (input)",
+          "max_rate_hz": "input max rate (Hz)", "tau_gaba_ms": "τ_GABA (ms)"}
+FIXED_END = {"w_ei_scale": 100.0, "w_ie_scale": 100.0, "w_in_scale": 100.0, "max_rate_hz": 1000.0,
+             "tau_gaba_ms": 500.0}
+
+
+def _figure(title: str, x_label: str, y_label: str, **options) -> figure:
+    fig = figure(title=title, height=HEIGHT, sizing_mode="stretch_width", tools=TOOLS, toolbar_location="above",
+                 x_axis_label=x_label, y_axis_label=y_label, **options)
+    fig.title.text_font_size = "11pt"
+    return fig
+
+
+class WhatIfPage:
+    def __init__(self, services: Services, run: Run, start: dict[str, float], sweep: list[dict]):
+        self.run, self.whatif, self.sweep = run, services.whatif, sweep
+        self.config, _, test = self.whatif.network(run.id)
+        self.trained = Knobs().resolved(self.config).to_dict()
+        self.status = layout.status_line()
+        self.frame = 0
+        self._ticket, self._asked = 0, None
+        self.doc = pn.state.curdoc
+        self.sliders = {}
+        for name, (low, high, step) in RANGES.items():
+            value = start.get(name, self.trained[name])
+            slider = pn.widgets.EditableFloatSlider(
+                name=LABELS[name], start=low, end=max(high, value), step=step, value=value,
+                fixed_start=low if name != "tau_gaba_ms" else 0.1, fixed_end=FIXED_END[name], width=300)
+            slider.param.watch(self._dragged, "value")
+            slider.param.watch(self._released, "value_throttled")
+            self.sliders[name] = slider
+        self.sample = pn.widgets.IntInput(name="test image #", value=int(start.get("sample", 0)), start=0,
+                                          end=len(test.labels) - 1, width=130)
+        self.n_images = pn.widgets.IntInput(name="N images (accuracy, rates)", value=16, start=1, end=256,
+                                            width=180)
+        for widget in (self.sample, self.n_images):
+            widget.param.watch(self._released, "value")
+        self.reset_button = pn.widgets.Button(name="Reset to trained", button_type="default")
+        self.reset_button.on_click(self.reset)
+        self.save_button = pn.widgets.Button(name="Save as run…", button_type="primary")
+        self.save_button.on_click(self.show_save_form)
+        self.summary = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["whatif-summary"])
+        self.save_form = pn.Column(pn.pane.HTML(""), visible=False, sizing_mode="stretch_width")
+        self._build_figures()
+        self.latest = Latest(self._compute, self._deliver)
+        if self.doc is not None:
+            pn.state.onload(partial(self.request_now, "load"))
+
+    # --- figures -----------------------------------------------------------------------
+    def _build_figures(self) -> None:
+        c = self.config
+        self.src = {name: ColumnDataSource(data=data, name=name) for name, data in {
+            "raster_e": {"t": [], "cell": []}, "raster_i": {"t": [], "cell": []},
+            "rates": {"t": [], "e": [], "i": []}, "spectrum": {"f": [], "power": []},
+            "hist_e": {"left": [], "right": [], "count": []}, "hist_i": {"left": [], "right": [], "count": []},
+            "here": {"ei": [], "ie": []}, "near": {"ei": [], "ie": []}}.items()}
+        self.raster = _figure("Spike raster", "time (ms)", "cell (E below, I above)",
+                              x_range=Range1d(0, c.t_ms), y_range=Range1d(0, c.n_e + c.n_i), output_backend="webgl")
+        self.raster.scatter("t", "cell", source=self.src["raster_e"], size=2, color=E_COLOR, marker="square",
+                            legend_label="E")
+        self.raster.scatter("t", "cell", source=self.src["raster_i"], size=2, color=I_COLOR, marker="square",
+                            legend_label="I")
+        self.raster.legend.location = "top_right"
+        self.rates = _figure("Population rates (1 ms bins)", "time (ms)", "rate (Hz)", x_range=Range1d(0, c.t_ms))
+        self.rates.line("t", "e", source=self.src["rates"], color=E_COLOR, line_width=1.5, legend_label="E")
+        self.rates.line("t", "i", source=self.src["rates"], color=I_COLOR, line_width=1.5, legend_label="I")
+        self.spectrum = _figure("E-rate spectrum", "frequency (Hz)", "power")
+        self.spectrum.line("f", "power", source=self.src["spectrum"], color=E_COLOR, line_width=2)
+        self.peak = Span(location=0, dimension="height", line_color=STAR_COLOR, line_dash="dashed", line_width=2,
+                         visible=False)
+        self.spectrum.add_layout(self.peak)
+        self.histogram = _figure("Per-cell rates over the N images", "rate (Hz)", "cells")
+        for name, color, label in (("hist_e", E_COLOR, "E"), ("hist_i", I_COLOR, "I")):
+            self.histogram.quad(left="left", right="right", top="count", bottom=0, source=self.src[name],
+                                fill_color=color, fill_alpha=0.45, line_color=color, legend_label=label)
+        self.plane = self._plane()
+
+    def _plane(self) -> figure:
+        """W_ei x W_ie: the sweep's cells (colour: total rate), ★ trained, ● here, ○ nearest sweep cell."""
+        cells = self.sweep
+        top = max([10.0] + [max(c["ei_factor"], c["ie_factor"]) for c in cells])
+        plane = _figure("Coupling plane (★ trained, ● here, ○ nearest sweep cell)", "W_ei multiplier",
+                        "W_ie multiplier", x_range=Range1d(-0.3, top + 0.3), y_range=Range1d(-0.3, top + 0.3))
+        if cells:
+            from bokeh.transform import linear_cmap
+
+            totals = [c["rate_total_hz"] for c in cells]
+            sweep = ColumnDataSource({"ei": [c["ei_factor"] for c in cells], "ie": [c["ie_factor"] for c in cells],
+                                      "total": totals, "acc": [c["test_acc"] for c in cells]})
+            plane.scatter("ei", "ie", source=sweep, size=14, marker="square", line_color="white",
+                          color=linear_cmap("total", "Inferno256", min(totals), max(totals) or 1.0))
+        plane.scatter([1.0], [1.0], size=22, marker="star", fill_color=STAR_COLOR, line_color="black")
+        plane.scatter("ei", "ie", source=self.src["near"], size=24, fill_alpha=0, line_color=CURSOR_COLOR,
+                      line_width=3)
+        plane.scatter("ei", "ie", source=self.src["here"], size=11, color=CURSOR_COLOR, line_color="black")
+        return plane
+
+    # --- requests ----------------------------------------------------------------------
+    def knobs(self) -> Knobs:
+        values = {name: float(s.value) for name, s in self.sliders.items()}
+        return Knobs(**values, sample=int(self.sample.value), n_images=int(self.n_images.value))
+
+    async def _dragged(self, _event) -> None:
+        self._ticket += 1
+        ticket = self._ticket
+        await asyncio.sleep(DEBOUNCE_S)
+        if ticket == self._ticket:
+            await self.request_now("drag")
+
+    async def _released(self, _event) -> None:
+        self._ticket += 1  # a pending debounced drag request is covered by this one
+        await self.request_now("release")
+
+    async def request_now(self, _why: str = "") -> None:
+        try:
+            knobs = self.knobs()
+        except ValueError as exc:  # a widget outside its range
+            layout.say(self.status, f"Not simulated: {exc}", "danger")
+            return
+        if knobs == self._asked:
+            return
+        self._asked = knobs
+        await self.latest.request(knobs)
+
+    def _compute(self, knobs: Knobs) -> tuple[WhatIfResult, dict, float]:
+        result = self.whatif.compute(self.run.id, knobs)
+        started = time.perf_counter()
+        data = self._frame_data(result)
+        return result, data, time.perf_counter() - started
+
+    async def _deliver(self, knobs: Knobs, outcome) -> None:
+        if isinstance(outcome, Exception):
+            message = str(outcome) if isinstance(outcome, JobsError) else f"{type(outcome).__name__}: {outcome}"
+            self.doc.add_next_tick_callback(partial(layout.say, self.status, f"Not simulated: {message}", "danger"))
+            return
+        self.doc.add_next_tick_callback(partial(self._apply, *outcome))
+
+    # --- one frame -----------------------------------------------------------------------
+    def _frame_data(self, r: WhatIfResult) -> dict:
+        """Every data source's new columns, built off the document lock."""
+        e_counts, e_edges = np.histogram(r.cell_rates_e_hz, _edges(r.cell_rates_e_hz, r.cell_rates_i_hz))
+        i_counts = np.histogram(r.cell_rates_i_hz, e_edges)[0]
+        spec = r.spectrum
+        ei, ie = r.knobs.w_ei_scale, r.knobs.w_ie_scale
+        near = min(self.sweep, key=lambda c: (c["ei_factor"] - ei) ** 2 + (c["ie_factor"] - ie) ** 2, default=None)
+        return {
+            "raster_e": {"t": r.raster_e.step * r.dt_ms, "cell": r.raster_e.cell},
+            "raster_i": {"t": r.raster_i.step * r.dt_ms, "cell": r.raster_i.cell + r.n_e},
+            "rates": {"t": r.rate_time_ms, "e": r.population_rate_e_hz, "i": r.population_rate_i_hz},
+            "spectrum": {"f": np.asarray(spec.freqs_hz if spec else []), "power": np.asarray(spec.power if spec else [])},
+            "hist_e": {"left": e_edges[:-1], "right": e_edges[1:], "count": e_counts},
+            "hist_i": {"left": e_edges[:-1], "right": e_edges[1:], "count": i_counts},
+            "here": {"ei": [ei], "ie": [ie]},
+            "near": {"ei": [near["ei_factor"]], "ie": [near["ie_factor"]]} if near else {"ei": [], "ie": []},
+            "_near": near,
+        }
+
+    def _apply(self, result: WhatIfResult, data: dict, prepare_s: float) -> None:
+        started = time.perf_counter()
+        self.frame += 1
+        near = data.pop("_near")
+        for name, columns in data.items():
+            self.src[name].data = columns
+        r = result
+        spectrum_title = "E-rate spectrum over the N images"
+        if r.gamma_peak_hz is not None:
+            spectrum_title += f": peak {r.gamma_peak_hz:.0f} Hz, prominence {r.spectrum.prominence:.1f}"
+        elif r.spectrum is None:
+            spectrum_title += " (trial too short)"
+        self.spectrum.title.text = spectrum_title
+        self.peak.location, self.peak.visible = (r.gamma_peak_hz or 0.0), r.gamma_peak_hz is not None
+        self.raster.title.text = (f"Spike raster, test image {r.knobs.sample} (label {r.label}, "
+                                  f"predicted {r.predicted})")
+        self.summary.object = self._summary(r, near, prepare_s, time.perf_counter() - started)
+        self.status.visible = False
+
+    def _summary(self, r: WhatIfResult, near: dict | None, prepare_s: float, apply_s: float) -> str:
+        timings = {**{k: round(v, 4) for k, v in r.timings_s.items()}, "prepare": round(prepare_s, 4),
+                   "apply": round(apply_s, 4)}
+        peak = (f"{r.gamma_peak_hz:.0f} Hz (prominence {r.spectrum.prominence:.1f})"
+                if r.gamma_peak_hz is not None else "none")
+        rows = [("E | I rate", f'<b class="rate-e">{r.rate_e_hz:.2f}</b> | <b class="rate-i">{r.rate_i_hz:.2f}</b> Hz'),
+                ("accuracy", f"{r.accuracy_pct:.1f} ± {r.accuracy_stderr_pct:.1f} % (N = {r.n_images})"),
+                ("gamma peak", peak)]
+        if near:
+            rows.append((f"sweep cell ({near['ei_factor']:g}, {near['ie_factor']:g})",
+                         f"E {near['rate_e_hz']:.2f} | I {near['rate_i_hz']:.2f} Hz, accuracy {near['test_acc']:.1f} %"))
+        body = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
+        state = {"frame": self.frame, "knobs": r.knobs.to_dict(), "rate_e_hz": r.rate_e_hz,
+                 "rate_i_hz": r.rate_i_hz, "gamma_peak_hz": r.gamma_peak_hz,
+                 "prominence": r.spectrum.prominence if r.spectrum else None, "timings_s": timings}
+        return (f'<table class="kv">{body}</table>'
+                f'<div class="whatif-state" data-frame="{self.frame}" data-w_ei_scale="{r.knobs.w_ei_scale!r}" '
+                f'data-w_ie_scale="{r.knobs.w_ie_scale!r}" hidden>{html.escape(json.dumps(state))}</div>')
+
+    # --- actions -------------------------------------------------------------------------
+    async def reset(self, _event=None) -> None:
+        for name, slider in self.sliders.items():
+            slider.value = self.trained[name]  # their debounced requests find these knobs asked for already
+        self._ticket += 1
+        await self.request_now("reset")
+
+    def show_save_form(self, _event=None) -> None:
+        """The Runs page's launch form, pre-filled at the slider position: launch a
+        run there, or a sweep around it (a JSON grid)."""
+        from app.dashboard.config_form import ConfigForm
+
+        form = ConfigForm()
+        body = form.panel()
+        form.advanced.collapsed = False  # builds every field's widget, so all can be pre-filled
+        for name, value in _config_at(self.run, self.knobs()).items():
+            if name in form.widgets:
+                form.widgets[name].value = list(value) if name == "trainable" else value
+        launch = pn.widgets.Button(name="Launch", button_type="primary")
+        launch.on_click(lambda _e: self._launch(form))
+        self.save_form.objects = [layout.section("Save as run", pn.pane.HTML(_SAVE_HELP), body, launch)]
+        self.save_form.visible = True
+
+    def _launch(self, form) -> None:
+        form.clear_errors()
+        try:
+            grid = form.sweep_grid()
+        except ValueError as exc:
+            form.show_error("sweep_grid", str(exc))
+            layout.say(self.status, "The sweep grid is not valid; see the field.", "danger")
+            return
+        jobs = self.whatif.jobs
+        try:
+            if grid is None:
+                run = jobs.submit_run(form.values())
+                message = f'Queued run <a href="/run?id={run.id}">{run.id}</a>.'
+            else:
+                sweep = jobs.submit_sweep(form.values(), grid)
+                message = f"Queued sweep {sweep.id} with {len(sweep.run_ids)} runs."
+        except InvalidRequest as exc:
+            shown = form.show_error(exc.field, exc.message)
+            layout.say(self.status, f"Not launched: {exc.field} {exc.message}" if not shown
+                       else "Not launched: a field needs attention (marked below).", "danger")
+            return
+        layout.say(self.status, message)
+
+    # --- view ----------------------------------------------------------------------------
+    def view(self) -> pn.Column:
+        rid, c = self.run.id, self.config
+        source = (f'<p>Trained run <a href="/run?id={rid}">{rid}</a> ({html.escape(str(c.arch).upper())}, '
+                  f'{c.n_e} E / {c.n_i} I, {c.t_ms:g} ms trials, seed {c.seed}) · '
+                  f'<a href="/coupling?run={rid}">coupling sweep</a>. Slider ticks start at the trained values '
+                  f"(multipliers 1, max rate {c.max_rate_hz:g} Hz, τ_GABA {c.tau_gaba_ms:g} ms).</p>")
+        controls = pn.Column(*self.sliders.values(), pn.Row(self.sample, self.n_images),
+                             pn.Row(self.reset_button, self.save_button), width=340)
+        grid = pn.GridBox(pn.pane.Bokeh(self.rates), pn.pane.Bokeh(self.spectrum), pn.pane.Bokeh(self.histogram),
+                          pn.pane.Bokeh(self.plane), ncols=2, sizing_mode="stretch_width")
+        return layout.page(
+            f"What-if: run {rid}", "",
+            layout.section("Network", pn.pane.HTML(source),
+                           pn.Row(controls, pn.Column(self.summary, pn.pane.Bokeh(self.raster),
+                                                      sizing_mode="stretch_width"), sizing_mode="stretch_width")),
+            layout.section("Answer", grid), self.save_form, status=self.status)
+
+
+def _edges(*rates: np.ndarray, bins: int = 30) -> np.ndarray:
+    values = np.concatenate([np.asarray(r, dtype=float) for r in rates])
+    low, high = float(values.min()), float(values.max())
+    return np.linspace(low, high if high > low else low + 1.0, bins + 1)
+
+
+def _config_at(run: Run, knobs: Knobs) -> dict:
+    """The run's config at the slider position: W_ei / W_ie strengths, input scale,
+    max rate and tau_GABA moved as the sliders say. (A Config has no field to start
+    from another run's weights, so the new run trains from its seed's init.)"""
+    config = dict(run.config)
+    config.update(ei_strength=config["ei_strength"] * knobs.w_ei_scale,
+                  ie_strength=config["ie_strength"] * knobs.w_ie_scale,
+                  w_in_scale=config["w_in_scale"] * knobs.w_in_scale,
+                  max_rate_hz=knobs.max_rate_hz, tau_gaba_ms=knobs.tau_gaba_ms)
+    return config
+
+
+_SAVE_HELP = ("<p>The run's config with the slider position folded in (W_ei / W_ie strengths, W_in scale, "
+              "max rate, τ_GABA). Edit any field, then launch it as a run, or give a field a list of values "
+              "to launch a sweep around this point.</p>")
+
+
+def _nearest_sweep(services: Services, run_id: str) -> list[dict]:
+    """The cells of the run's newest coupling sweep (empty without one)."""
+    analyses, _ = services.jobs.list_runs(kind=RunKind.ANALYSIS, limit=1000)
+    for analysis in analyses:  # newest first
+        if analysis.source_run_id == run_id and analysis.config.get("name") == SWEEP:
+            try:
+                return json.loads(services.jobs.artifact_path(analysis.id, "result.json").read_text()).get("cells", [])
+            except (JobsError, json.JSONDecodeError):
+                return []
+    return []
+
+
+def _start(services: Services) -> dict[str, float]:
+    start = {}
+    for arg, name in (("ei", "w_ei_scale"), ("ie", "w_ie_scale"), ("sample", "sample")):
+        raw = layout.query_param(arg)
+        try:
+            if raw is not None and float(raw) >= 0:
+                start[name] = float(raw)
+        except ValueError:
+            pass
+    return start
+
+
+def create(services: Services, feed=None) -> pn.Column:
+    run_id = layout.query_param("run")
+    try:
+        run = services.jobs.get_run(run_id or "")
+        if run.kind is not RunKind.TRAIN:
+            raise JobsError(f"run {run_id} is not a train run")
+        return WhatIfPage(services, run, _start(services), _nearest_sweep(services, run.id)).view()
+    except JobsError as exc:
+        runs, _ = services.jobs.list_runs(kind=RunKind.TRAIN, state=RunState.SUCCEEDED, limit=200)
+        links = "".join(f'<li><a href="/whatif?run={r.id}">{r.id}</a> · {r.config.get("arch")} seed '
+                        f'{r.config.get("seed")} · {r.n_epochs} epochs</li>' for r in runs)
+        return layout.page("What-if", "", layout.section("Which run?", pn.pane.HTML(
+            f"<p>{html.escape(str(exc)) if run_id else 'Pick a trained run'}:</p><ul>{links}</ul>")))

@@ -1,0 +1,226 @@
+"""What-if: a trained network re-simulated with its couplings, input and GABA decay changed.
+
+`what_if(weights, config, test, knobs)` is one position of the What-if page's
+sliders: W_ei, W_ie and W_in scaled by their multipliers (as in the coupling
+sweep, `engine.analyses.coupling.scaled_weights`), the input's maximum rate and
+the GABA decay time replaced, then one inference of the picked test image and of
+`n_images` test images spread over the test set (`engine.inspect.test_subset`).
+It returns what the page draws: the picked image's spike events and E / I
+population rates, the E-rate spectrum over the N images with its gamma peak
+(`engine.analyses.spectrum`), mean and per-cell rates over the N images, and
+accuracy on them with its binomial standard error.
+
+Every call with the same knobs sees the same input spikes: the picked image's
+and the N images' Poisson input come from generators keyed on (run seed, image),
+so moving a slider changes the network, not the draw. Inference always runs the
+fast backend (spikes equal to the reference's in float64), on the device the
+caller gives.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+
+from engine.analyses.coupling import scaled_weights
+from engine.analyses.spectrum import Spectrum, gamma_spectrum, population_rate
+from engine.config import Config, ConfigError
+from engine.data import Split
+from engine.encoding import InputEvents, poisson_events
+from engine.seeding import batch_generator
+from engine.simulate import simulate
+from engine.weights import Weights
+
+MAX_SCALE = 100.0  # the coupling sweep's and the raster endpoint's bound on a multiplier
+MAX_IMAGES = 256  # one what-if is an interactive call: bounded work
+MAX_RATE_HZ = 1000.0  # q = p * rate * dt must stay a probability: 1000 Hz at dt 1 ms
+MAX_TAU_GABA_MS = 500.0
+HISTOGRAM_BINS = 30
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """One slider position. None keeps the run's own value."""
+
+    w_ei_scale: float = 1.0  # E->I coupling multiplier
+    w_ie_scale: float = 1.0  # I->E coupling multiplier
+    w_in_scale: float = 1.0  # input weight multiplier
+    max_rate_hz: float | None = None  # Poisson rate of a white pixel
+    tau_gaba_ms: float | None = None  # GABA decay time
+    sample: int = 0  # the test image whose raster is drawn
+    n_images: int = 16  # test images behind the rates, histograms, spectrum and accuracy
+
+    def __post_init__(self) -> None:
+        for name in ("w_ei_scale", "w_ie_scale", "w_in_scale"):
+            _check_number(name, getattr(self, name), 0.0, MAX_SCALE)
+        if self.max_rate_hz is not None:
+            _check_number("max_rate_hz", self.max_rate_hz, 0.0, MAX_RATE_HZ)
+        if self.tau_gaba_ms is not None:
+            _check_number("tau_gaba_ms", self.tau_gaba_ms, 0.0, MAX_TAU_GABA_MS, low_open=True)
+        for name, low, high in (("sample", 0, None), ("n_images", 1, MAX_IMAGES)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(name, f"must be an integer, got {value!r}")
+            if value < low or (high is not None and value > high):
+                raise ConfigError(name, f"must be in [{low}, {high if high is not None else 'inf'}], got {value}")
+
+    def resolved(self, config: Config) -> Knobs:
+        """The knobs with the run's own values filled in."""
+        return Knobs(self.w_ei_scale, self.w_ie_scale, self.w_in_scale,
+                     config.max_rate_hz if self.max_rate_hz is None else self.max_rate_hz,
+                     config.tau_gaba_ms if self.tau_gaba_ms is None else self.tau_gaba_ms,
+                     self.sample, self.n_images)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _check_number(name: str, value, low: float, high: float, low_open: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
+    if value > high or value < low or (low_open and value == low):
+        raise ConfigError(name, f"must be in {'(' if low_open else '['}{low:g}, {high:g}], got {value}")
+
+
+@dataclass(frozen=True)
+class Events:
+    """Spikes of one population in one trial as (step, cell) pairs, in step order."""
+
+    step: np.ndarray  # int32
+    cell: np.ndarray  # int32
+
+
+@dataclass(frozen=True)
+class WhatIfResult:
+    knobs: Knobs  # resolved: the values simulated
+    dt_ms: float
+    t_ms: float
+    n_e: int
+    n_i: int
+    # the picked image
+    label: int
+    predicted: int
+    raster_e: Events
+    raster_i: Events
+    rate_time_ms: np.ndarray  # bin centres, 1 ms bins
+    population_rate_e_hz: np.ndarray
+    population_rate_i_hz: np.ndarray
+    # the N images
+    n_images: int
+    rate_e_hz: float
+    rate_i_hz: float
+    cell_rates_e_hz: np.ndarray  # [n_e], mean over the N images
+    cell_rates_i_hz: np.ndarray  # [n_i]
+    accuracy_pct: float
+    accuracy_stderr_pct: float  # binomial: sqrt(p (1 - p) / N)
+    spectrum: Spectrum | None  # E population rate, power averaged over the N images; None: trial too short
+    gamma_peak_hz: float | None  # None without a peak (flat spectrum, or no spectrum)
+    timings_s: dict  # where this call's time went: simulate, analyse
+
+    @property
+    def correct(self) -> bool:
+        return self.label == self.predicted
+
+
+def _subset_index(n_test: int, n_images: int) -> torch.Tensor:
+    # an even spread over the (label-sorted) test set, as engine.inspect.test_subset
+    return torch.linspace(0, n_test - 1, min(n_images, n_test)).round().long()
+
+
+def _merged(first: InputEvents, rest: InputEvents) -> InputEvents:
+    """Two batches' events as one batch (first's samples, then rest's), sorted as
+    poisson_events sorts them: by (step, sample, channel)."""
+    steps, b0, n_input = first.shape
+    b1 = rest.shape[1]
+    step = torch.cat([first.step, rest.step])
+    sample = torch.cat([first.sample, rest.sample + b0])
+    channel = torch.cat([first.channel, rest.channel])
+    order = torch.sort((step * (b0 + b1) + sample) * n_input + channel).indices
+    return InputEvents(step[order], sample[order], channel[order], (steps, b0 + b1, n_input))
+
+
+def simulation_config(config: Config, knobs: Knobs, device: str = "cpu") -> Config:
+    """The run's config at the slider position, on the fast backend."""
+    knobs = knobs.resolved(config)
+    # the readout-membrane penalty is a training term: inference does not compute it
+    return config.replace(backend="fast", device=device, mem_reg_weight=0.0,
+                          max_rate_hz=knobs.max_rate_hz, tau_gaba_ms=knobs.tau_gaba_ms)
+
+
+@torch.no_grad()
+def what_if(weights: Weights, config: Config, test: Split, knobs: Knobs, device: str = "cpu") -> WhatIfResult:
+    """Simulate the picked test image and `knobs.n_images` test images through the
+    run's weights at the slider position `knobs` (see the module docstring)."""
+    n_test = len(test.labels)
+    if knobs.sample >= n_test:
+        raise ConfigError("sample", f"must be in [0, {n_test - 1}], got {knobs.sample}")
+    started = time.perf_counter()
+    cfg = simulation_config(config, knobs, device)
+    w = scaled_weights(weights, knobs.w_ei_scale, knobs.w_ie_scale)
+    w = {name: t.to(device=cfg.torch_device, dtype=cfg.torch_dtype) for name, t in w.items()}
+    w["W_in"] = w["W_in"] * knobs.w_in_scale
+    index = _subset_index(n_test, knobs.n_images)
+    picked = poisson_events(test.images[knobs.sample:knobs.sample + 1], cfg,
+                            batch_generator(cfg.seed, "whatif-image", knobs.sample, 0))
+    subset = poisson_events(test.images[index], cfg, batch_generator(cfg.seed, "whatif-subset", len(index), 0))
+    out = simulate(w, _merged(picked, subset).to(cfg.torch_device), cfg, spike_trains=True)
+    s_e, s_i = out["s_e"], out["s_i"]  # [T, 1 + N, n]
+    if s_e.is_cuda:
+        torch.cuda.synchronize()
+    simulated = time.perf_counter()
+
+    trial_s = cfg.n_steps * cfg.dt_ms / 1000.0
+    n = len(index)
+    labels = test.labels[index].to(out["logits"].device)
+    predicted = out["logits"].argmax(-1)
+    p = float((predicted[1:] == labels).double().mean())
+    cell_e = (out["count_e"][1:].double().mean(0) / trial_s).cpu().numpy()
+    cell_i = (out["count_i"][1:].double().mean(0) / trial_s).cpu().numpy()
+    e_step, e_cell = s_e[:, 0].nonzero(as_tuple=True)
+    i_step, i_cell = s_i[:, 0].nonzero(as_tuple=True)
+    active_e, active_i = _active_fraction(s_e), _active_fraction(s_i)
+    rate_e = population_rate(active_e[:, :1], cfg.dt_ms)[0].numpy()
+    rate_i = population_rate(active_i[:, :1], cfg.dt_ms)[0].numpy()
+    try:
+        spectrum = gamma_spectrum(active_e[:, 1:], cfg.dt_ms)
+    except ValueError:  # a trial too short for a spectrum
+        spectrum = None
+    # a flat (silent) spectrum has no peak, as engine.analyses.measure.gamma_peak says
+    peak = spectrum.peak_hz if spectrum is not None and spectrum.prominence > 0 else None
+    done = time.perf_counter()
+    return WhatIfResult(
+        knobs=knobs.resolved(config), dt_ms=cfg.dt_ms, t_ms=cfg.t_ms, n_e=cfg.n_e, n_i=cfg.n_i,
+        label=int(test.labels[knobs.sample]), predicted=int(predicted[0]),
+        raster_e=Events(e_step.to(torch.int32).cpu().numpy(), e_cell.to(torch.int32).cpu().numpy()),
+        raster_i=Events(i_step.to(torch.int32).cpu().numpy(), i_cell.to(torch.int32).cpu().numpy()),
+        rate_time_ms=np.arange(len(rate_e)) + 0.5, population_rate_e_hz=rate_e, population_rate_i_hz=rate_i,
+        n_images=n, rate_e_hz=float(cell_e.mean()), rate_i_hz=float(cell_i.mean()),
+        cell_rates_e_hz=cell_e, cell_rates_i_hz=cell_i,
+        accuracy_pct=100.0 * p, accuracy_stderr_pct=100.0 * math.sqrt(p * (1.0 - p) / n),
+        spectrum=spectrum, gamma_peak_hz=peak,
+        timings_s={"simulate": simulated - started, "analyse": done - simulated})
+
+
+def _active_fraction(spikes: torch.Tensor) -> torch.Tensor:
+    """Spikes [T, B, n] -> the share of the population that spiked, [T, B, 1] float64 on the CPU.
+
+    The population rate and its spectrum (engine.analyses.spectrum) average over
+    cells; averaging once here, before they bin, lets them work on [T, B, 1]
+    instead of converting every spike of [T, B, n] to float64 (a count of at most
+    n is exact in float32)."""
+    return (spikes.sum(-1, keepdim=True).cpu().double() / spikes.shape[-1])
+
+
+def rate_histogram(rates: np.ndarray, bins: int = HISTOGRAM_BINS) -> tuple[list[float], list[int]]:
+    """Bin edges and counts of per-cell rates (edges span [min, max], or [r, r + 1] when all equal)."""
+    rates = np.asarray(rates, dtype=float)
+    low, high = (float(rates.min()), float(rates.max())) if rates.size else (0.0, 1.0)
+    counts, edges = np.histogram(rates, np.linspace(low, high if high > low else low + 1.0, bins + 1))
+    return edges.tolist(), counts.tolist()
+
+
+KNOB_NAMES = tuple(f.name for f in fields(Knobs))

@@ -1,0 +1,165 @@
+"""What-if inferences inside the server process, for the REST endpoint and the page.
+
+`WhatIfService.compute(run_id, knobs)` runs `engine.whatif.what_if` on a train
+run's weights (final ones once it has succeeded, else its last checkpoint). The
+weights and the test split stay cached between calls (a slider drag asks for
+the same run dozens of times).
+
+CPU share. What-ifs run in the server process, training runs in worker processes
+of `threads_per_run` torch threads each. Two limits keep a few open tabs from
+starving training:
+- a global cap: at most `slots` what-ifs at a time, with `slots` the cores that
+  the configured training slots leave (`workers * threads_per_run`), at least 1;
+- per what-if, torch threads = the cores that the runs *running now* leave,
+  divided by `slots`, at least 1 (so on 2 cores with one training run going, a
+  what-if uses one core; with none, both). torch's thread count is per calling
+  thread (OpenMP), so setting it in the what-if's thread changes nothing else.
+The compiled loops split their samples over exactly that many threads
+(engine.fast_cpu). What-ifs always run on the CPU: a GPU stays with the runs
+the scheduler placed on it.
+
+`Latest` is the per-session rule: one inference in flight per session, and a
+request made while one runs replaces any older waiting one, so a drag never
+queues stale frames; the running one finishes (a compiled loop is not
+interruptible) but its result is dropped unless it is still the newest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import torch
+
+from engine.config import ConfigError
+from engine.whatif import Knobs, WhatIfResult, what_if
+from jobs.models import Conflict, InvalidRequest, RunKind, RunState
+from jobs.service import JobService
+
+CACHED_RUNS = 4
+
+
+class Busy(Conflict):
+    """Every what-if slot stayed taken for the whole wait."""
+
+
+def slots_for(cores: int, workers: int, threads_per_run: int) -> int:
+    """What-ifs at a time: the cores the training slots leave, at least one."""
+    return max(1, cores - workers * threads_per_run)
+
+
+class WhatIfService:
+    def __init__(self, jobs: JobService, *, workers: int, threads_per_run: int, cores: int | None = None):
+        self.jobs = jobs
+        self.cores = cores or os.cpu_count() or 1
+        self.threads_per_run = threads_per_run
+        self.slots = slots_for(self.cores, workers, threads_per_run)
+        self._slots = threading.BoundedSemaphore(self.slots)
+        self._cache: OrderedDict[tuple, tuple] = OrderedDict()
+        self._cache_lock = threading.Lock()
+
+    # --- inputs ----------------------------------------------------------------------
+    def _weights_file(self, run_id: str) -> tuple[str, float]:
+        run = self.jobs.get_run(run_id)
+        if run.kind is not RunKind.TRAIN:
+            raise Conflict(f"run {run_id} is a {run.kind.value} run; a what-if needs a train run")
+        run_dir = self.jobs.data.run_dir(run_id)
+        for name, path in (("final", run_dir / "artifacts" / "weights_final.npz"),
+                           ("last", run_dir / "checkpoints" / "last.pt")):
+            if path.exists():
+                return name, path.stat().st_mtime
+        raise Conflict(f"run {run_id} has no weights yet (no finished epoch)")
+
+    def network(self, run_id: str):
+        """(config, weights, test split) of a run, cached until its weights file changes."""
+        from engine.data import load_tier
+        from engine.inspect import load_run
+
+        weights, mtime = self._weights_file(run_id)
+        key = (run_id, weights, mtime)
+        with self._cache_lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        try:
+            config, w = load_run(self.jobs.data.run_dir(run_id), weights)
+            config = config.replace(device="cpu")
+            entry = (config, {k: v.cpu() for k, v in w.items()}, load_tier(config.tier).test)
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:  # unreadable files, tier unavailable
+            raise Conflict(f"run {run_id} cannot be simulated here: {exc}") from exc
+        with self._cache_lock:
+            self._cache[key] = entry
+            while len(self._cache) > CACHED_RUNS:
+                self._cache.popitem(last=False)
+        return entry
+
+    def threads(self) -> int:
+        """Torch threads for one what-if now: the cores running training leaves, per slot."""
+        running = self.jobs.store.list_runs(state=RunState.RUNNING, kind=RunKind.TRAIN, limit=1)[1]
+        return max(1, (self.cores - running * self.threads_per_run) // self.slots)
+
+    # --- the computation -------------------------------------------------------------
+    def compute(self, run_id: str, knobs: Knobs, wait_s: float | None = None) -> WhatIfResult:
+        """One what-if, inside the global cap (waits up to `wait_s` for a slot; None: as long as it takes)."""
+        config, weights, test = self.network(run_id)
+        if not self._slots.acquire(timeout=wait_s):
+            raise Busy(f"all {self.slots} what-if slots are busy; try again")
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(self.threads())
+            return what_if(weights, config, test, knobs)
+        except ConfigError as exc:
+            raise InvalidRequest(exc.field, exc.message) from exc
+        finally:
+            torch.set_num_threads(before)
+            self._slots.release()
+
+
+def knobs_of(values: dict[str, Any]) -> Knobs:
+    """Knobs from plain values; a bad one is an InvalidRequest naming its field."""
+    try:
+        return Knobs(**values)
+    except ConfigError as exc:
+        raise InvalidRequest(exc.field, exc.message) from exc
+
+
+class Latest:
+    """One computation in flight; a request made meanwhile supersedes any older waiting one.
+
+    `request(args)` returns at once if a computation is running (the newest waiting
+    request runs after it); otherwise it runs `compute(args)` in a thread, then
+    each newer request in turn, and hands `deliver` only the results of requests
+    that were still the newest when they finished. Use from one event loop.
+    """
+
+    def __init__(self, compute: Callable[[Any], Any], deliver: Callable[[Any, Any], Awaitable[None] | None]):
+        self._compute, self._deliver = compute, deliver
+        self._waiting: tuple | None = None
+        self.running = False
+        self.superseded = 0  # results dropped because a newer request came in while they ran
+
+    async def request(self, args: Any) -> None:
+        self._waiting = (args,)
+        if self.running:
+            return
+        self.running = True
+        try:
+            while self._waiting is not None:
+                (current,), self._waiting = self._waiting, None
+                try:
+                    result = await asyncio.to_thread(functools.partial(self._compute, current))
+                except Exception as exc:  # noqa: BLE001 - handed to deliver, which reports it
+                    result = exc
+                if self._waiting is not None:
+                    self.superseded += 1
+                    continue
+                delivered = self._deliver(current, result)
+                if asyncio.iscoroutine(delivered):
+                    await delivered
+        finally:
+            self.running = False
