@@ -211,7 +211,7 @@ class RunPage(param.Parameterized):
             sizing_mode="stretch_width")
         grid = lambda *items: pn.GridBox(*items, ncols=2, sizing_mode="stretch_width")  # noqa: E731
         return layout.page(
-            f"Run {rid}", "", pn.Row(layout.section("Run", self.header, actions, width=460, sizing_mode="fixed"),
+            f"Run {rid}", "", pn.Row(layout.section("Run", self.header, actions, width=460, sizing_mode=None),
                                      layout.section("Convergence", self.summary), sizing_mode="stretch_width"),
             layout.section("Learning", grid(
                 f(self.accuracy, f"{rid}-accuracy", self._frame),
