@@ -124,7 +124,7 @@ def raster_frame(data: dict | None) -> pd.DataFrame:
 def population_rate(data: dict | None) -> hv.Curve:
     data = data or {"rate_time_ms": [], "population_rate_hz": []}
     return hv.Curve((data["rate_time_ms"], data["population_rate_hz"]), "time (ms)", "rate (Hz)").opts(
-        title="E population rate (1 ms bins)", color=E_COLOR, **CURVE, **BASE)
+        title="E population rate (1 ms bins)", color=E_COLOR, **{**CURVE, **BASE})
 
 
 def spectrum(data: dict | None) -> hv.Overlay:
