@@ -82,6 +82,7 @@ class Console:
 @pytest.fixture
 def page(browser, request):
     context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    context.set_default_navigation_timeout(120_000)  # a page's first load takes > 30 s on a loaded 2-core box
     page = context.new_page()
     page.console = Console(page)
     yield page

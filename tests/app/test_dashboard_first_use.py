@@ -33,6 +33,7 @@ def first_runs():
 @pytest.fixture
 def page(browser):  # noqa: F811
     context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    context.set_default_navigation_timeout(120_000)  # a page's first load takes > 30 s on a loaded 2-core box
     page = context.new_page()
     page.console = Console(page)
     yield page
