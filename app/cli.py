@@ -5,10 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 from engine.config import ARCHS, BACKENDS, TIERS, Config, ConfigError
+
+CONFIG_DEFAULTS = {f.name: f.default for f in dataclass_fields(Config)}
+
+
+def _config_help(name: str, what: str) -> str:
+    # the flags default to None so that --config FILE values survive; the help says what None means
+    return f"{what} (default: {CONFIG_DEFAULTS[name]}, the config's)"
 
 
 def _parse_value(text: str) -> Any:
@@ -41,22 +49,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     from engine.train import train
 
     config = build_config(args)
-    bar = tqdm(total=0, unit="batch", desc=f"{config.arch} seed {config.seed}", file=sys.stderr)
+    print(f"spikeboard: {config.arch}, {config.tier} tier, {config.epochs} epochs, {config.backend} backend "
+          f"on {config.device}; loading data", file=sys.stderr)
+    bars: list[Any] = []  # made at the first batch, when its total is known
 
     def on_progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(total=total, unit="batch", desc=f"{config.arch} seed {config.seed}", file=sys.stderr))
+        bars[0].total, bars[0].n = total, done
+        bars[0].refresh()
 
     def on_epoch(record: dict[str, Any]) -> None:
-        bar.set_postfix(epoch=record["epoch"], acc=f"{record['test_acc']:.1f}%",
-                        rate_e=f"{record['rate_e_hz']:.1f}Hz")
+        if bars:
+            bars[0].set_postfix(epoch=record["epoch"], acc=f"{record['test_acc']:.1f}%",
+                                rate_e=f"{record['rate_e_hz']:.1f}Hz")
 
     try:
         summary = train(config, args.out, resume=args.resume, on_epoch=on_epoch, on_progress=on_progress)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
     print(json.dumps(summary, indent=2))
+    print(f"spikeboard: convergence: {summary.get('convergence', '?')}", file=sys.stderr)
     return 0
 
 
@@ -74,6 +88,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
           executor=args.executor, ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu)
     return 0
+
+
+def _data_dir(args: argparse.Namespace) -> str:
+    from app.settings import Settings
+
+    return str(args.data_dir or Settings.from_env().data_dir)
 
 
 def study_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -117,7 +137,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from jobs.service import JobService
     from jobs.store import RunStore
 
-    data = DataDir.at(args.data_dir)
+    data = DataDir.at(_data_dir(args))
     store = RunStore(data.db_path)
     try:
         study = JobService(store, data).submit_study(args.name, overrides, args.source)
@@ -127,7 +147,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(json.dumps({"study_id": study.id, "runs": len(study.run_ids),
-                      "hint": f"a server on {data.root} runs it: spikeboard serve --data-dir {args.data_dir}"}))
+                      "hint": f"a server on {data.root} runs it: spikeboard serve --data-dir {data.root}"}))
     return 0
 
 
@@ -177,7 +197,7 @@ def cmd_force(args: argparse.Namespace) -> int:
     from jobs.service import JobService
     from jobs.store import RunStore
 
-    data = DataDir.at(args.data_dir)
+    data = DataDir.at(_data_dir(args))
     store = RunStore(data.db_path)
     try:
         run = JobService(store, data).submit_force(args.experiment, params)
@@ -187,7 +207,7 @@ def cmd_force(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(json.dumps({"run_id": run.id, "kind": run.kind.value,
-                      "hint": f"a server on {data.root} runs it: spikeboard serve --data-dir {args.data_dir}"}))
+                      "hint": f"a server on {data.root} runs it: spikeboard serve --data-dir {data.root}"}))
     return 0
 
 
@@ -195,13 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spikeboard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train one network into a run folder")
-    train.add_argument("--arch", choices=ARCHS)
-    train.add_argument("--tier", choices=TIERS)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--device", help="cpu, cuda or cuda:N")
-    train.add_argument("--backend", choices=BACKENDS)
+    train = sub.add_parser("train", help="train one network into a run folder",
+                           description="Train one network into a run folder. Flags override --config FILE, "
+                                       "--set overrides both; unset fields take the config's defaults.")
+    train.add_argument("--arch", choices=ARCHS, help=_config_help("arch", "network: PING (E<->I loop) or COBA"))
+    train.add_argument("--tier", choices=TIERS, help=_config_help(
+        "tier", "data: smoke 500 images, small 1,000, medium 2,000, large 70,000"))
+    train.add_argument("--seed", type=int, help=_config_help("seed", "seed of the weights, data split and input"))
+    train.add_argument("--epochs", type=int, help=_config_help("epochs", "passes over the training images"))
+    train.add_argument("--device", help=_config_help("device", "cpu, cuda or cuda:N"))
+    train.add_argument("--backend", choices=BACKENDS, help=_config_help(
+        "backend", "fast (spike-identical, 10-30x faster) or reference (the executable spec)"))
     train.add_argument("--config", help="JSON file of config fields")
     train.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="any config field, value as JSON (repeatable), e.g. --set n_e=200")
@@ -213,21 +237,27 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--weights", choices=("final", "init", "last"), default="final")
     simulate.add_argument("--samples", type=int, default=None, help="test images to use (default: all)")
 
-    serve = sub.add_parser("serve", help="serve the API and dashboard")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--data-dir", default="spikeboard-data")
-    serve.add_argument("--workers", type=int, default=1, help="runs executed at once")
-    serve.add_argument("--token", default=None, help="bearer token required by mutating endpoints")
-    serve.add_argument("--executor", choices=("local", "ray"), default=None,
-                       help="local subprocesses (default) or one Ray task per run")
-    serve.add_argument("--ray-address", default=None,
-                       help="Ray cluster to join (auto, HOST:PORT, ray://HOST:PORT); default: a local Ray instance")
-    serve.add_argument("--runs-per-gpu", type=int, default=None,
-                       help="runs sharing each GPU on a CUDA box (local executor; default 1)")
+    # serve: every flag defaults to None so that SPIKEBOARD_* variables apply (app.settings)
+    from app.settings import field_help
+
+    serve = sub.add_parser("serve", help="serve the API and dashboard",
+                           description="Serve the API and dashboard. Each flag overrides its SPIKEBOARD_* "
+                                       "environment variable, which overrides the default.")
+    serve.add_argument("--host", help=field_help("host"))
+    serve.add_argument("--port", type=int, help=field_help("port"))
+    serve.add_argument("--data-dir", help=field_help("data_dir"))
+    serve.add_argument("--workers", type=int, help=field_help("workers"))
+    serve.add_argument("--token", help=field_help("token"))
+    serve.add_argument("--executor", choices=("local", "ray"), help=field_help("executor"))
+    serve.add_argument("--ray-address", help=field_help("ray_address"))
+    serve.add_argument("--runs-per-gpu", type=int, help=field_help("runs_per_gpu"))
+
+    from engine.force.experiments import EXPERIMENTS
+    from engine.studies import PRESETS
 
     study = sub.add_parser("study", help="run or queue a named experiment of the study (no name: list them)")
-    study.add_argument("name", nargs="?", help="preset: nb024, coupling, nb041, nb042, nb037, nb038, nb044, nb036")
+    study.add_argument("name", nargs="?", choices=list(PRESETS), metavar="PRESET",
+                       help="preset: " + ", ".join(PRESETS))
     study.add_argument("--tier", choices=TIERS)
     study.add_argument("--epochs", type=int)
     study.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -237,15 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--local", metavar="OUT", help="run here into folder OUT instead of queueing")
     study.add_argument("--parallel", type=int, default=1, help="with --local: runs trained at once")
     study.add_argument("--threads", type=int, default=1, help="with --local: torch threads per run")
-    study.add_argument("--data-dir", default="spikeboard-data", help="the store to queue into")
+    study.add_argument("--data-dir", help="the store to queue into (env SPIKEBOARD_DATA_DIR, default spikeboard-data)")
 
     force = sub.add_parser("force", help="run or queue a FORCE experiment (LIF vs rate twin, docs/force.md)")
-    force.add_argument("experiment", help="train, alpha, grid, transfer, size, bias_variance or pca")
+    force.add_argument("experiment", choices=list(EXPERIMENTS), metavar="EXPERIMENT",
+                       help="experiment: " + ", ".join(EXPERIMENTS))
     force.add_argument("--set", action="append", metavar="KEY=VALUE",
                        help="a ForceConfig field (e.g. n=200) or experiment parameter (e.g. q_values=[5,10]), "
                             "value as JSON (repeatable)")
     force.add_argument("--out", help="run here into folder OUT (result.json and .npz files) instead of queueing")
-    force.add_argument("--data-dir", default="spikeboard-data", help="the store to queue into")
+    force.add_argument("--data-dir", help="the store to queue into (env SPIKEBOARD_DATA_DIR, default spikeboard-data)")
 
     sub.add_parser("bench", help="benchmark reference vs fast engine (see --help after bench); `bench force`: FORCE per grid point", add_help=False)
     from app.cli_remote import add_remote_arguments  # --server on train/study/force, and `runs`

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.api.deps import Services
+from app.api_docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.router import api_router
 from app.security import DashboardProbe, GuardOptions, GuardState, RequestGuard
@@ -47,8 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await services.scheduler.stop()  # workers requeue their runs
             services.store.close()
 
-    app = FastAPI(title="spikeboard", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="spikeboard", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Queue, follow and inspect spiking E/I network runs and sweeps.")
+    install_docs(app)  # /docs from local files, not a CDN
     app.state.services = services
     app.state.guard = GuardState()
     app.state.dashboard_probe = DashboardProbe()

@@ -8,7 +8,6 @@ next start. A graceful stop (Ctrl-C, SIGTERM) does the same.
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import uvicorn
@@ -20,8 +19,9 @@ from app.settings import Settings
 log = logging.getLogger("app.server")
 
 
-def serve(host: str, port: int, data_dir: str, workers: int, token: str | None, *,
-          executor: str | None = None, ray_address: str | None = None, runs_per_gpu: int | None = None) -> None:
+def serve(host: str | None = None, port: int | None = None, data_dir: str | None = None,
+          workers: int | None = None, token: str | None = None, *, executor: str | None = None,
+          ray_address: str | None = None, runs_per_gpu: int | None = None) -> None:
     """Flags left None fall back to SPIKEBOARD_* variables, then the defaults."""
     settings = Settings.from_env(host=host, port=port, data_dir=data_dir, workers=workers, token=token,
                                  executor=executor, ray_address=ray_address, runs_per_gpu=runs_per_gpu)
@@ -34,19 +34,12 @@ def serve(host: str, port: int, data_dir: str, workers: int, token: str | None, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m app.server`: the same as `spikeboard serve` (used by tests)."""
-    parser = argparse.ArgumentParser(prog="python -m app.server")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--token", default=None)
-    parser.add_argument("--executor", default=None)
-    parser.add_argument("--ray-address", default=None)
-    parser.add_argument("--runs-per-gpu", type=int, default=None)
-    args = parser.parse_args(argv)
-    serve(args.host, args.port, args.data_dir, args.workers, args.token, executor=args.executor,
-          ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu)
+    """`python -m app.server [FLAGS]`: `spikeboard serve [FLAGS]`, through the CLI's one parser."""
+    import sys
+
+    from app.cli import main as cli_main
+
+    raise SystemExit(cli_main(["serve", *(sys.argv[1:] if argv is None else argv)]))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,8 @@ class CouplingPage(param.Parameterized):
         self.launch_button = pn.widgets.Button(label="Run coupling sweep", button_type="primary", align="end")
         self.launch_button.on_click(self.launch)
         self._load()
+        if analysis is not None:  # the field shows the sweep on screen, not the defaults
+            self.factors.value = ", ".join(f"{f:g}" for f in self._factors())
         if pn.state.curdoc:
             key = feed.subscribe(pn.state.curdoc, self._on_news)
             pn.state.on_session_destroyed(lambda _ctx: feed.unsubscribe(key))
@@ -56,7 +58,8 @@ class CouplingPage(param.Parameterized):
         with param.discard_events(self):
             self.result = result
         self.param.trigger("result")  # also when unchanged: the factors may come from a new sweep
-        done, total = len(self.result.get("cells", [])), self.result.get("total") or "?"
+        # before its first cell the sweep has no result file: its size is the request's
+        done, total = len(self.result.get("cells", [])), self.result.get("total") or len(self._factors()) ** 2
         self.progress.object = (f"<p>Sweep <a href=\"/run?id={self.analysis.id}\">{self.analysis.id}</a>: "
                                 f"<b>{self.analysis.state.value}</b>, {done} of {total} cells</p>")
 
@@ -81,13 +84,16 @@ class CouplingPage(param.Parameterized):
         try:
             factors = [float(x) for x in self.factors.value.replace(";", ",").split(",") if x.strip()]
         except ValueError:
-            layout.say(self.status, "Multipliers must be numbers separated by commas.", "danger")
+            factors = []
+        if not factors:
+            layout.say(self.status, "Multipliers: give one or more numbers separated by commas, "
+                                    "e.g. 0, 0.5, 1, 2.", "danger")
             return
         params = {"factors": factors, "samples": self.samples.value or None}
         try:
             self.analysis = self.jobs.submit_analysis(self.run.id, ANALYSIS, params)
         except InvalidRequest as exc:
-            layout.say(self.status, f"Not launched: {exc.field} {exc.message}", "danger")
+            layout.say(self.status, f"Not launched: {field_message(exc)}", "danger")
             return
         except JobsError as exc:
             layout.say(self.status, f"Not launched: {exc}", "danger")
@@ -180,6 +186,14 @@ class CouplingPage(param.Parameterized):
     def _rate_frame(self) -> pd.DataFrame:
         r = self.cell_raster or {"rate_time_ms": [], "population_rate_hz": []}
         return pd.DataFrame({"time_ms": r["rate_time_ms"], "rate_hz": r["population_rate_hz"]})
+
+
+def field_message(exc: InvalidRequest) -> str:
+    """'params.factors: must be ...', not 'params.factors factors must be ...' when the
+    message already starts with the field's name."""
+    leaf = exc.field.rsplit(".", 1)[-1]
+    message = exc.message.removeprefix(leaf).lstrip(" :") if exc.message.startswith(leaf + " ") else exc.message
+    return f"{exc.field}: {message}"
 
 
 def _latest_sweep(services: Services, run_id: str) -> Run | None:

@@ -401,7 +401,7 @@ class ForcePage(param.Parameterized):
             maps = [self._figure(method, f"grid-{n}", result_frame, self._tapped_heatmap(method))
                     for n, method in (("lif", self.heatmap_lif), ("rate", self.heatmap_rate))]
             return [layout.section("Q × G grid: log10 test error (one colour scale for both)", pair(*maps)),
-                    pair(layout.section("Selected point", self.point_info, width=520, sizing_mode="fixed"),
+                    pair(layout.section("Selected point", self.point_info, width=520, sizing_mode=None),
                          layout.section("Decoder correlation per point",
                                         self._figure(self.heatmap_decoder_r, "grid-decoder-r", result_frame)))]
         if experiment == "size":
@@ -446,7 +446,7 @@ class ForcePage(param.Parameterized):
         experiment = pn.widgets.Select.from_param(self.param.experiment, name="experiment",
                                                   sizing_mode="stretch_width")
         form = layout.section("Launch a FORCE experiment", experiment, self.form_holder, launch, width=460,
-                              sizing_mode="fixed")
+                              sizing_mode=None)
         side = [layout.section("FORCE runs (click an id)", self.table)]
         title, results = "FORCE: LIF networks vs rate twins", []
         if self.run is not None:

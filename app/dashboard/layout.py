@@ -40,6 +40,8 @@ def say(status: pn.pane.Alert, message: str, kind: str = "success") -> None:
 
 
 def section(title: str, *items, **layout) -> pn.Column:
+    """A titled panel. For a fixed-width one pass width=W, sizing_mode=None (its height
+    follows its content); sizing_mode="fixed" would also need a height (Bokeh W-1005)."""
     options = {"sizing_mode": "stretch_width", "margin": (10, 15), **layout}
     return pn.Column(pn.pane.HTML(f"<h2>{html.escape(title)}</h2>", margin=(5, 10, 0, 10)), *items,
                      css_classes=["sb-section"], stylesheets=[STYLESHEET], **options)

@@ -27,7 +27,11 @@ BUDGET_MEASURES = {"rate_e_hz": "E", "rate_i_hz": "I", "rate_e_plus_i_hz": "E + 
                    "per_cell_total_hz": "per-cell total"}
 HEIGHT = 260
 BASE = dict(responsive=True, height=HEIGHT, framewise=True, show_grid=True, fontscale=0.95)
-CURVE = dict(line_width=2, tools=["hover"])
+# An overlay in a DynamicMap rescales its axes on a new frame only if its layers are
+# framewise too (the overlay's own option is not enough): without it a plot that
+# starts empty keeps axes 0..1 while its glyphs arrive outside them.
+LAYER = dict(framewise=True)
+CURVE = dict(line_width=2, tools=["hover"], **LAYER)
 
 hv.extension("bokeh", logo=False)
 
@@ -45,7 +49,7 @@ def trajectories(df: pd.DataFrame, columns: dict[str, str], *, title: str, ylabe
         data = df[["epoch", column]].dropna() if column in df else pd.DataFrame({"epoch": [], column: []})
         data = data.rename(columns={column: ylabel})
         layers.append(hv.Curve(data, "epoch", ylabel, label=label).opts(color=color, **CURVE))
-        layers.append(hv.Scatter(data, "epoch", ylabel, label=label).opts(color=color, size=5))
+        layers.append(hv.Scatter(data, "epoch", ylabel, label=label).opts(color=color, size=5, **LAYER))
     return hv.Overlay(layers).opts(title=title, legend_position="bottom_right", logy=logy, **BASE)
 
 
@@ -54,9 +58,9 @@ def accuracy_vs_rate(df: pd.DataFrame) -> hv.Overlay:
     open circle marks epoch 1 and a star the last epoch."""
     x, y = "rate_e_hz", "test_acc"
     data = df[["epoch", x, y]] if x in df else pd.DataFrame({"epoch": [], x: [], y: []})
-    path = hv.Path([data[[x, y]].to_numpy()], kdims=[x, y]).opts(color="#a0aec0", line_width=1.5)
+    path = hv.Path([data[[x, y]].to_numpy()], kdims=[x, y]).opts(color="#a0aec0", line_width=1.5, **LAYER)
     points = hv.Scatter(data, x, [y, "epoch"]).opts(color="epoch", cmap="viridis", size=8, colorbar=True,
-                                                    tools=["hover"], clabel="epoch")
+                                                    tools=["hover"], clabel="epoch", **LAYER)
     first = hv.Scatter(data.iloc[:1], x, y).opts(marker="circle", size=16, fill_alpha=0, line_color="black",
                                                  line_width=2)
     last = hv.Scatter(data.iloc[-1:], x, y).opts(marker="star", size=20, color="#d69e2e", line_color="black")
@@ -83,7 +87,7 @@ def histograms(samples: dict[str, np.ndarray], labels: Sequence[str], *, title: 
                           .opts(interpolation="steps-mid", color=color, line_width=2, tools=["hover"]))
         else:
             layers.append(hv.Histogram((edges, counts), kdims=[xlabel], vdims=["count"], label=label).opts(
-                fill_color=color, fill_alpha=0.45, line_color=color, tools=["hover"]))
+                fill_color=color, fill_alpha=0.45, line_color=color, tools=["hover"], **LAYER))
     return hv.Overlay(layers).opts(title=title, logy=logy, legend_position="top_right", **BASE)
 
 
@@ -100,12 +104,13 @@ def raster(data: dict | None) -> hv.Overlay:
     title = f"Spike raster (test image {data['sample']}, label {data['label']})" if "sample" in data \
         else "Spike raster (simulate a test image)"
     e = hv.Scatter((data["e_times_ms"], data["e_cells"]), "time (ms)", "cell", label="E").opts(
-        color=E_COLOR, size=2, marker="square")
+        color=E_COLOR, size=2, marker="square", **LAYER)
     i_cells = np.asarray(data["i_cells"], dtype=int) + data["n_e"]
     i = hv.Scatter((data["i_times_ms"], i_cells), "time (ms)", "cell", label="I").opts(
-        color=I_COLOR, size=2, marker="square")
-    return (e * i).opts(title=title, legend_position="top_right", xlim=(0, data["t_ms"]),
-                        ylim=(0, max(data["n_e"] + data["n_i"], 1)), **{**BASE, "height": 320})
+        color=I_COLOR, size=2, marker="square", **LAYER)
+    # the extent rides on the dimensions (a trial's length, all cells), framewise per layer
+    return (e * i).redim.range(**{"time (ms)": (0, data["t_ms"]), "cell": (0, max(data["n_e"] + data["n_i"], 1))}
+                               ).opts(title=title, legend_position="top_right", **{**BASE, "height": 320})
 
 
 def raster_frame(data: dict | None) -> pd.DataFrame:
@@ -119,7 +124,7 @@ def raster_frame(data: dict | None) -> pd.DataFrame:
 def population_rate(data: dict | None) -> hv.Curve:
     data = data or {"rate_time_ms": [], "population_rate_hz": []}
     return hv.Curve((data["rate_time_ms"], data["population_rate_hz"]), "time (ms)", "rate (Hz)").opts(
-        title="E population rate (1 ms bins)", color=E_COLOR, **CURVE, **BASE)
+        title="E population rate (1 ms bins)", color=E_COLOR, **{**CURVE, **BASE})
 
 
 def spectrum(data: dict | None) -> hv.Overlay:
@@ -171,14 +176,23 @@ def coupling_heatmap(cells: list[dict], factors: Sequence[float], metric: str) -
         line_color="white", line_width=1, nonselection_alpha=1.0, clipping_colors={"NaN": "#edf2f7"})
     text = ["…" if np.isnan(row.rate_total_hz) else
             f"{row.rate_total_hz:.1f}\n({row.rate_e_hz:.1f} | {row.rate_i_hz:.1f})" for row in frame.itertuples()]
-    cell_labels = hv.Labels(frame.assign(text=text), ["W_ei", "W_ie"], "text").opts(
-        text_font_size="8pt", text_color="white")
+    cell_labels = hv.Labels(frame.assign(text=text, ink=label_ink(frame[metric])), ["W_ei", "W_ie"],
+                            ["text", "ink"]).opts(text_font_size="8pt", text_color="ink")
     trained = [("1", "1")] if 1.0 in factors else []
     star = hv.Points(trained, ["W_ei", "W_ie"]).opts(marker="star", size=22, fill_color="#f6e05e",
                                                      line_color="black", fill_alpha=0.9)
+    # toolbar above: on the right it covers the colour bar's tick labels
     return hv.Overlay([heat, cell_labels, star]).opts(
         title=f"Coupling sweep: {COUPLING_METRICS[metric]} (labels: total (E | I) Hz)",
-        responsive=True, height=520, framewise=True)
+        responsive=True, height=520, framewise=True, toolbar="above")
+
+
+def label_ink(values: pd.Series) -> list[str]:
+    """Black on the bright end of the colour map (the top ~45% of inferno and viridis)
+    and on unfinished (light grey) cells, white on the dark end."""
+    low, high = values.min(), values.max()
+    span = (high - low) or 1.0
+    return ["black" if np.isnan(v) or (v - low) / span > 0.55 else "white" for v in values]
 
 
 def _diagonal(cells: list[dict], factors: Sequence[float]) -> pd.DataFrame:
@@ -193,7 +207,7 @@ def coupling_diagonal_rates(cells: list[dict], factors: Sequence[float]) -> hv.O
                                  ("rate_i_hz", "I", I_COLOR)):
         data = frame[["multiplier", column]].rename(columns={column: "rate (Hz)"})
         layers.append(hv.Curve(data, "multiplier", "rate (Hz)", label=label).opts(color=color, **CURVE))
-        layers.append(hv.Scatter(data, "multiplier", "rate (Hz)", label=label).opts(color=color, size=6))
+        layers.append(hv.Scatter(data, "multiplier", "rate (Hz)", label=label).opts(color=color, size=6, **LAYER))
     return hv.Overlay(layers).opts(title="Diagonal (W_ei = W_ie multiplier): rates", legend_position="top_left",
                                    **BASE)
 
@@ -201,7 +215,7 @@ def coupling_diagonal_rates(cells: list[dict], factors: Sequence[float]) -> hv.O
 def coupling_diagonal_accuracy(cells: list[dict], factors: Sequence[float]) -> hv.Overlay:
     data = _diagonal(cells, factors)[["multiplier", "test_acc"]].rename(columns={"test_acc": "accuracy (%)"})
     return (hv.Curve(data, "multiplier", "accuracy (%)").opts(color=ACC_COLOR, **CURVE)
-            * hv.Scatter(data, "multiplier", "accuracy (%)").opts(color=ACC_COLOR, size=6)).opts(
+            * hv.Scatter(data, "multiplier", "accuracy (%)").opts(color=ACC_COLOR, size=6, **LAYER)).opts(
         title="Diagonal (W_ei = W_ie multiplier): accuracy", **BASE)
 
 

@@ -94,7 +94,11 @@ class RunPage(param.Parameterized):
         if not self.records:
             return '<p class="muted">Convergence appears after the first epoch.</p>'
         s = summarise(self.records)
-        flag = lambda ok: '<span class="ok">converged</span>' if ok else '<span class="no">still moving</span>'  # noqa: E731
+        def flag(ok: bool | None) -> str:
+            if ok is None:  # fewer epochs than the slope window: no verdict
+                return f'<span class="muted">{html.escape(s["convergence"])}</span>'
+            return '<span class="ok">converged</span>' if ok else '<span class="no">still moving</span>'
+
         rows = [("final test accuracy", f"{s['final']['test_acc']:.2f} %"),
                 ("final E | I rate", f"{s['final']['rate_e_hz']:.2f} | {s['final']['rate_i_hz']:.2f} Hz"),
                 (f"accuracy slope (last {s['slopes']['window']} epochs)",
@@ -209,7 +213,7 @@ class RunPage(param.Parameterized):
             sizing_mode="stretch_width")
         grid = lambda *items: pn.GridBox(*items, ncols=2, sizing_mode="stretch_width")  # noqa: E731
         return layout.page(
-            f"Run {rid}", "", pn.Row(layout.section("Run", self.header, actions, width=460, sizing_mode="fixed"),
+            f"Run {rid}", "", pn.Row(layout.section("Run", self.header, actions, width=460, sizing_mode=None),
                                      layout.section("Convergence", self.summary), sizing_mode="stretch_width"),
             layout.section("Learning", grid(
                 f(self.accuracy, f"{rid}-accuracy", self._frame),

@@ -7,6 +7,7 @@ import datetime as dt
 import pandas as pd
 import panel as pn
 import param
+from bokeh.models.widgets.tables import NumberFormatter
 
 from app.api.deps import Services
 from app.dashboard import layout
@@ -17,6 +18,9 @@ from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
 MAX_ROWS = 5000  # newest first; older runs stay reachable through the API's paging
 COLUMNS = ["id", "kind", "state", "progress", "epochs", "arch", "seed", "tier", "size", "test_acc",
            "rate_e_hz", "created", "sweep", "detail"]
+# with these the table fits beside the form on a 1500-px-wide window; detail takes the rest
+COLUMN_WIDTHS = {"id": 105, "kind": 62, "state": 80, "progress": 70, "epochs": 58, "arch": 50, "seed": 46,
+                 "tier": 58, "size": 56, "test_acc": 62, "rate_e_hz": 62, "created": 100, "sweep": 70}
 
 
 def run_row(run: Run, last: dict | None) -> dict:
@@ -29,9 +33,12 @@ def run_row(run: Run, last: dict | None) -> dict:
         "id": run.id, "kind": run.kind.value, "state": run.state.value,
         "progress": round(100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress or 0.0)),
         "epochs": f"{run.n_epochs}/{config.get('epochs', '')}" if train else "",
-        "arch": config.get("arch", ""), "seed": config.get("seed"), "tier": config.get("tier", ""),
+        # seed as text: FORCE and analysis rows have none, and a column of ints and None
+        # would turn float ("42.0")
+        "arch": config.get("arch", ""), "seed": "" if config.get("seed") is None else str(config["seed"]),
+        "tier": config.get("tier", ""),
         "size": size, "test_acc": (last or {}).get("test_acc"), "rate_e_hz": (last or {}).get("rate_e_hz"),
-        "created": dt.datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M:%S"),
+        "created": dt.datetime.fromtimestamp(run.created_at).strftime("%y-%m-%d %H:%M"),
         "sweep": run.sweep_id or "", "detail": detail,
     }
 
@@ -48,13 +55,16 @@ class RunsPage(param.Parameterized):
         self.form = ConfigForm()
         self.table = pn.widgets.Tabulator(
             self._frame(), pagination="remote", page_size=20, selectable="checkbox", show_index=False,
-            disabled=True, sizing_mode="stretch_width", height=640, layout="fit_data_stretch",
-            sorters=[{"field": "created", "dir": "desc"}],
+            # fit_columns: the columns share the panel's width (fit_data let it overflow)
+            disabled=True, sizing_mode="stretch_width", height=640, layout="fit_columns",
+            sorters=[{"field": "created", "dir": "desc"}], widths=COLUMN_WIDTHS,
             formatters={"progress": {"type": "progress", "legend": True, "color": "#2b6cb0"},
                         "id": {"type": "link", "urlPrefix": "/run?id=", "target": "_self"},
-                        "test_acc": {"type": "money", "precision": 1, "symbol": " %", "symbolAfter": True},
-                        "rate_e_hz": {"type": "money", "precision": 1, "symbol": " Hz", "symbolAfter": True}},
-            titles={"test_acc": "test acc", "rate_e_hz": "E rate", "size": "E/I"})
+                        # blank, not "NaN", where a run has no epoch yet (or is no training run)
+                        "test_acc": NumberFormatter(format="0.0", nan_format="", null_format=""),
+                        "rate_e_hz": NumberFormatter(format="0.0", nan_format="", null_format="")},
+            titles={"test_acc": "acc (%)", "rate_e_hz": "E (Hz)", "size": "E/I"},
+            configuration={"columnDefaults": {"tooltip": True}})  # a cut cell shows in full on hover
         self.table.add_filter(pn.bind(self._filter, state=self.param.state, kind=self.param.kind,
                                       text=self.param.text))
         self.sweeps = pn.widgets.Tabulator(self._sweeps_frame(), show_index=False, disabled=True,
@@ -102,7 +112,8 @@ class RunsPage(param.Parameterized):
         if not news.runs and not news.epochs:
             return
         frame = self.table.value
-        index = {run_id: i for i, run_id in enumerate(frame["id"])}
+        # index labels, not positions: Tabulator.stream numbers an empty table's first row 1
+        index = dict(zip(frame["id"], frame.index))
         ids = set(news.runs) | set(news.epochs)
         last = self.jobs.last_epochs([i for i in ids if i in index or i in news.runs])
         patches: dict[str, list] = {}
@@ -123,7 +134,10 @@ class RunsPage(param.Parameterized):
                 fresh.append(row)
         if patches:
             self.table.patch(patches, as_index=True)
-        if fresh:
+        if fresh and frame.empty:
+            # streaming into an empty table shows nothing until a reload: set its value
+            self.table.value = self._frame()
+        elif fresh:
             self.table.stream(pd.DataFrame(fresh, columns=COLUMNS).sort_values("created"), follow=False)
         if fresh or any(r.sweep_id for r in news.runs.values()):
             self.sweeps.value = self._sweeps_frame()
@@ -185,14 +199,16 @@ class RunsPage(param.Parameterized):
         if not ids:
             layout.say(self.status, "Select the runs to compare (tick their boxes).", "warning")
             return
-        pn.state.location.href = "/compare?runs=" + ",".join(ids)
+        # Location.href is read-only in the browser: a new path and query with reload=True,
+        # sent in one change, make the page load the new URL
+        pn.state.location.param.update(reload=True, pathname="/compare", search="?runs=" + ",".join(ids))
 
     # --- view --------------------------------------------------------------------------
     def view(self) -> pn.Column:
         launch = pn.widgets.Button(label="Launch", button_type="primary", width=120)
         launch.on_click(self.launch)
         form = layout.section("Launch a run or a sweep", self.form.panel(), launch, width=430,
-                              sizing_mode="fixed")
+                              sizing_mode=None)
         actions = pn.Row(*(self._button(label, handler, kind) for label, handler, kind in (
             ("Compare selected", self.compare, "primary"), ("Cancel", self.cancel, "warning"),
             ("Re-run", self.rerun, "default"), ("Delete", self.delete, "danger"))))

@@ -17,11 +17,11 @@ import panel as pn
 import param
 
 from app.api.deps import Services
-from app.dashboard import layout, plots, study_plots
+from app.dashboard import estimate, layout, plots, study_plots
 from app.dashboard.live import LiveFeed, News
 from engine.analyses.coupling import DEFAULT_FACTORS
 from engine.config import TIERS
-from engine.studies import PRESETS
+from engine.studies import PRESETS, StudyError, expand
 from jobs.models import InvalidRequest, JobsError, RunKind, RunState
 from jobs.studies import Study
 
@@ -63,8 +63,17 @@ def study_row(study: Study) -> dict[str, Any]:
 class StudiesPage(param.Parameterized):
     def __init__(self, services: Services, feed: LiveFeed, **params):
         super().__init__(**params)
-        self.jobs, self.feed = services.jobs, feed
+        self.jobs, self.feed, self.workers = services.jobs, feed, services.settings.workers
         self.status = layout.status_line()
+        # a preset launches only after its cost (runs, epochs, time here) was shown and confirmed
+        self.pending: str | None = None
+        self.confirm_text = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 10))
+        self.confirm_button = pn.widgets.Button(label="Launch", button_type="danger", width=200)
+        self.confirm_button.on_click(lambda _event: self.confirm())
+        back = pn.widgets.Button(name="Don't launch", button_type="default", width=120)
+        back.on_click(lambda _event: self.dismiss())
+        self.confirmation = pn.Column(self.confirm_text, pn.Row(self.confirm_button, back), visible=False,
+                                      sizing_mode="stretch_width", css_classes=["figure", "confirmation"])
         self.tier = pn.widgets.Select(name="tier", options=[DEFAULT, *TIERS], value=DEFAULT, width=160)
         self.epochs = pn.widgets.IntInput(name="epochs (0: preset's)", value=0, start=0, width=160)
         self.overrides = pn.widgets.TextAreaInput(
@@ -118,6 +127,53 @@ class StudiesPage(param.Parameterized):
                 overrides.setdefault("epochs", self.epochs.value)
         return overrides
 
+    def calibration(self) -> estimate.Calibration:
+        runs, _ = self.jobs.list_runs(kind=RunKind.TRAIN, limit=estimate.RECENT_RUNS)
+        last = self.jobs.last_epochs([r.id for r in runs])
+        return estimate.Calibration.from_epochs((r.config, last[r.id]) for r in runs if r.id in last)
+
+    def ask(self, name: str) -> None:
+        """Show what the preset would queue and how long it would take; launch on confirm."""
+        preset = PRESETS[name]
+        try:
+            plan = expand(name, self._launch_overrides(preset))
+        except StudyError as exc:  # named as the API names it
+            layout.say(self.status, f"Not launched ({html.escape(name)}): <b>overrides.{html.escape(exc.field)}"
+                                    f"</b> {html.escape(exc.message)}", "danger")
+            return
+        except ValueError as exc:
+            layout.say(self.status, f"Not launched: {html.escape(str(exc))}", "danger")
+            return
+        if preset.needs_source and not self.source.value:
+            layout.say(self.status, f"Not launched ({html.escape(name)}): <b>source_run_id</b> is needed: pick "
+                                    "the trained run it analyses under 'source run'.", "danger")
+            return
+        configs = [r.config for r in plan.runs]
+        cost = estimate.estimate(configs, self.calibration(), self.workers)
+        if configs:
+            first = configs[0]
+            what = (f"<b>{cost.runs} training run(s)</b>, <b>{cost.epochs} epochs</b> in all "
+                    f"({', '.join(sorted({str(c['epochs']) for c in configs}))} each) on the "
+                    f"<b>{html.escape(str(first['tier']))}</b> tier, {first['n_e']} E / {first['n_i']} I cells, "
+                    f"{first['t_ms']} ms trials, {html.escape(str(first['backend']))} backend")
+        else:
+            what = f"<b>{len(plan.analyses)} analysis run(s)</b> of the source run"
+        self.pending = name
+        self.confirm_text.object = (f"<p><b>Launch {html.escape(name)}?</b> It queues {what}.</p>"
+                                    f"<p>Estimated time: <b>{html.escape(cost.describe())}</b>.</p>")
+        self.confirm_button.label = f"Launch {name} now"
+        self.confirmation.visible = True
+
+    def confirm(self) -> None:
+        name, self.pending = self.pending, None
+        self.confirmation.visible = False
+        if name is not None:
+            self.launch(name)
+
+    def dismiss(self) -> None:
+        self.pending, self.confirmation.visible = None, False
+        layout.say(self.status, "Not launched.", "info")
+
     def launch(self, name: str) -> None:
         preset = PRESETS[name]
         try:
@@ -140,7 +196,7 @@ class StudiesPage(param.Parameterized):
 
     def _preset_row(self, preset) -> pn.Row:
         button = pn.widgets.Button(name=f"Launch {preset.name}", button_type="primary", width=150, align="center")
-        button.on_click(lambda _event: self.launch(preset.name))
+        button.on_click(lambda _event: self.ask(preset.name))
         return pn.Row(pn.pane.HTML(_describe(preset), sizing_mode="stretch_width", margin=(2, 10)), button,
                       sizing_mode="stretch_width", css_classes=["figure"])
 
@@ -150,8 +206,8 @@ class StudiesPage(param.Parameterized):
             pn.pane.HTML("<p class='muted'>Tier and epochs apply to presets that train. Overrides: a grid "
                          "axis as a list (<code>\"seed\": [42]</code>), any config field, or an analysis "
                          "parameter. Inference presets run on the source run.</p>", sizing_mode="stretch_width"),
-            width=420, sizing_mode="fixed")
-        presets = layout.section("Presets", *(self._preset_row(p) for p in PRESETS.values()))
+            width=420, sizing_mode=None)
+        presets = layout.section("Presets", self.confirmation, *(self._preset_row(p) for p in PRESETS.values()))
         return layout.page("Studies", "/studies", pn.Row(settings, presets, sizing_mode="stretch_width"),
                            layout.section("Launched studies", self.table), status=self.status)
 
@@ -432,7 +488,7 @@ class StudyPage(param.Parameterized):
     # --- view ----------------------------------------------------------------------------
     def view(self) -> pn.Column:
         preset = PRESETS[self.study.name]
-        top = pn.Row(layout.section("Study", self.header, width=560, sizing_mode="fixed"),
+        top = pn.Row(layout.section("Study", self.header, width=560, sizing_mode=None),
                      layout.section("Member runs", self.members), sizing_mode="stretch_width")
         body = [top]
         if self.plan["runs"]:

@@ -63,7 +63,7 @@ def start_server(data_dir: Path, *, workers: int = 1, token: str | None = None,
                                env={**os.environ, "PYTHONPATH": str(REPO),
                                     "SPIKEBOARD_DASHBOARD": "1" if dashboard else "0"})
     server = Server(f"http://127.0.0.1:{port}", data_dir, process, token)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # Panel + torch imports take 30 s and more on a loaded 2-core box
     while True:
         try:
             if httpx.get(server.url + "/api/health", timeout=1).status_code == 200:

@@ -5,6 +5,7 @@ Screenshots land in test-output/screenshots/ for a person to look at.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -30,6 +31,19 @@ EPOCHS_JS = """() => Math.max(0, ...Bokeh.documents.flatMap(d => [...d.all_model
                  .filter(m => m.data && m.data.epoch).map(m => m.data.epoch.length))"""
 RASTER_SPIKES_JS = """() => Math.max(0, ...Bokeh.documents.flatMap(d => [...d.all_models])
                  .filter(m => m.data && m.data['time (ms)'] && m.data.cell).map(m => m.data.cell.length))"""
+# the axis ranges of the figures whose title starts with a prefix
+RANGES_JS = """(prefix) => Bokeh.documents.flatMap(d => [...d.all_models])
+                 .filter(m => m.x_range && m.title && m.title.text && m.title.text.startsWith(prefix))
+                 .map(m => ({x: [m.x_range.start, m.x_range.end], y: [m.y_range.start, m.y_range.end],
+                             toolbar: m.toolbar_location}))"""
+
+
+def raster_axes_cover_the_trial(page, t_ms: float, cells: int) -> None:
+    """The raster's axes span the trial and every cell (they stayed 0..1 once: no glyph showed)."""
+    page.wait_for_function(f"() => ({RANGES_JS})('Spike raster (test image').some(r => r.x[1] > 1)",
+                           timeout=30_000, polling=500)
+    (ranges,) = page.evaluate(RANGES_JS, "Spike raster (test image")
+    assert ranges["x"] == [0, t_ms] and ranges["y"] == [0, cells], ranges
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +82,7 @@ class Console:
 @pytest.fixture
 def page(browser, request):
     context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    context.set_default_navigation_timeout(120_000)  # a page's first load takes > 30 s on a loaded 2-core box
     page = context.new_page()
     page.console = Console(page)
     yield page
@@ -116,6 +131,7 @@ def test_a_finished_run_shows_every_plot(server, finished_run, page):
     page.get_by_text("Convergence").first.wait_for(timeout=60_000)
     # the raster of test image 0 is simulated once the page has loaded
     page.wait_for_function(f"() => ({RASTER_SPIKES_JS})() > 0", timeout=120_000, polling=500)
+    raster_axes_cover_the_trial(page, 100.0, 50)
     titles = page.evaluate(TITLES_JS)
     for expected in RUN_PLOTS:
         assert any(t.startswith(expected) for t in titles), (expected, titles)
@@ -139,27 +155,51 @@ def test_csv_and_svg_downloads_carry_the_plotted_data(server, finished_run, page
 def test_a_small_coupling_sweep_fills_in_and_a_cell_opens(server, finished_run, page):
     page.goto(f"{server.url}/coupling?run={finished_run}")
     page.get_by_text("Run coupling sweep").wait_for(timeout=60_000)
+    # an empty field is explained once, without the field's name twice
+    field(page, "multipliers (both axes)").fill("")
+    field(page, "multipliers (both axes)").press("Tab")
+    page.get_by_role("button", name="Run coupling sweep").click()
+    page.get_by_text("Multipliers: give one or more numbers").wait_for(timeout=30_000)
     field(page, "multipliers (both axes)").fill("0, 1, 2")
     field(page, "multipliers (both axes)").press("Tab")
     field(page, "test images (0: all)").fill("20")
     field(page, "test images (0: all)").press("Tab")
     page.get_by_role("button", name="Run coupling sweep").click()
+    page.get_by_text(re.compile(r"\d of 9 cells")).wait_for(timeout=30_000)  # its size from the start, not "?"
     page.get_by_text("9 of 9 cells").wait_for(timeout=180_000)
     titles = page.evaluate(TITLES_JS)
     assert any(t.startswith("Coupling sweep: total rate") for t in titles)
     assert sum(t.startswith("Diagonal") for t in titles) == 2
+    # the diagonal's axes followed the cells as they came in (they kept 0..1 once)
+    page.wait_for_function(f"() => ({RANGES_JS})('Diagonal').every(r => r.x[0] <= 0 && r.x[1] >= 2)",
+                           timeout=30_000, polling=500)
+    (heatmap_figure,) = page.evaluate(RANGES_JS, "Coupling sweep")
+    assert heatmap_figure["toolbar"] == "above"  # not over the colour bar's ticks
+    inks = page.evaluate("""() => Bokeh.documents.flatMap(d => [...d.all_models])
+        .filter(m => m.data && m.data.text && m.data.text_color).map(m => m.data.text_color)[0]""")
+    assert "black" in inks  # dark text on the bright cells (and on unfinished ones)
     heatmap = page.locator(".bk-Figure").first
     box = heatmap.bounding_box()
     heatmap.click(position={"x": box["width"] * 0.45, "y": box["height"] * 0.5})  # the middle cell (1, 1)
     page.get_by_text("raster of test image 0").wait_for(timeout=120_000)
     assert page.evaluate(RASTER_SPIKES_JS) > 0
+    raster_axes_cover_the_trial(page, 100.0, 50)
+    # after a reload the field shows the sweep on screen, not the defaults
+    page.reload()
+    page.get_by_text("9 of 9 cells").wait_for(timeout=60_000)
+    assert field(page, "multipliers (both axes)").input_value() == "0, 1, 2"
 
 
 def test_compare_page_overlays_runs_and_tabulates_seeds(server, finished_run, page):
     with server.client() as client:
         other = client.submit(small_config(arch="coba", t_ms=100.0, epochs=2, lr=1e-2))
         assert client.wait(other["id"], timeout_s=300)["state"] == "succeeded"
-    page.goto(f"{server.url}/compare?runs={finished_run},{other['id']}")
+    # reached as a user does: tick the two rows, press "Compare selected"
+    page.goto(server.url + "/")
+    for run_id in (finished_run, other["id"]):
+        page.locator(".tabulator-row", has_text=run_id).locator("input[type=checkbox]").check()
+    page.get_by_role("button", name="Compare selected").click()
+    page.wait_for_url(re.compile(r".*/compare\?runs=\w+,\w+$"), timeout=30_000)
     page.get_by_text("Compare 2 runs").wait_for(timeout=60_000)
     titles = page.evaluate(TITLES_JS)
     for expected in ("Test accuracy", "E rate", "I rate", "Test loss", "Per-cell E rates", "Per-cell I rates",

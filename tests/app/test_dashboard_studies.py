@@ -54,6 +54,9 @@ def test_launch_a_smoke_study_and_see_it_finish_live(server, page):  # noqa: F81
     textarea(page, "overrides (JSON)").fill(json.dumps(SMOKE_OVERRIDES))
     textarea(page, "overrides (JSON)").press("Tab")
     page.get_by_role("button", name="Launch nb024").click()
+    # nothing is queued before the cost was shown and confirmed
+    page.get_by_text("Estimated time").wait_for(timeout=30_000)
+    page.get_by_role("button", name="Launch nb024 now").click()
     page.get_by_text("Queued study").wait_for(timeout=30_000)
     study_id = page.get_by_text("Queued study").locator("a").inner_text()
     row = page.locator(".tabulator-row", has_text=study_id)

@@ -1,0 +1,66 @@
+"""The dashboard's figures in Python (fast; the browser tests check the pages): each
+builder renders empty and filled, and a live figure's axes follow its data."""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import param
+import pytest
+
+from app.dashboard import plots
+
+RASTER = {"e_times_ms": [5.0, 50.0], "e_cells": [3, 700], "i_times_ms": [20.0], "i_cells": [5], "n_e": 800,
+          "n_i": 200, "t_ms": 100.0, "sample": 0, "label": 7, "rate_time_ms": [0.5, 1.5],
+          "population_rate_hz": [1.0, 2.0],
+          "spectrum": {"freqs_hz": [10.0, 40.0], "power": [1.0, 3.0], "peak_hz": 40.0, "prominence": 2.0}}
+CELLS = [{"ei_factor": ei, "ie_factor": ie, "rate_total_hz": 5.0 + 10 * ei + ie, "rate_e_hz": 3.0,
+          "rate_i_hz": 9.0, "test_acc": 50.0} for ei in (0.0, 1.0, 2.0) for ie in (0.0, 1.0, 2.0)]
+
+
+def live_plot(build, empty):
+    """A DynamicMap of a param method, as the pages build it, and a way to push data."""
+    class Page(param.Parameterized):
+        data = param.Parameter(default=empty)
+
+        @param.depends("data")
+        def figure(self):
+            return build(self.data)
+
+    page = Page()
+    return page, hv.renderer("bokeh").get_plot(hv.DynamicMap(page.figure))
+
+
+@pytest.mark.parametrize("data", [None, RASTER])
+def test_every_figure_renders_empty_and_filled(data):
+    renderer = hv.renderer("bokeh")
+    for build in (plots.raster, plots.population_rate, plots.spectrum):
+        renderer.get_plot(build(data))
+    cells = CELLS if data else []
+    renderer.get_plot(plots.coupling_heatmap(cells, [0.0, 1.0, 2.0], "rate_total_hz"))
+    renderer.get_plot(plots.coupling_diagonal_rates(cells, [0.0, 1.0, 2.0]))
+    renderer.get_plot(plots.coupling_diagonal_accuracy(cells, [0.0, 1.0, 2.0]))
+    frame = plots.metrics_frame([{"epoch": 1, "test_acc": 10.0, "rate_e_hz": 3.0}] if data else [])
+    renderer.get_plot(plots.trajectories(frame, {"test_acc": "test"}, title="t", ylabel="y"))
+    renderer.get_plot(plots.histograms({"E": np.array([1.0, 2.0])} if data else {}, ["E"], title="h", xlabel="x"))
+
+
+def test_a_live_raster_spans_the_trial_and_every_cell_once_it_has_spikes():
+    """It kept the empty figure's axes (0..1), so no spike showed."""
+    page, plot = live_plot(plots.raster, None)
+    page.data = RASTER
+    x, y = plot.handles["x_range"], plot.handles["y_range"]
+    assert (x.start, x.end, y.start, y.end) == (0, 100.0, 0, 1000)
+
+
+def test_the_live_diagonal_rescales_as_cells_arrive():
+    page, plot = live_plot(lambda cells: plots.coupling_diagonal_rates(cells, [0.0, 1.0, 2.0]), [])
+    page.data = CELLS
+    assert plot.handles["x_range"].end >= 2.0 and plot.handles["y_range"].end >= 25.0
+
+
+def test_cell_labels_are_dark_on_bright_cells_and_light_on_dark_ones():
+    ink = plots.label_ink(plots.coupling_grid(CELLS[:2], [0.0, 1.0, 2.0])["rate_total_hz"])
+    # two finished cells, the brighter (higher) one in black; unfinished cells (NaN, light grey) black
+    finished = plots.coupling_grid(CELLS[:2], [0.0, 1.0, 2.0])["rate_total_hz"].notna().to_numpy()
+    assert sorted(np.asarray(ink)[finished]) == ["black", "white"] and set(np.asarray(ink)[~finished]) == {"black"}

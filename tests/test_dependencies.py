@@ -1,0 +1,61 @@
+"""Every third-party package the code imports is declared in pyproject.toml (issue 16),
+and the ones whose internals the code relies on have an upper bound."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL = {"engine", "jobs", "app", "tests"}
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~\[;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def declared() -> dict[str, dict[str, str]]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    groups = {"runtime": project["dependencies"], **project["optional-dependencies"]}
+    return {group: {_name(r): r for r in reqs} for group, reqs in groups.items()}
+
+
+def imported(folders: tuple[str, ...]) -> set[str]:
+    names = set()
+    for folder in folders:
+        for path in (REPO / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names |= {a.name.split(".")[0] for a in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names.add(node.module.split(".")[0])
+    return names - LOCAL - set(sys.stdlib_module_names)
+
+
+def distributions(modules: set[str]) -> dict[str, str]:
+    owners = packages_distributions()
+    return {m: _name(owners[m][0]) for m in modules if m in owners}
+
+
+def test_every_imported_package_is_declared():
+    groups = declared()
+    runtime = set(groups["runtime"])
+    everything = set().union(*groups.values())
+    code = distributions(imported(("engine", "jobs", "app")))
+    tests = distributions(imported(("tests",)))
+    assert {m: d for m, d in code.items() if d not in everything} == {}
+    # the runtime code needs nothing beyond the runtime list, except lazily imported extras
+    # (and Playwright, which only the dashboard benchmark, a dev tool, imports)
+    lazy = set(groups["ray"]) | set(groups["full-mnist"]) | {"playwright"}
+    assert {m: d for m, d in code.items() if d not in runtime | lazy} == {}
+    assert {m: d for m, d in tests.items() if d not in everything} == {}
+
+
+def test_packages_whose_internals_the_code_uses_are_bounded():
+    runtime = declared()["runtime"]
+    for name in ("numba", "llvmlite", "bokeh-fastapi"):
+        assert re.search(r"(<|==)", runtime[name]), runtime[name]
