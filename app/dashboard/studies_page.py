@@ -309,9 +309,9 @@ class StudyPage(param.Parameterized):
         study, sid = self.study, self.study.id
         preset = PRESETS[study.name]
         trained = [m.run_id for m in study.members if m.role == "train"]
-        links = [_link(f"/api/studies/runs/{sid}/report.md", "report.md"),
-                 _link(f"/api/studies/runs/{sid}/report.csv", "report.csv"),
-                 _link(f"/api/studies/runs/{sid}/report", "report.json")]
+        links = [_link(f"/api/studies/{sid}/report.md", "report.md"),
+                 _link(f"/api/studies/{sid}/report.csv", "report.csv"),
+                 _link(f"/api/studies/{sid}/report", "report.json")]
         if trained:
             links.insert(0, _link("/compare?runs=" + ",".join(trained[:24]), f"Compare the {len(trained)} "
                                   "training runs →"))
