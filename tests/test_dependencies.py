@@ -49,8 +49,8 @@ def test_every_imported_package_is_declared():
     tests = distributions(imported(("tests",)))
     assert {m: d for m, d in code.items() if d not in everything} == {}
     # the runtime code needs nothing beyond the runtime list, except lazily imported extras
-    # (and Playwright, which only the dashboard benchmark, a dev tool, imports)
-    lazy = set(groups["ray"]) | set(groups["full-mnist"]) | {"playwright"}
+    # (Triton only on CUDA, and Playwright, which only the dashboard benchmark, a dev tool, imports)
+    lazy = set(groups["ray"]) | set(groups["full-mnist"]) | set(groups["gpu"]) | {"playwright"}
     assert {m: d for m, d in code.items() if d not in runtime | lazy} == {}
     assert {m: d for m, d in tests.items() if d not in everything} == {}
 
