@@ -32,6 +32,10 @@ def test_presets_expand_to_the_study():
     assert {r.config["ei_strength"] for r in nb024.runs} == {0.05, 0.0}
     assert len(expand("nb036").runs) == 25 and len(expand("nb044").runs) == 8 and len(expand("nb041").runs) == 5
     assert sorted({r.config["dt_ms"] for r in expand("nb044").runs}) == [0.05, 0.1, 0.25, 0.5]
+    # nb036's open-loop edges (ei = 0 or ie = 0) train undamped, like COBA (MODEL.md "Gradients")
+    for run in expand("nb036").runs:
+        closed = run.point["ei_strength"] > 0 and run.point["ie_strength"] > 0
+        assert run.config["v_grad_dampen"] == (1000.0 if closed else 1.0), run.label
     for name in ("coupling", "nb042", "nb037", "nb038"):
         plan = expand(name)
         assert plan.needs_source and not plan.runs and plan.analyses
