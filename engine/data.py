@@ -20,6 +20,12 @@ class DataError(RuntimeError):
 class Split(NamedTuple):
     images: torch.Tensor  # float32 [N, 784] in [0, 1]
     labels: torch.Tensor  # int64 [N]
+    # int64 [N]: each image's position in the tier's split, which keys its inference
+    # input spikes (engine.encoding.test_input_events); None: 0..N-1
+    ids: torch.Tensor | None = None
+
+    def image_ids(self, index: torch.Tensor) -> torch.Tensor:
+        return index if self.ids is None else self.ids[index]
 
 
 class Dataset(NamedTuple):

@@ -30,7 +30,7 @@ from engine.analyses.measure import SPECTRUM_SAMPLES, gamma_peak
 from engine.analyses.params import COMMON_DEFAULTS, common, number_list
 from engine.config import Config
 from engine.data import Split
-from engine.encoding import poisson_encode
+from engine.encoding import test_input_events
 from engine.evaluate import batches
 from engine.inspect import load_run, test_subset
 from engine.reference import initial_state, network_params, network_step
@@ -97,7 +97,7 @@ def drop_add_spikes(weights: Weights, config: Config, split: Split, fractions: l
              "changed_e": 0.0, "pattern_change": 0.0, "correct": 0, "kept": []}
             for m, f in conditions(fractions)]
     for b, index in enumerate(batches(len(split.labels), config.batch_size)):
-        x = poisson_encode(split.images[index], config, batch_generator(config.seed, "test", 0, b))
+        x = test_input_events(split.images[index], split.image_ids(index), config).to_dense()
         labels = split.labels[index].to(config.torch_device)
         base = run_perturbed(weights, x, config, None)
         base_rate = float(base["s_e"].sum()) / (len(index) * config.n_e * trial_s)

@@ -25,7 +25,7 @@ import torch
 from engine.analyses.params import COMMON_DEFAULTS, common
 from engine.config import Config
 from engine.data import Split
-from engine.encoding import poisson_encode
+from engine.encoding import test_input_events
 from engine.evaluate import batches
 from engine.inspect import load_run, test_subset
 from engine.seeding import batch_generator
@@ -62,7 +62,7 @@ def phase_shuffle(weights: Weights, config: Config, split: Split, on_batch: Call
     """Per test batch: E spikes and correct answers closed-loop, replayed and shuffled."""
     replay_w, replay_config = driven_by_inhibition(weights, config)
     for b, index in enumerate(batches(len(split.labels), config.batch_size)):
-        x = poisson_encode(split.images[index], config, batch_generator(config.seed, "test", 0, b))
+        x = test_input_events(split.images[index], split.image_ids(index), config).to_dense()
         labels = split.labels[index].to(config.torch_device)
         closed = simulate(weights, x, config)
         s_i = closed["s_i"].to(torch.bool)
