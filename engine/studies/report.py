@@ -15,8 +15,10 @@ and returns (keys present when the study has what they need):
     seed_table   one row per finished training run: arch, seed, epochs, final test
                  accuracy (%), final E and I rate (Hz), last-10-epoch slopes of
                  accuracy (pp/epoch) and E rate (Hz/epoch), converged flags
-    spike_budget per architecture, means over its finished runs: E, I, E + I rate
-                 and the population-weighted per-cell total (n_e r_E + n_i r_I)/(n_e + n_i)
+    spike_budget per grid point other than the seed (nb024: per arch; nb036: per
+                 (ei, ie); nb044: per (arch, dt)), means over its finished runs (the
+                 seeds): E, I, E + I rate and the population-weighted per-cell total
+                 (n_e r_E + n_i r_I)/(n_e + n_i)
     trajectories label -> [{epoch, test_acc, rate_e_hz}]
     per_run      label -> the per-run analysis summary rows (rate_vs_gamma at scale 1)
     rate_vs_gamma, dt_audit, ei_grid, coupling: preset-specific tables
@@ -34,7 +36,7 @@ from typing import Any
 from engine.analyses.gamma import affine_fit
 from engine.convergence import summarise
 from engine.rundir import RunDir
-from engine.studies.presets import PRESETS
+from engine.studies.presets import PRESETS, run_label
 from engine.studies.local import SOURCE_LABEL
 
 # nb036 classes. The seed names them, not their boundaries; these are ours:
@@ -73,7 +75,7 @@ def build_report(plan: dict[str, Any], entries: list[dict[str, Any]]) -> dict[st
     trained = [e for e in entries if e["metrics"] and e["state"] == "succeeded"]
     if plan["runs"]:
         report["seed_table"] = [seed_row(e) for e in trained]
-        report["spike_budget"] = spike_budget(trained)
+        report["spike_budget"] = spike_budget(trained, [k for k in plan["grid"] if k != "seed"])
         report["trajectories"] = {e["label"]: [{k: r[k] for k in ("epoch", "test_acc", "rate_e_hz")}
                                                for r in e["metrics"]] for e in entries}
     report["analyses"] = [{"label": e["label"], "name": name, "complete": bool(r and r.get("complete")),
@@ -105,15 +107,24 @@ def seed_row(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def spike_budget(trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def spike_budget(trained: list[dict[str, Any]], axes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Final-epoch rates averaged over the runs that share a grid point on `axes`
+    (the grid's axes other than the seed; default: arch), so replicates are pooled
+    and different networks are not."""
+    axes = list(axes) if axes else ["arch"]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for e in trained:
+        key = tuple(e["point"].get(k, e["config"].get(k)) for k in axes)
+        groups.setdefault(key, []).append(e)
     rows = []
-    for arch in sorted({e["config"]["arch"] for e in trained}):
-        runs = [e for e in trained if e["config"]["arch"] == arch]
+    for key, runs in groups.items():
         finals = [e["metrics"][-1] for e in runs]
         n_e, n_i = runs[0]["config"]["n_e"], runs[0]["config"]["n_i"]
         rate_e = sum(f["rate_e_hz"] for f in finals) / len(finals)
         rate_i = sum(f["rate_i_hz"] for f in finals) / len(finals)
-        rows.append({"arch": arch, "runs": len(runs), "n_e": n_e, "n_i": n_i, "rate_e_hz": rate_e,
+        point = dict(zip(axes, key))
+        rows.append({"group": run_label(point), "arch": runs[0]["config"]["arch"], **point, "runs": len(runs),
+                     "n_e": n_e, "n_i": n_i, "rate_e_hz": rate_e,
                      "rate_i_hz": rate_i, "rate_e_plus_i_hz": rate_e + rate_i,
                      "per_cell_total_hz": (n_e * rate_e + n_i * rate_i) / (n_e + n_i)})
     return rows
@@ -128,7 +139,28 @@ def rate_vs_gamma_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "rate_e_hz", "rate_i_hz", "gamma_peak_hz", "gamma_prominence", "test_acc")}}
             for e in entries for c in _per_run_cell(e, "rate_vs_gamma")[:1]]
     fit = affine_fit([r["gamma_peak_hz"] for r in rows], [r["rate_e_hz"] for r in rows])
-    return {"rows": rows, "fit": fit}
+    seeds = sorted({r["seed"] for r in rows if "seed" in r})
+    per_seed = []
+    for seed in seeds:
+        mine = [r for r in rows if r.get("seed") == seed]
+        seed_fit = affine_fit([r["gamma_peak_hz"] for r in mine], [r["rate_e_hz"] for r in mine])
+        if seed_fit:
+            per_seed.append({"seed": seed, **seed_fit})
+    return {"rows": rows, "fit": fit, "per_seed": per_seed, "spread": fit_spread(per_seed)}
+
+
+def fit_spread(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean and sample standard deviation across seeds of the per-seed fits' slope and
+    intercept (nb041's claim is an affine fit with its spread across seeds)."""
+    if len(per_seed) < 2:
+        return None
+    out: dict[str, Any] = {"seeds": len(per_seed)}
+    for key in ("slope_hz_per_hz", "intercept_hz"):
+        values = [f[key] for f in per_seed]
+        mean = sum(values) / len(values)
+        out[f"{key}_mean"] = mean
+        out[f"{key}_sd"] = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return out
 
 
 def dt_audit_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -190,10 +222,13 @@ def report_markdown(report: dict[str, Any]) -> str:
              "## Runs\n", markdown_table([{**r, "point": json.dumps(r["point"])} for r in report["runs"]])]
     if "seed_table" in report:
         parts += ["## Seed table\n", markdown_table(report["seed_table"]),
-                  "## Spike budget (final epoch, mean over runs)\n", markdown_table(report["spike_budget"])]
+                  "## Spike budget (final epoch, mean over seeds per grid point)\n",
+                  markdown_table(report["spike_budget"])]
     if "rate_vs_gamma" in report:
         parts += ["## E rate against gamma frequency\n", markdown_table(report["rate_vs_gamma"]["rows"]),
-                  f"Affine fit: `{json.dumps(report['rate_vs_gamma']['fit'])}`\n"]
+                  f"Affine fit, all runs: `{json.dumps(report['rate_vs_gamma']['fit'])}`\n",
+                  "Affine fit per seed:\n", markdown_table(report["rate_vs_gamma"].get("per_seed", [])),
+                  f"Spread across seeds: `{json.dumps(report['rate_vs_gamma'].get('spread'))}`\n"]
     for key, title in (("dt_audit", "dt audit"), ("ei_grid", "E<->I grid classes")):
         if key in report:
             parts += [f"## {title}\n", markdown_table(report[key]["rows"])]
