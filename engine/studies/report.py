@@ -166,7 +166,24 @@ def fit_spread(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
 def dt_audit_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [{"label": e["label"], "arch": (e["config"] or {}).get("arch"), **c}
             for e in entries for c in _per_run_cell(e, "dt_audit")]
-    return {"rows": rows}
+    return {"rows": rows, "summary": dt_summary(rows)}
+
+
+def dt_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """nb044's reading, per arch: each run trained at dt and evaluated at its own dt;
+    least-squares E rate and gamma cycle period against dt (slope per ms of dt)."""
+    out = []
+    for arch in sorted({r["arch"] for r in rows if r.get("arch")}):
+        own = sorted((r for r in rows if r.get("arch") == arch and r["dt_ms"] == r["trained_dt_ms"]),
+                     key=lambda r: r["dt_ms"])
+        rate = affine_fit([r["dt_ms"] for r in own], [r["rate_e_hz"] for r in own])
+        timed = [r for r in own if r.get("cycle_ms") is not None]
+        cycle = affine_fit([r["dt_ms"] for r in timed], [r["cycle_ms"] for r in timed])
+        out.append({"arch": arch, "dts_ms": [r["dt_ms"] for r in own],
+                    "rate_e_hz": [r["rate_e_hz"] for r in own], "cycle_ms": [r.get("cycle_ms") for r in own],
+                    "rate_e_slope_hz_per_ms": rate and rate["slope_hz_per_hz"],
+                    "cycle_slope_ms_per_ms": cycle and cycle["slope_hz_per_hz"]})
+    return out
 
 
 def classify(ie_strength: float, cell: dict[str, Any]) -> str:
@@ -188,7 +205,35 @@ def ei_grid_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
                          "rate_i_hz": c["rate_i_hz"], "gamma_peak_hz": c["gamma_peak_hz"],
                          "gamma_prominence": c["gamma_prominence"], "test_acc": c["test_acc"],
                          "class": classify(config["ie_strength"], c)})
-    return {"rows": rows, "i_silent_hz": I_SILENT_HZ, "ping_prominence": PING_PROMINENCE}
+    return {"rows": rows, "i_silent_hz": I_SILENT_HZ, "ping_prominence": PING_PROMINENCE,
+            "cliffs": cliffs(rows)}
+
+
+def cliff_position(xs: list[float], rates: list[float]) -> float | None:
+    """Where E rate first falls through halfway between its value at the weakest
+    coupling and its minimum, linearly interpolated; None if it never falls."""
+    points = sorted(zip(xs, rates))
+    high, low = points[0][1], min(r for _, r in points)
+    if high <= low:
+        return None
+    half = (high + low) / 2
+    for (x0, r0), (x1, r1) in zip(points, points[1:]):
+        if r1 <= half < r0:
+            return x0 + (x1 - x0) * (r0 - half) / (r0 - r1)
+    return None
+
+
+def cliffs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """nb036's cliff: per E->I strength, the I->E strength at which E rate falls by half
+    of its drop (`cliff_position`), and the weakest I->E strength classed PING."""
+    out = []
+    for ei in sorted({r["ei_strength"] for r in rows}):
+        line = sorted((r for r in rows if r["ei_strength"] == ei), key=lambda r: r["ie_strength"])
+        ping = [r["ie_strength"] for r in line if r["class"] == "PING"]
+        out.append({"ei_strength": ei, "cliff_ie_strength": cliff_position(
+            [r["ie_strength"] for r in line], [r["rate_e_hz"] for r in line]) if len(line) > 1 else None,
+                    "first_ping_ie_strength": ping[0] if ping else None})
+    return out
 
 
 def coupling_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -232,6 +277,14 @@ def report_markdown(report: dict[str, Any]) -> str:
     for key, title in (("dt_audit", "dt audit"), ("ei_grid", "E<->I grid classes")):
         if key in report:
             parts += [f"## {title}\n", markdown_table(report[key]["rows"])]
+    if "dt_audit" in report:
+        parts += ["## Rate and cycle period against dt (each run at its own dt)\n",
+                  markdown_table([_flat(r) for r in report["dt_audit"]["summary"]])]
+    if "ei_grid" in report:
+        grid = report["ei_grid"]
+        parts += [f"Classes: no loop if I < {grid['i_silent_hz']} Hz or ie = 0; PING if the gamma "
+                  f"prominence >= {grid['ping_prominence']}; else stretched COBA.\n",
+                  "## Cliff per E->I strength\n", markdown_table(grid["cliffs"])]
     if "coupling" in report:
         parts += ["## Coupling diagonal\n", markdown_table(report["coupling"]["diagonal"])]
     if "seed_table" not in report:  # an inference study: each analysis in full

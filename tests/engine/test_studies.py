@@ -194,3 +194,20 @@ def test_rate_vs_gamma_fits_per_seed_with_the_spread_across_seeds():
     assert spread["slope_hz_per_hz_sd"] == pytest.approx(2 ** 0.5 / 10)
     assert spread["intercept_hz_mean"] == pytest.approx(3.0) and spread["intercept_hz_sd"] == pytest.approx(2 ** 0.5)
     assert section["fit"]["points"] == 5
+
+
+def test_cliff_position_and_dt_summary_against_hand_computed_values():
+    from engine.studies.report import cliff_position, dt_summary
+
+    # E 40 Hz at ie 0, 36 at 0.25, 8 at 0.5, 6 at 1: halfway (40 + 6) / 2 = 23 is crossed
+    # between 0.25 and 0.5, at 0.25 + 0.25 * (36 - 23) / (36 - 8) = 0.36607
+    assert cliff_position([0.0, 0.25, 0.5, 1.0], [40.0, 36.0, 8.0, 6.0]) == pytest.approx(0.25 + 0.25 * 13 / 28)
+    assert cliff_position([0.0, 1.0], [5.0, 5.0]) is None
+    # PING trained at dt 0.1 / 0.5: E 9 and 13 Hz, cycle 20 and 24 ms: slopes 10 Hz/ms and 10 ms/ms;
+    # the run at 0.1 evaluated at 0.5 is not part of the reading
+    rows = [{"arch": "ping", "dt_ms": 0.1, "trained_dt_ms": 0.1, "rate_e_hz": 9.0, "cycle_ms": 20.0},
+            {"arch": "ping", "dt_ms": 0.5, "trained_dt_ms": 0.1, "rate_e_hz": 99.0, "cycle_ms": 99.0},
+            {"arch": "ping", "dt_ms": 0.5, "trained_dt_ms": 0.5, "rate_e_hz": 13.0, "cycle_ms": 24.0}]
+    (ping,) = dt_summary(rows)
+    assert ping["dts_ms"] == [0.1, 0.5] and ping["rate_e_slope_hz_per_ms"] == pytest.approx(10.0)
+    assert ping["cycle_slope_ms_per_ms"] == pytest.approx(10.0)
