@@ -184,3 +184,14 @@ def test_bad_parameters_name_the_field(name, params, field):
 def test_every_analysis_has_json_defaults():
     for spec in ANALYSES.values():
         assert json.loads(json.dumps(spec.validate({}))) == spec.validate({})
+
+
+def test_recruitment_cliff_against_hand_computed_values():
+    from engine.analyses.fi_curve import recruitment_cliff
+
+    # closed-loop I: 0, 0.2, 3.4 Hz at scales 0, 0.5, 1: 1 Hz is crossed at
+    # 0.5 + 0.5 * (1 - 0.2) / (3.4 - 0.2) = 0.625; the open loop does not count
+    cells = [{"loop": "closed", "input_scale": s, "rate_i_hz": r} for s, r in ((1.0, 3.4), (0.0, 0.0), (0.5, 0.2))]
+    cells.append({"loop": "open", "input_scale": 0.25, "rate_i_hz": 50.0})
+    assert recruitment_cliff(cells) == pytest.approx(0.625)
+    assert recruitment_cliff([c for c in cells if c["input_scale"] != 1.0]) is None  # never recruited
