@@ -124,9 +124,10 @@ PRESETS: dict[str, StudyPreset] = {p.name: p for p in (
         analyses=(StudyAnalysis("phase_shuffle"),), report=("analyses",)),
     StudyPreset(
         "nb037", "Dropping and adding spikes",
-        "Delete a fraction of E spikes or add as many Poisson spikes on a trained run: accuracy, "
-        "rates and whether the gamma cycle survives.",
-        analyses=(StudyAnalysis("drop_add_spikes"),), report=("analyses",)),
+        "Delete a fraction of E spikes or add as many Poisson spikes on a trained run, fraction "
+        "0.1 .. 1: accuracy, rates, cycle prominence and whether the gamma cycle survives, as curves.",
+        analyses=(StudyAnalysis("drop_add_spikes", {"fractions": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]}),),
+        report=("analyses",)),
     StudyPreset(
         "nb038", "f-I curves, loop open and closed",
         "E and I rates against input-rate scale on a trained run, with I->E cut (open) and intact "

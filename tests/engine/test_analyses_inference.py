@@ -195,3 +195,18 @@ def test_recruitment_cliff_against_hand_computed_values():
     cells.append({"loop": "open", "input_scale": 0.25, "rate_i_hz": 50.0})
     assert recruitment_cliff(cells) == pytest.approx(0.625)
     assert recruitment_cliff([c for c in cells if c["input_scale"] != 1.0]) is None  # never recruited
+
+
+def test_drop_add_curves_run_from_the_unperturbed_point():
+    from engine.analyses.perturb import curves
+    from engine.studies import expand
+
+    cells = [{"mode": "none", "fraction": 0.0, "test_acc": 80.0, "rate_e_hz": 9.0},
+             {"mode": "add", "fraction": 0.5, "test_acc": 40.0, "rate_e_hz": 12.0},
+             {"mode": "drop", "fraction": 0.5, "test_acc": 70.0, "rate_e_hz": 10.0},
+             {"mode": "drop", "fraction": 0.1, "test_acc": 78.0, "rate_e_hz": 9.2}]
+    out = curves(cells)
+    assert [(p["fraction"], p["test_acc"]) for p in out["drop"]] == [(0.0, 80.0), (0.1, 78.0), (0.5, 70.0)]
+    assert [(p["fraction"], p["rate_e_hz"]) for p in out["add"]] == [(0.0, 9.0), (0.5, 12.0)]
+    # the nb037 preset sweeps the seed's 0..1 range
+    assert expand("nb037").analyses[0].params["fractions"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
