@@ -211,3 +211,19 @@ def test_cliff_position_and_dt_summary_against_hand_computed_values():
     (ping,) = dt_summary(rows)
     assert ping["dts_ms"] == [0.1, 0.5] and ping["rate_e_slope_hz_per_ms"] == pytest.approx(10.0)
     assert ping["cycle_slope_ms_per_ms"] == pytest.approx(10.0)
+
+
+def test_report_figures_are_written_beside_the_markdown(tmp_path, source_run):
+    """nb024's report holds the seed entry's figures: trajectories, ||W||_F and
+    grad-ratio per epoch, per-cell rate and weight histograms, as PNG files."""
+    from engine.studies.figures import figures_markdown, write_figures
+
+    plan, _ = run_preset("nb024", tmp_path, source_run)
+    figures = write_figures(tmp_path, entries_from_folder(tmp_path))
+    names = {path for _, path in figures}
+    for label in ("ping-seed42", "coba-seed42"):
+        assert {f"figures/{label}-norms.png", f"figures/{label}-cell-rates.png", f"figures/{label}-weights.png"} <= names
+    assert "figures/trajectories.png" in names
+    for path in names:
+        assert (tmp_path / path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![" in figures_markdown(figures)
