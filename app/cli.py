@@ -126,9 +126,14 @@ def cmd_study(args: argparse.Namespace) -> int:
         plan = expand(args.name, overrides)
         out = run_study_local(plan, args.local, source_run=args.source, parallel=args.parallel,
                               threads=args.threads, log=lambda line: print(line, file=sys.stderr))
-        report = build_report(plan.to_dict(), entries_from_folder(out))
+        from engine.studies.figures import figures_markdown, write_figures
+
+        entries = entries_from_folder(out)
+        report = build_report(plan.to_dict(), entries)
         (out / "report.json").write_text(json.dumps(report, indent=2))
-        (out / "report.md").write_text(report_markdown(report))
+        # the seed entry's figures as PNGs beside the Markdown (issue 17, item 14)
+        figures = write_figures(out, entries) if plan.runs else []
+        (out / "report.md").write_text(report_markdown(report) + "\n" + figures_markdown(figures))
         (out / "report.csv").write_text(report_csv(report))
         print(report_markdown(report))
         return 0

@@ -2,8 +2,9 @@
 
 Defaults follow shared/spec/MODEL.md. A `Config` is frozen, validated once when it
 is built, and round-trips through JSON (`to_dict` / `from_dict`). Fields whose
-default depends on the architecture (`ei_strength`, `v_grad_dampen`) are given as
-None and resolved from `arch` at construction, so a stored config is explicit.
+default depends on the network (`ei_strength` on `arch`; `v_grad_dampen` on whether
+the E->I->E loop is closed) are given as None and resolved at construction, so a
+stored config is explicit.
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ BACKENDS = ("reference", "fast")
 WEIGHT_NAMES = ("W_in", "W_ei", "W_ie", "W_out")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-# Architecture-dependent defaults (MODEL.md "Populations and wiring", "Gradients").
+# Architecture-dependent defaults (MODEL.md "Populations and wiring").
 _ARCH_DEFAULTS = {
-    "ping": {"ei_strength": 0.05, "v_grad_dampen": 1000.0},
-    "coba": {"ei_strength": 0.0, "v_grad_dampen": 1.0},
+    "ping": {"ei_strength": 0.05},
+    "coba": {"ei_strength": 0.0},
 }
+# MODEL.md "Gradients": dampening 1000 where the E->I->E loop is closed (PING is
+# defined by ei > 0 and ie > 0, not by the arch label), 1 where it is open. So an
+# arch="ping" run with ei_strength 0 or ie_strength 0 (nb036's edges) trains undamped.
+CLOSED_LOOP_DAMPEN = 1000.0
+OPEN_LOOP_DAMPEN = 1.0
 
 
 class ConfigError(ValueError):
@@ -75,7 +81,7 @@ class Config:
     tau_out_ms: float = 20.0
     # Gradients
     beta: float = 1.0
-    v_grad_dampen: float | None = None  # resolved from arch: ping 1000, coba 1
+    v_grad_dampen: float | None = None  # resolved from the loop: closed 1000, open 1
     grad_clip: float = 1.0  # global norm; 0 disables clipping
     detach_recurrent: bool = False
     detach_reset: bool = True
@@ -110,9 +116,16 @@ class Config:
         for name, default in _ARCH_DEFAULTS[self.arch].items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, default)
+        if self.v_grad_dampen is None:
+            object.__setattr__(self, "v_grad_dampen", CLOSED_LOOP_DAMPEN if self.loop_closed else OPEN_LOOP_DAMPEN)
         _validate_resolved(self)
 
     # --- derived quantities -------------------------------------------------
+    @property
+    def loop_closed(self) -> bool:
+        """The E->I->E loop is closed (MODEL.md's definition of PING)."""
+        return bool(self.ei_strength) and self.ie_strength > 0
+
     @property
     def n_steps(self) -> int:
         return int(round(self.t_ms / self.dt_ms))

@@ -20,6 +20,12 @@ class DataError(RuntimeError):
 class Split(NamedTuple):
     images: torch.Tensor  # float32 [N, 784] in [0, 1]
     labels: torch.Tensor  # int64 [N]
+    # int64 [N]: each image's position in the tier's split, which keys its inference
+    # input spikes (engine.encoding.test_input_events); None: 0..N-1
+    ids: torch.Tensor | None = None
+
+    def image_ids(self, index: torch.Tensor) -> torch.Tensor:
+        return index if self.ids is None else self.ids[index]
 
 
 class Dataset(NamedTuple):
@@ -51,19 +57,41 @@ def _full_mnist() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def class_quotas(class_sizes: np.ndarray, total: int) -> np.ndarray:
+    """How many images to take from each class: as even as the classes allow.
+
+    Each class gets an equal share; a class with fewer images than its share gives
+    all it has and the shortfall is shared among the others (water-filling), so a
+    tier of every image (`large`: 70,000 MNIST images, whose classes hold 5,421 to
+    7,877 each) takes each class whole. Leftover single images go to the lowest
+    classes first. More than the source holds is an error, not a shrink.
+    """
+    sizes = np.asarray(class_sizes, dtype=np.int64)
+    if total > sizes.sum():
+        raise DataError(f"the tier needs {total} images, the source has {int(sizes.sum())}")
+    quota = np.zeros_like(sizes)
+    open_ = np.ones(len(sizes), dtype=bool)  # classes that can still give more
+    left = total
+    while left > 0:
+        share, extra = divmod(left, int(open_.sum()))
+        want = np.where(open_, share, 0)
+        want[np.flatnonzero(open_)[:extra]] += 1
+        take = np.minimum(want, sizes - quota)
+        quota += take
+        left -= int(take.sum())
+        open_ &= quota < sizes
+    return quota
+
+
 def stratified_split(labels: np.ndarray, total: int, seed: int,
                      test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of `total` samples, drawn evenly per class, split 80/20 within each class."""
+    """Indices of `total` samples, drawn per class as evenly as the class sizes allow
+    (`class_quotas`), split 80/20 within each class."""
     rng = np.random.default_rng(seed)
-    classes = np.unique(labels)
-    per_class = np.full(len(classes), total // len(classes))
-    per_class[: total % len(classes)] += 1
+    classes, sizes = np.unique(labels, return_counts=True)
     train, test = [], []
-    for cls, count in zip(classes, per_class):
-        members = rng.permutation(np.flatnonzero(labels == cls))
-        if count > len(members):
-            raise DataError(f"class {cls} has {len(members)} images, the tier needs {count}")
-        chosen = members[:count]
+    for cls, count in zip(classes, class_quotas(sizes, total)):
+        chosen = rng.permutation(np.flatnonzero(labels == cls))[:count]
         n_test = int(round(count * test_fraction))
         test.append(chosen[:n_test])
         train.append(chosen[n_test:])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 
@@ -35,7 +35,8 @@ class InputEvents(NamedTuple):
         return cls(step, sample, channel, tuple(spikes.shape))
 
 
-def poisson_events(images: torch.Tensor, config: Config, generator: torch.Generator,
+def poisson_events(images: torch.Tensor, config: Config,
+                   generator: torch.Generator | Sequence[torch.Generator],
                    n_steps: int | None = None) -> InputEvents:
     """Poisson input spikes as events, sorted by (step, sample, channel), on the config's device.
 
@@ -45,8 +46,12 @@ def poisson_events(images: torch.Tensor, config: Config, generator: torch.Genera
     costs a few numbers per
     spike, where drawing every (step, pixel) costs T x 784 per image: at batch 64 x
     2000 steps, milliseconds instead of most of a second. Fresh spikes on every call;
-    the generator (CPU) makes them repeatable.
+    the generator (CPU) makes them repeatable. Given one generator per image instead,
+    each image's spikes come from its own generator alone, whatever else is in the batch.
     """
+    per_image = not isinstance(generator, torch.Generator)
+    if per_image and len(generator) != images.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {images.shape[0]} images")
     steps = config.n_steps if n_steps is None else n_steps
     prob = (images.to(torch.float32).cpu() * (config.max_rate_hz * config.dt_ms / 1000.0)).clamp(0, 1)
     sample, channel = prob.nonzero(as_tuple=True)
@@ -55,7 +60,12 @@ def poisson_events(images: torch.Tensor, config: Config, generator: torch.Genera
     pixel = torch.arange(sample.numel())
     found = []
     while pixel.numel():
-        uniform = 1.0 - torch.rand((pixel.numel(), _GAPS_PER_ROUND), generator=generator, dtype=torch.float64)
+        if per_image:  # pixels are grouped by image (nonzero is row-major), in order
+            counts = torch.bincount(sample[pixel], minlength=len(generator)).tolist()
+            uniform = 1.0 - torch.cat([torch.rand((n, _GAPS_PER_ROUND), generator=g, dtype=torch.float64)
+                                       for g, n in zip(generator, counts) if n])
+        else:
+            uniform = 1.0 - torch.rand((pixel.numel(), _GAPS_PER_ROUND), generator=generator, dtype=torch.float64)
         gaps = (torch.log(uniform) / log_stay[pixel, None]).floor_().clamp_(max=steps).long() + 1
         at = last[pixel, None] + gaps.cumsum(1)
         hit = at < steps
@@ -71,7 +81,18 @@ def poisson_events(images: torch.Tensor, config: Config, generator: torch.Genera
     return events.to(config.torch_device)
 
 
-def poisson_encode(images: torch.Tensor, config: Config, generator: torch.Generator,
+def test_input_events(images: torch.Tensor, positions: torch.Tensor, config: Config,
+                      tag: str = "test") -> InputEvents:
+    """Inference input: image k's spikes come from a generator keyed on (run seed, tag,
+    its position in the split), not on the batch it falls in, so a split gives the
+    same spikes, and the same numbers, at any batch size."""
+    from engine.seeding import batch_generator
+
+    generators = [batch_generator(config.seed, tag, 0, int(k)) for k in positions.tolist()]
+    return poisson_events(images, config, generators)
+
+
+def poisson_encode(images: torch.Tensor, config: Config, generator: torch.Generator | Sequence[torch.Generator],
                    n_steps: int | None = None) -> torch.Tensor:
     """`poisson_events` as a bool tensor [T, B, n_input]: the same spikes, dense."""
     return poisson_events(images, config, generator, n_steps).to_dense()

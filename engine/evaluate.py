@@ -10,8 +10,7 @@ import torch.nn.functional as F
 
 from engine.config import Config
 from engine.data import Split
-from engine.encoding import poisson_events
-from engine.seeding import batch_generator
+from engine.encoding import test_input_events
 from engine.simulate import simulate
 from engine.weights import Weights
 
@@ -40,15 +39,16 @@ def batches(n: int, batch_size: int, order: torch.Tensor | None = None):
 def evaluate(weights: Weights, split: Split, config: Config, tag: str = "test",
              keep_spikes: int = 0) -> Evaluation:
     """Run the split through the network. Input spikes come from generators keyed on
-    (seed, tag, batch), so every epoch sees the same test spikes. `keep_spikes`
+    (seed, tag, image position), so every epoch, and every batch size, sees the same
+    test spikes (`test_input_events`). `keep_spikes`
     returns the spike trains of that many leading samples."""
     trial_s = config.n_steps * config.dt_ms / 1000.0
     correct, loss_sum = 0, 0.0
     counts_e = torch.zeros(config.n_e, dtype=torch.float64)
     counts_i = torch.zeros(config.n_i, dtype=torch.float64)
     kept_e, kept_i = [], []
-    for b, index in enumerate(batches(len(split.labels), config.batch_size)):
-        x = poisson_events(split.images[index], config, batch_generator(config.seed, tag, 0, b))
+    for index in batches(len(split.labels), config.batch_size):
+        x = test_input_events(split.images[index], split.image_ids(index), config, tag)
         keep = sum(k.shape[1] for k in kept_e) < keep_spikes
         out = simulate(weights, x, config, spike_trains=keep)
         labels = split.labels[index].to(config.torch_device)

@@ -32,7 +32,7 @@ def test_subset(config: Config, samples: int | None = None) -> Split:
         return test
     # an even spread over the (label-sorted) test set keeps every class in a subset
     index = torch.linspace(0, len(test.labels) - 1, samples).round().long()
-    return Split(test.images[index], test.labels[index])
+    return Split(test.images[index], test.labels[index], index)
 
 
 def simulate_run(run_dir: str | Path, weights: str = "final", samples: int | None = None) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def spike_raster(run_dir: str | Path, sample: int = 0, weights: str = "final",
     test = load_tier(config.tier).test
     if not 0 <= sample < len(test.labels):
         raise IndexError(f"sample must be in [0, {len(test.labels) - 1}], got {sample}")
-    one = Split(test.images[sample:sample + 1], test.labels[sample:sample + 1])
+    one = Split(test.images[sample:sample + 1], test.labels[sample:sample + 1], torch.tensor([sample]))
     result = evaluate(scaled_weights(w, ei_factor, ie_factor), one, config, keep_spikes=1)
     e_steps, e_cells = result.spikes_e[:, 0].nonzero(as_tuple=True)
     i_steps, i_cells = result.spikes_i[:, 0].nonzero(as_tuple=True)

@@ -68,7 +68,10 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = True,
         test = evaluate(weights, dataset.test, config)
         record = {
             "epoch": epoch, "test_acc": test.accuracy_pct, "train_acc": stats["train_acc"],
+            # train_loss is the cross-entropy (MODEL.md's record), like test_loss; the
+            # optional regularisers' weighted terms are recorded beside it, 0 when off
             "train_loss": stats["train_loss"], "test_loss": test.loss,
+            "train_rate_reg": stats["train_rate_reg"], "train_mem_reg": stats["train_mem_reg"],
             "rate_e_hz": test.rate_e_hz, "rate_i_hz": test.rate_i_hz,
             "active_frac_e": test.active_frac_e, "active_frac_i": test.active_frac_i,
             "grad_norm": stats["grad_norm"],
@@ -117,7 +120,7 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
     train = dataset.train
     order = torch.randperm(len(train.labels), generator=batch_generator(config.seed, "order", epoch, 0))
     trial_s = config.n_steps * config.dt_ms / 1000.0
-    loss_sum, correct, grad_norms = 0.0, 0, []
+    ce_sum, rate_reg_sum, mem_reg_sum, correct, grad_norms = 0.0, 0.0, 0.0, 0, []
     ratios = {name: [] for name in config.trainable}
     for b, index in enumerate(batches(len(order), config.batch_size, order)):
         if should_stop and should_stop():
@@ -125,12 +128,16 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
         x = poisson_events(train.images[index], config, batch_generator(config.seed, "train", epoch, b))
         labels = train.labels[index].to(config.torch_device)
         out = simulate(weights, x, config, spike_trains=False)
-        loss = F.cross_entropy(out["logits"], labels)
+        cross_entropy = F.cross_entropy(out["logits"], labels)
+        loss = cross_entropy
+        rate_reg = mem_reg = torch.zeros(())
         if config.rate_reg_weight > 0:
             rate_e = out["count_e"].mean() / trial_s  # Hz, mean over cells and samples
-            loss = loss + config.rate_reg_weight * (rate_e - config.rate_target_hz) ** 2
+            rate_reg = config.rate_reg_weight * (rate_e - config.rate_target_hz) ** 2
+            loss = loss + rate_reg
         if config.mem_reg_weight > 0:
-            loss = loss + config.mem_reg_weight * out["u_excess"].mean()
+            mem_reg = config.mem_reg_weight * out["u_excess"].mean()
+            loss = loss + mem_reg
         if not torch.isfinite(loss):
             raise NonFiniteError(f"loss became {float(loss.detach())} in epoch {epoch}, batch {b + 1}")
         optimizer.zero_grad(set_to_none=True)
@@ -152,13 +159,16 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
             raise NonFiniteError(f"the optimiser step overflowed {config.dtype} in epoch {epoch}, batch {b + 1} "
                                  f"(lr {config.lr:g}): {exc}") from exc
         _check_weights(weights, config, epoch, b + 1)
-        loss_sum += float(loss.detach()) * len(index)
+        ce_sum += float(cross_entropy.detach()) * len(index)
+        rate_reg_sum += float(rate_reg.detach()) * len(index)
+        mem_reg_sum += float(mem_reg.detach()) * len(index)
         correct += int((out["logits"].argmax(-1) == labels).sum())
         grad_norms.append(grad_norm)
         report_batch(b + 1)
     n = len(order)
     return {
-        "train_loss": loss_sum / n, "train_acc": 100.0 * correct / n,
+        "train_loss": ce_sum / n, "train_rate_reg": rate_reg_sum / n, "train_mem_reg": mem_reg_sum / n,
+        "train_acc": 100.0 * correct / n,
         "grad_norm": sum(grad_norms) / len(grad_norms),
         "grad_ratio": {name: sum(v) / len(v) for name, v in ratios.items()},
     }

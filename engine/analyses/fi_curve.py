@@ -1,12 +1,17 @@
 """f-I curves (nb038): E and I rates against input strength, loop open and closed.
 
 Input strength is the Poisson input rate: `max_rate_hz` times each scale (the
-seed reads the recruitment cliff "in input-rate space"). Because the input
-spikes are drawn as uniform < p, a larger scale gives a superset of the spikes
-of a smaller one for the same draws. "Open" cuts I->E (W_ie x 0): E runs on its
-input alone while I still reports how hard E drives it; "closed" is the trained
-network. The summary gives, per scale, the loop's E suppression (open / closed
-E rate; None where the closed E rate is 0).
+seed reads the recruitment cliff "in input-rate space"). Every scale draws
+the same per-image generators (engine.encoding.test_input_events), but the spikes
+of two scales are not nested: the sampler draws the gaps between spikes, and the
+same uniforms give other gaps at another rate (issue 17's audit: at 2x rate, 7,631
+of 7,702 spikes at 1x were not kept). "Open" cuts I->E (W_ie x 0): E runs
+on its input alone while I still reports how hard E drives it; "closed" is the
+trained network. The summary gives, per scale, the loop's E suppression (open /
+closed E rate; None where the closed E rate is 0) and the recruitment cliff: the
+input scale at which the closed loop's I rate first reaches `RECRUITED_I_HZ`,
+linearly interpolated between the scales around it (None if I is recruited at the
+smallest scale tried or never).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from engine.weights import Weights
 
 DEFAULTS = {"input_scales": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0], **COMMON_DEFAULTS}
 LOOPS = ("open", "closed")
+RECRUITED_I_HZ = 1.0  # I at or above this rate is recruited (nb036's "I silent" bound)
 
 
 def check(params: dict) -> dict:
@@ -54,6 +60,14 @@ def suppression(cells: list[dict]) -> list[dict]:
     return rows
 
 
+def recruitment_cliff(cells: list[dict], threshold_hz: float = RECRUITED_I_HZ) -> float | None:
+    closed = sorted((c["input_scale"], c["rate_i_hz"]) for c in cells if c["loop"] == "closed")
+    for (s0, r0), (s1, r1) in zip(closed, closed[1:]):
+        if r0 < threshold_hz <= r1:
+            return s0 + (s1 - s0) * (threshold_hz - r0) / (r1 - r0)
+    return None
+
+
 def run(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
     config, weights = load_run(source_run, params["weights"])
     split = test_subset(config, params["samples"])
@@ -62,7 +76,9 @@ def run(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
 
     def on_cell(cell: dict) -> None:
         result["cells"].append(cell)
-        result["summary"] = {"suppression": suppression(result["cells"])}
+        result["summary"] = {"suppression": suppression(result["cells"]),
+                             "recruitment_cliff_scale": recruitment_cliff(result["cells"]),
+                             "recruited_i_hz": RECRUITED_I_HZ}
         report(result)
 
     fi_curve(weights, config, split, params["input_scales"], on_cell)

@@ -14,6 +14,9 @@ from the unperturbed run on the same input, as a share of the unperturbed count)
 delivered E spikes and the unperturbed ones: the change the readout sees, apart
 from scale) and whether the cycle survives: delivered prominence at least half the
 unperturbed one with the peak within 20 % of the unperturbed peak frequency.
+The summary's `curves` give, per mode, those figures against the fraction, the
+unperturbed run as fraction 0 (the seed's inference-only sweep, nb037 preset:
+fractions 0.1 .. 1).
 
 The time loop is the reference network step (engine.reference), so this runs at
 reference speed whatever the config's backend.
@@ -30,7 +33,7 @@ from engine.analyses.measure import SPECTRUM_SAMPLES, gamma_peak
 from engine.analyses.params import COMMON_DEFAULTS, common, number_list
 from engine.config import Config
 from engine.data import Split
-from engine.encoding import poisson_encode
+from engine.encoding import test_input_events
 from engine.evaluate import batches
 from engine.inspect import load_run, test_subset
 from engine.reference import initial_state, network_params, network_step
@@ -38,6 +41,7 @@ from engine.seeding import batch_generator
 from engine.weights import Weights
 
 DEFAULTS = {"fractions": [0.1, 0.25, 0.5], **COMMON_DEFAULTS}
+CURVE_KEYS = ("test_acc", "rate_e_hz", "rate_e_delivered_hz", "rate_i_hz", "gamma_prominence", "cycle_survives")
 MODES = ("drop", "add")
 Perturb = Callable[[torch.Tensor], torch.Tensor]
 
@@ -97,7 +101,7 @@ def drop_add_spikes(weights: Weights, config: Config, split: Split, fractions: l
              "changed_e": 0.0, "pattern_change": 0.0, "correct": 0, "kept": []}
             for m, f in conditions(fractions)]
     for b, index in enumerate(batches(len(split.labels), config.batch_size)):
-        x = poisson_encode(split.images[index], config, batch_generator(config.seed, "test", 0, b))
+        x = test_input_events(split.images[index], split.image_ids(index), config).to_dense()
         labels = split.labels[index].to(config.torch_device)
         base = run_perturbed(weights, x, config, None)
         base_rate = float(base["s_e"].sum()) / (len(index) * config.n_e * trial_s)
@@ -150,6 +154,14 @@ def summarise(sums: list[dict], config: Config) -> list[dict]:
     return cells
 
 
+def curves(cells: list[dict]) -> dict[str, list[dict]]:
+    """Per mode, the sweep as curves over the fraction, the unperturbed run at 0."""
+    base = [c for c in cells if c["mode"] == "none"]
+    return {mode: [{"fraction": c["fraction"], **{k: c.get(k) for k in CURVE_KEYS}}
+                   for c in base + sorted((c for c in cells if c["mode"] == mode), key=lambda c: c["fraction"])]
+            for mode in MODES}
+
+
 def survives(cell: dict, base: dict) -> bool | None:
     if base["gamma_peak_hz"] is None or not base["gamma_prominence"]:
         return None  # no cycle to begin with (or a trial too short to tell)
@@ -168,6 +180,7 @@ def run(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
     def on_batch(sums: list[dict]) -> None:
         result["done"] += 1
         result["cells"] = summarise(sums, config)
+        result["summary"] = {"curves": curves(result["cells"])}
         report(result)
 
     drop_add_spikes(weights, config, split, params["fractions"], on_batch)

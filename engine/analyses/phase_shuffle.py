@@ -2,10 +2,23 @@
 
 For each test batch the trained network runs closed-loop and its I spike trains
 are recorded. E is then run again on the same input with the I->E input replaced
-by those I spikes, each I cell's train permuted in time independently (per
-sample): every I cell keeps its spike count, so E gets the same mean inhibition,
-but the volleys are no longer locked to the E cycle. The E-rate release factor
-is E rate (shuffled) / E rate (closed loop).
+by a rearranged copy of those I spikes, in two readings of the seed's "phase
+shuffle" (side by side in the result):
+
+- `shuffled` (cell shuffle): each I cell's train permuted in time independently
+  (per sample). Every I cell keeps its spike count, so E gets the same mean
+  inhibition, but the volleys dissolve: inhibition becomes nearly tonic. This
+  removes I synchrony as well as its phase.
+- `volleys` (volley shift): the I population's volleys (runs of steps with I
+  spikes, split at silent gaps of at least `VOLLEY_GAP_MS`) each moved as a whole
+  to a uniformly random time in the trial (circularly). I keeps its synchrony,
+  every cell its count (up to two volleys landing on one cell in one step), but
+  the volleys are no longer locked to the E cycle: the rhythm's phase is shuffled,
+  its mean and its pulses kept. This is the reading closer to the seed's words
+  ("rhythm vs mean-inhibition", a "phase-shuffle").
+
+The E-rate release factor is E rate (rearranged) / E rate (closed loop), one per
+reading (`release_factor`, `release_factor_volleys`).
 
 E is driven by a recorded I train through the input pathway: the I spikes become
 extra input channels whose W_in rows are -W_ie (a negative input weight adds GABA
@@ -25,7 +38,7 @@ import torch
 from engine.analyses.params import COMMON_DEFAULTS, common
 from engine.config import Config
 from engine.data import Split
-from engine.encoding import poisson_encode
+from engine.encoding import test_input_events
 from engine.evaluate import batches
 from engine.inspect import load_run, test_subset
 from engine.seeding import batch_generator
@@ -33,6 +46,7 @@ from engine.simulate import simulate
 from engine.weights import Weights
 
 DEFAULTS = dict(COMMON_DEFAULTS)
+VOLLEY_GAP_MS = 2.0  # I-silent gap that separates two volleys (a gamma cycle is ~20 ms)
 
 
 def check(params: dict) -> dict:
@@ -53,6 +67,31 @@ def shuffle_time(spikes: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return spikes.gather(0, order)
 
 
+def volleys(active: torch.Tensor, gap_steps: int) -> list[tuple[int, int]]:
+    """[start, end) step ranges of the runs of True in `active` [T], merging runs
+    separated by fewer than `gap_steps` False steps."""
+    steps = active.nonzero().flatten().tolist()
+    out: list[list[int]] = []
+    for t in steps:
+        if out and t - out[-1][1] < gap_steps:
+            out[-1][1] = t + 1
+        else:
+            out.append([t, t + 1])
+    return [(a, b) for a, b in out]
+
+
+def shift_volleys(spikes: torch.Tensor, generator: torch.Generator, gap_steps: int) -> torch.Tensor:
+    """Move each I volley of each sample, whole, to a uniformly random start (circular)."""
+    steps = spikes.shape[0]
+    out = torch.zeros_like(spikes)
+    for b in range(spikes.shape[1]):
+        for start, end in volleys(spikes[:, b].any(-1).cpu(), gap_steps):
+            shift = int(torch.randint(steps, (1,), generator=generator))
+            target = (torch.arange(start, end) + shift) % steps
+            out[target.to(spikes.device), b] |= spikes[start:end, b]
+    return out
+
+
 def _counts(out: dict, labels: torch.Tensor) -> tuple[float, int]:
     return float(out["s_e"].sum()), int((out["logits"].argmax(-1) == labels).sum())
 
@@ -62,18 +101,22 @@ def phase_shuffle(weights: Weights, config: Config, split: Split, on_batch: Call
     """Per test batch: E spikes and correct answers closed-loop, replayed and shuffled."""
     replay_w, replay_config = driven_by_inhibition(weights, config)
     for b, index in enumerate(batches(len(split.labels), config.batch_size)):
-        x = poisson_encode(split.images[index], config, batch_generator(config.seed, "test", 0, b))
+        x = test_input_events(split.images[index], split.image_ids(index), config).to_dense()
         labels = split.labels[index].to(config.torch_device)
         closed = simulate(weights, x, config)
         s_i = closed["s_i"].to(torch.bool)
         shuffled = shuffle_time(s_i, batch_generator(config.seed, "phase-shuffle", 0, b))
         replay = simulate(replay_w, torch.cat([x, s_i], dim=2), replay_config)
         moved = simulate(replay_w, torch.cat([x, shuffled], dim=2), replay_config)
-        (e_closed, ok_closed), (e_replay, _), (e_shuffled, ok_shuffled) = (
-            _counts(closed, labels), _counts(replay, labels), _counts(moved, labels))
+        gap = max(1, int(round(VOLLEY_GAP_MS / config.dt_ms)))
+        shifted = shift_volleys(s_i, batch_generator(config.seed, "volley-shift", 0, b), gap)
+        jumped = simulate(replay_w, torch.cat([x, shifted], dim=2), replay_config)
+        (e_closed, ok_closed), (e_replay, _), (e_shuffled, ok_shuffled), (e_volleys, ok_volleys) = (
+            _counts(closed, labels), _counts(replay, labels), _counts(moved, labels), _counts(jumped, labels))
         on_batch({"batch": b, "samples": len(index), "spikes_e": e_closed, "spikes_e_replay": e_replay,
-                  "spikes_e_shuffled": e_shuffled, "spikes_i": float(s_i.sum()),
-                  "correct": ok_closed, "correct_shuffled": ok_shuffled})
+                  "spikes_e_shuffled": e_shuffled, "spikes_e_volleys": e_volleys, "spikes_i": float(s_i.sum()),
+                  "spikes_i_volleys": float(shifted.sum()),
+                  "correct": ok_closed, "correct_shuffled": ok_shuffled, "correct_volleys": ok_volleys})
 
 
 def summarise(cells: list[dict], config: Config) -> dict:
@@ -88,9 +131,12 @@ def summarise(cells: list[dict], config: Config) -> dict:
         "samples": n, "rate_e_hz": closed, "rate_e_replay_hz": rate("spikes_e_replay"),
         "rate_e_shuffled_hz": rate("spikes_e_shuffled"),
         "rate_i_hz": sum(c["spikes_i"] for c in cells) / (n * config.n_i * config.n_steps * config.dt_ms / 1000.0),
+        "rate_e_volleys_hz": rate("spikes_e_volleys"),
         "release_factor": rate("spikes_e_shuffled") / closed if closed > 0 else None,
+        "release_factor_volleys": rate("spikes_e_volleys") / closed if closed > 0 else None,
         "test_acc": 100.0 * sum(c["correct"] for c in cells) / n,
         "test_acc_shuffled": 100.0 * sum(c["correct_shuffled"] for c in cells) / n,
+        "test_acc_volleys": 100.0 * sum(c["correct_volleys"] for c in cells) / n,
     }
 
 

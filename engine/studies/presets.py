@@ -111,10 +111,11 @@ PRESETS: dict[str, StudyPreset] = {p.name: p for p in (
         analyses=(StudyAnalysis("coupling_sweep"),), report=("coupling",)),
     StudyPreset(
         "nb041", "Rate floor tracks gamma frequency (retrained)",
-        "PING retrained at GABA decay times that move the gamma frequency; per run the E rate and "
-        "the gamma peak, and an affine fit of E rate against gamma frequency across runs.",
-        base=dict(_RECIPE, arch="ping", seed=42),
-        grid={"tau_gaba_ms": [4.5, 6.0, 9.0, 13.5, 18.0]},
+        "PING retrained at GABA decay times that move the gamma frequency, seeds 42/43/44; per run "
+        "the E rate and the gamma peak, an affine fit of E rate against gamma frequency across "
+        "all runs, and the fit per seed with its spread across seeds.",
+        base=dict(_RECIPE, arch="ping"),
+        grid={"tau_gaba_ms": [4.5, 6.0, 9.0, 13.5, 18.0], "seed": list(SEEDS)},
         analyses=(_PER_RUN_GAMMA,), report=("rate_vs_gamma",)),
     StudyPreset(
         "nb042", "Rhythm vs mean inhibition (phase shuffle)",
@@ -123,9 +124,10 @@ PRESETS: dict[str, StudyPreset] = {p.name: p for p in (
         analyses=(StudyAnalysis("phase_shuffle"),), report=("analyses",)),
     StudyPreset(
         "nb037", "Dropping and adding spikes",
-        "Delete a fraction of E spikes or add as many Poisson spikes on a trained run: accuracy, "
-        "rates and whether the gamma cycle survives.",
-        analyses=(StudyAnalysis("drop_add_spikes"),), report=("analyses",)),
+        "Delete a fraction of E spikes or add as many Poisson spikes on a trained run, fraction "
+        "0.1 .. 1: accuracy, rates, cycle prominence and whether the gamma cycle survives, as curves.",
+        analyses=(StudyAnalysis("drop_add_spikes", {"fractions": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]}),),
+        report=("analyses",)),
     StudyPreset(
         "nb038", "f-I curves, loop open and closed",
         "E and I rates against input-rate scale on a trained run, with I->E cut (open) and intact "

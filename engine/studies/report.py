@@ -15,8 +15,10 @@ and returns (keys present when the study has what they need):
     seed_table   one row per finished training run: arch, seed, epochs, final test
                  accuracy (%), final E and I rate (Hz), last-10-epoch slopes of
                  accuracy (pp/epoch) and E rate (Hz/epoch), converged flags
-    spike_budget per architecture, means over its finished runs: E, I, E + I rate
-                 and the population-weighted per-cell total (n_e r_E + n_i r_I)/(n_e + n_i)
+    spike_budget per grid point other than the seed (nb024: per arch; nb036: per
+                 (ei, ie); nb044: per (arch, dt)), means over its finished runs (the
+                 seeds): E, I, E + I rate and the population-weighted per-cell total
+                 (n_e r_E + n_i r_I)/(n_e + n_i)
     trajectories label -> [{epoch, test_acc, rate_e_hz}]
     per_run      label -> the per-run analysis summary rows (rate_vs_gamma at scale 1)
     rate_vs_gamma, dt_audit, ei_grid, coupling: preset-specific tables
@@ -34,7 +36,7 @@ from typing import Any
 from engine.analyses.gamma import affine_fit
 from engine.convergence import summarise
 from engine.rundir import RunDir
-from engine.studies.presets import PRESETS
+from engine.studies.presets import PRESETS, run_label
 from engine.studies.local import SOURCE_LABEL
 
 # nb036 classes. The seed names them, not their boundaries; these are ours:
@@ -73,7 +75,7 @@ def build_report(plan: dict[str, Any], entries: list[dict[str, Any]]) -> dict[st
     trained = [e for e in entries if e["metrics"] and e["state"] == "succeeded"]
     if plan["runs"]:
         report["seed_table"] = [seed_row(e) for e in trained]
-        report["spike_budget"] = spike_budget(trained)
+        report["spike_budget"] = spike_budget(trained, [k for k in plan["grid"] if k != "seed"])
         report["trajectories"] = {e["label"]: [{k: r[k] for k in ("epoch", "test_acc", "rate_e_hz")}
                                                for r in e["metrics"]] for e in entries}
     report["analyses"] = [{"label": e["label"], "name": name, "complete": bool(r and r.get("complete")),
@@ -105,15 +107,24 @@ def seed_row(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def spike_budget(trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def spike_budget(trained: list[dict[str, Any]], axes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Final-epoch rates averaged over the runs that share a grid point on `axes`
+    (the grid's axes other than the seed; default: arch), so replicates are pooled
+    and different networks are not."""
+    axes = list(axes) if axes else ["arch"]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for e in trained:
+        key = tuple(e["point"].get(k, e["config"].get(k)) for k in axes)
+        groups.setdefault(key, []).append(e)
     rows = []
-    for arch in sorted({e["config"]["arch"] for e in trained}):
-        runs = [e for e in trained if e["config"]["arch"] == arch]
+    for key, runs in groups.items():
         finals = [e["metrics"][-1] for e in runs]
         n_e, n_i = runs[0]["config"]["n_e"], runs[0]["config"]["n_i"]
         rate_e = sum(f["rate_e_hz"] for f in finals) / len(finals)
         rate_i = sum(f["rate_i_hz"] for f in finals) / len(finals)
-        rows.append({"arch": arch, "runs": len(runs), "n_e": n_e, "n_i": n_i, "rate_e_hz": rate_e,
+        point = dict(zip(axes, key))
+        rows.append({"group": run_label(point), "arch": runs[0]["config"]["arch"], **point, "runs": len(runs),
+                     "n_e": n_e, "n_i": n_i, "rate_e_hz": rate_e,
                      "rate_i_hz": rate_i, "rate_e_plus_i_hz": rate_e + rate_i,
                      "per_cell_total_hz": (n_e * rate_e + n_i * rate_i) / (n_e + n_i)})
     return rows
@@ -128,13 +139,51 @@ def rate_vs_gamma_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "rate_e_hz", "rate_i_hz", "gamma_peak_hz", "gamma_prominence", "test_acc")}}
             for e in entries for c in _per_run_cell(e, "rate_vs_gamma")[:1]]
     fit = affine_fit([r["gamma_peak_hz"] for r in rows], [r["rate_e_hz"] for r in rows])
-    return {"rows": rows, "fit": fit}
+    seeds = sorted({r["seed"] for r in rows if "seed" in r})
+    per_seed = []
+    for seed in seeds:
+        mine = [r for r in rows if r.get("seed") == seed]
+        seed_fit = affine_fit([r["gamma_peak_hz"] for r in mine], [r["rate_e_hz"] for r in mine])
+        if seed_fit:
+            per_seed.append({"seed": seed, **seed_fit})
+    return {"rows": rows, "fit": fit, "per_seed": per_seed, "spread": fit_spread(per_seed)}
+
+
+def fit_spread(per_seed: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean and sample standard deviation across seeds of the per-seed fits' slope and
+    intercept (nb041's claim is an affine fit with its spread across seeds)."""
+    if len(per_seed) < 2:
+        return None
+    out: dict[str, Any] = {"seeds": len(per_seed)}
+    for key in ("slope_hz_per_hz", "intercept_hz"):
+        values = [f[key] for f in per_seed]
+        mean = sum(values) / len(values)
+        out[f"{key}_mean"] = mean
+        out[f"{key}_sd"] = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return out
 
 
 def dt_audit_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [{"label": e["label"], "arch": (e["config"] or {}).get("arch"), **c}
             for e in entries for c in _per_run_cell(e, "dt_audit")]
-    return {"rows": rows}
+    return {"rows": rows, "summary": dt_summary(rows)}
+
+
+def dt_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """nb044's reading, per arch: each run trained at dt and evaluated at its own dt;
+    least-squares E rate and gamma cycle period against dt (slope per ms of dt)."""
+    out = []
+    for arch in sorted({r["arch"] for r in rows if r.get("arch")}):
+        own = sorted((r for r in rows if r.get("arch") == arch and r["dt_ms"] == r["trained_dt_ms"]),
+                     key=lambda r: r["dt_ms"])
+        rate = affine_fit([r["dt_ms"] for r in own], [r["rate_e_hz"] for r in own])
+        timed = [r for r in own if r.get("cycle_ms") is not None]
+        cycle = affine_fit([r["dt_ms"] for r in timed], [r["cycle_ms"] for r in timed])
+        out.append({"arch": arch, "dts_ms": [r["dt_ms"] for r in own],
+                    "rate_e_hz": [r["rate_e_hz"] for r in own], "cycle_ms": [r.get("cycle_ms") for r in own],
+                    "rate_e_slope_hz_per_ms": rate and rate["slope_hz_per_hz"],
+                    "cycle_slope_ms_per_ms": cycle and cycle["slope_hz_per_hz"]})
+    return out
 
 
 def classify(ie_strength: float, cell: dict[str, Any]) -> str:
@@ -156,7 +205,35 @@ def ei_grid_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
                          "rate_i_hz": c["rate_i_hz"], "gamma_peak_hz": c["gamma_peak_hz"],
                          "gamma_prominence": c["gamma_prominence"], "test_acc": c["test_acc"],
                          "class": classify(config["ie_strength"], c)})
-    return {"rows": rows, "i_silent_hz": I_SILENT_HZ, "ping_prominence": PING_PROMINENCE}
+    return {"rows": rows, "i_silent_hz": I_SILENT_HZ, "ping_prominence": PING_PROMINENCE,
+            "cliffs": cliffs(rows)}
+
+
+def cliff_position(xs: list[float], rates: list[float]) -> float | None:
+    """Where E rate first falls through halfway between its value at the weakest
+    coupling and its minimum, linearly interpolated; None if it never falls."""
+    points = sorted(zip(xs, rates))
+    high, low = points[0][1], min(r for _, r in points)
+    if high <= low:
+        return None
+    half = (high + low) / 2
+    for (x0, r0), (x1, r1) in zip(points, points[1:]):
+        if r1 <= half < r0:
+            return x0 + (x1 - x0) * (r0 - half) / (r0 - r1)
+    return None
+
+
+def cliffs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """nb036's cliff: per E->I strength, the I->E strength at which E rate falls by half
+    of its drop (`cliff_position`), and the weakest I->E strength classed PING."""
+    out = []
+    for ei in sorted({r["ei_strength"] for r in rows}):
+        line = sorted((r for r in rows if r["ei_strength"] == ei), key=lambda r: r["ie_strength"])
+        ping = [r["ie_strength"] for r in line if r["class"] == "PING"]
+        out.append({"ei_strength": ei, "cliff_ie_strength": cliff_position(
+            [r["ie_strength"] for r in line], [r["rate_e_hz"] for r in line]) if len(line) > 1 else None,
+                    "first_ping_ie_strength": ping[0] if ping else None})
+    return out
 
 
 def coupling_section(entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -190,13 +267,24 @@ def report_markdown(report: dict[str, Any]) -> str:
              "## Runs\n", markdown_table([{**r, "point": json.dumps(r["point"])} for r in report["runs"]])]
     if "seed_table" in report:
         parts += ["## Seed table\n", markdown_table(report["seed_table"]),
-                  "## Spike budget (final epoch, mean over runs)\n", markdown_table(report["spike_budget"])]
+                  "## Spike budget (final epoch, mean over seeds per grid point)\n",
+                  markdown_table(report["spike_budget"])]
     if "rate_vs_gamma" in report:
         parts += ["## E rate against gamma frequency\n", markdown_table(report["rate_vs_gamma"]["rows"]),
-                  f"Affine fit: `{json.dumps(report['rate_vs_gamma']['fit'])}`\n"]
+                  f"Affine fit, all runs: `{json.dumps(report['rate_vs_gamma']['fit'])}`\n",
+                  "Affine fit per seed:\n", markdown_table(report["rate_vs_gamma"].get("per_seed", [])),
+                  f"Spread across seeds: `{json.dumps(report['rate_vs_gamma'].get('spread'))}`\n"]
     for key, title in (("dt_audit", "dt audit"), ("ei_grid", "E<->I grid classes")):
         if key in report:
             parts += [f"## {title}\n", markdown_table(report[key]["rows"])]
+    if "dt_audit" in report:
+        parts += ["## Rate and cycle period against dt (each run at its own dt)\n",
+                  markdown_table([_flat(r) for r in report["dt_audit"]["summary"]])]
+    if "ei_grid" in report:
+        grid = report["ei_grid"]
+        parts += [f"Classes: no loop if I < {grid['i_silent_hz']} Hz or ie = 0; PING if the gamma "
+                  f"prominence >= {grid['ping_prominence']}; else stretched COBA.\n",
+                  "## Cliff per E->I strength\n", markdown_table(grid["cliffs"])]
     if "coupling" in report:
         parts += ["## Coupling diagonal\n", markdown_table(report["coupling"]["diagonal"])]
     if "seed_table" not in report:  # an inference study: each analysis in full

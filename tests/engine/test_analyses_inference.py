@@ -52,11 +52,34 @@ def test_phase_shuffle_releases_e(tmp_path):
     assert result["complete"] and summary["samples"] == SAMPLES and len(result["cells"]) == result["total"]
     # replaying the recorded I trains through the input pathway is the closed loop again
     assert summary["rate_e_replay_hz"] == summary["rate_e_hz"] == pytest.approx(plain_rate_e(run))
-    # same mean inhibition, not locked to the E cycle: E fires more in this small,
-    # weakly rhythmic network (measured 1.03-1.16x over four configs); on the trained
-    # canonical PING network the same shuffle lowered E instead (docs/RESULTS.md)
-    assert summary["rate_e_shuffled_hz"] > summary["rate_e_hz"] > 0
-    assert summary["release_factor"] == pytest.approx(summary["rate_e_shuffled_hz"] / summary["rate_e_hz"])
+    # both readings keep the mean inhibition: every I spike is delivered (cell shuffle
+    # exactly; volley shift up to volleys overlapping on one cell and step)
+    spikes_i = sum(c["spikes_i"] for c in result["cells"])
+    assert 0.95 * spikes_i <= sum(c["spikes_i_volleys"] for c in result["cells"]) <= spikes_i
+    # the direction of the release is the finding, not a property of the code: the
+    # cell shuffle raised E here in the untrained net and lowered it on trained
+    # canonical PING (docs/RESULTS.md), so only that E responds is asserted
+    assert summary["rate_e_hz"] > 0 and summary["rate_e_shuffled_hz"] != summary["rate_e_hz"]
+    assert summary["rate_e_volleys_hz"] != summary["rate_e_hz"]
+    assert {"release_factor", "release_factor_volleys", "test_acc_volleys"} <= set(summary)
+
+
+def test_volleys_are_found_and_moved_whole():
+    import torch
+
+    from engine.analyses.phase_shuffle import shift_volleys, volleys
+
+    active = torch.zeros(40, dtype=torch.bool)
+    active[[3, 4, 6, 20, 21, 22, 35]] = True
+    # gap 2: steps 3-4 and 6 are one volley (one silent step between), 20-22 another
+    assert volleys(active, 2) == [(3, 7), (20, 23), (35, 36)]
+    assert volleys(active, 1) == [(3, 5), (6, 7), (20, 23), (35, 36)]
+    spikes = torch.zeros(40, 1, 3, dtype=torch.bool)
+    spikes[3, 0, 0] = spikes[4, 0, 1] = spikes[6, 0, 2] = True  # one volley over 3 cells, 4 steps
+    moved = shift_volleys(spikes, torch.Generator().manual_seed(0), gap_steps=2)
+    assert torch.equal(moved.sum(0), spikes.sum(0))  # each cell keeps its spikes
+    t0, t1, t2 = (int(moved[:, 0, c].nonzero()) for c in range(3))
+    assert ((t1 - t0) % 40, (t2 - t0) % 40) == (1, 3)  # the volley's shape (synchrony) is kept
 
 
 def test_drop_and_add_spikes(ping_run, tmp_path):
@@ -118,8 +141,22 @@ def test_rate_vs_gamma(ping_run, tmp_path):
     rates = [c["rate_e_hz"] for c in result["cells"]]
     assert rates[1] == pytest.approx(plain_rate_e(ping_run))
     assert rates[0] > rates[1] > rates[2]  # longer-lasting inhibition holds E lower
+    peaks = {c["gamma_peak_hz"] for c in result["cells"]} - {None}
     fit = result["summary"]["fit"]
-    assert fit is None or set(fit) == {"slope_hz_per_hz", "intercept_hz", "r2", "points"}
+    assert (fit is None) == (len(peaks) < 2)
+    if fit is not None:
+        assert fit["points"] == sum(c["gamma_peak_hz"] is not None for c in result["cells"])
+
+
+def test_affine_fit_against_hand_computed_values():
+    from engine.analyses.gamma import affine_fit
+
+    # y = 1, 2, 3.5 at x = 10, 20, 30 (and a point without a peak): by hand,
+    # slope 25/200 = 0.125, intercept 13/6 - 2.5 = -1/3, r2 = 1 - (1/24)/(19/6) = 0.98684
+    fit = affine_fit([10.0, 20.0, None, 30.0], [1.0, 2.0, 99.0, 3.5])
+    assert fit["slope_hz_per_hz"] == pytest.approx(0.125) and fit["intercept_hz"] == pytest.approx(-1 / 3)
+    assert fit["r2"] == pytest.approx(1 - (1 / 24) / (19 / 6)) and fit["points"] == 3
+    assert affine_fit([10.0, 10.0, None], [1.0, 2.0, 3.0]) is None
 
 
 def test_a_stopped_analysis_keeps_its_partial_result(ping_run, tmp_path):
@@ -147,3 +184,29 @@ def test_bad_parameters_name_the_field(name, params, field):
 def test_every_analysis_has_json_defaults():
     for spec in ANALYSES.values():
         assert json.loads(json.dumps(spec.validate({}))) == spec.validate({})
+
+
+def test_recruitment_cliff_against_hand_computed_values():
+    from engine.analyses.fi_curve import recruitment_cliff
+
+    # closed-loop I: 0, 0.2, 3.4 Hz at scales 0, 0.5, 1: 1 Hz is crossed at
+    # 0.5 + 0.5 * (1 - 0.2) / (3.4 - 0.2) = 0.625; the open loop does not count
+    cells = [{"loop": "closed", "input_scale": s, "rate_i_hz": r} for s, r in ((1.0, 3.4), (0.0, 0.0), (0.5, 0.2))]
+    cells.append({"loop": "open", "input_scale": 0.25, "rate_i_hz": 50.0})
+    assert recruitment_cliff(cells) == pytest.approx(0.625)
+    assert recruitment_cliff([c for c in cells if c["input_scale"] != 1.0]) is None  # never recruited
+
+
+def test_drop_add_curves_run_from_the_unperturbed_point():
+    from engine.analyses.perturb import curves
+    from engine.studies import expand
+
+    cells = [{"mode": "none", "fraction": 0.0, "test_acc": 80.0, "rate_e_hz": 9.0},
+             {"mode": "add", "fraction": 0.5, "test_acc": 40.0, "rate_e_hz": 12.0},
+             {"mode": "drop", "fraction": 0.5, "test_acc": 70.0, "rate_e_hz": 10.0},
+             {"mode": "drop", "fraction": 0.1, "test_acc": 78.0, "rate_e_hz": 9.2}]
+    out = curves(cells)
+    assert [(p["fraction"], p["test_acc"]) for p in out["drop"]] == [(0.0, 80.0), (0.1, 78.0), (0.5, 70.0)]
+    assert [(p["fraction"], p["rate_e_hz"]) for p in out["add"]] == [(0.0, 9.0), (0.5, 12.0)]
+    # the nb037 preset sweeps the seed's 0..1 range
+    assert expand("nb037").analyses[0].params["fractions"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]

@@ -15,6 +15,18 @@ def test_defaults_follow_model_md_and_resolve_from_arch():
     assert Config(arch="ping", v_grad_dampen=10.0).v_grad_dampen == 10.0
 
 
+def test_dampening_follows_the_closed_loop_not_the_arch_label():
+    """MODEL.md defines PING by ei > 0 and ie > 0: an arch="ping" net with either side
+    cut trains like COBA (dampening 1), and the stored config says which was used."""
+    assert Config(arch="ping", ei_strength=0.0).v_grad_dampen == 1.0
+    assert Config(arch="ping", ie_strength=0.0).v_grad_dampen == 1.0
+    assert Config(arch="ping", ei_strength=0.0125, ie_strength=0.25).v_grad_dampen == 1000.0
+    assert not Config(arch="ping", ei_strength=0.0).loop_closed and Config(arch="ping").loop_closed
+    assert Config(arch="ping", ei_strength=0.0, v_grad_dampen=1000.0).v_grad_dampen == 1000.0  # explicit wins
+    stored = json.loads(Config(arch="ping", ei_strength=0.0).to_json())
+    assert stored["v_grad_dampen"] == 1.0
+
+
 def test_keyword_overrides_accept_torch_dtype():
     config = Config(n_e=80, n_i=20, dtype=torch.float64)
     assert config.dtype == "float64" and config.torch_dtype is torch.float64

@@ -4,6 +4,8 @@ import pytest
 
 from engine import Config, init_weights
 from engine.analyses.registry import ANALYSES, AnalysisCancelled, AnalysisError, run_analysis
+from engine.evaluate import evaluate
+from engine.inspect import test_subset as subset_of
 from engine.rundir import RunDir
 
 
@@ -29,8 +31,13 @@ def test_open_loop_edges_have_no_effective_inhibition(untrained_run, tmp_path):
     assert len({cells[(ei, 0.0)]["rate_e_hz"] for ei in (0.0, 1.0, 4.0)}) == 1
     # closing the loop on both sides lowers E
     assert cells[(4.0, 4.0)]["rate_e_hz"] < cells[(0.0, 0.0)]["rate_e_hz"]
-    for c in cells.values():
-        assert c["rate_total_hz"] == pytest.approx(c["rate_e_hz"] + c["rate_i_hz"])
+    # the trained point (1, 1) is the run itself: the same rates as a plain evaluation
+    run = RunDir(untrained_run)
+    config = run.read_config()
+    plain = evaluate(run.load_weights("final"), subset_of(config, 10), config)
+    assert cells[(1.0, 1.0)]["rate_e_hz"] == pytest.approx(plain.rate_e_hz)
+    assert cells[(1.0, 1.0)]["rate_i_hz"] == pytest.approx(plain.rate_i_hz) and plain.rate_i_hz > 0
+    assert cells[(1.0, 1.0)]["test_acc"] == plain.accuracy_pct
     assert json.loads((tmp_path / "out" / "result.json").read_text())["cells"] == result["cells"]
 
 

@@ -3,6 +3,8 @@ process MODEL.md asks for, each pixel firing with probability q per step."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
 from engine import Config, poisson_encode, poisson_events
@@ -54,3 +56,27 @@ def test_events_are_sorted_seeded_and_the_dense_encoding_is_the_same_spikes():
     assert torch.equal(poisson_encode(images, config, torch.Generator().manual_seed(3)), dense)
     assert torch.equal(_events(images, config, seed=3).step, events.step)
     assert not torch.equal(_events(images, config, seed=4).to_dense(), dense)
+
+
+def test_test_input_is_keyed_on_the_image_not_the_batch():
+    """The same split evaluated at batch 7 and batch 30 sees the same spikes, so it
+    gives the same accuracy, loss and rates (evaluate.py keyed them on the batch)."""
+    from engine.data import Split, load_tier
+    from engine.encoding import test_input_events
+    from engine.evaluate import evaluate
+    from engine.weights import init_weights
+
+    test = load_tier("smoke").test
+    images = test.images[:30]
+    whole = test_input_events(images, torch.arange(30), Config())
+    alone = test_input_events(images[12:13], torch.tensor([12]), Config())
+    mine = whole.sample == 12
+    assert torch.equal(whole.step[mine], alone.step) and torch.equal(whole.channel[mine], alone.channel)
+
+    config = Config(n_e=40, n_i=10, t_ms=20.0, ei_strength=0.2)
+    weights = init_weights(config)
+    split = Split(images, test.labels[:30])
+    small, large = (evaluate(weights, split, config.replace(batch_size=b)) for b in (7, 30))
+    assert small.accuracy_pct == large.accuracy_pct and small.loss == pytest.approx(large.loss, rel=1e-6)
+    assert np.array_equal(small.cell_rates_e_hz, large.cell_rates_e_hz)
+    assert np.array_equal(small.cell_rates_i_hz, large.cell_rates_i_hz)

@@ -1,5 +1,8 @@
 """MODEL.md "Gradients": finite at the defaults over 2000 steps in float32."""
 
+import math
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -34,6 +37,48 @@ def test_undamped_ping_gradient_explodes():
     grads = input_gradients(Config(arch="ping", v_grad_dampen=1.0, t_ms=50.0, dtype="float32"))
     damped = input_gradients(Config(arch="ping", t_ms=50.0, dtype="float32"))
     assert not torch.isfinite(grads["W_in"].norm()) or grads["W_in"].norm() > 1e6 * damped["W_in"].norm()
+
+
+# MODEL.md "Gradients": ||dL/dW_in|| of the canonical PING network, float32, dampening
+# 1000, beta 1, batch 4, measured on a plain implementation independent of this one.
+PUBLISHED_PING_GRAD = {100: 0.007, 500: 0.05, 2000: 0.2}
+
+
+def canonical_input_gradient(config: Config) -> float:
+    split = load_tier("smoke").train
+    images, labels = split.images[::50][:4], split.labels[::50][:4]
+    weights = init_weights(config)
+    for name in config.trainable:
+        weights[name].requires_grad_(True)
+    x = poisson_encode(images, config, torch.Generator().manual_seed(0))
+    F.cross_entropy(simulate(weights, x, config)["logits"], labels).backward()
+    return weights["W_in"].grad.norm().item()
+
+
+def check_growth(arch: str, steps: list[int]) -> dict[int, float]:
+    norms = {t: canonical_input_gradient(Config(arch=arch, t_ms=t * 0.1)) for t in steps}
+    print(arch, "||dL/dW_in|| by steps:", norms)
+    for t, norm in norms.items():
+        assert math.isfinite(norm) and norm > 0, (arch, t)
+        if arch == "ping":  # the published figures, to within a factor of 2 (other input draws)
+            assert PUBLISHED_PING_GRAD[t] / 2 < norm < PUBLISHED_PING_GRAD[t] * 2, (t, norm)
+    for short, long in zip(steps, steps[1:]):
+        # at most about linear in trial length (undamped PING: x1e4 at 100 steps, inf at 500)
+        assert norms[long] / norms[short] < 2 * long / short, (arch, short, long)
+    return norms
+
+
+def test_damped_ping_gradient_grows_slowly_with_trial_length():
+    check_growth("ping", [100, 500])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["ping", "coba"])
+def test_gradient_growth_bound_to_2000_steps(arch):
+    check_growth(arch, [100, 500, 2000])
+    if arch == "ping":
+        undamped = canonical_input_gradient(Config(arch="ping", t_ms=50.0, v_grad_dampen=1.0))  # 500 steps
+        assert not math.isfinite(undamped) or undamped > 1e3 * PUBLISHED_PING_GRAD[500]
 
 
 class ElementCounter(TorchDispatchMode):

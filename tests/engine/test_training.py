@@ -94,3 +94,21 @@ def test_resume_refuses_a_different_config(tmp_path):
         train(tiny_config(epochs=2, lr=0.1), tmp_path)
     summary = train(tiny_config(epochs=2), tmp_path)  # more epochs is a continuation
     assert summary["epochs"] == 2
+
+
+def test_train_loss_is_cross_entropy_and_each_regulariser_is_recorded_apart(tmp_path):
+    """A rate penalty toward 1000 Hz is huge: an E cell fires at most once per 21 steps
+    (t_ref 2 ms at dt 0.1 ms), 10 spikes in a 20 ms trial, 500 Hz, so the term is at least
+    (1000 - 500)^2 = 2.5e5. The record's train_loss must stay a cross-entropy (ln 10 =
+    2.3 at chance), with each penalty in its own column."""
+    small = dict(n_e=40, n_i=10, t_ms=20.0, batch_size=200, epochs=1)
+    config = tiny_config(**small, rate_reg_weight=1.0, rate_target_hz=1000.0, mem_reg_weight=0.5, mem_theta=0.0)
+    records = []
+    train(config, tmp_path, on_epoch=records.append)
+    record = records[0]
+    assert 0 < record["train_loss"] < 10
+    assert 2.5e5 <= record["train_rate_reg"] <= 1e6
+    assert record["train_mem_reg"] > 0
+    off = []
+    train(tiny_config(**small), tmp_path / "off", on_epoch=off.append)
+    assert off[0]["train_rate_reg"] == off[0]["train_mem_reg"] == 0.0
