@@ -64,3 +64,16 @@ def test_cell_labels_are_dark_on_bright_cells_and_light_on_dark_ones():
     # two finished cells, the brighter (higher) one in black; unfinished cells (NaN, light grey) black
     finished = plots.coupling_grid(CELLS[:2], [0.0, 1.0, 2.0])["rate_total_hz"].notna().to_numpy()
     assert sorted(np.asarray(ink)[finished]) == ["black", "white"] and set(np.asarray(ink)[~finished]) == {"black"}
+
+
+def test_the_spike_budget_draws_one_bar_group_per_grid_point_not_per_arch():
+    """nb036's grid points are all PING: keyed on arch, their bars would sit on top
+    of each other (one visible bar for many points)."""
+    from app.dashboard import study_plots
+
+    rows = [{"group": f"ei_strength{ei}-ie_strength1.0", "arch": "ping", "rate_e_hz": 10.0 + ei,
+             "rate_i_hz": 2.0, "rate_e_plus_i_hz": 12.0 + ei, "per_cell_total_hz": 8.0} for ei in (0.0, 0.05)]
+    figure = hv.render(study_plots.spike_budget(rows))
+    factors = figure.x_range.factors
+    assert {f[1] for f in factors} == {"EI_STRENGTH0.0-IE_STRENGTH1.0", "EI_STRENGTH0.05-IE_STRENGTH1.0"}
+    assert len(factors) == 2 * len(plots.BUDGET_MEASURES)
