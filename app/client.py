@@ -16,7 +16,6 @@ a run, sweep or study take its id or the model itself. An answer of 4xx/5xx rais
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pydantic import BaseModel
 from app.api.schemas import (ArtifactPublic, ArtifactsPublic, ForceExperimentsPublic, Health, MetricsPublic,
                              RunPublic, RunsPublic, StudiesPublic, StudyPresetsPublic, StudyPublic, SweepPublic,
                              SweepsPublic)
+from jobs.client import parse_sse
 from jobs.models import FINISHED_STATES, RunKind, RunState
 
 if TYPE_CHECKING:
@@ -370,21 +370,3 @@ def _raise_for_error(response: httpx.Response, method: str, path: str) -> None:
     except ValueError:
         detail = response.text or response.reason_phrase
     raise _ERRORS.get(response.status_code, ApiError)(response.status_code, detail, method, path)
-
-
-def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(event, JSON data) from Server-Sent Events lines; comments (keep-alives) skipped."""
-    event, data = "message", []
-    for line in lines:
-        if line.startswith(":"):
-            continue
-        if not line:
-            if data:
-                yield event, json.loads("\n".join(data))
-            event, data = "message", []
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].lstrip())
-    if data:
-        yield event, json.loads("\n".join(data))

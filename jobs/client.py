@@ -105,7 +105,7 @@ class Client:
             if response.status_code >= 400:
                 response.read()
                 raise ApiError(response.status_code, response.text)
-            yield from _parse_sse(response.iter_lines())
+            yield from parse_sse(response.iter_lines())
 
     def wait(self, run_id: str, timeout_s: float = 600.0, poll_s: float = 0.5) -> dict[str, Any]:
         """Poll until the run is finished; returns the run."""
@@ -137,7 +137,8 @@ class Client:
         return sweep
 
 
-def _parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, JSON data) from Server-Sent Events lines; comments (keep-alives) skipped."""
     event, data = "message", []
     for line in lines:
         if line.startswith(":"):

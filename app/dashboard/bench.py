@@ -54,12 +54,12 @@ def fill_store(store: RunStore, n_runs: int, epochs: int = 10) -> None:
         store.transition(run.id, RunState.SUCCEEDED)
 
 
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(data_dir: Path, workers: int = 0) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     process = subprocess.Popen([sys.executable, "-m", "app.server", "--host", "127.0.0.1", "--port", str(port),
-                                "--data-dir", str(data_dir), "--workers", "0"], cwd=REPO,
+                                "--data-dir", str(data_dir), "--workers", str(workers)], cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "PYTHONPATH": str(REPO)})
     url = f"http://127.0.0.1:{port}"

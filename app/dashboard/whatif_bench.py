@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from app.dashboard.bench import CHROMIUM, REPO
+from app.dashboard.bench import CHROMIUM, start_server
 from jobs.models import RunState
 from jobs.paths import DataDir
 from jobs.service import JobService
@@ -59,23 +57,6 @@ PAINTED_JS = """([attr, value, t0]) => new Promise(resolve => {
   poll(); })"""
 
 
-def start_server(data_dir: Path, workers: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "app.server", "--host", "127.0.0.1", "--port", str(port),
-                                "--data-dir", str(data_dir), "--workers", str(workers)], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": str(REPO)})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            httpx.get(url + "/api/health", timeout=1)
-            return process, url
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("server did not start")
 
 
 def trained_run(data: DataDir, n_e: int, n_i: int, t_ms: float) -> str:
