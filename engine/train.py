@@ -73,6 +73,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = True,
             "grad_norm": stats["grad_norm"],
             "w_norm": {name: float(weights[name].detach().norm()) for name in config.trainable},
             "grad_ratio": stats["grad_ratio"],
+            **({"skipped_steps": stats["skipped_steps"]} if config.skip_nonfinite else {}),
             "epoch_s": time.perf_counter() - started,
         }
         run.append_metrics(record)
@@ -113,7 +114,7 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
     train = dataset.train
     order = torch.randperm(len(train.labels), generator=batch_generator(config.seed, "order", epoch, 0))
     trial_s = config.n_steps * config.dt_ms / 1000.0
-    loss_sum, correct, grad_norms = 0.0, 0, []
+    loss_sum, correct, grad_norms, skipped, skipped_samples = 0.0, 0, [], 0, 0
     ratios = {name: [] for name in config.trainable}
     for b, index in enumerate(batches(len(order), config.batch_size, order)):
         if should_stop and should_stop():
@@ -127,6 +128,10 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
             loss = loss + config.rate_reg_weight * (rate_e - config.rate_target_hz) ** 2
         if config.mem_reg_weight > 0:
             loss = loss + config.mem_reg_weight * out["u_excess"].mean()
+        if not torch.isfinite(loss) and config.skip_nonfinite:
+            skipped, skipped_samples = skipped + 1, skipped_samples + len(index)
+            report_batch(b + 1)
+            continue
         if not torch.isfinite(loss):
             raise NonFiniteError(f"loss became {float(loss.detach())} in epoch {epoch}, batch {b + 1}")
         optimizer.zero_grad(set_to_none=True)
@@ -134,6 +139,10 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
         params = [weights[name] for name in config.trainable]
         grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
         if not math.isfinite(grad_norm):
+            if config.skip_nonfinite:  # the seed recipe: drop this step, keep training
+                skipped, skipped_samples = skipped + 1, skipped_samples + len(index)
+                report_batch(b + 1)
+                continue
             raise NonFiniteError(f"gradient norm became {grad_norm} in epoch {epoch}, batch {b + 1}")
         for name in config.trainable:
             w = weights[name]
@@ -141,16 +150,29 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
         if config.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         optimizer.step()
+        project_dale(weights, config)
         loss_sum += float(loss.detach()) * len(index)
         correct += int((out["logits"].argmax(-1) == labels).sum())
         grad_norms.append(grad_norm)
         report_batch(b + 1)
-    n = len(order)
+    if not grad_norms:
+        raise NonFiniteError(f"every step of epoch {epoch} was non-finite")
+    n = len(order) - skipped_samples  # train loss and accuracy over the steps taken
     return {
         "train_loss": loss_sum / n, "train_acc": 100.0 * correct / n,
         "grad_norm": sum(grad_norms) / len(grad_norms),
         "grad_ratio": {name: sum(v) / len(v) for name, v in ratios.items()},
+        "skipped_steps": skipped,
     }
+
+
+@torch.no_grad()
+def project_dale(weights, config: Config) -> None:
+    """Clamp the trainable `dale_weights` to >= 0 after a step (pinglab's project_dales):
+    the stored weights are then the ones the forward pass uses."""
+    for name in config.dale_weights:
+        if name in config.trainable:
+            weights[name].clamp_(min=0)
 
 
 def _checkpoint(config: Config, weights, optimizer, epoch: int) -> dict[str, Any]:

@@ -9,14 +9,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from engine.config import ARCHS, BACKENDS, DTYPES, TIERS, Config
+from engine.config import ARCHS, BACKENDS, DTYPES, RECIPES, TIERS, Config
 from jobs.models import Run, RunKind, RunState, Sweep
 
 STRICT = ConfigDict(strict=True, extra="forbid")
 
 # Choice fields get enums in the schema (the engine validates them again).
 _CHOICES: dict[str, tuple[str, ...]] = {"arch": ARCHS, "tier": TIERS, "backend": BACKENDS,
-                                       "dtype": tuple(DTYPES)}
+                                       "dtype": tuple(DTYPES), "recipe": RECIPES}
 
 
 def _config_model() -> type[BaseModel]:
@@ -26,6 +26,8 @@ def _config_model() -> type[BaseModel]:
         annotation = Literal[_CHOICES[f.name]] if f.name in _CHOICES else hints[f.name]
         if f.name == "trainable":
             annotation = list[str]  # JSON has arrays, not tuples
+        elif f.name == "dale_weights":
+            annotation = list[str] | None
         default = f.default if f.default is not MISSING else f.default_factory()
         if isinstance(default, tuple):
             default = list(default)
