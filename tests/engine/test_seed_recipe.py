@@ -263,3 +263,15 @@ def test_reference_reproduces_pinglab_spike_for_spike():
     assert np.array_equal(out["s_i"].numpy().astype(np.uint8), s_i)
     assert np.array_equal(out["count_e"].numpy().astype(np.int32), f["count_e"])
     np.testing.assert_allclose(out["logits"].numpy(), f["logits"], rtol=0, atol=1e-9)
+
+
+def test_seed_recipe_gradients_are_finite_and_reach_both_trainable_weights():
+    c = Config(recipe="seed", n_input=64, n_e=40, n_i=10, t_ms=30.0)
+    w = init_weights(c)
+    for name in c.trainable:
+        w[name].requires_grad_(True)
+    x = (torch.rand(c.n_steps, 4, 64, generator=torch.Generator().manual_seed(2)) < 0.05).float()
+    out = simulate_reference(w, x, c, spike_trains=False)
+    torch.nn.functional.cross_entropy(out["logits"], torch.tensor([0, 1, 2, 3])).backward()
+    for name in c.trainable:
+        assert torch.isfinite(w[name].grad).all() and float(w[name].grad.abs().sum()) > 0, name
