@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from engine.config import ARCHS, BACKENDS, DTYPES, RECIPES, TIERS, Config
+from engine.config import ARCHS, BACKENDS, DTYPES, RECIPES, TIERS, VARIANT_CHOICES, Config
 from jobs.models import Run, RunKind, RunState, Sweep
 
 STRICT = ConfigDict(strict=True, extra="forbid")
@@ -24,6 +24,8 @@ def _config_model() -> type[BaseModel]:
     definitions: dict[str, Any] = {}
     for f in fields(Config):
         annotation = Literal[_CHOICES[f.name]] if f.name in _CHOICES else hints[f.name]
+        if f.name in VARIANT_CHOICES:  # None: the recipe's value
+            annotation = Literal[VARIANT_CHOICES[f.name]] | None
         if f.name == "trainable":
             annotation = list[str]  # JSON has arrays, not tuples
         elif f.name == "dale_weights":
