@@ -86,13 +86,19 @@ FAST_SUPPORTED: dict[str, tuple[Any, ...]] = {
 }
 
 
+def _recipe_values(recipe_name: str, arch: str) -> dict[str, Any]:
+    """The values a recipe gives its None fields for an architecture."""
+    recipe = _RECIPE_DEFAULTS[recipe_name]
+    values = {k: v for k, v in recipe.items() if k != "arch"}
+    values.update(recipe.get("arch", {}).get(arch, {}))
+    if recipe_name == "canonical":
+        values.update(_ARCH_DEFAULTS[arch])
+    return values
+
+
 def _resolve_recipe(config: "Config") -> None:
     """Fill every None field from the recipe (and, for arch-dependent ones, the arch)."""
-    recipe = _RECIPE_DEFAULTS[config.recipe]
-    values = {k: v for k, v in recipe.items() if k != "arch"}
-    values.update(recipe.get("arch", {}).get(config.arch, {}))
-    if config.recipe == "canonical":
-        values.update(_ARCH_DEFAULTS[config.arch])
+    values = _recipe_values(config.recipe, config.arch)
     for name, default in values.items():
         if getattr(config, name) is None:
             object.__setattr__(config, name, default)
@@ -214,7 +220,15 @@ class Config:
         return torch.device(self.device)
 
     def replace(self, **changes: Any) -> "Config":
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes`. A new recipe or arch re-resolves the fields that
+        held the old one's value (a field set to something else keeps it), so
+        replace(recipe="seed") never yields a canonical model labelled seed."""
+        if changes.get("recipe", self.recipe) == self.recipe and changes.get("arch", self.arch) == self.arch:
+            return dataclasses.replace(self, **changes)
+        old = _recipe_values(self.recipe, self.arch)
+        kept = {k: v for k, v in self.to_dict().items()
+                if k not in old or (tuple(v) if isinstance(v, list) else v) != old[k]}
+        return Config.from_dict({**kept, **changes})
 
     # --- serialisation --------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

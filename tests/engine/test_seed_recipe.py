@@ -52,6 +52,14 @@ def test_canonical_recipe_is_unchanged_and_fields_override_the_recipe():
         "forward_euler", 64, (), "add_then_decay")
 
 
+def test_replace_with_another_recipe_or_arch_re_resolves_the_recipe_fields():
+    seed = Config(n_e=64).replace(recipe="seed")
+    assert (seed.integrator, seed.n_i, seed.lr, seed.n_e) == ("exponential_euler", 256, 4e-4, 64)  # n_e was set
+    assert seed.replace(recipe="canonical") == Config(n_e=64)
+    assert Config().replace(arch="coba") == Config(arch="coba")
+    assert Config(recipe="seed").replace(arch="coba") == Config(recipe="seed", arch="coba")
+
+
 def test_stored_config_is_explicit_and_round_trips():
     c = Config(recipe="seed", arch="coba")
     data = c.to_dict()
