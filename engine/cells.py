@@ -101,6 +101,13 @@ def dampen_gradient(dv: torch.Tensor, factor: float) -> torch.Tensor:
     return frozen + (dv - frozen) / factor
 
 
+def synapse_update(g: torch.Tensor, arriving: torch.Tensor | None, decay: float, order: str) -> torch.Tensor:
+    """decay_then_add: g exp(-dt/tau) + arriving; add_then_decay: (g + arriving) exp(-dt/tau)."""
+    if arriving is None:
+        return g * decay
+    return g * decay + arriving if order == "decay_then_add" else (g + arriving) * decay
+
+
 def membrane_update(v: torch.Tensor, g_ampa: torch.Tensor, g_gaba: torch.Tensor,
                     p: CobaParams) -> torch.Tensor:
     """dv over one step with the conductances held at this step's values.
@@ -144,12 +151,8 @@ def coba_step(state: CobaState, ampa_in: torch.Tensor | None, gaba_in: torch.Ten
                      and V is set to V_reset (R - 1 held steps)
     """
     # conductances: this step's arrivals and the decay, in the configured order
-    if p.synapse_order == "decay_then_add":
-        g_ampa = state.g_ampa * p.ampa_decay + ampa_in if ampa_in is not None else state.g_ampa * p.ampa_decay
-        g_gaba = state.g_gaba * p.gaba_decay + gaba_in if gaba_in is not None else state.g_gaba * p.gaba_decay
-    else:
-        g_ampa = (state.g_ampa + ampa_in if ampa_in is not None else state.g_ampa) * p.ampa_decay
-        g_gaba = (state.g_gaba + gaba_in if gaba_in is not None else state.g_gaba) * p.gaba_decay
+    g_ampa = synapse_update(state.g_ampa, ampa_in, p.ampa_decay, p.synapse_order)
+    g_gaba = synapse_update(state.g_gaba, gaba_in, p.gaba_decay, p.synapse_order)
     if ampa_now is not None:
         g_ampa = g_ampa + ampa_now
     if gaba_now is not None:
