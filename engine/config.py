@@ -2,9 +2,16 @@
 
 Defaults follow shared/spec/MODEL.md. A `Config` is frozen, validated once when it
 is built, and round-trips through JSON (`to_dict` / `from_dict`). Fields whose
-default depends on the network (`ei_strength` on `arch`; `v_grad_dampen` on whether
-the E->I->E loop is closed) are given as None and resolved at construction, so a
-stored config is explicit.
+default depends on the recipe or the architecture (`n_e`, `integrator`,
+`ei_strength`, ...) are given as None and resolved from `recipe`
+and `arch` at construction (`v_grad_dampen`, where the recipe leaves it open, from
+whether the E->I->E loop is closed), so a stored config is explicit: every field written.
+
+Two recipes (MODEL.md, last section): `canonical`, the model written from the
+seed's text, and `seed`, the study's own code (pinglab): exponential Euler,
+kick-then-decay synapses, inclusive threshold, countdown refractory, a voltage
+floor, 25 Hz input, µS/nF units, its weight init, Dale's sign constraint and an
+output-LIF readout. Any field set explicitly overrides the recipe's value.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 ARCHS = ("ping", "coba")
 TIERS = ("smoke", "small", "medium", "large")
 BACKENDS = ("reference", "fast")
+RECIPES = ("canonical", "seed")
 WEIGHT_NAMES = ("W_in", "W_ei", "W_ie", "W_out")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -35,6 +43,89 @@ CLOSED_LOOP_DAMPEN = 1000.0
 OPEN_LOOP_DAMPEN = 1.0
 
 
+# --- Recipes (MODEL.md "The study's own recipe") -----------------------------
+# Each recipe's value for every field given as None; `_ARCH_DEFAULTS` (canonical)
+# and "arch" entries here depend on the architecture too. The seed recipe is read
+# from pinglab: notebooks/nb024.py MODEL_RECIPES (26d540b), models.py (0b5617a),
+# config.py build_net, cli/train.py.
+_RECIPE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "canonical": {
+        "n_e": 800, "n_i": 200, "w_in_scale": 1.0, "p_ei": 0.2, "p_ie": 0.2, "ie_strength": 1.0,
+        "w_out_std": 0.01, "w_out_mean": 0.0, "w_out_scale": 1.0, "tau_m_i_ms": 10.0,
+        "t_ref_e_ms": 2.0, "t_ref_i_ms": 1.0, "max_rate_hz": 100.0, "tau_out_ms": 20.0,
+        "batch_size": 64, "lr": 1e-3,
+        "integrator": "forward_euler", "synapse_order": "decay_then_add", "input_arrival": "next_step",
+        "threshold_inclusive": False, "refractory_mode": "hold", "v_floor_mv": None,
+        "conductance_unit": "leak", "init_scheme": "canonical", "dale_weights": (),
+        "readout": "leaky", "skip_nonfinite": False,
+    },
+    "seed": {
+        "n_e": 1024, "n_i": 256, "p_ei": 1.0, "p_ie": 1.0, "w_out_std": 3.8, "w_out_mean": 5.1,
+        "tau_m_i_ms": 5.0, "t_ref_e_ms": 3.0, "t_ref_i_ms": 1.5, "max_rate_hz": 25.0,
+        "tau_out_ms": 2.0, "batch_size": 256, "lr": 4e-4, "v_grad_dampen": 1000.0,
+        "integrator": "exponential_euler", "synapse_order": "add_then_decay",
+        "input_arrival": "same_step", "threshold_inclusive": True, "refractory_mode": "countdown",
+        "v_floor_mv": -200.0, "conductance_unit": "uS", "init_scheme": "seed",
+        "dale_weights": ("W_in", "W_out"), "readout": "lif_mem_mean", "skip_nonfinite": True,
+        "arch": {  # nb024 MODEL_RECIPES: --w-in, --ei-strength (W_ie = 2 x), --readout-w-out-scale
+            "ping": {"w_in_scale": 1.2, "ei_strength": 1.0, "ie_strength": 2.0, "w_out_scale": 500.0},
+            "coba": {"w_in_scale": 0.3, "ei_strength": 0.0, "ie_strength": 0.0, "w_out_scale": 100.0},
+        },
+    },
+}
+# The model-variant choices, canonical's first.
+VARIANT_CHOICES = {
+    "integrator": ("forward_euler", "exponential_euler"),
+    "synapse_order": ("decay_then_add", "add_then_decay"),
+    "input_arrival": ("next_step", "same_step"),
+    "refractory_mode": ("hold", "countdown"),
+    "conductance_unit": ("leak", "uS"),
+    "init_scheme": ("canonical", "seed"),
+    "readout": ("leaky", "lif_mem_mean"),
+}
+# What the fast backend does not run yet: it refuses them (never runs the canonical
+# model in their place). Keys are fields, values the choices it does run.
+FAST_SUPPORTED: dict[str, tuple[Any, ...]] = {
+    "integrator": ("forward_euler",), "synapse_order": ("decay_then_add",),
+    "input_arrival": ("next_step",), "threshold_inclusive": (False,), "refractory_mode": ("hold",),
+    "v_floor_mv": (None,), "conductance_unit": ("leak",), "dale_weights": ((),), "readout": ("leaky",),
+}
+
+
+def fastest_backend(fields: dict[str, Any]) -> str:
+    """"fast" where the fast backend runs the model that `fields` (a partial config:
+    recipe, arch, explicit options) describe, else "reference"; for callers that pick
+    a backend on the user's behalf (the study presets), never for an explicit choice."""
+    recipe, arch = fields.get("recipe", "canonical"), fields.get("arch", "ping")
+    if recipe not in _RECIPE_DEFAULTS or arch not in _ARCH_DEFAULTS:
+        return "fast"  # let Config's validation name the bad field
+    values = {**_recipe_values(recipe, arch), **{k: v for k, v in fields.items() if v is not None}}
+    supported = all(_as_choice(values.get(name)) in choices for name, choices in FAST_SUPPORTED.items())
+    return "fast" if supported else "reference"
+
+
+def _as_choice(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _recipe_values(recipe_name: str, arch: str) -> dict[str, Any]:
+    """The values a recipe gives its None fields for an architecture."""
+    recipe = _RECIPE_DEFAULTS[recipe_name]
+    values = {k: v for k, v in recipe.items() if k != "arch"}
+    values.update(recipe.get("arch", {}).get(arch, {}))
+    if recipe_name == "canonical":
+        values.update(_ARCH_DEFAULTS[arch])
+    return values
+
+
+def _resolve_recipe(config: "Config") -> None:
+    """Fill every None field from the recipe (and, for arch-dependent ones, the arch)."""
+    values = _recipe_values(config.recipe, config.arch)
+    for name, default in values.items():
+        if getattr(config, name) is None:
+            object.__setattr__(config, name, default)
+
+
 class ConfigError(ValueError):
     """A config field has an invalid value; `field` names it."""
 
@@ -48,28 +139,29 @@ class ConfigError(ValueError):
 class Config:
     """Everything that determines a run. Units: ms, mV, Hz, leak conductances."""
 
-    # Architecture and populations
+    # Architecture and populations. None: the recipe's value (see _RECIPE_DEFAULTS)
+    recipe: str = "canonical"
     arch: str = "ping"
     n_input: int = 784
-    n_e: int = 800
-    n_i: int = 200
+    n_e: int | None = None  # canonical 800, seed 1024
+    n_i: int | None = None  # canonical 200, seed 256
     n_out: int = 10
     # Wiring
     w_in_sparsity: float = 0.95
-    w_in_scale: float = 1.0
-    p_ei: float = 0.2
-    ei_strength: float | None = None  # resolved from arch: ping 0.05, coba 0
-    p_ie: float = 0.2
-    ie_strength: float = 1.0
-    w_out_std: float = 0.01
+    w_in_scale: float | None = None  # mean of a W_in entry (seed: before fan-in, µS)
+    p_ei: float | None = None  # canonical 0.2, seed 1 (dense)
+    ei_strength: float | None = None  # resolved from recipe and arch
+    p_ie: float | None = None
+    ie_strength: float | None = None
+    w_out_std: float | None = None
     # Cells (E | I)
     tau_m_e_ms: float = 20.0
-    tau_m_i_ms: float = 10.0
+    tau_m_i_ms: float | None = None  # canonical 10, seed 5
     e_l_mv: float = -65.0
     v_reset_mv: float = -65.0
     v_th_mv: float = -50.0
-    t_ref_e_ms: float = 2.0
-    t_ref_i_ms: float = 1.0
+    t_ref_e_ms: float | None = None  # canonical 2, seed 3
+    t_ref_i_ms: float | None = None  # canonical 1, seed 1.5
     e_ampa_mv: float = 0.0
     e_gaba_mv: float = -80.0
     tau_ampa_ms: float = 2.0
@@ -77,8 +169,8 @@ class Config:
     # Time and input
     dt_ms: float = 0.1
     t_ms: float = 200.0
-    max_rate_hz: float = 100.0
-    tau_out_ms: float = 20.0
+    max_rate_hz: float | None = None  # canonical 100, seed 25
+    tau_out_ms: float | None = None  # readout time constant: canonical 20, seed 2
     # Gradients
     beta: float = 1.0
     v_grad_dampen: float | None = None  # resolved from the loop: closed 1000, open 1
@@ -95,8 +187,27 @@ class Config:
     tier: str = "smoke"
     seed: int = 42
     epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
+    batch_size: int | None = None  # canonical 64, seed 256
+    lr: float | None = None  # canonical 1e-3, seed 4e-4
+    # --- Model variant: the axes on which the seed recipe differs (MODEL.md, last
+    # section). None: the recipe's value. Canonical values first, seed's second.
+    integrator: str | None = None  # "forward_euler" | "exponential_euler" (g held over the step)
+    synapse_order: str | None = None  # "decay_then_add" | "add_then_decay" (kick first, then decay)
+    input_arrival: str | None = None  # "next_step" (delay 1, with the recurrence) | "same_step"
+    threshold_inclusive: bool | None = None  # False: spike iff V > V_th; True: V >= V_th
+    refractory_mode: str | None = None  # "hold" (R steps held) | "countdown" (R-1 held, R >= 1)
+    v_floor_mv: float | None = None  # lower clamp on V after the update; canonical none (null)
+    conductance_unit: str | None = None  # "leak" (units of g_L) | "uS" (with c_m in nF)
+    c_m_e_nf: float = 1.0  # capacitances, used with conductance_unit "uS" (g_L = C / tau_m)
+    c_m_i_nf: float = 0.5
+    init_scheme: str | None = None  # "canonical" | "seed" (normal, fan-in normalised, rescaled)
+    init_std_frac: float = 0.1  # seed scheme: std of W_in, W_ei, W_ie as a fraction of the mean
+    w_out_mean: float | None = None  # W_out ~ w_out_scale * N(w_out_mean, w_out_std) [/ n_e]
+    w_out_scale: float | None = None  # seed: readout_w_out_scale, 500 PING / 100 COBA
+    dale_weights: tuple[str, ...] | None = None  # clamped >= 0 in the forward pass and after each step
+    readout: str | None = None  # "leaky" (integrator) | "lif_mem_mean" (output LIF, subtract reset)
+    readout_v_th: float = 1.0  # threshold of the output LIF (lif_mem_mean)
+    skip_nonfinite: bool | None = None  # a non-finite step is skipped (seed) instead of stopping the run
     # Execution
     backend: str = "fast"  # spike-identical to "reference" (the executable spec), 10-30x faster
     dtype: str = "float32"
@@ -109,14 +220,13 @@ class Config:
             if self.dtype not in names:
                 raise ConfigError("dtype", f"must be one of {sorted(DTYPES)}, got {self.dtype}")
             object.__setattr__(self, "dtype", names[self.dtype])
-        if isinstance(self.trainable, (list, str)):
-            value = (self.trainable,) if isinstance(self.trainable, str) else self.trainable
-            object.__setattr__(self, "trainable", tuple(value))
+        for name in ("trainable", "dale_weights"):
+            value = getattr(self, name)
+            if isinstance(value, (list, str)):
+                object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         _validate(self)
-        for name, default in _ARCH_DEFAULTS[self.arch].items():
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, default)
-        if self.v_grad_dampen is None:
+        _resolve_recipe(self)
+        if self.v_grad_dampen is None:  # canonical: from the loop, not the arch label
             object.__setattr__(self, "v_grad_dampen", CLOSED_LOOP_DAMPEN if self.loop_closed else OPEN_LOOP_DAMPEN)
         _validate_resolved(self)
 
@@ -139,12 +249,21 @@ class Config:
         return torch.device(self.device)
 
     def replace(self, **changes: Any) -> "Config":
-        return dataclasses.replace(self, **changes)
+        """A copy with `changes`. A new recipe or arch re-resolves the fields that
+        held the old one's value (a field set to something else keeps it), so
+        replace(recipe="seed") never yields a canonical model labelled seed."""
+        if changes.get("recipe", self.recipe) == self.recipe and changes.get("arch", self.arch) == self.arch:
+            return dataclasses.replace(self, **changes)
+        old = _recipe_values(self.recipe, self.arch)
+        kept = {k: v for k, v in self.to_dict().items()
+                if k not in old or (tuple(v) if isinstance(v, list) else v) != old[k]}
+        return Config.from_dict({**kept, **changes})
 
     # --- serialisation --------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["trainable"] = list(self.trainable)
+        data["dale_weights"] = list(self.dale_weights)
         return data
 
     def to_json(self) -> str:
@@ -174,24 +293,31 @@ _NON_NEGATIVE = (
     "grad_clip", "rate_reg_weight", "rate_target_hz", "mem_reg_weight", "seed",
 )
 _PROBABILITIES = ("w_in_sparsity", "p_ei", "p_ie")
-_CHOICES = {"arch": ARCHS, "tier": TIERS, "backend": BACKENDS, "dtype": tuple(DTYPES)}
+_CHOICES = {"arch": ARCHS, "tier": TIERS, "backend": BACKENDS, "dtype": tuple(DTYPES),
+            "recipe": RECIPES}
 _INTS = ("n_input", "n_e", "n_i", "n_out", "epochs", "batch_size", "seed")
 _BOOLS = ("detach_recurrent", "detach_reset")
+# Model-variant fields: may be None before resolution (the recipe's value).
+_OPTIONAL_CHOICES = VARIANT_CHOICES
+_OPTIONAL_BOOLS = ("threshold_inclusive", "skip_nonfinite")
+_POSITIVE_VARIANT = ("c_m_e_nf", "c_m_i_nf", "readout_v_th", "w_out_scale")
 
 
 def _check_types(config: Config) -> None:
     for f in fields(config):
         value = getattr(config, f.name)
+        if value is None and (f.name in _INTS or f.name in _OPTIONAL_BOOLS or f.name in _OPTIONAL_CHOICES):
+            continue  # resolved from the recipe
         if f.name in _INTS:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(f.name, f"must be an integer, got {value!r}")
-        elif f.name in _BOOLS:
+        elif f.name in _BOOLS or f.name in _OPTIONAL_BOOLS:
             if not isinstance(value, bool):
                 raise ConfigError(f.name, f"must be true or false, got {value!r}")
-        elif f.name in _CHOICES or f.name == "device":
+        elif f.name in _CHOICES or f.name in _OPTIONAL_CHOICES or f.name == "device":
             if not isinstance(value, str):
                 raise ConfigError(f.name, f"must be a string, got {value!r}")
-        elif f.name != "trainable" and value is not None:
+        elif f.name not in ("trainable", "dale_weights") and value is not None:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f.name, f"must be a number, got {value!r}")
             if not math.isfinite(value):
@@ -203,14 +329,17 @@ def _validate(config: Config) -> None:
     for name, choices in _CHOICES.items():
         if getattr(config, name) not in choices:
             raise ConfigError(name, f"must be one of {list(choices)}, got {getattr(config, name)!r}")
-    for name in _POSITIVE:
-        if getattr(config, name) <= 0:
+    for name, choices in _OPTIONAL_CHOICES.items():
+        if getattr(config, name) is not None and getattr(config, name) not in choices:
+            raise ConfigError(name, f"must be one of {list(choices)}, got {getattr(config, name)!r}")
+    for name in _POSITIVE + _POSITIVE_VARIANT:
+        if getattr(config, name) is not None and getattr(config, name) <= 0:
             raise ConfigError(name, f"must be > 0, got {getattr(config, name)}")
-    for name in _NON_NEGATIVE:
-        if getattr(config, name) < 0:
+    for name in _NON_NEGATIVE + ("init_std_frac",):
+        if getattr(config, name) is not None and getattr(config, name) < 0:
             raise ConfigError(name, f"must be >= 0, got {getattr(config, name)}")
     for name in _PROBABILITIES:
-        if not 0.0 <= getattr(config, name) <= 1.0:
+        if getattr(config, name) is not None and not 0.0 <= getattr(config, name) <= 1.0:
             raise ConfigError(name, f"must be in [0, 1], got {getattr(config, name)}")
     if config.ei_strength is not None and config.ei_strength < 0:
         raise ConfigError("ei_strength", f"must be >= 0, got {config.ei_strength}")
@@ -222,6 +351,9 @@ def _validate(config: Config) -> None:
         raise ConfigError("trainable", f"must be a non-empty subset of {list(WEIGHT_NAMES)}, got {list(config.trainable)}")
     if len(set(config.trainable)) != len(config.trainable):
         raise ConfigError("trainable", f"lists a weight twice: {list(config.trainable)}")
+    if config.dale_weights is not None:
+        if not isinstance(config.dale_weights, tuple) or any(n not in ("W_in", "W_out") for n in config.dale_weights):
+            raise ConfigError("dale_weights", f"must be a subset of ['W_in', 'W_out'], got {config.dale_weights!r}")
     _validate_extremes(config)
     if config.n_steps < 1:
         raise ConfigError("t_ms", f"must cover at least one step of dt_ms, got {config.t_ms}")
@@ -240,8 +372,8 @@ MIN_DT_MS = 1e-3
 def _validate_extremes(config: Config) -> None:
     if config.seed > MAX_SEED:
         raise ConfigError("seed", f"must be <= 2^63 - 1, got {config.seed}")
-    for name in ("n_input", "n_e", "n_i", "n_out", "epochs", "batch_size"):
-        if getattr(config, name) > MAX_COUNT:
+    for name in ("n_input", "n_e", "n_i", "n_out", "epochs", "batch_size"):  # None: the recipe's
+        if (getattr(config, name) or 0) > MAX_COUNT:
             raise ConfigError(name, f"must be <= 2^31 - 1, got {getattr(config, name)}")
     if config.dt_ms < MIN_DT_MS:
         raise ConfigError("dt_ms", f"must be >= {MIN_DT_MS} ms, got {config.dt_ms}")
@@ -252,3 +384,10 @@ def _validate_extremes(config: Config) -> None:
 def _validate_resolved(config: Config) -> None:
     if config.arch == "coba" and config.ei_strength != 0:
         raise ConfigError("ei_strength", f"must be 0 for arch 'coba' (the E->I loop is open), got {config.ei_strength}")
+    if config.v_floor_mv is not None and config.v_floor_mv >= config.v_reset_mv:
+        raise ConfigError("v_floor_mv", f"must be below v_reset_mv ({config.v_reset_mv}), got {config.v_floor_mv}")
+    if config.backend == "fast":
+        for name, supported in FAST_SUPPORTED.items():
+            if getattr(config, name) not in supported:
+                raise ConfigError(name, f"{getattr(config, name)!r} is not run by the fast backend yet "
+                                        f"(it runs {list(supported)}); use backend 'reference'")

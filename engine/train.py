@@ -77,6 +77,7 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = True,
             "grad_norm": stats["grad_norm"],
             "w_norm": {name: float(weights[name].detach().norm()) for name in config.trainable},
             "grad_ratio": stats["grad_ratio"],
+            **({"skipped_steps": stats["skipped_steps"]} if config.skip_nonfinite else {}),
             "epoch_s": time.perf_counter() - started,
         }
         _check_finite(record, epoch)
@@ -121,6 +122,7 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
     order = torch.randperm(len(train.labels), generator=batch_generator(config.seed, "order", epoch, 0))
     trial_s = config.n_steps * config.dt_ms / 1000.0
     ce_sum, rate_reg_sum, mem_reg_sum, correct, grad_norms = 0.0, 0.0, 0.0, 0, []
+    skipped, skipped_samples = 0, 0
     ratios = {name: [] for name in config.trainable}
     for b, index in enumerate(batches(len(order), config.batch_size, order)):
         if should_stop and should_stop():
@@ -138,6 +140,10 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
         if config.mem_reg_weight > 0:
             mem_reg = config.mem_reg_weight * out["u_excess"].mean()
             loss = loss + mem_reg
+        if not torch.isfinite(loss) and config.skip_nonfinite:
+            skipped, skipped_samples = skipped + 1, skipped_samples + len(index)
+            report_batch(b + 1)
+            continue
         if not torch.isfinite(loss):
             raise NonFiniteError(f"loss became {float(loss.detach())} in epoch {epoch}, batch {b + 1}")
         optimizer.zero_grad(set_to_none=True)
@@ -145,6 +151,10 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
         params = [weights[name] for name in config.trainable]
         grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
         if not math.isfinite(grad_norm):
+            if config.skip_nonfinite:  # the seed recipe: drop this step, keep training
+                skipped, skipped_samples = skipped + 1, skipped_samples + len(index)
+                report_batch(b + 1)
+                continue
             raise NonFiniteError(f"gradient norm became {grad_norm} in epoch {epoch}, batch {b + 1}")
         for name in config.trainable:
             w = weights[name]
@@ -158,6 +168,7 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
                 raise
             raise NonFiniteError(f"the optimiser step overflowed {config.dtype} in epoch {epoch}, batch {b + 1} "
                                  f"(lr {config.lr:g}): {exc}") from exc
+        project_dale(weights, config)
         _check_weights(weights, config, epoch, b + 1)
         ce_sum += float(cross_entropy.detach()) * len(index)
         rate_reg_sum += float(rate_reg.detach()) * len(index)
@@ -165,12 +176,15 @@ def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: in
         correct += int((out["logits"].argmax(-1) == labels).sum())
         grad_norms.append(grad_norm)
         report_batch(b + 1)
-    n = len(order)
+    if not grad_norms:
+        raise NonFiniteError(f"every step of epoch {epoch} was non-finite")
+    n = len(order) - skipped_samples  # train loss and accuracy over the steps taken
     return {
         "train_loss": ce_sum / n, "train_rate_reg": rate_reg_sum / n, "train_mem_reg": mem_reg_sum / n,
         "train_acc": 100.0 * correct / n,
         "grad_norm": sum(grad_norms) / len(grad_norms),
         "grad_ratio": {name: sum(v) / len(v) for name, v in ratios.items()},
+        "skipped_steps": skipped,
     }
 
 
@@ -193,6 +207,15 @@ def _check_finite(record: dict[str, Any], epoch: int, prefix: str = "") -> None:
             _check_finite(value, epoch, f"{prefix}{key}.")
         elif isinstance(value, float) and not math.isfinite(value):
             raise NonFiniteError(f"{prefix}{key} became {value} in epoch {epoch}")
+
+
+@torch.no_grad()
+def project_dale(weights, config: Config) -> None:
+    """Clamp the trainable `dale_weights` to >= 0 after a step (pinglab's project_dales):
+    the stored weights are then the ones the forward pass uses."""
+    for name in config.dale_weights:
+        if name in config.trainable:
+            weights[name].clamp_(min=0)
 
 
 def _checkpoint(config: Config, weights, optimizer, epoch: int) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from engine.config import ARCHS, BACKENDS, DTYPES, TIERS, Config
+from engine.config import ARCHS, BACKENDS, DTYPES, RECIPES, TIERS, VARIANT_CHOICES, Config
 from jobs.models import Run, RunKind, RunState, Sweep
 
 # NaN and Infinity are no JSON numbers (Python's parser takes them): refused as input
@@ -17,7 +17,7 @@ STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 # Choice fields get enums in the schema (the engine validates them again).
 _CHOICES: dict[str, tuple[str, ...]] = {"arch": ARCHS, "tier": TIERS, "backend": BACKENDS,
-                                       "dtype": tuple(DTYPES)}
+                                       "dtype": tuple(DTYPES), "recipe": RECIPES}
 
 
 def _config_model() -> type[BaseModel]:
@@ -25,8 +25,12 @@ def _config_model() -> type[BaseModel]:
     definitions: dict[str, Any] = {}
     for f in fields(Config):
         annotation = Literal[_CHOICES[f.name]] if f.name in _CHOICES else hints[f.name]
+        if f.name in VARIANT_CHOICES:  # None: the recipe's value
+            annotation = Literal[VARIANT_CHOICES[f.name]] | None
         if f.name == "trainable":
             annotation = list[str]  # JSON has arrays, not tuples
+        elif f.name == "dale_weights":
+            annotation = list[str] | None
         default = f.default if f.default is not MISSING else f.default_factory()
         if isinstance(default, tuple):
             default = list(default)

@@ -14,11 +14,14 @@ from typing import Any
 
 import panel as pn
 
-from engine.config import ARCHS, BACKENDS, DTYPES, TIERS, WEIGHT_NAMES, Config
+from engine.config import ARCHS, BACKENDS, DTYPES, RECIPES, TIERS, VARIANT_CHOICES, WEIGHT_NAMES, Config
 
-CHOICES: dict[str, tuple[str, ...]] = {"arch": ARCHS, "tier": TIERS, "backend": BACKENDS, "dtype": tuple(DTYPES)}
+CHOICES: dict[str, tuple[str, ...]] = {"arch": ARCHS, "tier": TIERS, "backend": BACKENDS, "dtype": tuple(DTYPES),
+                                       "recipe": RECIPES}
 # Shown first; every other field sits in the "All parameters" card.
-ESSENTIAL = ("arch", "tier", "epochs", "seed", "n_e", "n_i", "t_ms", "batch_size", "lr", "backend", "device")
+ESSENTIAL = ("recipe", "arch", "tier", "epochs", "seed", "n_e", "n_i", "t_ms", "batch_size", "lr", "backend",
+             "device")
+FROM_RECIPE = "(recipe)"  # a variant choice left to the recipe
 GRID_FIELD = "sweep_grid"
 
 
@@ -28,12 +31,17 @@ def _widget(field: dataclasses.Field, hint: Any) -> pn.widgets.Widget:
         return pn.widgets.Select(label=name, options=list(CHOICES[name]), value=default)
     if name == "trainable":
         return pn.widgets.MultiChoice(label=name, options=list(WEIGHT_NAMES), value=list(default))
+    if name == "dale_weights":  # None (the recipe's) is told apart from an empty choice by the recipe
+        return pn.widgets.MultiChoice(label=f"{name} (empty: the recipe's)", options=["W_in", "W_out"], value=[])
+    if name in VARIANT_CHOICES or hint == bool | None:
+        options = VARIANT_CHOICES.get(name, (True, False))
+        return pn.widgets.Select(label=name, options={FROM_RECIPE: None, **{str(o): o for o in options}}, value=None)
     if hint is bool:
         return pn.widgets.Checkbox(label=name, value=default)
-    if hint is int:
-        return pn.widgets.IntInput(label=name, value=default)
+    if hint in (int, int | None):
+        return pn.widgets.IntInput(label=name, value=default, placeholder="from recipe" if default is None else "")
     if hint in (float, float | None):
-        placeholder = "from arch" if default is None else ""
+        placeholder = "from recipe / arch" if default is None else ""
         return pn.widgets.FloatInput(label=name, value=default, placeholder=placeholder, format="0[.]0[000000]")
     return pn.widgets.TextInput(label=name, value=str(default))
 
@@ -78,9 +86,9 @@ class ConfigForm:
         chosen = {}
         for name, widget in self.widgets.items():
             value = widget.value
-            if name == "trainable":
+            if name in ("trainable", "dale_weights"):
                 value = list(value)
-                if tuple(value) == defaults[name].default:
+                if tuple(value) == defaults[name].default or (name == "dale_weights" and not value):
                     continue
             elif value == defaults[name].default:
                 continue

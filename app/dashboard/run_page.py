@@ -80,6 +80,7 @@ class RunPage(param.Parameterized):
         run, config = self.run, self.run.config
         facts = [("state", run.state.value), ("epochs", f"{run.n_epochs} / {config.get('epochs')}"),
                  ("progress", f"{100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress):.0f} %"),
+                 ("recipe", config.get("recipe", "canonical")),  # runs stored before recipes: canonical
                  ("arch", config.get("arch")), ("seed", config.get("seed")), ("tier", config.get("tier")),
                  ("E / I cells", f"{config.get('n_e')} / {config.get('n_i')}"),
                  ("trial", f"{config.get('t_ms')} ms at dt {config.get('dt_ms')} ms"),

@@ -36,7 +36,7 @@ from engine.data import Split
 from engine.encoding import test_input_events
 from engine.evaluate import batches
 from engine.inspect import load_run, test_subset
-from engine.reference import initial_state, network_params, network_step
+from engine.reference import forward_weights, initial_state, network_params, network_step
 from engine.seeding import batch_generator
 from engine.weights import Weights
 
@@ -55,20 +55,16 @@ def run_perturbed(weights: Weights, x: torch.Tensor, config: Config, perturb: Pe
     """The reference loop with `perturb(emitted E spikes) -> delivered E spikes` between
     E and its targets; returns emitted/delivered E spikes, I spikes and logits."""
     p = network_params(config)
-    w = {"W_in_pos": weights["W_in"].clamp(min=0), "W_in_neg": (-weights["W_in"]).clamp(min=0),
-         "W_ei": weights["W_ei"], "W_ie": weights["W_ie"], "W_out": weights["W_out"]}
+    w = forward_weights(weights, config)
     state = initial_state(x.shape[1], config, p)
     emitted, delivered, s_i_all = [], [], []
     u_sum = torch.zeros_like(state.u)
     for x_t in x.to(config.torch_dtype).unbind(0):
-        u_before = state.u
-        s_e, s_i, state = network_step(state, x_t, w, p)
-        sent = perturb(s_e) if perturb else s_e
         # targets see the delivered train: the readout now, I on the next step
-        state = state._replace(s_e_prev=sent, u=u_before * p.out_decay + sent @ w["W_out"])
-        u_sum = u_sum + state.u
+        s_e, s_i, state = network_step(state, x_t, w, p, deliver=perturb)
+        u_sum = u_sum + state.u_read
         emitted.append(s_e.bool())
-        delivered.append(sent.bool())
+        delivered.append(state.s_e_prev.bool())
         s_i_all.append(s_i.bool())
     return {"s_e": torch.stack(emitted), "delivered": torch.stack(delivered), "s_i": torch.stack(s_i_all),
             "logits": u_sum / x.shape[0]}

@@ -35,7 +35,7 @@ from typing import Callable
 
 import torch
 
-from engine.analyses.params import COMMON_DEFAULTS, common
+from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common
 from engine.config import Config
 from engine.data import Split
 from engine.encoding import test_input_events
@@ -55,6 +55,12 @@ def check(params: dict) -> dict:
 
 def driven_by_inhibition(weights: Weights, config: Config) -> tuple[Weights, Config]:
     """The network with I->E replaced by n_i extra (inhibitory) input channels."""
+    if "W_in" in config.dale_weights or config.input_arrival != "next_step" or \
+            config.synapse_order != "decay_then_add":
+        # sign-clamped W_in drops the -W_ie rows; same-step input or kick-then-decay
+        # synapses give input and I->E different timing: the replay would not hold
+        raise AnalysisError("recipe", f"{config.recipe!r}: the phase shuffle's input-pathway replay "
+                                      "needs signed W_in, next-step input and decay-then-add synapses")
     w_in = torch.cat([weights["W_in"], -weights["W_ie"]], dim=0)
     zeros_ei, zeros_ie = torch.zeros_like(weights["W_ei"]), torch.zeros_like(weights["W_ie"])
     return ({"W_in": w_in, "W_ei": zeros_ei, "W_ie": zeros_ie, "W_out": weights["W_out"]},

@@ -14,6 +14,11 @@ Overrides (one flat dict, e.g. from `--set KEY=VALUE`) are routed by key:
 - a parameter of the preset's analyses (e.g. `samples`, `factors`): set on every
   analysis that has it.
 A key that is none of these is an error naming it.
+
+Every preset that trains runs the study's own model, the `seed` recipe (MODEL.md,
+last section), by default; `recipe=canonical` runs the canonical model instead.
+A grid axis whose values are strengths in a recipe's units (nb036's E<->I grid)
+has one list per recipe (`recipe_grid`), picked after the overrides.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import itertools
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from engine.config import Config, ConfigError
+from engine.config import Config, ConfigError, fastest_backend
 
 MAX_RUNS = 64  # a typo in an override should not queue a thousand trainings
 
@@ -51,6 +56,11 @@ class StudyPreset:
     grid: dict[str, list[Any]] = field(default_factory=dict)  # training grid; empty: inference only
     analyses: tuple[StudyAnalysis, ...] = ()
     report: tuple[str, ...] = ()  # report sections (engine.studies.report)
+    recipe_grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)  # recipe -> axes
+
+    def grid_for(self, recipe: str) -> dict[str, list[Any]]:
+        """The training grid with the axes given in `recipe`'s own units."""
+        return {k: list(v) for k, v in {**self.grid, **self.recipe_grid.get(recipe, {})}.items()}
 
     @property
     def needs_source(self) -> bool:
@@ -92,8 +102,9 @@ class StudyPlan:
 
 
 SEEDS = [42, 43, 44]
-# The canonical recipe (MODEL.md "Training recipe"); tier and epochs are overridable.
-_RECIPE = {"tier": "medium", "epochs": 100}
+# The study's recipe (MODEL.md, last section) at the medium tier, 100 epochs; recipe,
+# tier and epochs are overridable (recipe=canonical: MODEL.md "Training recipe").
+_RECIPE = {"recipe": "seed", "tier": "medium", "epochs": 100}
 _PER_RUN_GAMMA = StudyAnalysis("rate_vs_gamma", {"tau_gaba_scales": [1.0]})
 
 PRESETS: dict[str, StudyPreset] = {p.name: p for p in (
@@ -144,7 +155,10 @@ PRESETS: dict[str, StudyPreset] = {p.name: p for p in (
         "Networks trained from scratch at 5 x 5 fixed (E->I, I->E) strengths; each cell classed as "
         "PING (rhythmic loop), stretched COBA (I active, no rhythm) or no loop (I silent or cut).",
         base=dict(_RECIPE, arch="ping", seed=42),
-        grid={"ei_strength": [0.0, 0.0125, 0.025, 0.05, 0.1], "ie_strength": [0.0, 0.25, 0.5, 1.0, 2.0]},
+        # 0, 1/4, 1/2, 1 and 2 times each recipe's own E->I and I->E strengths
+        grid={"ei_strength": [0.0, 0.25, 0.5, 1.0, 2.0], "ie_strength": [0.0, 0.5, 1.0, 2.0, 4.0]},
+        recipe_grid={"canonical": {"ei_strength": [0.0, 0.0125, 0.025, 0.05, 0.1],
+                                   "ie_strength": [0.0, 0.25, 0.5, 1.0, 2.0]}},
         analyses=(_PER_RUN_GAMMA,), report=("seed_table", "ei_grid")),
 )}
 
@@ -162,7 +176,8 @@ def expand(name: str, overrides: dict[str, Any] | None = None) -> StudyPlan:
     preset = PRESETS[name]
     overrides = dict(overrides or {})
     config_fields = {f.name for f in fields(Config)}
-    base, grid = dict(preset.base), {k: list(v) for k, v in preset.grid.items()}
+    recipe = overrides.get("recipe", preset.base.get("recipe", "canonical"))
+    base, grid = dict(preset.base), preset.grid_for(recipe if isinstance(recipe, str) else "")
     params = [dict(a.params) for a in preset.analyses]
     for key, value in overrides.items():
         takers = [p for p, a in zip(params, preset.analyses) if key in ANALYSES[a.name].defaults]
@@ -177,6 +192,8 @@ def expand(name: str, overrides: dict[str, Any] | None = None) -> StudyPlan:
                 p[key] = value
         else:
             raise StudyError(key, f"is not a grid axis, config field or analysis parameter of {name}")
+    if "backend" not in base:  # the seed recipe runs on the reference backend until the fast one has it
+        base["backend"] = fastest_backend(base)
     runs = _expand_runs(base, grid)
     analyses = []
     for analysis, p in zip(preset.analyses, params):

@@ -10,6 +10,8 @@ def test_untouched_form_asks_for_the_defaults_and_changed_fields_only():
     form.widgets["n_e"].value = 40
     form.widgets["arch"].value = "coba"
     assert form.values() == {"n_e": 40, "arch": "coba"}
+    form.widgets["recipe"].value = "seed"  # the study's own model; its fields stay the recipe's
+    assert form.values() == {"n_e": 40, "arch": "coba", "recipe": "seed"}
 
 
 def test_an_error_on_an_advanced_field_opens_the_card_and_marks_the_field():

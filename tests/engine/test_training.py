@@ -112,3 +112,31 @@ def test_train_loss_is_cross_entropy_and_each_regulariser_is_recorded_apart(tmp_
     off = []
     train(tiny_config(**small), tmp_path / "off", on_epoch=off.append)
     assert off[0]["train_rate_reg"] == off[0]["train_mem_reg"] == 0.0
+
+
+def test_seed_recipe_trains_with_dale_projection_and_skips_non_finite_steps(tmp_path, monkeypatch):
+    """The seed recipe's training loop: W_in / W_out stay >= 0 after every step (pinglab's
+    project_dales) and a non-finite step is dropped instead of ending the run."""
+    from engine.data import Dataset, Split, load_tier
+
+    full = load_tier("smoke")
+    small = Dataset(Split(full.train.images[:96], full.train.labels[:96]),
+                    Split(full.test.images[:16], full.test.labels[:16]), full.source)
+    config = tiny_config(recipe="seed", epochs=1, lr=1e-2, n_e=40, n_i=10, t_ms=20.0, batch_size=32)
+    train_module = importlib.import_module("engine.train")
+    real_simulate = train_module.simulate
+    calls = {"n": 0}
+
+    def one_poisoned_batch(weights, x, cfg, **options):
+        out = real_simulate(weights, x, cfg, **options)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            out["logits"] = out["logits"] * math.nan
+        return out
+
+    monkeypatch.setattr(train_module, "simulate", one_poisoned_batch)
+    records = []
+    train(config, tmp_path, on_epoch=records.append, dataset=small)
+    assert records[0]["skipped_steps"] == 1 and math.isfinite(records[0]["train_loss"])
+    final = RunDir(tmp_path).load_checkpoint()["weights"]
+    assert all(bool((final[name] >= 0).all()) for name in ("W_in", "W_out"))
