@@ -113,7 +113,7 @@ def test_sweeps_studies_force_and_filters_on_a_queue_only_server(queue_only_serv
         experiments = {e.name for e in client.force_experiments().data}
         assert "train" in experiments
 
-        study = client.submit_study("nb041", {"tier": "smoke", "epochs": 1, "tau_gaba_ms": [6.0, 9.0]})
+        study = client.submit_study("nb041", {"tier": "smoke", "epochs": 1, "tau_gaba_ms": [6.0, 9.0], "seed": [42]})
         assert isinstance(study, StudyPublic) and len(study.members) == 2
         assert client.get_study(study).id in [s.id for s in client.list_studies().data]
         assert client.cancel_study(study).state is RunState.CANCELLED

@@ -27,7 +27,7 @@ def test_bad_study_requests(queue_only_server):
         presets = http.get("/api/studies/presets").json()
         assert presets["count"] == 8 and {"nb024", "coupling", "nb036"} <= {p["name"] for p in presets["data"]}
         nb024 = next(p for p in presets["data"] if p["name"] == "nb024")
-        assert nb024["base"] == {"tier": "medium", "epochs": 100} and nb024["grid"]["seed"] == [42, 43, 44]
+        assert nb024["base"] == {"recipe": "canonical", "tier": "medium", "epochs": 100} and nb024["grid"]["seed"] == [42, 43, 44]
         assert http.post("/api/studies/presets/nope", json={}).status_code == 404
         bad = http.post("/api/studies/presets/nb024", json={"overrides": {"colour": 1}})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "overrides", "colour"]
@@ -56,12 +56,12 @@ def test_a_study_runs_to_its_report(server_factory):
     with httpx.Client(base_url=server.url, timeout=30) as http:
         # one PING run, then (queued by the server once it succeeds) its gamma analysis
         created = http.post("/api/studies/presets/nb041", json={"overrides": {
-            **TINY, "t_ms": 60.0, "tau_gaba_ms": [9.0], "samples": 8}})
+            **TINY, "t_ms": 60.0, "tau_gaba_ms": [9.0], "seed": [42], "samples": 8}})
         assert created.status_code == 201, created.text
         study = wait_study(http, created.json()["id"])
         assert study["state"] == "succeeded" and study["progress"] == 1.0
         assert [(m["role"], m["label"]) for m in study["members"]] == [
-            ("train", "tau_gaba_ms9.0"), ("analysis", "tau_gaba_ms9.0")]
+            ("train", "tau_gaba_ms9.0-seed42"), ("analysis", "tau_gaba_ms9.0-seed42")]
         report = http.get(f"/api/studies/{study['id']}/report").json()
         assert report["state"] == "succeeded" and len(report["seed_table"]) == 1
         assert report["rate_vs_gamma"]["rows"][0]["tau_gaba_ms"] == 9.0
@@ -69,7 +69,7 @@ def test_a_study_runs_to_its_report(server_factory):
         assert markdown.headers["content-type"].startswith("text/markdown")
         assert markdown.text.startswith("# nb041:") and "## Seed table" in markdown.text
         rows = list(csv.DictReader(io.StringIO(http.get(f"/api/studies/{study['id']}/report.csv").text)))
-        assert len(rows) == 1 and rows[0]["label"] == "tau_gaba_ms9.0" and "inference.gamma_peak_hz" in rows[0]
+        assert len(rows) == 1 and rows[0]["label"] == "tau_gaba_ms9.0-seed42" and "inference.gamma_peak_hz" in rows[0]
 
         # an inference preset on the trained run
         trained = study["members"][0]["run_id"]

@@ -32,17 +32,19 @@ def test_presets_expand_to_the_study():
     assert [r.label for r in nb024.runs] == ["ping-seed42", "ping-seed43", "ping-seed44",
                                              "coba-seed42", "coba-seed43", "coba-seed44"]
     assert all(r.config["tier"] == "medium" and r.config["epochs"] == 100 for r in nb024.runs)
-    # the study's own model by default (MODEL.md, last section), the canonical one an override away
-    assert {r.config["recipe"] for r in nb024.runs} == {"seed"}
-    assert {r.config["ei_strength"] for r in nb024.runs} == {1.0, 0.0}
-    canonical = expand("nb024", {"recipe": "canonical"})
-    assert {(r.config["recipe"], r.config["ei_strength"], r.config["n_e"]) for r in canonical.runs} == {
+    # the canonical model by default until the fast backend runs the seed recipe; the
+    # study's own model (MODEL.md, last section) an override away
+    assert {(r.config["recipe"], r.config["ei_strength"], r.config["n_e"]) for r in nb024.runs} == {
         ("canonical", 0.05, 800), ("canonical", 0.0, 800)}
-    assert all(r.config["recipe"] == "seed" for name in ("nb041", "nb044", "nb036") for r in expand(name).runs)
+    seed = expand("nb024", {"recipe": "seed"})
+    assert {(r.config["recipe"], r.config["ei_strength"], r.config["n_e"]) for r in seed.runs} == {
+        ("seed", 1.0, 1024), ("seed", 0.0, 1024)}
+    assert all(r.config["recipe"] == "seed" for name in ("nb041", "nb044", "nb036")
+               for r in expand(name, {"recipe": "seed"}).runs)
     # nb036's strengths are in each recipe's own units: 0 .. 2 x its defaults
-    assert expand("nb036").grid["ei_strength"] == [0.0, 0.25, 0.5, 1.0, 2.0]
-    assert expand("nb036", {"recipe": "canonical"}).grid["ei_strength"] == [0.0, 0.0125, 0.025, 0.05, 0.1]
-    assert expand("nb036", {"recipe": "canonical", "ei_strength": [0.3]}).grid["ei_strength"] == [0.3]
+    assert expand("nb036").grid["ei_strength"] == [0.0, 0.0125, 0.025, 0.05, 0.1]
+    assert expand("nb036", {"recipe": "seed"}).grid["ei_strength"] == [0.0, 0.25, 0.5, 1.0, 2.0]
+    assert expand("nb036", {"recipe": "seed", "ei_strength": [0.3]}).grid["ei_strength"] == [0.3]
     assert len(expand("nb036").runs) == 25 and len(expand("nb044").runs) == 8 and len(expand("nb041").runs) == 15
     assert sorted({r.config["seed"] for r in expand("nb041").runs}) == [42, 43, 44]  # the fit needs seeds
     assert sorted({r.config["dt_ms"] for r in expand("nb044").runs}) == [0.05, 0.1, 0.25, 0.5]
@@ -244,8 +246,8 @@ def test_presets_run_their_recipe_on_a_backend_that_has_it():
     """The default backend is fast, which does not run the seed recipe yet: a preset
     left to pick runs the seed recipe on the reference backend and the canonical one on
     fast, and an explicit fast with the seed recipe is refused, naming the option."""
-    assert {r.config["backend"] for r in expand("nb024").runs} == {"reference"}
-    assert {r.config["backend"] for r in expand("nb024", {"recipe": "canonical"}).runs} == {"fast"}
+    assert {r.config["backend"] for r in expand("nb024", {"recipe": "seed"}).runs} == {"reference"}
+    assert {r.config["backend"] for r in expand("nb024").runs} == {"fast"}
     with pytest.raises(StudyError) as refused:
-        expand("nb024", {"backend": "fast"})
+        expand("nb024", {"recipe": "seed", "backend": "fast"})
     assert refused.value.field == "integrator"
