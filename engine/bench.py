@@ -255,8 +255,8 @@ def _summarise(case: dict, runs: list[dict], target_batch: int) -> dict:
 
 
 def _line(name: str, case: dict, s: dict) -> str:
-    return (f"  {name:<22} batch {case['batch']:>3} x {case['steps']} steps: best {s['best']:8.2f} s, "
-            f"median {s['median']:8.2f} s (cpu {s['cpu']:8.2f} s), "
+    return (f"  {name:<22} batch {case['batch']:>3} x {case['steps']} steps: best {s['best']:8.4g} s, "
+            f"median {s['median']:8.4g} s (cpu {s['cpu']:8.4g} s), "
             f"{s['rate']:9.0f} sample-steps/s, peak +{s['peak'] / 2**20:8.0f} MB")
 
 

@@ -136,7 +136,8 @@ def list_artifacts(run_id: RunId, jobs: JobServiceDep) -> ArtifactsPublic:
 
 
 _ARTIFACT_CONTENT = {media: {"schema": {"type": "string", "format": "binary"}}
-                     for media in (*ARTIFACT_TYPES.values(), ARTIFACT_DEFAULT_TYPE)}
+                     # binary first: generated clients read a response as its first type
+                     for media in (ARTIFACT_DEFAULT_TYPE, *ARTIFACT_TYPES.values())}
 
 
 @router.get("/{run_id}/artifacts/{name:path}", response_class=FileResponse,

@@ -154,4 +154,6 @@ def test_unknown_runs_and_runs_without_weights_are_refused(trained):
     http.post(f"/api/runs/{queued['id']}/cancel")
     refused = post(http, queued["id"])
     assert refused.status_code == 409 and "no weights" in refused.json()["detail"]
-    assert http.post("/api/runs/nope/whatif", content=b"{not json").status_code == 422
+    assert http.post("/api/runs/nope/whatif", content=b"{not json",
+                     headers={"content-type": "application/json"}).status_code == 422
+    assert http.post("/api/runs/nope/whatif", content=b"{}").status_code == 415  # a JSON body says so

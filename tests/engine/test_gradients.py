@@ -97,7 +97,7 @@ class ElementCounter(TorchDispatchMode):
 
 
 def backward_elements(steps: int) -> int:
-    config = Config(n_e=50, n_i=12, t_ms=steps * 0.1, trainable=("W_in", "W_ei", "W_ie", "W_out"))
+    config = Config(n_e=50, n_i=12, t_ms=steps * 0.1, trainable=("W_in", "W_ei", "W_ie", "W_out"), backend="reference")
     weights = init_weights(config)
     for w in weights.values():
         w.requires_grad_(True)

@@ -22,7 +22,7 @@ def _finish(service, run_id, state):
 
 
 def _nb041(service):
-    study = service.submit_study("nb041", {"tau_gaba_ms": [6.0, 9.0], "epochs": 1})
+    study = service.submit_study("nb041", {"tau_gaba_ms": [6.0, 9.0], "seed": [42], "epochs": 1})
     return study, [m.run_id for m in study.members if m.role == "train"]
 
 
