@@ -249,12 +249,16 @@ class Config:
         return torch.device(self.device)
 
     def replace(self, **changes: Any) -> "Config":
-        """A copy with `changes`. A new recipe or arch re-resolves the fields that
-        held the old one's value (a field set to something else keeps it), so
-        replace(recipe="seed") never yields a canonical model labelled seed."""
-        if changes.get("recipe", self.recipe) == self.recipe and changes.get("arch", self.arch) == self.arch:
+        """A copy with `changes`. A new recipe, arch or coupling re-resolves the
+        fields that held the old one's value (a field set to something else keeps
+        it), so replace(recipe="seed") never yields a canonical model labelled seed,
+        and replace(ei_strength=0) opens the loop's dampening too."""
+        resolving = ("recipe", "arch", "ei_strength", "ie_strength")  # what the resolved fields follow
+        if all(changes.get(k, getattr(self, k)) == getattr(self, k) for k in resolving):
             return dataclasses.replace(self, **changes)
         old = _recipe_values(self.recipe, self.arch)
+        # canonical dampening follows the loop: a new coupling or arch re-resolves it too
+        old.setdefault("v_grad_dampen", CLOSED_LOOP_DAMPEN if self.loop_closed else OPEN_LOOP_DAMPEN)
         kept = {k: v for k, v in self.to_dict().items()
                 if k not in old or (tuple(v) if isinstance(v, list) else v) != old[k]}
         return Config.from_dict({**kept, **changes})

@@ -175,8 +175,10 @@ def test_a_small_coupling_sweep_fills_in_and_a_cell_opens(server, finished_run, 
                            timeout=30_000, polling=500)
     (heatmap_figure,) = page.evaluate(RANGES_JS, "Coupling sweep")
     assert heatmap_figure["toolbar"] == "above"  # not over the colour bar's ticks
-    inks = page.evaluate("""() => Bokeh.documents.flatMap(d => [...d.all_models])
-        .filter(m => m.data && m.data.text && m.data.text_color).map(m => m.data.text_color)[0]""")
+    # the labels' source may reach the page after the status line: wait for it
+    inks = page.wait_for_function("""() => Bokeh.documents.flatMap(d => [...d.all_models])
+        .filter(m => m.data && m.data.text && m.data.text_color).map(m => m.data.text_color)[0]""",
+                                  timeout=30_000, polling=500).json_value()
     assert "black" in inks  # dark text on the bright cells (and on unfinished ones)
     heatmap = page.locator(".bk-Figure").first
     box = heatmap.bounding_box()

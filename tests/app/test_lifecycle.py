@@ -74,7 +74,8 @@ def _kill_mid_run_and_restart(server_factory, tmp_path, kill_worker_too: bool):
     killed_at = time.monotonic()
     restarted = server_factory(data_dir, log_name="server2.log")
     with restarted.client() as api:
-        _wait_for(lambda: api.get(run["id"])["attempt"] == 2 and api.get(run["id"])["state"] == "running", 30)
+        # 60 s: a loaded 2-core machine took up to ~20 s to start the server alone
+        _wait_for(lambda: api.get(run["id"])["attempt"] == 2 and api.get(run["id"])["state"] == "running", 60)
         recovery = time.monotonic() - killed_at
         done = api.wait(run["id"], timeout_s=120, poll_s=0.2)
         metrics = api.metrics(run["id"])

@@ -66,3 +66,14 @@ def test_unknown_json_field_is_rejected_by_name():
     with pytest.raises(ConfigError) as err:
         Config.from_dict({"arch": "ping", "n_exc": 10})
     assert err.value.field == "n_exc"
+
+
+def test_replace_re_resolves_the_dampening_with_the_loop():
+    """The stored dampening follows the loop; a copy that opens or closes the loop
+    must not keep the old loop's value (unless it was set explicitly)."""
+    ping = Config()
+    assert ping.v_grad_dampen == 1000.0
+    assert ping.replace(ei_strength=0.0).v_grad_dampen == 1.0
+    assert ping.replace(arch="coba") == Config(arch="coba")
+    assert Config(arch="coba").replace(arch="ping") == Config()
+    assert Config(v_grad_dampen=50.0).replace(ei_strength=0.0).v_grad_dampen == 50.0

@@ -22,7 +22,7 @@ F64 = torch.float64
 # --- config ----------------------------------------------------------------------
 
 def test_seed_recipe_sets_every_row_of_the_table():
-    c = Config(recipe="seed")
+    c = Config(recipe="seed", backend="reference")
     assert (c.conductance_unit, c.c_m_e_nf, c.c_m_i_nf, c.tau_m_e_ms, c.tau_m_i_ms) == ("uS", 1.0, 0.5, 20.0, 5.0)
     assert (c.t_ref_e_ms, c.t_ref_i_ms, c.refractory_mode) == (3.0, 1.5, "countdown")
     assert (c.threshold_inclusive, c.v_floor_mv) == (True, -200.0)
@@ -34,7 +34,7 @@ def test_seed_recipe_sets_every_row_of_the_table():
     assert c.dale_weights == ("W_in", "W_out")
     assert (c.readout, c.tau_out_ms, c.readout_v_th, c.beta) == ("lif_mem_mean", 2.0, 1.0, 1.0)
     assert (c.v_grad_dampen, c.lr, c.batch_size, c.grad_clip, c.skip_nonfinite) == (1000.0, 4e-4, 256, 1.0, True)
-    coba = Config(recipe="seed", arch="coba")
+    coba = Config(recipe="seed", backend="reference", arch="coba")
     assert (coba.w_in_scale, coba.ei_strength, coba.ie_strength, coba.w_out_scale, coba.v_grad_dampen) == (
         0.3, 0.0, 0.0, 100.0, 1000.0)
 
@@ -46,22 +46,22 @@ def test_canonical_recipe_is_unchanged_and_fields_override_the_recipe():
     assert (c.integrator, c.synapse_order, c.input_arrival, c.threshold_inclusive, c.refractory_mode,
             c.v_floor_mv, c.conductance_unit, c.init_scheme, c.dale_weights, c.readout) == (
         "forward_euler", "decay_then_add", "next_step", False, "hold", None, "leak", "canonical", (), "leaky")
-    assert Config(arch="coba").v_grad_dampen == 1.0 and Config(recipe="seed", arch="coba").v_grad_dampen == 1000.0
-    mixed = Config(recipe="seed", integrator="forward_euler", n_e=64, dale_weights=[])
+    assert Config(arch="coba").v_grad_dampen == 1.0 and Config(recipe="seed", backend="reference", arch="coba").v_grad_dampen == 1000.0
+    mixed = Config(recipe="seed", backend="reference", integrator="forward_euler", n_e=64, dale_weights=[])
     assert (mixed.integrator, mixed.n_e, mixed.dale_weights, mixed.synapse_order) == (
         "forward_euler", 64, (), "add_then_decay")
 
 
 def test_replace_with_another_recipe_or_arch_re_resolves_the_recipe_fields():
-    seed = Config(n_e=64).replace(recipe="seed")
+    seed = Config(n_e=64).replace(recipe="seed", backend="reference")
     assert (seed.integrator, seed.n_i, seed.lr, seed.n_e) == ("exponential_euler", 256, 4e-4, 64)  # n_e was set
-    assert seed.replace(recipe="canonical") == Config(n_e=64)
+    assert seed.replace(recipe="canonical") == Config(n_e=64, backend="reference")
     assert Config().replace(arch="coba") == Config(arch="coba")
-    assert Config(recipe="seed").replace(arch="coba") == Config(recipe="seed", arch="coba")
+    assert Config(recipe="seed", backend="reference").replace(arch="coba") == Config(recipe="seed", backend="reference", arch="coba")
 
 
 def test_stored_config_is_explicit_and_round_trips():
-    c = Config(recipe="seed", arch="coba")
+    c = Config(recipe="seed", backend="reference", arch="coba")
     data = c.to_dict()
     assert all(value is not None for key, value in data.items() if key != "v_floor_mv")
     assert Config.from_json(c.to_json()) == c
@@ -81,7 +81,7 @@ def test_bad_variant_fields_are_named(fields, field):
 
 
 def test_fast_backend_refuses_what_it_does_not_run():
-    seed = Config(recipe="seed")
+    seed = Config(recipe="seed", backend="reference")
     for name, supported in FAST_SUPPORTED.items():
         with pytest.raises(ConfigError) as err:
             Config(backend="fast", **{name: getattr(seed, name)})
@@ -189,7 +189,7 @@ def test_threshold_inclusivity_and_voltage_floor():
 # --- readout -----------------------------------------------------------------------
 
 def test_lif_readout_by_hand():
-    p = network_params(Config(recipe="seed", dtype="float64"))
+    p = network_params(Config(recipe="seed", backend="reference", dtype="float64"))
     beta = math.exp(-0.1 / 2.0)
     kick = (1.0 - beta) / 0.1  # per-spike jump per unit weight, about 0.4877
     w = torch.tensor([[3.0]], dtype=F64, requires_grad=True)
@@ -211,7 +211,7 @@ def test_lif_readout_by_hand():
 # --- init and Dale -----------------------------------------------------------------
 
 def test_seed_init_fan_in_normalisation_and_sparsity_rescaling():
-    c = Config(recipe="seed", n_e=256, n_i=64, dtype="float64")
+    c = Config(recipe="seed", backend="reference", n_e=256, n_i=64, dtype="float64")
     w = init_weights(c)
     w_in = w["W_in"]
     assert 0.04 < float((w_in > 0).double().mean()) < 0.06
@@ -225,7 +225,7 @@ def test_seed_init_fan_in_normalisation_and_sparsity_rescaling():
 
 
 def test_dale_clamps_forward_and_projects_after_a_step():
-    c = Config(recipe="seed", n_input=64, n_e=32, n_i=8, t_ms=20.0, dtype="float64")
+    c = Config(recipe="seed", backend="reference", n_input=64, n_e=32, n_i=8, t_ms=20.0, dtype="float64")
     w = init_weights(c)
     x = (torch.rand(200, 2, 64, generator=torch.Generator().manual_seed(1), dtype=F64) < 0.05).to(F64)
     signed = {k: v.clone() for k, v in w.items()}
@@ -244,7 +244,7 @@ def test_dale_clamps_forward_and_projects_after_a_step():
 
 def fixture_case():
     f = np.load(FIXTURE)
-    config = Config(recipe="seed", n_input=64, n_e=64, n_i=16, seed=7, t_ms=100.0, dtype="float64")
+    config = Config(recipe="seed", backend="reference", n_input=64, n_e=64, n_i=16, seed=7, t_ms=100.0, dtype="float64")
     x = torch.zeros(config.n_steps, 2, 64, dtype=F64)
     x[f["input_step"], f["input_sample"], f["input_channel"]] = 1.0
     return f, config, x
@@ -274,7 +274,7 @@ def test_reference_reproduces_pinglab_spike_for_spike():
 
 
 def test_seed_recipe_gradients_are_finite_and_reach_both_trainable_weights():
-    c = Config(recipe="seed", n_input=64, n_e=40, n_i=10, t_ms=30.0)
+    c = Config(recipe="seed", backend="reference", n_input=64, n_e=40, n_i=10, t_ms=30.0)
     w = init_weights(c)
     for name in c.trainable:
         w[name].requires_grad_(True)

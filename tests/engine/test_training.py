@@ -124,7 +124,7 @@ def test_seed_recipe_trains_with_dale_projection_and_skips_non_finite_steps(tmp_
     full = load_tier("smoke")
     small = Dataset(Split(full.train.images[:96], full.train.labels[:96]),
                     Split(full.test.images[:16], full.test.labels[:16]), full.source)
-    config = tiny_config(recipe="seed", epochs=1, lr=1e-2, n_e=40, n_i=10, t_ms=20.0, batch_size=32)
+    config = tiny_config(recipe="seed", backend="reference", epochs=1, lr=1e-2, n_e=40, n_i=10, t_ms=20.0, batch_size=32)
     train_module = importlib.import_module("engine.train")
     real_simulate = train_module.simulate
     calls = {"n": 0}
