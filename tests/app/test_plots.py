@@ -77,3 +77,16 @@ def test_the_spike_budget_draws_one_bar_group_per_grid_point_not_per_arch():
     factors = figure.x_range.factors
     assert {f[1] for f in factors} == {"EI_STRENGTH0.0-IE_STRENGTH1.0", "EI_STRENGTH0.05-IE_STRENGTH1.0"}
     assert len(factors) == 2 * len(plots.BUDGET_MEASURES)
+
+
+def test_the_heatmap_draws_each_label_in_its_own_ink():
+    """The rendered Bokeh figure maps the label glyph's colour to the per-cell ink
+    column (not one colour for all), so dark text sits on the bright cells."""
+    from bokeh.models import GlyphRenderer, Text
+
+    figure = hv.render(plots.coupling_heatmap(CELLS[:2], [0.0, 1.0, 2.0], "rate_total_hz"))
+    (labels,) = [r for r in figure.renderers if isinstance(r, GlyphRenderer) and isinstance(r.glyph, Text)]
+    column = labels.glyph.text_color.field
+    inks = list(labels.data_source.data[column])
+    assert inks == plots.label_ink(plots.coupling_grid(CELLS[:2], [0.0, 1.0, 2.0])["rate_total_hz"])
+    assert {"black", "white"} <= set(inks)
