@@ -26,6 +26,18 @@ def _parse_value(text: str) -> Any:
         return text  # a bare string such as ping
 
 
+def set_fields(items: list[str] | None) -> dict[str, Any]:
+    """The --set KEY=VALUE items as fields, each VALUE read as JSON where it parses
+    (seed=[42, 43], backend=fast)."""
+    fields: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(key, "needs KEY=VALUE after --set")
+        fields[key] = _parse_value(value)
+    return fields
+
+
 def build_config(args: argparse.Namespace) -> Config:
     """Config from --config FILE, then the named flags, then --set KEY=VALUE."""
     fields: dict[str, Any] = {}
@@ -35,11 +47,7 @@ def build_config(args: argparse.Namespace) -> Config:
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(key, "needs KEY=VALUE after --set")
-        fields[key] = _parse_value(value)
+    fields.update(set_fields(args.set))
     return Config.from_dict(fields)
 
 
@@ -102,11 +110,7 @@ def study_overrides(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("tier", "epochs"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(key, "needs KEY=VALUE after --set")
-        overrides[key] = _parse_value(value)
+    overrides.update(set_fields(args.set))
     return overrides
 
 
@@ -291,9 +295,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.data import DataError
-    from engine.train import NonFiniteError, TrainingCancelled
-
     argv = sys.argv[1:] if argv is None else argv
     if argv[:2] == ["bench", "force"]:  # seconds per FORCE grid point (engine/force/bench.py)
         from engine.force.bench import main as force_bench_main
@@ -309,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if (status := remote_command(parser, args)) is not None:  # through a server's REST API
         return status
+    # torch comes in here, with the local commands: through a server the CLI never needs it
+    from engine.data import DataError
+    from engine.train import NonFiniteError, TrainingCancelled
+
     commands = {"train": cmd_train, "simulate": cmd_simulate, "serve": cmd_serve, "force": cmd_force, "study": cmd_study}
     try:
         return commands[args.command](args)

@@ -91,8 +91,7 @@ def _with_client(args: argparse.Namespace, command: Callable[["Client", argparse
 def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The fields the user gave (--config FILE, the named flags, --set KEY=VALUE); the
     server fills in the rest and validates them all."""
-    from app.cli import _parse_value
-    from engine.config import ConfigError
+    from app.cli import set_fields
 
     fields: dict[str, Any] = {}
     if args.config:
@@ -100,11 +99,7 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     for name in ("arch", "tier", "seed", "epochs", "device", "backend"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
-    for item in args.set or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(key, "needs KEY=VALUE after --set")
-        fields[key] = _parse_value(value)
+    fields.update(set_fields(args.set))
     return fields
 
 

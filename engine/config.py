@@ -19,17 +19,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a tensor is made, not here: the CLI and
+    import torch  # the HTTP client read configs without paying torch's import
 
 ARCHS = ("ping", "coba")
 TIERS = ("smoke", "small", "medium", "large")
 BACKENDS = ("reference", "fast")
 RECIPES = ("canonical", "seed")
 WEIGHT_NAMES = ("W_in", "W_ei", "W_ie", "W_out")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = ("float32", "float64")  # torch dtype names
 
 # Architecture-dependent defaults (MODEL.md "Populations and wiring").
 _ARCH_DEFAULTS = {
@@ -215,11 +217,12 @@ class Config:
 
     def __post_init__(self) -> None:
         # Accept torch dtypes and lists for convenience; store plain JSON values.
-        if isinstance(self.dtype, torch.dtype):
-            names = {v: k for k, v in DTYPES.items()}
-            if self.dtype not in names:
-                raise ConfigError("dtype", f"must be one of {sorted(DTYPES)}, got {self.dtype}")
-            object.__setattr__(self, "dtype", names[self.dtype])
+        torch = sys.modules.get("torch")  # a torch dtype can only come from a caller that imported torch
+        if torch is not None and isinstance(self.dtype, torch.dtype):
+            name = str(self.dtype).removeprefix("torch.")
+            if name not in DTYPES:
+                raise ConfigError("dtype", f"must be one of {list(DTYPES)}, got {self.dtype}")
+            object.__setattr__(self, "dtype", name)
         for name in ("trainable", "dale_weights"):
             value = getattr(self, name)
             if isinstance(value, (list, str)):
@@ -241,11 +244,15 @@ class Config:
         return int(round(self.t_ms / self.dt_ms))
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def torch_dtype(self) -> "torch.dtype":
+        import torch
+
+        return getattr(torch, self.dtype)
 
     @property
-    def torch_device(self) -> torch.device:
+    def torch_device(self) -> "torch.device":
+        import torch
+
         return torch.device(self.device)
 
     def replace(self, **changes: Any) -> "Config":

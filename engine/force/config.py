@@ -15,9 +15,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any
 
-import torch
-
-from engine.config import ConfigError
+from engine.config import DTYPES, ConfigError
 
 TASKS = ("sine", "sum_of_sines", "product_of_sines", "sawtooth", "vdp_harmonic", "vdp_relaxation",
          "lorenz", "fourier", "ode_to_joy", "pitchfork")
@@ -26,7 +24,6 @@ NETWORKS = ("lif", "rate")
 # The time loop: "reference" is simulate.py's torch loop (any device, the executable spec),
 # "compiled" engine/force/compiled.py's numba loop (CPU); "auto" picks compiled on CPU.
 BACKENDS = ("auto", "reference", "compiled")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # Task-dependent defaults, resolved at construction so a stored config is explicit.
 _TASK_FREQ_HZ = {"sine": 5.0, "sawtooth": 2.0, "fourier": 1.0, "vdp_harmonic": 2.0, "vdp_relaxation": 2.0}
@@ -88,8 +85,13 @@ class ForceConfig:
     test_steps = property(lambda self: _steps(self.test_s, self.dt_s))
     n_steps = property(lambda self: self.warmup_steps + self.learn_steps + self.test_steps)
     trace_every = property(lambda self: max(1, _steps(self.trace_every_ms * 1e-3, self.dt_s)))
-    torch_dtype = property(lambda self: DTYPES[self.dtype])
     compiled = property(lambda self: self.backend == "compiled" or (self.backend == "auto" and self.device == "cpu"))
+
+    @property
+    def torch_dtype(self):
+        import torch  # here, not at import: see engine.config
+
+        return getattr(torch, self.dtype)
 
     def replace(self, **changes: Any) -> "ForceConfig":
         return dataclasses.replace(self, **changes)

@@ -77,3 +77,23 @@ def test_replace_re_resolves_the_dampening_with_the_loop():
     assert ping.replace(arch="coba") == Config(arch="coba")
     assert Config(arch="coba").replace(arch="ping") == Config()
     assert Config(v_grad_dampen=50.0).replace(ei_strength=0.0).v_grad_dampen == 50.0
+
+
+def test_reading_a_config_does_not_import_torch():
+    # the CLI's remote commands and the HTTP client build configs; torch costs them seconds
+    import subprocess
+    import sys
+
+    code = ("import sys, engine, engine.config as c; cfg = c.Config(arch='coba', epochs=3); "
+            "cfg = c.Config.from_json(cfg.to_json()); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_torch_dtypes_are_accepted_and_stored_by_name():
+    import torch
+
+    assert Config(dtype=torch.float64).dtype == "float64"
+    assert Config(dtype="float64").torch_dtype is torch.float64
+    with pytest.raises(ConfigError, match="dtype"):
+        Config(dtype=torch.int32)
