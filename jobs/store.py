@@ -297,7 +297,7 @@ class RunStore:
         rows = self._read("SELECT * FROM studies WHERE id = ?", (study_id,))
         if not rows:
             raise StudyNotFound(study_id)
-        members = self._read("SELECT s.run_id, s.label, s.role, s.analysis, runs.state FROM study_runs s "
+        members = self._read("SELECT s.run_id, s.label, s.role, s.analysis, runs.state, runs.progress FROM study_runs s "
                              "LEFT JOIN runs ON runs.id = s.run_id WHERE s.study_id = ? "
                              "ORDER BY s.rowid", (study_id,))
         return Study.from_rows(rows[0], members)

@@ -25,6 +25,12 @@ class StudyMember:
     role: str  # "train" or "analysis"
     analysis: str  # analysis name ("" for a training run)
     state: RunState | None  # None: the run was deleted
+    progress: float = 0.0  # the run's own, 0..1 (its epochs so far)
+
+    @property
+    def done(self) -> float:
+        """How much of this member is done: 1 when finished or deleted, else its progress."""
+        return 1.0 if self.state is None or self.state.finished else min(max(self.progress, 0.0), 1.0)
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,8 @@ class Study:
         return cls(id=row["id"], name=row["name"], plan=json.loads(row["plan"]),
                    source_run_id=row["source_run_id"], sweep_id=row["sweep_id"], created_at=row["created_at"],
                    members=tuple(StudyMember(m["run_id"], m["label"], m["role"], m["analysis"],
-                                             RunState(m["state"]) if m["state"] else None) for m in members))
+                                             RunState(m["state"]) if m["state"] else None, m["progress"] or 0.0)
+                                 for m in members))
 
     @property
     def run_ids(self) -> tuple[str, ...]:
@@ -75,5 +82,6 @@ class Study:
     def progress(self) -> float:
         if self.state.finished:
             return 1.0  # also when failed runs leave planned analyses unqueued
-        done = sum(1 for m in self.members if m.state is None or m.state.finished)
-        return min(done / self._members_due(), 1.0)
+        # running members count with their own progress: a study of 100-epoch runs
+        # moves for hours before its first run finishes
+        return min(sum(m.done for m in self.members) / self._members_due(), 1.0)

@@ -46,3 +46,15 @@ def test_a_failed_run_still_lets_progress_reach_one(service):
     _finish(service, analysis, RunState.SUCCEEDED)
     study = service.get_study(study.id)
     assert study.state is RunState.FAILED and study.progress == 1.0
+
+
+def test_progress_moves_while_the_first_runs_train(service):
+    # a study of 100-epoch runs showed 0 % for hours: running members count with their own progress
+    study, (first, second) = _nb041(service)
+    due = service.get_study(study.id)._members_due()  # 2 training runs + their 2 analyses
+    service.store.transition(first, RunState.RUNNING)
+    attempt = service.store.get_run(first).attempt
+    assert service.store.heartbeat(first, attempt, progress=0.5)
+    assert service.get_study(study.id).progress == pytest.approx(0.5 / due)
+    service.store.transition(first, RunState.SUCCEEDED)
+    assert service.get_study(study.id).progress == pytest.approx(1.0 / due)
