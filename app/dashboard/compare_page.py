@@ -69,12 +69,20 @@ class ComparePage(param.Parameterized):
 
     def _budget_frame(self) -> pd.DataFrame:
         """MODEL.md "Spike budget" per run (the study report's, over one run)."""
-        rows = [{"run": f"{run.config.get('arch', '?').upper()} s{run.config.get('seed')} {run.id[:4]}",
-                 "measure": label, "rate (Hz)": budget[key]}
+        rows = [{"run": self._bar_name(run), "measure": label, "rate (Hz)": budget[key]}
                 for run in self.runs if self.records[run.id]
                 for budget in spike_budget([self._entry(run)])
                 for key, label in plots.BUDGET_MEASURES.items()]
         return pd.DataFrame(rows, columns=["run", "measure", "rate (Hz)"])
+
+    @staticmethod
+    def _bar_name(run: Run) -> str:
+        return f"{run.config.get('arch', '?').upper()} s{run.config.get('seed')} {run.id[:4]}"
+
+    def _run_colors(self) -> dict[str, str]:
+        """Each run's colour in the histograms and the budget bars (one run, one colour)."""
+        palette = plots.SERIES_COLORS
+        return {self._bar_name(run): palette[i % len(palette)] for i, run in enumerate(self.runs)}
 
     def _trajectory_frame(self) -> pd.DataFrame:
         frames = [plots.metrics_frame(self.records[run.id]).assign(run=run.id) for run in self.runs]
@@ -125,7 +133,7 @@ class ComparePage(param.Parameterized):
         frame = self._budget_frame()
         return hv.Bars(frame, ["measure", "run"], "rate (Hz)").opts(
             title="Spike budget (final epoch, test set)", tools=["hover"], multi_level=True,
-            xrotation=30, cmap="Category10", color="run", show_legend=False, **{**plots.BASE, "height": 320})
+            xrotation=30, cmap=self._run_colors(), color="run", show_legend=False, **{**plots.BASE, "height": 320})
 
     # --- view --------------------------------------------------------------------------
     def view(self) -> pn.Column:
