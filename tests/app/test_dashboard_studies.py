@@ -104,7 +104,7 @@ def test_bad_launches_are_explained(server, page):  # noqa: F811
     ("coupling", {"samples": 8, "factors": [0, 1, 2]},
      ["Coupling sweep: total rate", "Diagonal (W_ei = W_ie multiplier): rates",
       "Diagonal (W_ei = W_ie multiplier): accuracy"]),
-    ("nb038", {"samples": 8, "input_scales": [0.0, 1.0, 2.0]}, ["f-I curves", "f-I: accuracy"]),
+    ("nb038", {"samples": 8, "input_scales": [0.0, 1.0, 2.0], "loop_scales": [0.0, 1.0]}, ["f-I curves", "f-I: accuracy"]),
     ("nb042", {"samples": 8}, ["Phase shuffle: E rate (release factor"]),
     ("nb037", {"samples": 8, "fractions": [0.25]}, ["Drop / add: accuracy", "Drop / add: delivered E rate",
                                                    "Drop / add: spike-pattern change", "Drop / add: I rate"]),
