@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -289,9 +290,22 @@ class JobService:
                 **build_report(study.plan, self._study_entries(study))}
 
     def study_report_markdown(self, study_id: str) -> str:
-        from engine.studies.report import report_markdown
+        """The report as Markdown with the seed entry's figures (engine.studies.figures)
+        of its finished training runs inlined as PNG data URIs: one self-contained document."""
+        from engine.studies.figures import figures_markdown, write_figures
+        from engine.studies.report import build_report, report_markdown
 
-        return report_markdown(self.study_report(study_id))
+        study = self.get_study(study_id)
+        entries = self._study_entries(study)
+        report = {"study_id": study.id, "state": study.state.value, **build_report(study.plan, entries)}
+        finished = [e for e in entries if e["state"] == RunState.SUCCEEDED.value]
+        run_dirs = {m.label: self.data.run_dir(m.run_id) for m in study.members
+                    if m.role == "train" and m.state is RunState.SUCCEEDED}
+        if not run_dirs:
+            return report_markdown(report)
+        with tempfile.TemporaryDirectory(prefix="study-figures-") as tmp:
+            figures = write_figures(tmp, finished, run_dirs=run_dirs)
+            return report_markdown(report) + "\n" + figures_markdown(figures, inline_from=tmp)
 
     def study_report_csv(self, study_id: str) -> str:
         from engine.studies.report import report_csv

@@ -467,6 +467,14 @@ class StudyPage(param.Parameterized):
                 f(lambda: study_plots.fi_curves(cells()), lambda: study_plots.fi_frame(cells()), "fi-rates"),
                 f(lambda: study_plots.fi_accuracy(cells()), lambda: study_plots.fi_frame(cells()),
                   "fi-accuracy"))))
+        if "loop_transfer" in names:
+            moved = lambda: self._analysis("loop_transfer")["cells"]  # noqa: E731
+            table = lambda: pd.DataFrame(moved())  # noqa: E731
+            sections.append(layout.section("Inference-time loop transfer (a fresh loop in the trained run)", grid(
+                f(lambda: study_plots.loop_transfer(moved(), study_plots.LOOP_TRANSFER_RATES, "rate (Hz)",
+                                                    "Loop transfer: E and I rate"), table, "transfer-rates"),
+                f(lambda: study_plots.loop_transfer(moved(), study_plots.LOOP_TRANSFER_ACC, "accuracy (%)",
+                                                    "Loop transfer: accuracy"), table, "transfer-accuracy"))))
         return sections
 
     def _coupling_section(self) -> pn.Column:

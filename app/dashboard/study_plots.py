@@ -237,3 +237,21 @@ def fi_accuracy(cells: list[dict]) -> hv.Overlay:
         layers.append(hv.Curve(data, x, y, label=f"loop {loop}").opts(color=ACC_COLOR, line_dash=dash, **CURVE))
     return hv.Overlay(layers).opts(title="f-I: accuracy vs input, loop open and closed",
                                    legend_position="top_left", **BASE)
+
+
+def loop_transfer(cells: list[dict], columns: tuple[tuple[str, str, str], ...], ylabel: str, title: str
+                  ) -> hv.Overlay:
+    """nb038's loop transfer: `columns` (column, label, colour) against the strength of
+    the fresh loop (x the PING strengths)."""
+    frame, layers = pd.DataFrame(cells), []
+    x = "loop strength (x PING)"
+    for column, label, color in columns:
+        data = pd.DataFrame({x: frame.get("loop_scale", pd.Series(dtype=float)).astype(float),
+                             ylabel: [_num(v) for v in frame.get(column, [])]}).sort_values(x)
+        layers.append(hv.Curve(data, x, ylabel, label=label).opts(color=color, **CURVE))
+        layers.append(hv.Scatter(data, x, ylabel, label=label).opts(color=color, size=6))
+    return hv.Overlay(layers).opts(title=title, legend_position="top_right", **BASE)
+
+
+LOOP_TRANSFER_RATES = (("rate_e_hz", "E", E_COLOR), ("rate_i_hz", "I", I_COLOR))
+LOOP_TRANSFER_ACC = (("test_acc", "accuracy", ACC_COLOR),)

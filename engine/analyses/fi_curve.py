@@ -11,7 +11,9 @@ trained network. The summary gives, per scale, the loop's E suppression (open /
 closed E rate; None where the closed E rate is 0) and the recruitment cliff: the
 input scale at which the closed loop's I rate first reaches `RECRUITED_I_HZ`,
 linearly interpolated between the scales around it (None if I is recruited at the
-smallest scale tried or never).
+smallest scale tried or never), and that position as an input rate (Hz per channel
+at a white pixel). The seed's other nb038 probe, the inference-time loop transfer,
+is engine.analyses.loop_transfer.
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def run(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
     def on_cell(cell: dict) -> None:
         result["cells"].append(cell)
         result["summary"] = {"suppression": suppression(result["cells"]),
-                             "recruitment_cliff_scale": recruitment_cliff(result["cells"]),
+                             "recruitment_cliff_scale": (cliff := recruitment_cliff(result["cells"])),
+                             "recruitment_cliff_input_rate_hz": None if cliff is None else cliff * config.max_rate_hz,
                              "recruited_i_hz": RECRUITED_I_HZ}
         report(result)
 

@@ -15,7 +15,10 @@ shuffle" (side by side in the result):
   every cell its count (up to two volleys landing on one cell in one step), but
   the volleys are no longer locked to the E cycle: the rhythm's phase is shuffled,
   its mean and its pulses kept. This is the reading closer to the seed's words
-  ("rhythm vs mean-inhibition", a "phase-shuffle").
+  ("rhythm vs mean-inhibition", a "phase-shuffle"), and the one whose result
+  matches the seed's: on trained canonical PING (docs/RESULTS.md, nb042) the volley
+  shift releases E (x 2.5-2.6 in three seeds, the seed x 3.2) where the cell shuffle
+  lowers it (x 0.26-0.27).
 
 The E-rate release factor is E rate (rearranged) / E rate (closed loop), one per
 reading (`release_factor`, `release_factor_volleys`).

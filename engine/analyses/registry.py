@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from engine.analyses import dt_audit, fi_curve, gamma, perturb, phase_shuffle
+from engine.analyses import dt_audit, fi_curve, gamma, loop_transfer, perturb, phase_shuffle
 from engine.analyses.coupling import DEFAULT_FACTORS, coupling_sweep, diagonal
 from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common, number_list
 from engine.inspect import load_run, test_subset
@@ -92,6 +92,11 @@ ANALYSES: dict[str, AnalysisSpec] = {
         name="fi_curve",
         description="nb038: E and I rates against input-rate scale, I->E cut (open) and intact (closed)",
         defaults=fi_curve.DEFAULTS, check=fi_curve.check, execute=fi_curve.run),
+    "loop_transfer": AnalysisSpec(
+        name="loop_transfer",
+        description="nb038: a fresh E->I->E loop installed at test time (0..1 x the PING strengths) "
+                    "in a trained run: accuracy, rates, where I is recruited and a rhythm appears",
+        defaults=loop_transfer.DEFAULTS, check=loop_transfer.check, execute=loop_transfer.run),
     "dt_audit": AnalysisSpec(
         name="dt_audit",
         description="nb044: a trained run evaluated at dt 0.05 / 0.1 / 0.25 / 0.5 ms: rates, accuracy, cycle",

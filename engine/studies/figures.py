@@ -14,6 +14,7 @@ lists them for the report:
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,14 @@ def _pyplot():
     return plt
 
 
-def write_figures(out: str | Path, entries: list[dict[str, Any]], runs_root: str | Path | None = None
-                  ) -> list[tuple[str, str]]:
+def write_figures(out: str | Path, entries: list[dict[str, Any]], runs_root: str | Path | None = None,
+                  run_dirs: dict[str, str | Path] | None = None) -> list[tuple[str, str]]:
     """Render the figures of the finished training runs in `entries` (engine.studies.report's
-    entries; their folders under `runs_root`, default `out/runs`); returns (title, path
-    relative to `out`) per figure written."""
+    entries; a run's folder is `run_dirs[label]` if given, else `runs_root / label`, default
+    `out/runs / label`); returns (title, path relative to `out`) per figure written."""
     out = Path(out)
     runs_root = Path(runs_root) if runs_root else out / "runs"
+    run_dirs = {label: Path(path) for label, path in (run_dirs or {}).items()}
     folder = out / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
@@ -70,7 +72,7 @@ def write_figures(out: str | Path, entries: list[dict[str, Any]], runs_root: str
         ratio_ax.set(xlabel="epoch", ylabel="||grad|| / ||W||", yscale="log", title="gradient ratio")
         norm_ax.legend(fontsize=7)
         save(fig, f"{label}-norms.png", f"{label}: ||W||_F and grad / W per epoch")
-        run = RunDir(runs_root / label)
+        run = RunDir(run_dirs.get(label, runs_root / label))
         rates_path = run.artifacts / "rates.npz"
         if rates_path.exists():
             rates = np.load(rates_path)
@@ -91,7 +93,15 @@ def write_figures(out: str | Path, entries: list[dict[str, Any]], runs_root: str
     return written
 
 
-def figures_markdown(figures: list[tuple[str, str]]) -> str:
+def figures_markdown(figures: list[tuple[str, str]], inline_from: str | Path | None = None) -> str:
+    """The report's figures section; with `inline_from` (the folder `write_figures` wrote
+    into) each PNG is embedded as a data URI, so the Markdown needs no files beside it."""
     if not figures:
         return ""
-    return "## Figures\n\n" + "\n".join(f"### {title}\n\n![{title}]({path})\n" for title, path in figures)
+
+    def source(path: str) -> str:
+        if inline_from is None:
+            return path
+        return "data:image/png;base64," + base64.b64encode((Path(inline_from) / path).read_bytes()).decode("ascii")
+
+    return "## Figures\n\n" + "\n".join(f"### {title}\n\n![{title}]({source(path)})\n" for title, path in figures)

@@ -142,10 +142,11 @@ PRESETS: dict[str, StudyPreset] = {p.name: p for p in (
         analyses=(StudyAnalysis("drop_add_spikes", {"fractions": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]}),),
         report=("analyses",)),
     StudyPreset(
-        "nb038", "f-I curves, loop open and closed",
+        "nb038", "f-I curves and inference-time loop transfer",
         "E and I rates against input-rate scale on a trained run, with I->E cut (open) and intact "
-        "(closed): where the loop recruits.",
-        analyses=(StudyAnalysis("fi_curve"),), report=("analyses",)),
+        "(closed): where the loop recruits; and a fresh E->I->E loop installed at test time in the "
+        "trained run (the seed's source is COBA) at 0..1 x the PING strengths: accuracy, rates, rhythm.",
+        analyses=(StudyAnalysis("fi_curve"), StudyAnalysis("loop_transfer")), report=("analyses",)),
     StudyPreset(
         "nb044", "dt audit",
         "The same recipe trained at dt 0.05 / 0.1 / 0.25 / 0.5 ms, PING and COBA; each trained run "

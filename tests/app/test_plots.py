@@ -90,3 +90,19 @@ def test_the_heatmap_draws_each_label_in_its_own_ink():
     inks = list(labels.data_source.data[column])
     assert inks == plots.label_ink(plots.coupling_grid(CELLS[:2], [0.0, 1.0, 2.0])["rate_total_hz"])
     assert {"black", "white"} <= set(inks)
+
+
+def test_the_loop_transfer_figures_draw_partial_and_full_sweeps():
+    """nb038's transfer curves: one line per column, sorted by loop strength, also before
+    any cell has arrived (the study page draws while the analysis runs)."""
+    from app.dashboard import study_plots
+
+    cells = [{"loop_scale": s, "rate_e_hz": 80.0 - 50 * s, "rate_i_hz": 30 * s, "test_acc": 85.0 - s}
+             for s in (1.0, 0.0, 0.5)]
+    rates = study_plots.loop_transfer(cells, study_plots.LOOP_TRANSFER_RATES, "rate (Hz)", "rates")
+    curves = [layer for layer in rates if isinstance(layer, hv.Curve)]
+    assert [c.label for c in curves] == ["E", "I"]
+    assert list(curves[0].dimension_values(0)) == [0.0, 0.5, 1.0]
+    assert list(curves[1].dimension_values(1)) == [0.0, 15.0, 30.0]
+    for built in (rates, study_plots.loop_transfer([], study_plots.LOOP_TRANSFER_ACC, "accuracy (%)", "acc")):
+        hv.render(built)

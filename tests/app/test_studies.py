@@ -1,8 +1,10 @@
 """Study presets through the real server: queue, advance, finish, report."""
 
+import base64
 import csv
 import json
 import io
+import re
 import time
 
 import httpx
@@ -68,6 +70,16 @@ def test_a_study_runs_to_its_report(server_factory):
         markdown = http.get(f"/api/studies/{study['id']}/report.md")
         assert markdown.headers["content-type"].startswith("text/markdown")
         assert markdown.text.startswith("# nb041:") and "## Seed table" in markdown.text
+        # the seed entry's figures travel inside the served Markdown (issue 17, item 14)
+        figures = dict(re.findall(r"!\[([^\]]+)\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", markdown.text))
+        label = "tau_gaba_ms9.0-seed42"
+        assert set(figures) == {"Trajectories: accuracy against E rate per epoch",
+                                f"{label}: ||W||_F and grad / W per epoch",
+                                f"{label}: per-cell E and I rates (test set)",
+                                f"{label}: W_in and W_out at init and at the end"}
+        for png in figures.values():
+            data = base64.b64decode(png)
+            assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 2000
         rows = list(csv.DictReader(io.StringIO(http.get(f"/api/studies/{study['id']}/report.csv").text)))
         assert len(rows) == 1 and rows[0]["label"] == "tau_gaba_ms9.0-seed42" and "inference.gamma_peak_hz" in rows[0]
 

@@ -115,7 +115,11 @@ def test_adding_spikes_changes_the_rhythmic_network_more_than_dropping(tmp_path)
 
 
 def test_fi_curve_rises_and_the_loop_holds_e_down(ping_run, tmp_path):
-    scales = [0, 0.5, 1, 2]
+    from engine.analyses.measure import measure
+    from engine.inspect import load_run
+
+    # around the closed loop's recruitment (measured on this net: I 0.45 Hz at 0.1, 5.2 Hz at 0.2)
+    scales = [0, 0.1, 0.2, 1]
     result = run_analysis("fi_curve", ping_run, {"input_scales": scales, "samples": SAMPLES}, tmp_path)
     assert len(result["cells"]) == 2 * len(scales) == result["total"]
     for loop in ("open", "closed"):
@@ -124,7 +128,53 @@ def test_fi_curve_rises_and_the_loop_holds_e_down(ping_run, tmp_path):
     by_key = {(c["loop"], c["input_scale"]): c for c in result["cells"]}
     for scale in scales[1:]:
         assert by_key[("closed", scale)]["rate_e_hz"] < by_key[("open", scale)]["rate_e_hz"]
-    assert [row["input_scale"] for row in result["summary"]["suppression"]] == [float(s) for s in scales]
+    summary = result["summary"]
+    assert [row["input_scale"] for row in summary["suppression"]] == [float(s) for s in scales]
+    # the recruitment cliff: the closed loop run again a quarter below and above the
+    # reported position has I below and at or above 1 Hz there
+    cliff = summary["recruitment_cliff_scale"]
+    config, weights = load_run(ping_run)
+    assert summary["recruitment_cliff_input_rate_hz"] == pytest.approx(cliff * config.max_rate_hz)
+    split = subset_of(config, SAMPLES)
+    below, above = (measure(weights, config.replace(max_rate_hz=f * cliff * config.max_rate_hz), split)
+                    for f in (0.8, 1.25))
+    assert below["rate_i_hz"] < summary["recruited_i_hz"] <= above["rate_i_hz"]
+
+
+def test_loop_transfer_turns_the_coba_net_into_ping(tmp_path):
+    """nb038's transfer on a COBA run whose W_in moved in training (x 1.3 here): scale 0
+    is the COBA net as trained, scale 1 the PING net of the same seed with the trained
+    W_in and W_out (each checked against a plain evaluation built without the analysis)."""
+    import torch
+
+    from engine import init_weights
+
+    fields = {"n_e": 100, "n_i": 25, "t_ms": 100.0, "tier": "smoke"}
+    coba, ping = Config(arch="coba", **fields), Config(arch="ping", **fields)
+    trained = {k: v.clone() for k, v in init_weights(coba).items()}
+    trained["W_in"] = trained["W_in"] * 1.3
+    run = RunDir(tmp_path / "run")
+    run.create(coba)
+    run.save_arrays("weights_final", {k: v.numpy() for k, v in trained.items()})
+    samples = 8
+    result = run_analysis("loop_transfer", run.root, {"loop_scales": [0, 1, 2], "samples": samples}, tmp_path / "out")
+    cells = {c["loop_scale"]: c for c in result["cells"]}
+    assert result["source_arch"] == "coba" and (result["ping_ei_strength"], result["ping_ie_strength"]) == (0.05, 1.0)
+    split = subset_of(coba, samples)
+    as_trained = evaluate({k: v.float() for k, v in trained.items()}, split, coba)
+    fresh = init_weights(ping)
+    with_loop = evaluate({k: (fresh[k] if k in ("W_ei", "W_ie") else trained[k]).float() for k in trained}, split, ping)
+    for scale, plain in ((0.0, as_trained), (1.0, with_loop)):
+        assert cells[scale]["rate_e_hz"] == pytest.approx(plain.rate_e_hz)
+        assert cells[scale]["rate_i_hz"] == pytest.approx(plain.rate_i_hz)
+        assert cells[scale]["test_acc"] == plain.accuracy_pct
+    assert cells[0.0]["rate_i_hz"] == 0 < cells[1.0]["rate_i_hz"]
+    # the transferred loop holds E down, harder as it strengthens
+    assert cells[2.0]["rate_e_hz"] < cells[1.0]["rate_e_hz"] < cells[0.0]["rate_e_hz"]
+    summary = result["summary"]
+    assert summary["e_rate_ratio_strongest"] == pytest.approx(cells[2.0]["rate_e_hz"] / cells[0.0]["rate_e_hz"])
+    assert 0 < summary["i_recruited_scale"] <= 1 and summary["acc_no_loop"] == as_trained.accuracy_pct
+    assert not torch.equal(trained["W_in"], init_weights(ping)["W_in"])  # the trained W_in is what ran
 
 
 def test_dt_audit(ping_run, tmp_path):
@@ -171,6 +221,7 @@ def test_a_stopped_analysis_keeps_its_partial_result(ping_run, tmp_path):
     ("dt_audit", {"dts_ms": [0.1, 0.1]}, "dts_ms"),
     ("dt_audit", {"dts_ms": "0.1"}, "dts_ms"),
     ("fi_curve", {"input_scales": [-1]}, "input_scales"),
+    ("loop_transfer", {"loop_scales": [11]}, "loop_scales"),
     ("drop_add_spikes", {"fractions": [1.5]}, "fractions"),
     ("phase_shuffle", {"samples": 0}, "samples"),
     ("phase_shuffle", {"fractions": [0.1]}, "fractions"),

@@ -24,7 +24,7 @@ SMALL_GRIDS = {
     "nb036": {"ei_strength": [0.0, 0.2], "ie_strength": [0.0, 1.0], "samples": 8},
 }
 
-SHORT_ANALYSES = {"coupling": {"factors": [0, 1]}, "nb038": {"input_scales": [0, 1]}, "nb037": {"fractions": [0.25]}}
+SHORT_ANALYSES = {"coupling": {"factors": [0, 1]}, "nb038": {"input_scales": [0, 1], "loop_scales": [0, 1]}, "nb037": {"fractions": [0.25]}}
 
 
 def test_presets_expand_to_the_study():
@@ -56,6 +56,10 @@ def test_presets_expand_to_the_study():
         plan = expand(name)
         assert plan.needs_source and not plan.runs and plan.analyses
     assert expand("coupling").analyses[0].params["factors"] == [0, 0.25, 0.5, 1, 2, 4, 6, 8, 10]
+    # nb038: the f-I curves and the seed's inference-time loop transfer (strength 0, 0.1 .. 1)
+    nb038 = expand("nb038").analyses
+    assert [a.name for a in nb038] == ["fi_curve", "loop_transfer"]
+    assert nb038[1].params["loop_scales"] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
     assert {p["name"] for p in list_presets()} == set(PRESETS) == {
         "nb024", "coupling", "nb041", "nb042", "nb037", "nb038", "nb044", "nb036"}
 
