@@ -166,11 +166,11 @@ def main(argv: list[str]) -> int:
     if run is None:
         transport.close()
         return 0  # a stale launch: the run moved on without us
+    beat = Heartbeat(transport, stop)
+    beat.start()  # before torch's import, which takes seconds on a loaded node
     if threads:
         import torch
         torch.set_num_threads(int(threads))
-    beat = Heartbeat(transport, stop)
-    beat.start()
     outcome = threading.Lock()  # the main thread or the stop watchdog records it, once
 
     def finish(exc: BaseException | None) -> None:
