@@ -6,7 +6,8 @@
    `spikeboard serve --executor ray`; RUNS tiny runs submitted at once, SLOTS at a
    time. Prints submit -> first epoch per run (the first run's is the cold figure),
    and the epochs the server received per second over the API.
-2. The API alone: a queue-only server and RUNS threads posing as remote workers,
+2. Baseline: the same run's submit -> first epoch on the local executor.
+3. The API alone: a queue-only server and RUNS threads posing as remote workers,
    each reporting epochs as a worker does (metrics.jsonl and a checkpoint of the
    real size as PUTs, then the epoch) as fast as the server takes them.
 """
@@ -71,6 +72,22 @@ def cluster_figures(runs: int, slots: int, epochs: int, cpus_per_node: int) -> N
     finally:
         server.stop()
         cluster.shutdown()
+
+
+def local_first_epoch(epochs: int) -> None:
+    """The baseline: the same run on the local executor (a subprocess beside the server)."""
+    root = short_tmp()
+    server = start_server(root / "data", workers=1, token=ADMIN)
+    try:
+        with Client(server.url, token=ADMIN) as api:
+            started = time.monotonic()
+            run = api.submit({**CONFIG, "epochs": epochs})
+            while not api.metrics(run["id"]):
+                time.sleep(0.1)
+            print(f"baseline, local executor: submit -> first epoch {time.monotonic() - started:.1f} s")
+            api.wait(run["id"], timeout_s=300)
+    finally:
+        server.stop()
 
 
 def api_figures(runs: int, epochs_each: int) -> None:
@@ -146,6 +163,7 @@ def main() -> None:
     parser.add_argument("--skip-cluster", action="store_true")
     args = parser.parse_args()
     api_figures(args.runs, args.api_epochs)
+    local_first_epoch(args.epochs)
     if not args.skip_cluster:
         cluster_figures(args.runs, args.slots, args.epochs, args.cpus_per_node)
 

@@ -211,6 +211,10 @@ def test_bad_reports_are_refused_naming_the_field(server, store):
         assert answer.status_code in (404, 422), (name, answer.text)
         if answer.status_code == 422:
             assert answer.json()["detail"][0]["loc"] == ["path", "name"]
+    # a file is stored as sent, even one that parses as JSON with NaN (an analysis's result.json)
+    stored = httpx.put(f"{server.url}{base}/files/result.json", content=b'{"x": NaN}', headers=headers)
+    assert stored.status_code == 200 and stored.json() == {"name": "result.json", "size_bytes": 10}
+    assert (DataDir.at(server.data_dir).run_dir(run.id) / "result.json").read_bytes() == b'{"x": NaN}'
     # a cancel that was never asked for is not the worker's to record
     assert _post(server, base + "/outcome", token, json={"state": "cancelled"}).status_code == 409
     store.request_cancel(run.id)
