@@ -88,15 +88,19 @@ class WorkerReports:
         if len(content) > MAX_FILE_BYTES:
             raise InvalidRequest("body", f"files are limited to {MAX_FILE_BYTES} bytes")
         self._held(run_id, attempt)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        except (FileExistsError, NotADirectoryError) as exc:
+            raise InvalidRequest("name", f"a folder of it is a file of the run: {exc}", location="path") from exc
         try:
             with os.fdopen(handle, "wb") as out:
                 out.write(content)
             os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        except IsADirectoryError as exc:
+            raise InvalidRequest("name", "is a folder of the run", location="path") from exc
+        finally:
+            Path(tmp).unlink(missing_ok=True)  # gone already when the replace succeeded
         return len(content)
 
     def outcome(self, run_id: str, attempt: int, state: RunState, error: str | None) -> Run:

@@ -215,6 +215,10 @@ def test_bad_reports_are_refused_naming_the_field(server, store):
     stored = httpx.put(f"{server.url}{base}/files/result.json", content=b'{"x": NaN}', headers=headers)
     assert stored.status_code == 200 and stored.json() == {"name": "result.json", "size_bytes": 10}
     assert (DataDir.at(server.data_dir).run_dir(run.id) / "result.json").read_bytes() == b'{"x": NaN}'
+    for name in ("result.json/x", "checkpoints"):  # under a file; onto a folder
+        httpx.put(f"{server.url}{base}/files/checkpoints/last.pt", content=b"x", headers=headers)
+        answer = httpx.put(f"{server.url}{base}/files/{name}", content=b"x", headers=headers)
+        assert answer.status_code == 422 and answer.json()["detail"][0]["loc"] == ["path", "name"], answer.text
     # a cancel that was never asked for is not the worker's to record
     assert _post(server, base + "/outcome", token, json={"state": "cancelled"}).status_code == 409
     store.request_cancel(run.id)
