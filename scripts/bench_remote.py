@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import threading
@@ -100,17 +101,17 @@ def api_figures(runs: int, epochs_each: int) -> None:
     server = start_server(root / "data", workers=0, token=ADMIN)
     store = RunStore(DataDir.at(root / "data").db_path)
     try:
-        config = engine.Config.from_dict({**CONFIG, "epochs": epochs_each}).to_dict()
-        credentials = {}
-        for _ in range(runs):
-            store.create_run(RunKind.TRAIN, config)
-            run = store.claim_next()
-            credentials[run.id] = store.issue_credential(run.id, run.attempt)
         # a real checkpoint's size for this config
         folder = root / "one"
         engine.train(engine.Config.from_dict({**CONFIG, "epochs": 1}), folder)
         checkpoint = (folder / "checkpoints" / "last.pt").read_bytes()
         record = (folder / "metrics.jsonl").read_text().splitlines()[0]
+        config = engine.Config.from_dict({**CONFIG, "epochs": epochs_each}).to_dict()
+        credentials = {}
+        for _ in range(runs):  # dispatched as the scheduler does: claimed, then a credential each
+            store.create_run(RunKind.TRAIN, config)
+            run = store.claim_next()
+            credentials[run.id] = store.issue_credential(run.id, run.attempt)
         latencies: list[float] = []
         lock = threading.Lock()
 
@@ -119,7 +120,7 @@ def api_figures(runs: int, epochs_each: int) -> None:
             binary = {**headers, "Content-Type": "application/octet-stream"}
             base = f"{server.url}/api/worker/runs/{run_id}"
             with httpx.Client(timeout=60) as http:
-                lines = []
+                lines, beaten = [], time.monotonic()
                 for epoch in range(1, epochs_each + 1):
                     t0 = time.perf_counter()
                     lines.append(record)
@@ -127,12 +128,14 @@ def api_figures(runs: int, epochs_each: int) -> None:
                              headers=binary).raise_for_status()
                     http.put(f"{base}/files/checkpoints/last.pt", content=checkpoint,
                              headers=binary).raise_for_status()
-                    import json
                     http.post(f"{base}/epochs", json={"epoch": epoch, "record": {**json.loads(record),
                                                                                  "epoch": epoch}},
                               headers=headers).raise_for_status()
                     with lock:
                         latencies.append(time.perf_counter() - t0)
+                    if time.monotonic() - beaten > 1.0:  # a real worker beats every second
+                        http.post(f"{base}/heartbeat", json={}, headers=headers).raise_for_status()
+                        beaten = time.monotonic()
 
         threads = [threading.Thread(target=worker, args=item) for item in credentials.items()]
         started = time.perf_counter()
