@@ -164,8 +164,10 @@ def main() -> None:
     parser.add_argument("--cpus-per-node", type=int, default=2)
     parser.add_argument("--api-epochs", type=int, default=30, help="epoch reports per fake worker")
     parser.add_argument("--skip-cluster", action="store_true")
+    parser.add_argument("--cluster-only", action="store_true")
     args = parser.parse_args()
-    api_figures(args.runs, args.api_epochs)
+    if not args.cluster_only:
+        api_figures(args.runs, args.api_epochs)
     local_first_epoch(args.epochs)
     if not args.skip_cluster:
         cluster_figures(args.runs, args.slots, args.epochs, args.cpus_per_node)

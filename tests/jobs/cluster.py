@@ -47,13 +47,14 @@ class RayCluster:
         self.nodes_dir = root / "nodes"  # the worker nodes' working directory: no data there
         self.nodes_dir.mkdir(parents=True, exist_ok=True)
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-        with working_directory(self.nodes_dir):
-            self.cluster = Cluster(initialize_head=True, head_node_args={
-                "num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MIB,
+        head = {"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * MIB,
                 # notice a dead node in ~3 s, not the default ~30 s
                 "_system_config": {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
-                                   "health_check_failure_threshold": 3}})
-            self.workers = [self.add_node(cpus_per_node) for _ in range(nodes)]
+                                   "health_check_failure_threshold": 3}}
+        with working_directory(self.nodes_dir):
+            # Ray gives a node 30 s to register, which a heavily loaded 2-core box can miss: once more
+            self.cluster = _twice(lambda: Cluster(initialize_head=True, head_node_args=head))
+        self.workers = [self.add_node(cpus_per_node) for _ in range(nodes)]
 
     @property
     def address(self) -> str:
@@ -61,8 +62,14 @@ class RayCluster:
 
     def add_node(self, cpus: int = 1):
         with working_directory(self.nodes_dir):
-            node = self.cluster.add_node(num_cpus=cpus, object_store_memory=80 * MIB)
-        return node
+            return _twice(lambda: self.cluster.add_node(num_cpus=cpus, object_store_memory=80 * MIB))
+
+
+def _twice(start):
+    try:
+        return start()
+    except Exception:  # "The current node timed out during startup"
+        return start()
 
     def node_running(self, pid: int):
         """The worker node whose processes include an ancestor of `pid`."""
