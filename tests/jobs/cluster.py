@@ -64,13 +64,6 @@ class RayCluster:
         with working_directory(self.nodes_dir):
             return _twice(lambda: self.cluster.add_node(num_cpus=cpus, object_store_memory=80 * MIB))
 
-
-def _twice(start):
-    try:
-        return start()
-    except Exception:  # "The current node timed out during startup"
-        return start()
-
     def node_running(self, pid: int):
         """The worker node whose processes include an ancestor of `pid`."""
         chain = set(ancestors(pid))
@@ -101,6 +94,13 @@ def _twice(start):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _twice(start):
+    try:
+        return start()
+    except Exception:  # "The current node timed out during startup"
+        return start()
 
 
 def node_pids(node) -> list[int]:
