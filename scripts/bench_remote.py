@@ -26,11 +26,11 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.client import Client  # noqa: E402
-from tests.app.conftest import free_port, start_server  # noqa: E402
-from tests.jobs.cluster import ADMIN, ClusterServer, RayCluster, short_tmp  # noqa: E402
+from jobs.client import Client
+from tests.app.conftest import free_port, start_server
+from tests.jobs.cluster import ADMIN, ClusterServer, RayCluster, short_tmp
 
-CONFIG = dict(arch="ping", n_e=40, n_i=10, t_ms=20.0, batch_size=200, tier="smoke")
+CONFIG = {"arch": "ping", "n_e": 40, "n_i": 10, "t_ms": 20.0, "batch_size": 200, "tier": "smoke"}
 
 
 def cluster_figures(runs: int, slots: int, epochs: int, cpus_per_node: int) -> None:

@@ -11,7 +11,6 @@ import os
 import shutil
 import time
 
-import httpx
 import pytest
 
 from jobs.client import Client
