@@ -27,7 +27,10 @@ def build_services(settings: Settings) -> Services:
     executor = make_executor(settings.executor, data_dir=data.root, slots=settings.workers,
                              threads_per_run=settings.threads_per_run, grace_s=settings.cancel_grace_s,
                              use_gpus=settings.use_gpus, runs_per_gpu=settings.runs_per_gpu,
-                             ray_address=settings.ray_address)
+                             ray_address=settings.ray_address,
+                             # Ray workers may run on other machines: they report over the API
+                             server_url=settings.worker_url if settings.executor == "ray" else None,
+                             issue_credential=store.issue_credential)
     scheduler = Scheduler(store, executor, stale_after_s=settings.stale_after_s,
                           grace_s=settings.cancel_grace_s)
     jobs = JobService(store, data, cancel_worker=scheduler.cancel, limits=RunLimits.for_machine())

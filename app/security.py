@@ -43,6 +43,10 @@ LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 JSON_TYPES = ("application/json",)
+# Raw files a remote worker uploads (/api/worker/runs/{id}/files/...). Not a
+# CORS-safelisted type: a page on another site cannot send it without a preflight,
+# which this server never grants, so it is as safe from forms as JSON is.
+BINARY_TYPES = ("application/octet-stream",)
 COMPONENT_PREFIX = "/components/"
 
 
@@ -262,7 +266,7 @@ class RequestGuard:
             # without a content type only an empty body passes (a form always sends one)
             return (_header(scope, b"content-length") or "0") == "0" and \
                 _header(scope, b"transfer-encoding") is None
-        return content_type in JSON_TYPES or content_type.endswith("+json")
+        return content_type in JSON_TYPES or content_type in BINARY_TYPES or content_type.endswith("+json")
 
     # --- rate limit of wrong tokens ------------------------------------------------------
     def _count_auth_failures(self, scope: Scope, send: Send) -> Send:

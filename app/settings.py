@@ -40,8 +40,12 @@ class Settings(BaseSettings):
     executor: str = Field("local", description='"local" (subprocesses) or "ray" (one Ray task per run)')
     ray_address: str | None = Field(None, description='Ray cluster to join ("auto", HOST:PORT, '
                                                       'ray://HOST:PORT); unset: a Ray instance on this machine')
+    public_url: str | None = Field(None, pattern=r"^https?://[^/\s]+(/[^\s]*)?$",
+                                   description="the URL Ray workers on other machines reach this server at "
+                                               "(http://HOST:PORT); unset: http://<host>:<port>, 127.0.0.1 "
+                                               "for a wildcard bind (workers on this machine only)")
 
-    @field_validator("token", "ray_address", mode="before")
+    @field_validator("token", "ray_address", "public_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         return None if value == "" else value
@@ -53,6 +57,14 @@ class Settings(BaseSettings):
         if self.ray_address is not None and self.executor != "ray":
             raise ValueError("ray_address is set but executor is not 'ray'")
         return self
+
+    @property
+    def worker_url(self) -> str:
+        """Where remote workers send their reports (the Ray executor's workers)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
 
     @property
     def is_loopback(self) -> bool:

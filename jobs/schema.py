@@ -62,6 +62,16 @@ CREATE TABLE IF NOT EXISTS study_runs (
     PRIMARY KEY (study_id, run_id),
     UNIQUE (study_id, label, role, analysis)
 );
+
+-- The credential of a run's current attempt, issued when the run is dispatched to
+-- a remote worker (jobs.transport.HttpTransport). Only its SHA-256 is kept, and a new
+-- dispatch replaces it, so a worker of an older attempt is locked out.
+CREATE TABLE IF NOT EXISTS run_credentials (
+    run_id TEXT PRIMARY KEY REFERENCES runs(id) ON DELETE CASCADE,
+    attempt INTEGER NOT NULL,
+    token_sha256 TEXT NOT NULL,
+    issued_at REAL NOT NULL
+);
 """
 
 # Columns added after the first release, with their definitions: a store opened

@@ -8,7 +8,9 @@ transaction made through `_tx()`.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -163,6 +165,7 @@ class RunStore:
                 raise Conflict(f"run {run_id} is the source of unfinished analyses {', '.join(readers)}; "
                                "cancel them (or let them finish) before deleting it")
             conn.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            conn.execute("DELETE FROM run_credentials WHERE run_id = ?", (run_id,))
             conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
     def reap_stale(self, now: float, stale_after_s: float) -> list[str]:
@@ -185,6 +188,29 @@ class RunStore:
                                "WHERE id = ? AND attempt = ? AND state = 'running'",
                                (int(restart), run_id, attempt))
             return cur.rowcount == 1
+
+    # --- per-run credentials of remote workers ---------------------------------------
+    def issue_credential(self, run_id: str, attempt: int) -> str:
+        """A new secret for the worker of `attempt` (replacing any older attempt's):
+        it lets that worker report on this run only, and only while the attempt holds it."""
+        token = secrets.token_urlsafe(32)
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO run_credentials (run_id, attempt, token_sha256, issued_at) "
+                         "VALUES (?, ?, ?, ?)", (run_id, attempt, _sha256(token), time.time()))
+        return token
+
+    def credential_attempt(self, run_id: str, token: str) -> int | None:
+        """The attempt `token` was issued for on `run_id`; None if it is not that run's credential."""
+        rows = self._read("SELECT attempt, token_sha256 FROM run_credentials WHERE run_id = ?", (run_id,))
+        if not rows or not secrets.compare_digest(rows[0]["token_sha256"], _sha256(token)):
+            return None
+        return int(rows[0]["attempt"])
+
+    def holds(self, run_id: str, attempt: int) -> bool:
+        """Whether `attempt` is still the running attempt of the run (its lease)."""
+        rows = self._read("SELECT 1 FROM runs WHERE id = ? AND attempt = ? AND state = 'running'",
+                          (run_id, attempt))
+        return bool(rows)
 
     # --- metrics --------------------------------------------------------------------
     def record_epoch(self, run_id: str, epoch: int, record: dict[str, Any]) -> bool:
@@ -321,6 +347,10 @@ class RunStore:
 
 
 # --- helpers that run inside a transaction ---------------------------------------------
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
 
 def _insert_run(conn: sqlite3.Connection, kind: RunKind, config: dict[str, Any], sweep_id: str | None,
                 source_run_id: str | None, code_version: str | None) -> str:

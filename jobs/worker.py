@@ -1,11 +1,14 @@
-"""The worker process: runs one claimed run and records everything in the store.
+"""The worker process: runs one claimed run and reports everything through a transport.
 
-    python -m jobs.worker DATA_DIR RUN_ID ATTEMPT
+    python -m jobs.worker DATA_DIR RUN_ID ATTEMPT              # the store, on the server's machine
+    python -m jobs.worker --server URL RUN_ID ATTEMPT          # the server's API, from any machine
+                                                               # (credential in SPIKEBOARD_RUN_CREDENTIAL)
 
-It stops between batches when SIGTERM arrives, the run's cancel flag is set, its
-lease is lost (the run was requeued and claimed again) or its parent (the
-server) died. A stop with the cancel flag set ends the run `cancelled`; any other
-stop gives the run back to the queue, to resume from its checkpoint.
+One code path for both (jobs.transport). It stops between batches when SIGTERM
+arrives, the run's cancel flag is set, its lease is lost (the run was requeued
+and claimed again) or its parent (the server, or the Ray task) died. A stop with
+the cancel flag set ends the run `cancelled`; any other stop gives the run back
+to the queue, to resume from its checkpoint.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import threading
 import traceback
 from typing import Any
 
-from jobs.models import Conflict, InvalidTransition, Run, RunKind, RunState
+from jobs.models import RunKind, RunState
 from jobs.paths import DataDir
-from jobs.store import RunStore
+from jobs.transport import CREDENTIAL_ENV, Assignment, HttpTransport, LeaseLost, StoreTransport, Transport
 
 log = logging.getLogger("jobs.worker")
 HEARTBEAT_S = 1.0
@@ -34,11 +37,11 @@ THREADS_ENV = "SPIKEBOARD_THREADS"
 
 class Heartbeat(threading.Thread):
     """Beats every HEARTBEAT_S with the latest progress; sets `stop` when the run
-    is to stop for a reason the worker learns only from outside (store, parent)."""
+    is to stop for a reason the worker learns only from outside (server, parent)."""
 
-    def __init__(self, store: RunStore, run: Run, stop: threading.Event):
+    def __init__(self, transport: Transport, stop: threading.Event):
         super().__init__(daemon=True, name="heartbeat")
-        self.store, self.run_id, self.attempt, self.stop = store, run.id, run.attempt, stop
+        self.transport, self.stop = transport, stop
         self.progress: float | None = None
         self.parent = os.getppid()
         self._done = threading.Event()
@@ -50,8 +53,12 @@ class Heartbeat(threading.Thread):
             self.beat()
 
     def beat(self) -> None:
-        held = self.store.heartbeat(self.run_id, self.attempt, progress=self.progress)
-        if not held or self.store.cancel_requested(self.run_id) or os.getppid() != self.parent:
+        try:
+            go_on = self.transport.beat(self.progress)
+        except Exception:  # the server stayed unreachable: stop, the run is requeued there
+            log.exception("heartbeat failed")
+            go_on = False
+        if not go_on or os.getppid() != self.parent:
             self.stop.set()
 
     def finish(self) -> None:
@@ -71,45 +78,48 @@ def die_with_parent() -> None:
         pass  # not Linux: the heartbeat's parent check covers it
 
 
-def execute(run: Run, data: DataDir, store: RunStore, beat: Heartbeat, stop: threading.Event) -> None:
-    run_dir = data.run_dir(run.id)
+def execute(run: Assignment, transport: Transport, beat: Heartbeat, stop: threading.Event) -> None:
+    run_dir = transport.run_dir()
 
     def on_progress(done: int, total: int) -> None:
         beat.progress = done / total if total else None
 
     if run.kind is RunKind.TRAIN:
-        _train(run, run_dir, store, on_progress, stop)
+        _train(run, run_dir, transport, on_progress, stop)
     elif run.kind is RunKind.FORCE:
         _force(run, run_dir, on_progress, stop)
     else:
-        _analyse(run, data, on_progress, stop)
+        _analyse(run, transport, on_progress, stop)
 
 
-def _train(run: Run, run_dir, store: RunStore, on_progress, stop: threading.Event) -> None:
+def _train(run: Assignment, run_dir, transport: Transport, on_progress, stop: threading.Event) -> None:
     import engine
 
     config = engine.Config.from_dict(run.config)
     if (run_dir / "checkpoints" / "last.pt").exists():
-        store.mark_resumed(run.id, run.attempt, len(store.metrics(run.id)))
+        transport.mark_resumed(run.n_epochs)
 
     def on_epoch(record: dict[str, Any]) -> None:
         # Replayed epochs (resume) hit the primary key and are ignored.
-        store.record_epoch(run.id, int(record["epoch"]), record)
+        try:
+            transport.record_epoch(int(record["epoch"]), record)
+        except LeaseLost:
+            stop.set()  # a newer attempt owns the run: stop at the next batch, record nothing
 
     engine.train(config, run_dir, resume=True, on_epoch=on_epoch, should_stop=stop.is_set,
                  on_progress=on_progress)
 
 
-def _analyse(run: Run, data: DataDir, on_progress, stop: threading.Event) -> None:
+def _analyse(run: Assignment, transport: Transport, on_progress, stop: threading.Event) -> None:
     from engine.analyses import registry
 
-    out_dir = data.run_dir(run.id)
+    out_dir = transport.run_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
-    registry.run_analysis(run.config["name"], data.run_dir(run.source_run_id), run.config.get("params", {}),
+    registry.run_analysis(run.config["name"], transport.source_dir(run.source_run_id), run.config.get("params", {}),
                           out_dir, on_progress=on_progress, should_stop=stop.is_set)
 
 
-def _force(run: Run, run_dir, on_progress, stop: threading.Event) -> None:
+def _force(run: Assignment, run_dir, on_progress, stop: threading.Event) -> None:
     """A FORCE experiment; a restarted run skips the units its result.json already holds."""
     from engine.force.experiments import run_experiment
 
@@ -117,53 +127,61 @@ def _force(run: Run, run_dir, on_progress, stop: threading.Event) -> None:
                    should_stop=stop.is_set)
 
 
-def record_outcome(store: RunStore, run: Run, stop: threading.Event, exc: BaseException | None) -> RunState | None:
+def record_outcome(transport: Transport, stop: threading.Event, exc: BaseException | None) -> RunState | None:
     """Turn how `execute` ended into the run's next state (None: left to the queue)."""
     import engine
 
     if exc is None:
         target, error = RunState.SUCCEEDED, None
     elif stop.is_set() or isinstance(exc, engine.TrainingCancelled):
-        if not store.cancel_requested(run.id):
-            store.requeue(run.id, run.attempt, restart=True)  # the server is stopping: not the run's fault
+        if not transport.cancel_requested():
+            transport.requeue()  # the server is stopping, or the lease is lost: not the run's fault
             return None
         target, error = RunState.CANCELLED, None
     elif isinstance(exc, engine.NonFiniteError):
         target, error = RunState.FAILED, str(exc)
     else:
         target, error = RunState.FAILED, f"{type(exc).__name__}: {exc}\n\n" + "".join(traceback.format_exception(exc))
-    try:
-        store.transition(run.id, target, error=error, attempt=run.attempt)
-    except (Conflict, InvalidTransition) as lost:  # a newer attempt owns the run
-        log.warning("not recording %s: %s", target.value, lost)
-        return None
-    return target
+    return target if transport.finish(target, error) else None
+
+
+def open_transport(argv: list[str]) -> Transport:
+    """`DATA_DIR RUN_ID ATTEMPT` (the store) or `--server URL RUN_ID ATTEMPT` (the API)."""
+    if argv[0] == "--server":
+        url, run_id, attempt = argv[1], argv[2], int(argv[3])
+        credential = os.environ.get(CREDENTIAL_ENV)
+        if not credential:
+            raise SystemExit(f"{CREDENTIAL_ENV} is not set: the server issues it when it dispatches the run")
+        return HttpTransport(url, run_id, attempt, credential)
+    return StoreTransport(DataDir.at(argv[0]), argv[1], int(argv[2]))
 
 
 def main(argv: list[str]) -> int:
-    data_dir, run_id, attempt = argv[0], argv[1], int(argv[2])
     die_with_parent()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     threads = os.environ.get(THREADS_ENV)
-    data = DataDir.at(data_dir)
-    store = RunStore(data.db_path)
-    run = store.get_run(run_id)
-    if run.attempt != attempt or run.state is not RunState.RUNNING:
+    transport = open_transport(argv)
+    run = transport.assignment()
+    if run is None:
+        transport.close()
         return 0  # a stale launch: the run moved on without us
-    store.set_worker_pid(run.id, attempt, os.getpid())
+    beat = Heartbeat(transport, stop)
+    beat.start()  # before torch's import, which takes seconds on a loaded node
     if threads:
         import torch
         torch.set_num_threads(int(threads))
-    beat = Heartbeat(store, run, stop)
-    beat.start()
     outcome = threading.Lock()  # the main thread or the stop watchdog records it, once
 
     def finish(exc: BaseException | None) -> None:
         # The first caller records and exits; a second one waits here for that exit
         # (returning would let interpreter teardown kill the first mid-write).
         outcome.acquire()
-        record_outcome(store, run, stop, exc)
+        try:
+            record_outcome(transport, stop, exc)
+        except Exception:  # the server stayed unreachable: it requeues the run itself
+            log.exception("could not record the outcome")
+        transport.close()
         logging.shutdown()
         # Skip interpreter teardown (seconds with torch loaded): the store is
         # committed and the run folder's files are complete.
@@ -172,7 +190,7 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=_watch_stop, args=(beat, finish), daemon=True, name="stop-watchdog").start()
     exc: BaseException | None = None
     try:
-        execute(run, data, store, beat, stop)
+        execute(run, transport, beat, stop)
     except Exception as caught:  # recorded as the run's failure, never lost
         exc = caught
     finally:

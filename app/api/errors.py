@@ -82,6 +82,8 @@ async def finite_json_body(request: Request) -> None:
     every field, known or not, before anything stores or echoes the value."""
     if request.method not in ("POST", "PUT", "PATCH"):
         return
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == "application/octet-stream":
+        return  # a run file a remote worker uploads, stored as sent (result.json may hold NaN)
     raw = await request.body()  # Starlette caches it: the route reads the same bytes
     if not raw or not any(word in raw for word in (b"NaN", b"Infinity")):
         return

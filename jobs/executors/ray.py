@@ -1,16 +1,22 @@
 """Each run as a Ray task, behind the same `Executor` protocol as the local one.
 
 The task is a small supervisor around the very worker the local executor starts
-(`python -m jobs.worker DATA_DIR RUN_ID ATTEMPT`, a child process), so a run
-behaves the same under both: its epochs, heartbeat and outcome go straight into
-the run store. A child process, rather than the worker running inside the Ray
-worker, because Ray reuses its worker processes: the child's exit is what frees
-a run's GPU memory, and a cancelled task can stop it.
+(`python -m jobs.worker ...`, a child process), so a run behaves the same under
+both. A child process, rather than the worker running inside the Ray worker,
+because Ray reuses its worker processes: the child's exit is what frees a run's
+GPU memory, and a cancelled task can stop it.
 
-The worker opens the store by path, so every Ray node that runs tasks must see
-the data directory at the same path. The store is SQLite in WAL mode, which
-needs all its processes on one host (WAL does not work over a network file
-system): tasks must run on the server's host (a multi-GPU box under Ray).
+With `server_url` (what `spikeboard serve --executor ray` uses) the worker
+reports over the server's API (jobs.transport.HttpTransport) with a credential
+issued for this run's attempt at dispatch, so a task runs on any node of the
+cluster: no shared disk, no database file. The task asks Ray for the run's
+resources (its threads as CPUs, one GPU when its config says cuda) and Ray
+places it on any node with room. A node that dies takes the task with it: Ray
+reports it lost, or its heartbeat lapses, and the scheduler requeues the run,
+which resumes from the last checkpoint the server holds.
+
+Without `server_url` the worker opens the store by path (same host only: the
+store is SQLite in WAL mode, which needs all its processes on one host).
 
 ray is imported when the executor is built, never at module import, so the
 server does not need it unless `--executor ray` is asked for.
@@ -26,13 +32,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from jobs.executors.base import Exited
-from jobs.executors.launch import repo_root, wants_gpu, worker_argv, worker_env
+from jobs.executors.launch import repo_root, wants_gpu, worker_env
 from jobs.models import Run, RunNotFound, RunState
 from jobs.paths import DataDir
 from jobs.store import RunStore
+from jobs.transport import CREDENTIAL_ENV
 
 log = logging.getLogger("jobs.executors.ray")
 
@@ -40,17 +47,23 @@ log = logging.getLogger("jobs.executors.ray")
 # and lost (the Ray worker or its node died, or the supervisor itself failed).
 CANCELLED_CODE = -signal.SIGTERM
 LOST_CODE = -signal.SIGKILL
+ADMIN_TOKEN_ENV = "SPIKEBOARD_TOKEN"
 INSTALL_HINT = "the Ray executor needs ray: pip install 'spikeboard[ray]'"
 
 
-def supervise_worker(data_dir: str, run_id: str, attempt: int, threads: int, grace_s: float) -> int:
+def supervise_worker(target: list[str], run_id: str, attempt: int, threads: int, grace_s: float,
+                     extra_env: dict[str, str] | None = None) -> int:
     """The body of a run's Ray task: start the worker, wait for it, return its
-    exit code. ray.cancel raises KeyboardInterrupt here: the worker then gets
-    SIGTERM (it records `cancelled` or requeues) and SIGKILL after `grace_s`.
-    If this process is killed instead, the worker's parent-death signal stops it."""
+    exit code. `target` is [DATA_DIR] or ["--server", URL] (jobs.worker's argv).
+    ray.cancel raises KeyboardInterrupt here: the worker then gets SIGTERM (it
+    records `cancelled` or requeues) and SIGKILL after `grace_s`. If this process
+    is killed instead, the worker's parent-death signal stops it."""
     env = worker_env(os.environ, threads)  # Ray has set CUDA_VISIBLE_DEVICES for a GPU task
-    process = subprocess.Popen(worker_argv(sys.executable, data_dir, run_id, attempt), env=env,
-                               cwd=repo_root(), start_new_session=True)
+    if target[:1] == ["--server"]:
+        env.pop(ADMIN_TOKEN_ENV, None)  # a remote worker holds its run's credential, never the admin token
+    env.update(extra_env or {})
+    argv = [sys.executable, "-m", "jobs.worker", *target, run_id, str(attempt)]
+    process = subprocess.Popen(argv, env=env, cwd=repo_root(), start_new_session=True)
     try:
         while True:
             try:
@@ -69,6 +82,12 @@ def supervise_worker(data_dir: str, run_id: str, attempt: int, threads: int, gra
         raise
 
 
+def run_resources(config: dict[str, Any], threads_per_run: int) -> dict[str, Any]:
+    """The Ray resources a run asks for: its torch threads as CPUs, and one GPU
+    when its config runs on CUDA (a FORCE experiment's network config included)."""
+    return {"num_cpus": threads_per_run, "num_gpus": 1 if wants_gpu(config) else 0}
+
+
 @dataclass
 class _Task:
     run_id: str
@@ -79,7 +98,8 @@ class _Task:
 
 class RayExecutor:
     def __init__(self, data_dir: str | Path, *, address: str | None = None, slots: int = 1,
-                 threads_per_run: int = 1, grace_s: float = 3.0):
+                 threads_per_run: int = 1, grace_s: float = 3.0, server_url: str | None = None,
+                 issue_credential: Callable[[str, int], str] | None = None):
         try:
             import ray
         except ImportError as exc:
@@ -87,6 +107,9 @@ class RayExecutor:
         self._ray = ray
         self.data_dir = Path(data_dir).resolve()
         self.slots, self.threads_per_run, self.grace_s = slots, threads_per_run, grace_s
+        if server_url is not None and issue_credential is None:
+            raise ValueError("workers reporting to a server need issue_credential")
+        self.server_url, self._issue_credential = server_url, issue_credential
         # Connect unless the process already is (a test's ray.init); address None
         # starts a Ray instance on this machine, "auto" joins the one `ray start` runs.
         self._owns_ray = not ray.is_initialized()
@@ -105,10 +128,16 @@ class RayExecutor:
         stale = self._tasks.pop(run.id, None)
         if stale is not None:  # a requeued run whose old task Ray never started
             self._ray.cancel(stale.ref, force=False)
-        options = {"num_cpus": self.threads_per_run, "num_gpus": 1 if wants_gpu(run.config) else 0,
-                   "name": f"spikeboard-run-{run.id}-{run.attempt}"}
-        ref = self._remote.options(**options).remote(str(self.data_dir), run.id, run.attempt,
-                                                     self.threads_per_run, self.grace_s)
+        options = run_resources(run.config, self.threads_per_run)
+        options["name"] = f"spikeboard-run-{run.id}-{run.attempt}"
+        if self.server_url is not None:
+            # issued now, for this attempt only: a worker of an older attempt is locked out
+            target = ["--server", self.server_url]
+            extra_env = {CREDENTIAL_ENV: self._issue_credential(run.id, run.attempt)}
+        else:
+            target, extra_env = [str(self.data_dir)], {}
+        ref = self._remote.options(**options).remote(target, run.id, run.attempt, self.threads_per_run,
+                                                     self.grace_s, extra_env)
         self._tasks[run.id] = _Task(run.id, run.attempt, ref)
         log.info("run %s attempt %d submitted to Ray (%s)", run.id, run.attempt, options)
 
@@ -118,9 +147,11 @@ class RayExecutor:
             return False
         self._ray.cancel(task.ref, force=False)
         # ray.cancel's KeyboardInterrupt is best effort (in CI it sometimes never
-        # arrived): the worker runs on this host (see above), so also tell it
-        # directly; it records its own outcome, and its exit ends the task.
-        self._terminate_worker(task)
+        # arrived). A remote worker also learns of a cancel from its heartbeat's
+        # answer; a same-host one is told directly. Either records its own
+        # outcome, and its exit ends the task.
+        if self.server_url is None:
+            self._terminate_worker(task)
         if task.kill_at is None:
             task.kill_at = time.monotonic() + self.grace_s
         return True

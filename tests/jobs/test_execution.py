@@ -10,6 +10,7 @@ import pytest
 
 import engine
 from jobs import worker
+from jobs.transport import Assignment, StoreTransport
 from jobs.executors import LocalExecutor
 from jobs.models import RunKind, RunState
 from jobs.paths import DataDir
@@ -111,10 +112,11 @@ def test_non_finite_loss_fails_the_run_with_its_reason(data, monkeypatch):
 
     monkeypatch.setattr(engine, "train", train_to_nan)
     stop = threading.Event()
-    beat = worker.Heartbeat(store, run, stop)
+    transport = StoreTransport(data, run.id, run.attempt)
+    beat = worker.Heartbeat(transport, stop)
     with pytest.raises(engine.NonFiniteError) as error:
-        worker.execute(run, data, store, beat, stop)
-    assert worker.record_outcome(store, run, stop, error.value) is RunState.FAILED
+        worker.execute(Assignment.of(run), transport, beat, stop)
+    assert worker.record_outcome(transport, stop, error.value) is RunState.FAILED
     failed = store.get_run(run.id)
     assert failed.error == "loss became nan in epoch 2, batch 2" and failed.n_epochs == 1
 
@@ -125,7 +127,7 @@ def test_other_errors_store_the_traceback(data):
     try:
         raise KeyError("tier")
     except KeyError as exc:
-        worker.record_outcome(store, run, threading.Event(), exc)
+        worker.record_outcome(StoreTransport(data, run.id, run.attempt), threading.Event(), exc)
     failed = store.get_run(run.id)
     assert failed.state is RunState.FAILED and "Traceback" in failed.error and "KeyError" in failed.error
 
@@ -139,7 +141,8 @@ def test_a_stop_is_cancelled_only_when_asked_for(data, cancel_flag, expected):
         store.request_cancel(run.id)
     stop = threading.Event()
     stop.set()
-    worker.record_outcome(store, run, stop, engine.TrainingCancelled("stopped during epoch 1"))
+    worker.record_outcome(StoreTransport(data, run.id, run.attempt), stop,
+                          engine.TrainingCancelled("stopped during epoch 1"))
     assert store.get_run(run.id).state is expected
 
 
@@ -147,7 +150,7 @@ def test_heartbeat_sets_stop_on_cancel_flag(data):
     store = RunStore(data.db_path)
     run = _claimed(store, {})
     stop = threading.Event()
-    beat = worker.Heartbeat(store, run, stop)
+    beat = worker.Heartbeat(StoreTransport(data, run.id, run.attempt), stop)
     beat.progress = 0.25
     beat.beat()
     assert not stop.is_set() and store.get_run(run.id).progress == 0.25

@@ -213,3 +213,55 @@ def test_local_slots_spread_runs_over_gpus_then_share_them(data, store, monkeypa
     # a run pinned to cuda:N sees what the server sees, so N names the GPU it asked for
     assert executor._env(slot_of[runs[2].id], pinned_gpu=1)["CUDA_VISIBLE_DEVICES"] == "4,6"
     executor.shutdown(1.0)
+
+
+def test_a_remote_dispatch_issues_a_credential_for_that_attempt_only(data, store, ray_instance):
+    """With a server URL, each dispatch hands the worker a new credential for its run and
+    attempt (never the admin token, which the worker's environment drops) and no data path."""
+    from jobs.executors.ray import RayExecutor
+
+    executor = RayExecutor(data.root, slots=2, server_url="http://127.0.0.1:9", issue_credential=store.issue_credential)
+    executor._remote = _RecordingRemote()
+    run = _train_run(store, epochs=50)
+    executor.submit(store.claim_next())
+    target, run_id, attempt, _, _, env = executor._tasks[run.id].ref  # the recorded task arguments
+    assert target == ["--server", "http://127.0.0.1:9"] and (run_id, attempt) == (run.id, 1)
+    first = env["SPIKEBOARD_RUN_CREDENTIAL"]
+    assert store.credential_attempt(run.id, first) == 1 and str(data.root) not in target
+    store.requeue(run.id, 1)
+    executor._tasks.pop(run.id)  # its task was collected (the recorded one is no real Ray task)
+    executor.submit(store.claim_next())
+    second = executor._tasks[run.id].ref[-1]["SPIKEBOARD_RUN_CREDENTIAL"]
+    assert store.credential_attempt(run.id, second) == 2
+    assert store.credential_attempt(run.id, first) is None  # the older attempt is locked out
+    other = _train_run(store)
+    assert store.credential_attempt(other.id, second) is None
+
+
+def test_the_remote_worker_gets_no_admin_token(monkeypatch):
+    from jobs.executors import ray as ray_executor
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, argv, env, **kwargs):
+            seen.update(argv=argv, env=env)
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(ray_executor.subprocess, "Popen", Recorder)
+    monkeypatch.setenv("SPIKEBOARD_TOKEN", "the-admin-token")
+    assert ray_executor.supervise_worker(["--server", "http://127.0.0.1:9"], "r1", 1, 1, 1.0,
+                                         {"SPIKEBOARD_RUN_CREDENTIAL": "c"}) == 0
+    assert "SPIKEBOARD_TOKEN" not in seen["env"] and seen["env"]["SPIKEBOARD_RUN_CREDENTIAL"] == "c"
+    assert seen["argv"][-4:] == ["--server", "http://127.0.0.1:9", "r1", "1"]
+
+
+def test_ray_resources_come_from_the_run_config():
+    from jobs.executors.ray import run_resources
+
+    assert run_resources({"device": "cpu"}, 2) == {"num_cpus": 2, "num_gpus": 0}
+    assert run_resources({"device": "cuda"}, 1) == {"num_cpus": 1, "num_gpus": 1}
+    force = {"experiment": "sine", "params": {"config": {"device": "cuda:0"}}}
+    assert run_resources(force, 1)["num_gpus"] == 1

@@ -37,6 +37,17 @@ def test_bad_executor_settings_are_refused_by_name(changes, named):
         Settings(**changes)
 
 
+def test_remote_workers_report_to_the_public_url_or_the_bound_address():
+    assert Settings.from_env({"SPIKEBOARD_PORT": "8123"}).worker_url == "http://127.0.0.1:8123"
+    wildcard = Settings.from_env({"SPIKEBOARD_HOST": "0.0.0.0", "SPIKEBOARD_PORT": "8000"})
+    assert wildcard.worker_url == "http://127.0.0.1:8000"  # this machine only: --public-url for others
+    public = Settings.from_env({"SPIKEBOARD_PUBLIC_URL": "http://10.0.0.1:8000/"})
+    assert public.worker_url == "http://10.0.0.1:8000"
+    assert build_parser().parse_args(["serve", "--public-url", "http://a:1"]).public_url == "http://a:1"
+    with pytest.raises(ValueError, match="public_url"):
+        Settings(public_url="10.0.0.1:8000")  # no scheme
+
+
 def test_serve_parses_the_executor_flags():
     args = build_parser().parse_args(["serve", "--executor", "ray", "--ray-address", "auto",
                                       "--runs-per-gpu", "2"])

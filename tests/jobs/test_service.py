@@ -8,6 +8,7 @@ import pytest
 
 from engine.analyses import registry
 from jobs import worker
+from jobs.transport import Assignment, StoreTransport
 from jobs.models import Conflict, InvalidRequest, RunKind, RunState
 from jobs.paths import DataDir
 from jobs.service import JobService, NotFound, flatten
@@ -124,5 +125,6 @@ def test_analysis_is_validated_by_its_spec_and_runs_through_the_registry(service
     assert run.kind is RunKind.ANALYSIS and run.config == {"name": "fake", "params": {"steps": 3}}
     claimed = service.store.claim_next()
     stop = threading.Event()
-    worker.execute(claimed, service.data, service.store, worker.Heartbeat(service.store, claimed, stop), stop)
+    transport = StoreTransport(service.data, claimed.id, claimed.attempt)
+    worker.execute(Assignment.of(claimed), transport, worker.Heartbeat(transport, stop), stop)
     assert calls == [("fake", service.data.run_dir(source.id), {"steps": 3}, service.data.run_dir(run.id))]
