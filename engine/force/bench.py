@@ -1,14 +1,14 @@
 """Benchmark (not a test): seconds per FORCE grid point, the compiled loop vs the
 torch reference loop, measured in the same run on the same machine.
 
-    spikeboard bench force [--n 2000] [--batches 1 8] [--fraction 0.02] [--reps 1]
+    spikeboard bench force [--n 2000] [--batches 1 64] [--fraction 0.005] [--reps 1]
                            [--threads 2] [--ref-threads 1] [--json]
 
 A grid point is both twins (LIF and rate) through the 15 s protocol (5 s warm-up,
 5 s learning with an RLS update every 50 steps, 5 s test) at the study's grid
 settings (p 0.4, centred encoders, float32 dynamics, float64 RLS). Every per-step
 cost is the same all through a phase, so the protocol is run shortened by
-`--fraction` (each phase that fraction of 5 s; 0.02 = 100 ms, 2000 steps) and the
+`--fraction` (each phase that fraction of 5 s; 0.005 = 25 ms, 500 steps) and the
 time projected to the whole protocol from runs at `--fraction` and twice that (a straight line
 through the two: what does not grow with the run's length, such as P = alpha I for every point of
 the batch, is counted once, not scaled): labelled "projected". Per point = (LIF + rate) / batch,
@@ -79,9 +79,10 @@ def _warm_up() -> None:
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="spikeboard bench force", description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="neurons (default 2000)")
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="points per batch (default 1 8)")
-    ap.add_argument("--fraction", type=float, default=0.02,
-                    help="run each 5 s phase this fraction long and twice that, and project (default 0.02; at most 0.5)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 64],
+                    help="points per batch (default 1 64: the grid experiment's default batch)")
+    ap.add_argument("--fraction", type=float, default=0.005,
+                    help="run each 5 s phase this fraction long and twice that, and project (default 0.005; at most 0.5)")
     ap.add_argument("--reps", type=int, default=1, help="interleaved repetitions (default 1)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="compiled loop: threads over points (default: all cores)")

@@ -445,7 +445,7 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {s.name: s for s in (
           config={"p": 0.4, "encoder": "centred"},
           extra={"q_values": [float(q) for q in np.linspace(2, 30, 8)],
                  "g_values": [float(g) for g in np.linspace(0, 0.2, 8)],
-                 "networks": ["lif", "rate"], "batch": 8, "processes": 1},
+                 "networks": ["lif", "rate"], "batch": 64, "processes": 1},
           check=lambda p: {**p, "q_values": _numbers(p, "q_values", 0, 1e4, 100),
                            "g_values": _numbers(p, "g_values", 0, 1e4, 100), "networks": _networks(p),
                            "batch": _integer(p, "batch", 1, 4096), "processes": _integer(p, "processes", 1, 64)},
