@@ -71,6 +71,55 @@ def _time_point(backend: str, n: int, batch: int, fraction: float, threads: int)
     return row
 
 
+def _profile(n: int, batches: list[int]) -> list[dict]:
+    """CPU microseconds per point-step of the compiled loop's pieces on one thread
+    (`time.thread_time`, so other processes' load counts less): the rate twin's gemm alone, a whole
+    rate step, a LIF step, and milliseconds per RLS update and point (learning minus dynamics)."""
+    import numpy as np
+    import torch
+
+    from engine.force import compiled, simulate
+    from engine.force.config import ForceConfig
+    from engine.force.rls import rls_init
+
+    torch.set_num_threads(1)
+    steps = 500
+    config = ForceConfig(n=n, p=0.4, encoder="centred", q=20.0, g=0.125, alpha=5e-6, warmup_s=steps * 5e-5,
+                         learn_s=steps * 5e-5, test_s=steps * 5e-5, backend="compiled")
+
+    def cpu(call, reps: int) -> float:
+        call()
+        start = time.thread_time()
+        for _ in range(reps):
+            call()
+        return (time.thread_time() - start) / reps
+
+    rows = []
+    for batch in batches:
+        setup = simulate.make_setup(config, [config.g] * batch, [config.q] * batch)
+        row = {"batch": batch}
+        r = simulate.initial_state("rate", setup).r.numpy()
+        product = np.empty_like(r)
+        gemm_args = (product, r, setup.weights.omega0.numpy(), np.array([84, 78], np.uint8),
+                     compiled._blas_table(np.float32), np.empty(2, np.int32), np.empty(2, np.float32))
+        row["gemm_us"] = cpu(lambda: compiled._recurrent(*gemm_args), 50) / batch * 1e6
+        for network in ("lif", "rate"):
+            state = simulate.initial_state(network, setup)
+            z = torch.zeros(batch, 1, dtype=config.torch_dtype)
+            out = torch.empty(steps, batch, 1, dtype=config.torch_dtype)
+            rls = rls_init([config.alpha] * batch, n, 1)
+            dynamics = cpu(lambda: compiled.advance_compiled(network, setup, state, z, rls.phi, 0, steps, out), 2)
+            learning = cpu(lambda: compiled.advance_compiled(network, setup, state, z, rls.phi, 0, steps, out,
+                                                             rls=rls), 2)
+            row[f"{network}_step_us"] = dynamics / steps / batch * 1e6
+            row[f"{network}_rls_ms"] = (learning - dynamics) / (steps // config.update_every) / batch * 1e3
+        rows.append(row)
+        print(f"  one thread, {batch} points: rate gemm {row['gemm_us']:.0f} us, rate step {row['rate_step_us']:.0f} us, "
+              f"LIF step {row['lif_step_us']:.0f} us per point-step; RLS {row['lif_rls_ms']:.2f} ms (LIF), "
+              f"{row['rate_rls_ms']:.2f} ms (rate) per update and point", flush=True)
+    return rows
+
+
 def _warm_up() -> None:
     """Compile (or load) the kernels for float32 outside the timings."""
     _time_run("compiled", 50, 2, 0.0004, 2)
@@ -89,6 +138,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--ref-threads", type=int, default=1,
                     help="reference loop: torch threads (default 1, its fastest on a CPU; docs/force.md)")
     ap.add_argument("--skip-reference", action="store_true", help="time the compiled loop only")
+    ap.add_argument("--profile", type=int, nargs="*", metavar="POINTS",
+                    help="instead: CPU cost of the compiled loop's pieces on one thread at these batches "
+                         "(default 1 8 32)")
     ap.add_argument("--json", action="store_true", help="print the measurements as JSON too")
     return ap
 
@@ -99,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error("--fraction must be in (0, 0.5]")
     _warm_up()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    if args.profile is not None:
+        print(f"FORCE compiled loop's pieces, N {args.n}, CPU time of one thread; load average {load:.1f}")
+        rows = _profile(args.n, args.profile or [1, 8, 32])
+        if args.json:
+            print(json.dumps({"profile": rows, "load_start": load}))
+        return 0
     print(f"FORCE grid point: N {args.n}, both twins, 15 s protocol (phases run at {args.fraction:g} and "
           f"{2 * args.fraction:g} x 5 s, projected); {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average {load:.1f} at start")
