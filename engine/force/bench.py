@@ -3,6 +3,7 @@ torch reference loop, measured in the same run on the same machine.
 
     spikeboard bench force [--n 2000] [--batches 1 64] [--fraction 0.005] [--reps 1]
                            [--threads 2] [--ref-threads 1] [--json]
+    spikeboard bench force --profile [POINTS ...]   (CPU cost of the compiled loop's pieces)
 
 A grid point is both twins (LIF and rate) through the 15 s protocol (5 s warm-up,
 5 s learning with an RLS update every 50 steps, 5 s test) at the study's grid
