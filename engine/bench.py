@@ -67,17 +67,17 @@ def _measure(spec: dict) -> dict:
     for name in config.trainable:
         weights[name].requires_grad_(train)
 
-    def once(inputs):
-        with torch.set_grad_enabled(train):
-            # as engine.train and engine.evaluate call it: counts and logits, no trains
-            out = simulate(weights, inputs, config, spike_trains=False)
-            if train:
-                F.cross_entropy(out["logits"], labels).backward()
-        if config.device != "cpu":
-            torch.cuda.synchronize()
-
     if spec.get("pack", 1) > 1:  # K packed runs (PING and COBA by turns, own seeds) as one job
         once = _packed_step(spec, config, labels)
+    else:
+        def once(inputs):
+            with torch.set_grad_enabled(train):
+                # as engine.train and engine.evaluate call it: counts and logits, no trains
+                out = simulate(weights, inputs, config, spike_trains=False)
+                if train:
+                    F.cross_entropy(out["logits"], labels).backward()
+            if config.device != "cpu":
+                torch.cuda.synchronize()
 
     once(warm_up)  # libraries, allocator, first-call paths
     if spec.get("count"):

@@ -22,7 +22,7 @@ from engine.force import measures
 from engine.force.config import NETWORKS, ForceConfig
 from engine.force.grid import run_grid
 from engine.force.results import ResultWriter
-from engine.force.simulate import Setup, Trained, learn, make_setup, test
+from engine.force.simulate import Setup, Trained, advance, learn, make_setup, test
 
 
 class ExperimentError(ConfigError):
@@ -64,6 +64,14 @@ def _networks(params: dict) -> list[str]:
     return list(values)
 
 
+def _protocols(params: dict) -> list[str]:
+    values = params["protocols"]
+    if not isinstance(values, list) or not values or any(v not in TRANSFER_PROTOCOLS for v in values) \
+            or len(set(values)) != len(values):
+        raise ExperimentError("protocols", f"must be a non-empty list of distinct names from {list(TRANSFER_PROTOCOLS)}")
+    return list(values)
+
+
 def _config(params: dict, defaults: dict) -> dict:
     overrides = params["config"]
     if not isinstance(overrides, dict):
@@ -101,13 +109,14 @@ def _phases(c: ForceConfig) -> dict:
 
 
 def _train_pair(config: ForceConfig, networks: list[str], alphas: list[float], writer: ResultWriter,
-                live_traces: bool = False, extra_tests: int = 0) -> dict[str, tuple[Setup, Trained, Any]]:
+                live_traces: bool = False, extra_tests: int = 0,
+                extra_steps: int = 0) -> dict[str, tuple[Setup, Trained, Any]]:
     """Learn and test each network type on a batch of alphas at the config's (Q, G);
-    progress counts `extra_tests` more test phases that the caller runs after."""
+    progress counts `extra_tests` more test phases and `extra_steps` more steps that the caller runs after."""
     out = {}
     batch = len(alphas)
     setup0 = make_setup(config, [config.g] * batch, [config.q] * batch)
-    steps_total = len(networks) * config.n_steps + extra_tests * config.test_steps
+    steps_total = len(networks) * config.n_steps + extra_tests * config.test_steps + extra_steps
     for i, network in enumerate(networks):
         offset = i * config.n_steps
         ticker = writer.step_ticker(steps_total, offset)
@@ -197,18 +206,128 @@ def transfer_run(params: dict, w: ResultWriter) -> None:
     w.result.update(phases=_phases(config), cells=cells, decoder_fit=measures.decoder_fit(phi_lif, phi_rate))
 
 
+# Ways a twin's learned decoders can be moved into the other twin (the receiver); each runs
+# closed loop from the end of learning. "feedback" is phi in the loop (z = phi^T r fed back through
+# eta: the learned low-rank part of the recurrent weights), "readout" the phi the output is read with.
+TRANSFER_PROTOCOLS = {
+    # name: (feedback phi, readout phi, starting state), each "own" (the receiver's) or "donor"
+    "own": ("own", "own", "own"),
+    "swap_both": ("donor", "donor", "own"),  # the learned weights moved: phi in the loop and the readout
+    "readout_only": ("own", "donor", "own"),  # decoders only: the receiver keeps its own loop
+    "feedback_only": ("donor", "own", "own"),
+    "swap_both_donor_state": ("donor", "donor", "donor"),  # and started from the donor's state
+}
+
+
+def _state_from(receiver: str, donor_state, own_state, setup: Setup):
+    """The donor's post-learning state as a state of the receiver: the filtered rates (r, hr) are
+    the same quantities in both twins; a LIF receiver's synaptic filters are omega r and omega hr
+    (the identity networks.py's LIF step keeps), its voltages and refractory counts its own."""
+    if receiver == "rate":
+        return type(own_state)(donor_state.r.clone(), donor_state.hr.clone())
+    g = setup.params.g[:, None]
+    omega0 = setup.weights.omega0
+    return own_state._replace(ipsc=g * (donor_state.r @ omega0.T), h=g * (donor_state.hr @ omega0.T),
+                              r=donor_state.r.clone(), hr=donor_state.hr.clone())
+
+
+def _closed_loop(network: str, setup: Setup, state, phi_feedback: torch.Tensor, phi_readout: torch.Tensor,
+                 start: int, stop: int, tick=None) -> torch.Tensor:
+    """Steps [start, stop) with phi_feedback in the loop; returns phi_readout^T r at every step
+    (T, B, k). Both decoders are read out at once: eta gets zero columns for the readout's outputs,
+    which feed nothing back (eta z + 0 z' is eta z exactly)."""
+    k = phi_feedback.shape[2]
+    w = setup.weights
+    both = w._replace(eta0=torch.cat([w.eta0, torch.zeros_like(w.eta0)], dim=1))
+    phi = torch.cat([phi_feedback, phi_readout], dim=2)
+    z = torch.bmm(state.r.unsqueeze(1), phi.to(state.r.dtype)).squeeze(1)
+    outputs = torch.empty(stop - start, setup.batch, 2 * k, dtype=state.r.dtype, device=state.r.device)
+    advance(network, setup._replace(weights=both), state, z, phi, start, stop, outputs, tick)
+    return outputs[:, :, k:]
+
+
+def _window_result(z: np.ndarray, target: np.ndarray, dt_s: float) -> dict:
+    """Errors, frequency and amplitude of a readout window z (T, k) against the target."""
+    finite = bool(np.isfinite(z).all())
+    sq = float(((z - target) ** 2).sum()) if finite else float("nan")
+    result = measures.network_result(sq, len(z), dt_s, z.shape[1], 0.0)
+    result.pop("end_rate_hz", None)
+    result.update(frequency_hz=measures.zero_crossing_frequency(z[:, 0], dt_s) if finite else None,
+                  amplitude=float((z[:, 0].max() - z[:, 0].min()) / 2) if finite else None)
+    return result
+
+
+def transfer_protocols_run(params: dict, w: ResultWriter) -> None:
+    """Each twin's decoders moved into the other by every protocol of TRANSFER_PROTOCOLS, at each
+    alpha (alphas x protocols are one batch per receiver); scored over the first test_s of the
+    closed loop and over test_s after a run-in of run_in_s."""
+    config = ForceConfig.from_dict(params["config"])
+    alphas, names, run_in_s = params["alphas"], params["protocols"], params["run_in_s"]
+    run_config = config.replace(test_s=config.test_s + run_in_s)
+    start, stop = config.warmup_steps + config.learn_steps, run_config.n_steps
+    pair = _train_pair(config, ["lif", "rate"], alphas, w, extra_steps=2 * (stop - start))
+    batch = len(alphas) * len(names)
+    cells = []
+    for i, receiver in enumerate(("lif", "rate")):
+        donor = "rate" if receiver == "lif" else "lif"
+        setup0, trained, _ = pair[receiver]
+        donor_trained = pair[donor][1]
+        setup = make_setup(run_config, [config.g] * batch, [config.q] * batch, weights=setup0.weights)
+        rows = [a for a in range(len(alphas)) for _ in names]  # batch row -> alpha row
+        own_state = type(trained.state)(*(x[rows] for x in trained.state))
+        donor_state = _state_from(receiver, type(donor_trained.state)(*(x[rows] for x in donor_trained.state)),
+                                  own_state, setup)
+        protocols = names * len(alphas)  # batch row -> protocol
+        phis = {"own": trained.rls.phi[rows], "donor": donor_trained.rls.phi[rows]}
+        pick = lambda slot: torch.stack([phis[TRANSFER_PROTOCOLS[n][slot]][j]  # noqa: E731
+                                         for j, n in enumerate(protocols)]).contiguous()
+        state = _mix_states({"own": own_state, "donor": donor_state}, protocols)
+        ticker = w.step_ticker(2 * config.n_steps + 2 * (stop - start), 2 * config.n_steps + i * (stop - start) - start)
+        z = _closed_loop(receiver, setup, state, pick(0), pick(1), start, stop, ticker).double().cpu().numpy()
+        target = setup.supervisor.target[start:stop]
+        run_in = stop - start - config.test_steps
+        for j, name in enumerate(protocols):
+            cells.append({"receiver": receiver, "donor": donor, "protocol": name, "alpha": alphas[rows[j]],
+                          "first": _window_result(z[:config.test_steps, j], target[:config.test_steps], config.dt_s),
+                          "after_run_in": _window_result(z[run_in:, j], target[run_in:], config.dt_s)})
+        steps = np.arange(start, stop, config.trace_every)
+        w.save_npz(f"protocols_{donor}_to_{receiver}.npz", t_s=(steps + 1) * config.dt_s,
+                   target=setup.supervisor.target[steps], output=z[::config.trace_every].transpose(1, 0, 2),
+                   protocols=np.array(protocols), alphas=np.array([alphas[r] for r in rows]))
+    fits = [measures.decoder_fit(pair["lif"][1].rls.phi[a].cpu().numpy(), pair["rate"][1].rls.phi[a].cpu().numpy())
+            for a in range(len(alphas))]
+    w.result.update(phases={**_phases(config), "run_in_s": run_in_s}, alphas=alphas, protocols=names,
+                    decoder_fit=fits, cells=cells)
+
+
+def _mix_states(starts: dict, names: list[str]):
+    """Row j of the batch from starts[own or donor] as protocol names[j] says."""
+    own = starts["own"]
+    return type(own)(*(torch.stack([getattr(starts[TRANSFER_PROTOCOLS[n][2]], field)[j] for j, n in enumerate(names)])
+                       for field in own._fields))
+
+
 def size_run(params: dict, w: ResultWriter) -> None:
-    """Error and decoder correlation against N; one unit (resumable) per N."""
+    """Error and decoder correlation against N; one unit (resumable) per N. With `trials` > 0, each
+    N's bias^2 and variance over that many perturbed repeats of the test phase too (as bias_variance)."""
     base = ForceConfig.from_dict(params["config"])
+    trials = params["trials"]
     rows = w.result.setdefault("rows", [])
     done = {row["n"] for row in rows}
     w.units_done = len(done)
     for n in params["n_values"]:
         if n in done:
             continue
-        pair = _train_pair(base.replace(n=n), ["lif", "rate"], [base.alpha], w)
+        config = base.replace(n=n)
+        pair = _train_pair(config, ["lif", "rate"], [base.alpha], w, extra_tests=2 if trials else 0)
         row = {"n": n, **{net: _network_result(s, te, 0) for net, (s, _, te) in pair.items()}}
         row["decoder_fit"] = measures.decoder_fit(pair["lif"][1].rls.phi.cpu().numpy(), pair["rate"][1].rls.phi.cpu().numpy())
+        if trials:
+            generator = torch.Generator().manual_seed(config.seed + 1)
+            row["bias_variance"] = {
+                network: _trial_split(config, network, setup, trained, params, generator,
+                                      _extra_test_ticker(w, config, i))[0]
+                for i, (network, (setup, trained, _)) in enumerate(pair.items())}
         rows.append(row)
         w.unit_done()
     w.result["rows"] = sorted(rows, key=lambda row: row["n"])
@@ -223,17 +342,27 @@ def bias_variance_run(params: dict, w: ResultWriter) -> None:
     generator = torch.Generator().manual_seed(config.seed + 1)
     w.result.update(phases=_phases(config), trials=trials, networks={})
     for i, (network, (setup, trained, _)) in enumerate(pair.items()):
-        trial_setup = make_setup(config, [config.g] * trials, [config.q] * trials, setup.supervisor, setup.weights)
-        state = _perturbed(trained.state, trials, params, generator)
-        tested = test(network, trial_setup, trained, trained.rls.phi.expand(trials, -1, -1), state=state,
-                      tick=_extra_test_ticker(w, config, i))
+        split, outputs = _trial_split(config, network, setup, trained, params, generator,
+                                      _extra_test_ticker(w, config, i))
+        w.result["networks"][network] = split
         start = config.warmup_steps + config.learn_steps
-        outputs = tested.outputs.double().cpu().numpy().transpose(1, 0, 2)  # (trials, T, k)
-        split = measures.bias_variance(outputs, setup.supervisor.target[start:])
-        errors = [_network_result(trial_setup, tested, b)["test_error"] for b in range(trials)]
-        w.result["networks"][network] = {**split, "test_errors": errors}
         w.save_npz(f"trials_{network}.npz", output=outputs[:, ::config.trace_every],
                    target=setup.supervisor.target[start::config.trace_every])
+
+
+def _trial_split(config: ForceConfig, network: str, setup: Setup, trained: Trained, params: dict,
+                 generator: torch.Generator, tick) -> tuple[dict, np.ndarray]:
+    """bias^2, variance and each trial's test error over params["trials"] perturbed test phases
+    (the trials are the batch); also the outputs (trials, T, k)."""
+    trials = params["trials"]
+    trial_setup = make_setup(config, [config.g] * trials, [config.q] * trials, setup.supervisor, setup.weights)
+    state = _perturbed(trained.state, trials, params, generator)
+    tested = test(network, trial_setup, trained, trained.rls.phi.expand(trials, -1, -1), state=state, tick=tick)
+    start = config.warmup_steps + config.learn_steps
+    outputs = tested.outputs.double().cpu().numpy().transpose(1, 0, 2)  # (trials, T, k)
+    split = measures.bias_variance(outputs, setup.supervisor.target[start:])
+    errors = [_network_result(trial_setup, tested, b)["test_error"] for b in range(trials)]
+    return {**split, "test_errors": errors}, outputs
 
 
 def _perturbed(state, trials: int, params: dict, generator: torch.Generator):
@@ -316,15 +445,22 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {s.name: s for s in (
           config={"p": 0.4, "encoder": "centred"},
           extra={"q_values": [float(q) for q in np.linspace(2, 30, 8)],
                  "g_values": [float(g) for g in np.linspace(0, 0.2, 8)],
-                 "networks": ["lif", "rate"], "batch": 8, "processes": 1},
+                 "networks": ["lif", "rate"], "batch": 64, "processes": 1},
           check=lambda p: {**p, "q_values": _numbers(p, "q_values", 0, 1e4, 100),
                            "g_values": _numbers(p, "g_values", 0, 1e4, 100), "networks": _networks(p),
                            "batch": _integer(p, "batch", 1, 4096), "processes": _integer(p, "processes", 1, 64)},
           units=lambda p: len(p["q_values"]) * len(p["g_values"])),
     _spec("transfer", "decoders swapped between the twins, both directions", transfer_run, config=_STUDY),
+    _spec("transfer_protocols", "decoders moved between the twins by several protocols (feedback and/or readout, "
+          "receiver's or donor's state, run-in), at slow and fast alpha", transfer_protocols_run, config=_STUDY,
+          extra={"alphas": [5e-6, 5e-4], "protocols": list(TRANSFER_PROTOCOLS), "run_in_s": 2.0},
+          check=lambda p: {**p, "alphas": _numbers(p, "alphas", 1e-12, 1e3, 8), "protocols": _protocols(p),
+                           "run_in_s": _number(p, "run_in_s", 0, 1e3)}),
     _spec("size", "error and decoder correlation against N", size_run, config=_STUDY,
-          extra={"n_values": [250, 500, 1000, 2000]},
-          check=lambda p: {**p, "n_values": sorted(set(_numbers(p, "n_values", 2, 20000, 20, integer=True)))},
+          extra={"n_values": [250, 500, 1000, 2000], "trials": 0, "jitter_mv": 1.0, "jitter_frac": 0.01},
+          check=lambda p: {**p, "n_values": sorted(set(_numbers(p, "n_values", 2, 20000, 20, integer=True))),
+                           "trials": 0 if p["trials"] == 0 else _integer(p, "trials", 2, 1000),
+                           "jitter_mv": _number(p, "jitter_mv", 0, 100), "jitter_frac": _number(p, "jitter_frac", 0, 1)},
           units=lambda p: len(p["n_values"])),
     _spec("bias_variance", "bias^2 and variance of the output over repeated test trials", bias_variance_run,
           config=_STUDY, extra={"trials": 10, "jitter_mv": 1.0, "jitter_frac": 0.01},

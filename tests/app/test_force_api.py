@@ -11,7 +11,8 @@ TINY = {"n": 30, "warmup_s": 0.02, "learn_s": 0.05, "test_s": 0.02}
 def test_experiments_are_listed_with_defaults(queue_only_server):
     body = httpx.get(queue_only_server.url + "/api/force/experiments", timeout=30).json()
     names = {e["name"] for e in body["data"]}
-    assert names == {"train", "alpha", "grid", "transfer", "size", "bias_variance", "pca"} and body["count"] == 7
+    assert names == {"train", "alpha", "grid", "transfer", "transfer_protocols", "size", "bias_variance",
+                     "pca"} and body["count"] == 8
     grid = next(e for e in body["data"] if e["name"] == "grid")
     assert grid["defaults"]["config"]["p"] == 0.4 and grid["defaults"]["config"]["alpha"] == 5e-6
 

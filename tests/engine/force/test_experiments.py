@@ -13,7 +13,8 @@ from engine.force.simulate import ForceCancelled
 
 TINY = {"n": 30, "warmup_s": 0.02, "learn_s": 0.05, "test_s": 0.02}
 EXTRA = {"grid": {"q_values": [5.0, 10.0], "g_values": [0.05, 0.1], "batch": 3},
-         "size": {"n_values": [20, 30]}, "bias_variance": {"trials": 3}, "pca": {"components": 5}}
+         "size": {"n_values": [20, 30], "trials": 2}, "bias_variance": {"trials": 3}, "pca": {"components": 5},
+         "transfer_protocols": {"run_in_s": 0.01}}
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
@@ -28,6 +29,7 @@ def test_experiment_completes_with_its_files(name, tmp_path):
     expected = {"train": {"traces_lif.npz", "traces_rate.npz", "decoders.npz"},
                 "alpha": {"decoders_alpha0.npz", "decoders_alpha1.npz"},
                 "transfer": {"transfer_lif_to_rate.npz", "transfer_rate_to_lif.npz", "decoders.npz"},
+                "transfer_protocols": {"protocols_lif_to_rate.npz", "protocols_rate_to_lif.npz"},
                 "bias_variance": {"trials_lif.npz", "trials_rate.npz"},
                 "pca": {"pca_lif.npz", "pca_rate.npz"}}.get(name, set())
     assert expected <= files and not any(".tmp" in f for f in files)
