@@ -19,6 +19,7 @@ import threading
 import traceback
 from typing import Any
 
+from jobs.finetune import copy_start_weights
 from jobs.models import Conflict, InvalidTransition, Run, RunKind, RunState
 from jobs.paths import DataDir
 from jobs.store import RunStore
@@ -78,6 +79,7 @@ def execute(run: Run, data: DataDir, store: RunStore, beat: Heartbeat, stop: thr
         beat.progress = done / total if total else None
 
     if run.kind is RunKind.TRAIN:
+        copy_start_weights(data, run.id, run.config)  # a fine-tune's (jobs.finetune)
         _train(run, run_dir, store, on_progress, stop)
     elif run.kind is RunKind.FORCE:
         _force(run, run_dir, on_progress, stop)
