@@ -40,22 +40,28 @@ STATE_JS = """() => {
   const m = Bokeh.documents.flatMap(d => [...d.all_models])
       .find(m => typeof m.text === 'string' && m.text.includes('whatif-state'));
   return m ? m.text : null; }"""
-# resolves at the first painted frame after the summary carries `attr`="value"
+# resolves at the first painted frame after the summary carries `attr`="value"; it
+# listens to the summary model's change signal rather than polling every animation
+# frame, which kept Chromium drawing frames (and burning CPU) for the whole wait
 PAINTED_JS = """([attr, value, t0]) => new Promise(resolve => {
   const model = Bokeh.documents.flatMap(d => [...d.all_models])
       .find(m => typeof m.text === 'string' && m.text.includes('whatif-state'));
   const re = new RegExp(attr + '=(?:"|&quot;)([^"&]+)');
-  const poll = () => {
-    if (performance.now() - t0 > 60000) { resolve(null); return; }
+  const signal = model.properties.text.change;
+  let timer = null;
+  const check = () => {
     const found = (model.text.match(re) || [])[1];
-    if (found !== undefined && Math.abs(parseFloat(found) - value) < 1e-6) {
-      const seen = performance.now();
-      requestAnimationFrame(() => requestAnimationFrame(() =>
-        resolve({seen: seen - t0, painted: performance.now() - t0, origin: performance.timeOrigin + t0,
-                 text: model.text})));
-    } else requestAnimationFrame(poll);
+    if (found === undefined || Math.abs(parseFloat(found) - value) >= 1e-6) return;
+    const seen = performance.now();
+    signal.disconnect(check);
+    clearTimeout(timer);
+    requestAnimationFrame(() => requestAnimationFrame(() =>
+      resolve({seen: seen - t0, painted: performance.now() - t0, origin: performance.timeOrigin + t0,
+               text: model.text})));
   };
-  poll(); })"""
+  timer = setTimeout(() => { signal.disconnect(check); resolve(null); }, 60000);
+  signal.connect(check);
+  check(); })"""
 
 
 

@@ -118,8 +118,12 @@ class WhatIfPage:
             "rates": {"t": [], "e": [], "i": []}, "spectrum": {"f": [], "power": []},
             "hist_e": {"left": [], "right": [], "count": []}, "hist_i": {"left": [], "right": [], "count": []},
             "here": {"ei": [], "ie": []}, "near": {"ei": [], "ie": []}}.items()}
+        # canvas, not WebGL: a few thousand squares draw in milliseconds, while a WebGL
+        # plot is drawn off-screen and copied onto the canvas on every repaint (in a
+        # browser without a GPU, in software: the copy alone was a third of the page's
+        # repaint time in Chromium)
         self.raster = _figure("Spike raster", "time (ms)", "cell (E below, I above)",
-                              x_range=Range1d(0, c.t_ms), y_range=Range1d(0, c.n_e + c.n_i), output_backend="webgl")
+                              x_range=Range1d(0, c.t_ms), y_range=Range1d(0, c.n_e + c.n_i))
         self.raster.scatter("t", "cell", source=self.src["raster_e"], size=2, color=E_COLOR, marker="square",
                             legend_label="E")
         self.raster.scatter("t", "cell", source=self.src["raster_i"], size=2, color=I_COLOR, marker="square",
