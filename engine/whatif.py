@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -215,7 +216,7 @@ def _simulate_groups(w: dict, events: InputEvents, cfg: Config, threads: int) ->
     """
     batch = events.shape[1]
     bounds = [round(batch * g / max(1, min(threads, batch))) for g in range(max(1, min(threads, batch)) + 1)]
-    groups = list(zip(bounds[:-1], bounds[1:]))
+    groups = list(pairwise(bounds))
 
     def one(group: tuple[int, int]) -> dict:
         with torch.no_grad(), _torch_threads(1):  # both are per thread
@@ -247,12 +248,15 @@ def _reduced(out: dict, picked: bool) -> dict:
     reduced = {"count_e": out["count_e"], "count_i": out["count_i"], "logits": out["logits"],
                "active_e": _active_fraction(s_e)}
     if picked:
-        e_step, e_cell = s_e[:, 0].nonzero(as_tuple=True)
-        i_step, i_cell = s_i[:, 0].nonzero(as_tuple=True)
-        reduced["picked"] = {"raster_e": Events(e_step.to(torch.int32).cpu().numpy(), e_cell.to(torch.int32).cpu().numpy()),
-                             "raster_i": Events(i_step.to(torch.int32).cpu().numpy(), i_cell.to(torch.int32).cpu().numpy()),
+        reduced["picked"] = {"raster_e": _events(s_e[:, 0]), "raster_i": _events(s_i[:, 0]),
                              "active_i": _active_fraction(s_i[:, :1])}
     return reduced
+
+
+def _events(spikes: torch.Tensor) -> Events:
+    """One trial's spikes [T, n] as (step, cell) events in step order."""
+    step, cell = spikes.nonzero(as_tuple=True)
+    return Events(step.to(torch.int32).cpu().numpy(), cell.to(torch.int32).cpu().numpy())
 
 
 def _analyse(out: dict, picked: dict, cfg: Config, test: Split, knobs: Knobs, index: torch.Tensor) -> dict:
@@ -273,15 +277,15 @@ def _analyse(out: dict, picked: dict, cfg: Config, test: Split, knobs: Knobs, in
         spectrum = None
     # a flat (silent) spectrum has no peak, as engine.analyses.measure.gamma_peak says
     peak = spectrum.peak_hz if spectrum is not None and spectrum.prominence > 0 else None
-    return dict(
-        dt_ms=cfg.dt_ms, t_ms=cfg.t_ms, n_e=cfg.n_e, n_i=cfg.n_i,
-        label=int(test.labels[knobs.sample]), predicted=int(predicted[0]),
-        raster_e=picked["raster_e"], raster_i=picked["raster_i"],
-        rate_time_ms=np.arange(len(rate_e)) + 0.5, population_rate_e_hz=rate_e, population_rate_i_hz=rate_i,
-        n_images=n, rate_e_hz=float(cell_e.mean()), rate_i_hz=float(cell_i.mean()),
-        cell_rates_e_hz=cell_e, cell_rates_i_hz=cell_i,
-        accuracy_pct=100.0 * p, accuracy_stderr_pct=100.0 * math.sqrt(p * (1.0 - p) / n),
-        spectrum=spectrum, gamma_peak_hz=peak)
+    return {
+        "dt_ms": cfg.dt_ms, "t_ms": cfg.t_ms, "n_e": cfg.n_e, "n_i": cfg.n_i,
+        "label": int(test.labels[knobs.sample]), "predicted": int(predicted[0]),
+        "raster_e": picked["raster_e"], "raster_i": picked["raster_i"],
+        "rate_time_ms": np.arange(len(rate_e)) + 0.5, "population_rate_e_hz": rate_e, "population_rate_i_hz": rate_i,
+        "n_images": n, "rate_e_hz": float(cell_e.mean()), "rate_i_hz": float(cell_i.mean()),
+        "cell_rates_e_hz": cell_e, "cell_rates_i_hz": cell_i,
+        "accuracy_pct": 100.0 * p, "accuracy_stderr_pct": 100.0 * math.sqrt(p * (1.0 - p) / n),
+        "spectrum": spectrum, "gamma_peak_hz": peak}
 
 
 def _active_fraction(spikes: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ import html
 import json
 import time
 from functools import partial
+from typing import ClassVar
 
 import numpy as np
 import panel as pn
@@ -59,7 +60,7 @@ class _ReleaseFirstSlider(pn.widgets.FloatSlider):
     """A slider whose release reaches Python at once: Panel holds a browser change for
     `_debounce` (50 ms) to batch it with others, unless it is a priority change."""
 
-    _priority_changes = ["value_throttled"]
+    _priority_changes: ClassVar[list[str]] = ["value_throttled"]
 
 
 class KnobSlider(pn.widgets.EditableFloatSlider):
