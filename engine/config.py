@@ -210,6 +210,13 @@ class Config:
     readout: str | None = None  # "leaky" (integrator) | "lif_mem_mean" (output LIF, subtract reset)
     readout_v_th: float = 1.0  # threshold of the output LIF (lif_mem_mean)
     skip_nonfinite: bool | None = None  # a non-finite step is skipped (seed) instead of stopping the run
+    # Starting point: None draws fresh weights from `seed`; a run id fine-tunes that run's
+    # trained weights, W_in / W_ei / W_ie times these multipliers (the What-if sliders).
+    # The job service copies them into this run's folder (START_WEIGHTS in engine.train).
+    init_run: str | None = None
+    init_w_in_scale: float = 1.0
+    init_w_ei_scale: float = 1.0
+    init_w_ie_scale: float = 1.0
     # Execution
     backend: str = "fast"  # spike-identical to "reference" (the executable spec), 10-30x faster
     dtype: str = "float32"
@@ -317,6 +324,9 @@ _POSITIVE_VARIANT = ("c_m_e_nf", "c_m_i_nf", "readout_v_th", "w_out_scale")
 def _check_types(config: Config) -> None:
     for f in fields(config):
         value = getattr(config, f.name)
+        if f.name == "init_run":
+            _check_init_run(value)
+            continue
         if value is None and (f.name in _INTS or f.name in _OPTIONAL_BOOLS or f.name in _OPTIONAL_CHOICES):
             continue  # resolved from the recipe
         if f.name in _INTS:
@@ -366,10 +376,30 @@ def _validate(config: Config) -> None:
         if not isinstance(config.dale_weights, tuple) or any(n not in ("W_in", "W_out") for n in config.dale_weights):
             raise ConfigError("dale_weights", f"must be a subset of ['W_in', 'W_out'], got {config.dale_weights!r}")
     _validate_extremes(config)
+    _validate_start(config)
     if config.n_steps < 1:
         raise ConfigError("t_ms", f"must cover at least one step of dt_ms, got {config.t_ms}")
     if not (config.device == "cpu" or config.device == "cuda" or config.device.startswith("cuda:")):
         raise ConfigError("device", f"must be 'cpu', 'cuda' or 'cuda:N', got {config.device!r}")
+
+
+INIT_RUN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+INIT_SCALES = ("init_w_in_scale", "init_w_ei_scale", "init_w_ie_scale")
+
+
+def _check_init_run(value: Any) -> None:
+    # a run id names a folder: no separators, no dots, bounded
+    if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 64
+                              or not set(value) <= INIT_RUN_CHARS):
+        raise ConfigError("init_run", f"must be null or a run id (letters, digits, '-', '_'), got {value!r}")
+
+
+def _validate_start(config: Config) -> None:
+    for name in INIT_SCALES:
+        if getattr(config, name) < 0:
+            raise ConfigError(name, f"must be >= 0, got {getattr(config, name)}")
+        if config.init_run is None and getattr(config, name) != 1.0:
+            raise ConfigError(name, "multiplies another run's weights: set init_run too, or leave it 1")
 
 
 # Values no run can use, refused here rather than failing inside a worker: torch

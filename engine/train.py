@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -97,7 +98,7 @@ def _start(config: Config, run: RunDir, resume: bool):
     checkpoint = run.load_checkpoint() if resume else None
     if checkpoint is None:
         run.create(config)
-        weights = init_weights(config)
+        weights = start_weights(config, run.root) if config.init_run else init_weights(config)
         run.save_arrays("weights_init", {k: v.cpu().numpy() for k, v in weights.items()})
         epoch = 0
     else:
@@ -114,6 +115,30 @@ def _start(config: Config, run: RunDir, resume: bool):
     if checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
     return weights, optimizer, epoch
+
+
+START_WEIGHTS = "start_weights.npz"  # in a fine-tune's run folder: the weights of its config's init_run
+
+
+def start_weights(config: Config, run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """A fine-tune's epoch-0 weights: `init_run`'s trained weights, which the job
+    service copied into this run's folder as START_WEIGHTS, with W_in, W_ei and
+    W_ie multiplied by `init_w_in_scale`, `init_w_ei_scale`, `init_w_ie_scale`."""
+    path = Path(run_dir) / START_WEIGHTS
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: a run with init_run {config.init_run!r} starts from that "
+                                "run's trained weights, copied there when it is launched")
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    shapes = {"W_in": (config.n_input, config.n_e), "W_ei": (config.n_e, config.n_i),
+              "W_ie": (config.n_i, config.n_e), "W_out": (config.n_e, config.n_out)}
+    for name, shape in shapes.items():
+        if name not in arrays or arrays[name].shape != shape:
+            found = arrays[name].shape if name in arrays else "none"
+            raise ValueError(f"{path}: {name} must be {list(shape)} for this config, found {found}")
+    scales = {"W_in": config.init_w_in_scale, "W_ei": config.init_w_ei_scale, "W_ie": config.init_w_ie_scale}
+    return {name: (torch.from_numpy(arrays[name]).to(torch.float64) * scales.get(name, 1.0))
+            .to(device=config.torch_device, dtype=config.torch_dtype) for name in shapes}
 
 
 def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: int,

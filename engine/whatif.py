@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -152,27 +155,112 @@ def simulation_config(config: Config, knobs: Knobs, device: str = "cpu") -> Conf
 
 
 @torch.no_grad()
-def what_if(weights: Weights, config: Config, test: Split, knobs: Knobs, device: str = "cpu") -> WhatIfResult:
+def what_if(weights: Weights, config: Config, test: Split, knobs: Knobs, device: str = "cpu",
+            threads: int = 1) -> WhatIfResult:
     """Simulate the picked test image and `knobs.n_images` test images through the
-    run's weights at the slider position `knobs` (see the module docstring)."""
+    run's weights at the slider position `knobs` (see the module docstring), on
+    `threads` CPU threads (see `_simulate_groups`)."""
     n_test = len(test.labels)
     if knobs.sample >= n_test:
         raise ConfigError("sample", f"must be in [0, {n_test - 1}], got {knobs.sample}")
     started = time.perf_counter()
     cfg = simulation_config(config, knobs, device)
-    w = scaled_weights(weights, knobs.w_ei_scale, knobs.w_ie_scale)
-    w = {name: t.to(device=cfg.torch_device, dtype=cfg.torch_dtype) for name, t in w.items()}
-    w["W_in"] = w["W_in"] * knobs.w_in_scale
-    index = _subset_index(n_test, knobs.n_images)
-    picked = poisson_events(test.images[knobs.sample:knobs.sample + 1], cfg,
-                            batch_generator(cfg.seed, "whatif-image", knobs.sample, 0))
-    subset = poisson_events(test.images[index], cfg, batch_generator(cfg.seed, "whatif-subset", len(index), 0))
-    out = simulate(w, _merged(picked, subset).to(cfg.torch_device), cfg, spike_trains=True)
-    s_e, s_i = out["s_e"], out["s_i"]  # [T, 1 + N, n]
-    if s_e.is_cuda:
-        torch.cuda.synchronize()
+    with _torch_threads(1):
+        w = scaled_weights(weights, knobs.w_ei_scale, knobs.w_ie_scale)
+        w = {name: t.to(device=cfg.torch_device, dtype=cfg.torch_dtype) for name, t in w.items()}
+        w["W_in"] = w["W_in"] * knobs.w_in_scale
+        index = _subset_index(n_test, knobs.n_images)
+        picked = poisson_events(test.images[knobs.sample:knobs.sample + 1], cfg,
+                                batch_generator(cfg.seed, "whatif-image", knobs.sample, 0))
+        subset = poisson_events(test.images[index], cfg, batch_generator(cfg.seed, "whatif-subset", len(index), 0))
+        events = _merged(picked, subset).to(cfg.torch_device)
+    parts = _simulate_groups(w, events, cfg, threads if cfg.torch_device.type == "cpu" else 1)
     simulated = time.perf_counter()
+    with _torch_threads(1):
+        joined = {name: torch.cat([part[name] for part in parts], dim=1 if name == "active_e" else 0)
+                  for name in ("count_e", "count_i", "logits", "active_e")}
+        analysed = _analyse(joined, parts[0]["picked"], cfg, test, knobs, index)
+    return WhatIfResult(**analysed, knobs=knobs.resolved(config),
+                        timings_s={"simulate": simulated - started, "analyse": time.perf_counter() - simulated})
 
+
+@contextmanager
+def _torch_threads(threads: int):
+    """torch's intra-op threads for this block (torch's setting is per calling thread).
+
+    A what-if's tensor ops are small (weights of 1000 x 1000, sums over
+    [T, 9, n], FFTs of [T, 16]): on two OpenMP threads each op waits at a barrier
+    for the other thread, which on a loaded machine costs the other thread's turn
+    on a core, every op (a 1M-element sum took 0.3 ms on one thread and 23 ms on
+    two with other processes holding the cores; a whole what-if 0.4 s against 1.5
+    to 5 s)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _simulate_groups(w: dict, events: InputEvents, cfg: Config, threads: int) -> list[dict]:
+    """Simulate the samples of `events` in `threads` groups of consecutive samples,
+    each in its own thread with one torch thread, and reduce each group's trains at
+    once to what the analysis needs (`_reduced`); the first group's carries the
+    picked image (sample 0).
+
+    Samples are independent (the fast backend's compiled loops split them over
+    threads the same way), so the spikes are those of one call over the whole
+    batch. Parallel groups, rather than one call on `threads` torch threads, keep
+    every tensor op on one thread (see `_torch_threads`): the compiled loops run
+    in parallel (they release the GIL), nothing waits at a barrier but the join.
+    """
+    batch = events.shape[1]
+    bounds = [round(batch * g / max(1, min(threads, batch))) for g in range(max(1, min(threads, batch)) + 1)]
+    groups = list(pairwise(bounds))
+
+    def one(group: tuple[int, int]) -> dict:
+        with torch.no_grad(), _torch_threads(1):  # both are per thread
+            out = simulate(w, _samples(events, *group), cfg, spike_trains=True)
+            if out["s_e"].is_cuda:
+                torch.cuda.synchronize()
+            return _reduced(out, picked=group[0] == 0)
+
+    if len(groups) == 1:
+        return [one(groups[0])]
+    with ThreadPoolExecutor(len(groups), thread_name_prefix="whatif") as pool:
+        return list(pool.map(one, groups))
+
+
+def _samples(events: InputEvents, b0: int, b1: int) -> InputEvents:
+    """The events of samples [b0, b1), renumbered from 0, in the same (step, sample, channel) order."""
+    if (b0, b1) == (0, events.shape[1]):
+        return events
+    keep = (events.sample >= b0) & (events.sample < b1)
+    steps, _, n_input = events.shape
+    return InputEvents(events.step[keep], events.sample[keep] - b0, events.channel[keep], (steps, b1 - b0, n_input))
+
+
+def _reduced(out: dict, picked: bool) -> dict:
+    """One group's simulation as the analysis needs it, without the [T, b, n] trains:
+    counts, logits, the E population's active fraction per step [T, b, 1] and, for
+    the group of sample 0, that image's spike events and I active fraction."""
+    s_e, s_i = out["s_e"], out["s_i"]
+    reduced = {"count_e": out["count_e"], "count_i": out["count_i"], "logits": out["logits"],
+               "active_e": _active_fraction(s_e)}
+    if picked:
+        reduced["picked"] = {"raster_e": _events(s_e[:, 0]), "raster_i": _events(s_i[:, 0]),
+                             "active_i": _active_fraction(s_i[:, :1])}
+    return reduced
+
+
+def _events(spikes: torch.Tensor) -> Events:
+    """One trial's spikes [T, n] as (step, cell) events in step order."""
+    step, cell = spikes.nonzero(as_tuple=True)
+    return Events(step.to(torch.int32).cpu().numpy(), cell.to(torch.int32).cpu().numpy())
+
+
+def _analyse(out: dict, picked: dict, cfg: Config, test: Split, knobs: Knobs, index: torch.Tensor) -> dict:
+    """WhatIfResult's fields from the reduced simulation of [the picked image, the N images]."""
     trial_s = cfg.n_steps * cfg.dt_ms / 1000.0
     n = len(index)
     labels = test.labels[index].to(out["logits"].device)
@@ -180,29 +268,24 @@ def what_if(weights: Weights, config: Config, test: Split, knobs: Knobs, device:
     p = float((predicted[1:] == labels).double().mean())
     cell_e = (out["count_e"][1:].double().mean(0) / trial_s).cpu().numpy()
     cell_i = (out["count_i"][1:].double().mean(0) / trial_s).cpu().numpy()
-    e_step, e_cell = s_e[:, 0].nonzero(as_tuple=True)
-    i_step, i_cell = s_i[:, 0].nonzero(as_tuple=True)
-    active_e, active_i = _active_fraction(s_e), _active_fraction(s_i)
+    active_e = out["active_e"]
     rate_e = population_rate(active_e[:, :1], cfg.dt_ms)[0].numpy()
-    rate_i = population_rate(active_i[:, :1], cfg.dt_ms)[0].numpy()
+    rate_i = population_rate(picked["active_i"], cfg.dt_ms)[0].numpy()
     try:
         spectrum = gamma_spectrum(active_e[:, 1:], cfg.dt_ms)
     except ValueError:  # a trial too short for a spectrum
         spectrum = None
     # a flat (silent) spectrum has no peak, as engine.analyses.measure.gamma_peak says
     peak = spectrum.peak_hz if spectrum is not None and spectrum.prominence > 0 else None
-    done = time.perf_counter()
-    return WhatIfResult(
-        knobs=knobs.resolved(config), dt_ms=cfg.dt_ms, t_ms=cfg.t_ms, n_e=cfg.n_e, n_i=cfg.n_i,
-        label=int(test.labels[knobs.sample]), predicted=int(predicted[0]),
-        raster_e=Events(e_step.to(torch.int32).cpu().numpy(), e_cell.to(torch.int32).cpu().numpy()),
-        raster_i=Events(i_step.to(torch.int32).cpu().numpy(), i_cell.to(torch.int32).cpu().numpy()),
-        rate_time_ms=np.arange(len(rate_e)) + 0.5, population_rate_e_hz=rate_e, population_rate_i_hz=rate_i,
-        n_images=n, rate_e_hz=float(cell_e.mean()), rate_i_hz=float(cell_i.mean()),
-        cell_rates_e_hz=cell_e, cell_rates_i_hz=cell_i,
-        accuracy_pct=100.0 * p, accuracy_stderr_pct=100.0 * math.sqrt(p * (1.0 - p) / n),
-        spectrum=spectrum, gamma_peak_hz=peak,
-        timings_s={"simulate": simulated - started, "analyse": done - simulated})
+    return {
+        "dt_ms": cfg.dt_ms, "t_ms": cfg.t_ms, "n_e": cfg.n_e, "n_i": cfg.n_i,
+        "label": int(test.labels[knobs.sample]), "predicted": int(predicted[0]),
+        "raster_e": picked["raster_e"], "raster_i": picked["raster_i"],
+        "rate_time_ms": np.arange(len(rate_e)) + 0.5, "population_rate_e_hz": rate_e, "population_rate_i_hz": rate_i,
+        "n_images": n, "rate_e_hz": float(cell_e.mean()), "rate_i_hz": float(cell_i.mean()),
+        "cell_rates_e_hz": cell_e, "cell_rates_i_hz": cell_i,
+        "accuracy_pct": 100.0 * p, "accuracy_stderr_pct": 100.0 * math.sqrt(p * (1.0 - p) / n),
+        "spectrum": spectrum, "gamma_peak_hz": peak}
 
 
 def _active_fraction(spikes: torch.Tensor) -> torch.Tensor:

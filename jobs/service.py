@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator
 from engine.config import Config, ConfigError
 from jobs.models import (Conflict, InvalidRequest, InvalidTransition, Run, RunKind, RunNotFound,
                          RunState, Sweep)
+from jobs.finetune import check_source
 from jobs.limits import RunLimits
 from jobs.paths import DataDir
 from jobs.store import RunStore
@@ -79,8 +80,9 @@ class JobService:
 
     # --- runs -------------------------------------------------------------------
     def submit_run(self, fields: dict[str, Any]) -> Run:
-        return self.store.create_run(RunKind.TRAIN, validate_config(fields, self.limits),
-                                     code_version=code_version())
+        config = validate_config(fields, self.limits)
+        check_source(self.store, self.data, config)  # a fine-tune's init_run (jobs.finetune)
+        return self.store.create_run(RunKind.TRAIN, config, code_version=code_version())
 
     def get_run(self, run_id: str) -> Run:
         return self.store.get_run(run_id)
@@ -185,6 +187,8 @@ class JobService:
     def submit_sweep(self, base: dict[str, Any], grid: dict[str, list[Any]]) -> Sweep:
         configs = expand_grid(base, grid)
         self._check_sizes(configs, "grid")
+        for config in configs:
+            check_source(self.store, self.data, config, "grid." if "init_run" in grid else "")
         return self.store.create_sweep(base, grid, configs, code_version=code_version())
 
     def _check_sizes(self, configs: list[dict[str, Any]], where: str) -> None:

@@ -10,13 +10,18 @@ of `threads_per_run` torch threads each. Two limits keep a few open tabs from
 starving training:
 - a global cap: at most `slots` what-ifs at a time, with `slots` the cores that
   the configured training slots leave (`workers * threads_per_run`), at least 1;
-- per what-if, torch threads = the cores that the runs *running now* leave,
-  divided by `slots`, at least 1 (so on 2 cores with one training run going, a
-  what-if uses one core; with none, both). torch's thread count is per calling
-  thread (OpenMP), so setting it in the what-if's thread changes nothing else.
-The compiled loops split their samples over exactly that many threads
-(engine.fast_cpu). What-ifs always run on the CPU: a GPU stays with the runs
+- per what-if, threads = the cores that the runs *running now* leave, divided
+  by `slots`, at least 1 (so on 2 cores with one training run going, a what-if
+  uses one core; with none, both): `engine.whatif.what_if` simulates its images
+  in that many groups, one thread each, every torch op on one thread. What-ifs always run on the CPU: a GPU stays with the runs
 the scheduler placed on it.
+
+Huge pages. A what-if at the canonical size writes 17 images' spike trains,
+[2000, 17, 1000] float32 (136 MB), into fresh memory on every call; with 4 KiB
+pages the first write costs a page fault per page, 0.3 s or more on this 2-core
+VM (a second write of the same memory: 0.04 s). `use_huge_pages` has torch
+back the server process's large CPU tensors with transparent huge pages (2 MiB,
+one fault each): the same first write then takes about 0.05 s.
 
 `Latest` is the per-session rule: one inference in flight per session, and a
 request made while one runs replaces any older waiting one, so a drag never
@@ -44,6 +49,27 @@ from jobs.service import JobService
 CACHED_RUNS = 4
 
 
+HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"  # torch (c10/core/alloc_cpu.cpp): madvise(MADV_HUGEPAGE) on >= 2 MiB
+
+
+def use_huge_pages() -> None:
+    """Back this process's large torch CPU tensors with transparent huge pages.
+
+    torch reads THP_MEM_ALLOC_ENABLE once, at the first allocation of 2 MiB or
+    more, so this must run before any (the server calls it when it builds its
+    what-if service; later it changes nothing). The variable is removed again
+    unless it was set before: the training workers, subprocesses of the server,
+    keep their own memory behaviour. A kernel with THP off ("never") ignores it.
+    """
+    if HUGE_PAGES_ENV in os.environ:
+        return  # the operator's choice, inherited by the workers as they set it
+    os.environ[HUGE_PAGES_ENV] = "1"
+    try:
+        torch.empty(4 << 20, dtype=torch.uint8)  # the first large allocation: torch reads the variable
+    finally:
+        del os.environ[HUGE_PAGES_ENV]
+
+
 class Busy(Conflict):
     """Every what-if slot stayed taken for the whole wait."""
 
@@ -62,6 +88,7 @@ class WhatIfService:
         self._slots = threading.BoundedSemaphore(self.slots)
         self._cache: OrderedDict[tuple, tuple] = OrderedDict()
         self._cache_lock = threading.Lock()
+        use_huge_pages()
 
     # --- inputs ----------------------------------------------------------------------
     def _weights_file(self, run_id: str) -> tuple[str, float]:
@@ -109,14 +136,11 @@ class WhatIfService:
         config, weights, test = self.network(run_id)
         if not self._slots.acquire(timeout=wait_s):
             raise Busy(f"all {self.slots} what-if slots are busy; try again")
-        before = torch.get_num_threads()
         try:
-            torch.set_num_threads(self.threads())
-            return what_if(weights, config, test, knobs)
+            return what_if(weights, config, test, knobs, threads=self.threads())
         except ConfigError as exc:
             raise InvalidRequest(exc.field, exc.message) from exc
         finally:
-            torch.set_num_threads(before)
             self._slots.release()
 
 

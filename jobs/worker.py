@@ -22,6 +22,7 @@ import threading
 import traceback
 from typing import Any
 
+from jobs.finetune import copy_start_weights
 from jobs.models import RunKind, RunState
 from jobs.paths import DataDir
 from jobs.transport import CREDENTIAL_ENV, Assignment, HttpTransport, LeaseLost, StoreTransport, Transport
@@ -85,6 +86,8 @@ def execute(run: Assignment, transport: Transport, beat: Heartbeat, stop: thread
         beat.progress = done / total if total else None
 
     if run.kind is RunKind.TRAIN:
+        if run.config.get("init_run"):  # a fine-tune (jobs.finetune): its source's weights, once
+            copy_start_weights(transport.source_dir(run.config["init_run"]), run_dir)
         _train(run, run_dir, transport, on_progress, stop)
     elif run.kind is RunKind.FORCE:
         _force(run, run_dir, on_progress, stop)

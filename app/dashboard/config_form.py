@@ -43,6 +43,8 @@ def _widget(field: dataclasses.Field, hint: Any) -> pn.widgets.Widget:
     if hint in (float, float | None):
         placeholder = "from recipe / arch" if default is None else ""
         return pn.widgets.FloatInput(label=name, value=default, placeholder=placeholder, format="0[.]0[000000]")
+    if hint == str | None:  # init_run: empty is none
+        return pn.widgets.TextInput(label=name, value=default or "", placeholder="none")
     return pn.widgets.TextInput(label=name, value=str(default))
 
 
@@ -90,6 +92,8 @@ class ConfigForm:
                 value = list(value)
                 if tuple(value) == defaults[name].default or (name == "dale_weights" and not value):
                     continue
+            elif self._hints[name] == str | None and not value.strip():
+                continue  # empty: none, the default
             elif value == defaults[name].default:
                 continue
             chosen[name] = value

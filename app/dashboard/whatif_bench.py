@@ -40,21 +40,28 @@ STATE_JS = """() => {
   const m = Bokeh.documents.flatMap(d => [...d.all_models])
       .find(m => typeof m.text === 'string' && m.text.includes('whatif-state'));
   return m ? m.text : null; }"""
-# resolves at the first painted frame after the summary carries `attr`="value"
+# resolves at the first painted frame after the summary carries `attr`="value"; it
+# listens to the summary model's change signal rather than polling every animation
+# frame, which kept Chromium drawing frames (and burning CPU) for the whole wait
 PAINTED_JS = """([attr, value, t0]) => new Promise(resolve => {
   const model = Bokeh.documents.flatMap(d => [...d.all_models])
       .find(m => typeof m.text === 'string' && m.text.includes('whatif-state'));
   const re = new RegExp(attr + '=(?:"|&quot;)([^"&]+)');
-  const poll = () => {
-    if (performance.now() - t0 > 60000) { resolve(null); return; }
+  const signal = model.properties.text.change;
+  let timer = null;
+  const check = () => {
     const found = (model.text.match(re) || [])[1];
-    if (found !== undefined && Math.abs(parseFloat(found) - value) < 1e-6) {
-      const seen = performance.now();
-      requestAnimationFrame(() => requestAnimationFrame(() =>
-        resolve({seen: seen - t0, painted: performance.now() - t0, text: model.text})));
-    } else requestAnimationFrame(poll);
+    if (found === undefined || Math.abs(parseFloat(found) - value) >= 1e-6) return;
+    const seen = performance.now();
+    signal.disconnect(check);
+    clearTimeout(timer);
+    requestAnimationFrame(() => requestAnimationFrame(() =>
+      resolve({seen: seen - t0, painted: performance.now() - t0, origin: performance.timeOrigin + t0,
+               text: model.text})));
   };
-  poll(); })"""
+  timer = setTimeout(() => { signal.disconnect(check); resolve(null); }, 60000);
+  signal.connect(check);
+  check(); })"""
 
 
 
@@ -76,6 +83,56 @@ def trained_run(data: DataDir, n_e: int, n_i: int, t_ms: float) -> str:
     return run.id
 
 
+def reused_run(data: DataDir, args) -> str | None:
+    """A succeeded run of this size in a kept data folder (--data-dir), if any."""
+    if not data.db_path.exists():
+        return None
+    store = RunStore(data.db_path)
+    try:
+        runs, _ = store.list_runs(state=RunState.SUCCEEDED)
+    finally:
+        store.close()
+    for run in runs:
+        if (run.config["n_e"], run.config["n_i"], run.config["t_ms"]) == (args.n_e, args.n_i, args.t_ms):
+            print(f"reusing trained run {run.id} in {data.root}")
+            return run.id
+    return None
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (Linux /proc; gone ones count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def chromium_pids() -> list[int]:
+    """This process's descendants that are Chromium (the browser Playwright launched)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            todo.append(child)
+            try:
+                if "chrom" in Path(f"/proc/{child}/comm").read_text():
+                    found.append(child)
+            except OSError:
+                pass
+    return found
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
@@ -88,7 +145,7 @@ def timings_of(text: str) -> dict[str, float]:
 
     inner = html.unescape(html.unescape(text))
     state = json.loads(re.search(r"<div class=\"whatif-state\"[^>]*>(.*?)</div>", inner, re.DOTALL).group(1))
-    return state["timings_s"]
+    return {**state["timings_s"], **state.get("stamps", {})}  # a page before its stamps: none
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,12 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--with-training", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data-dir", help="keep the trained run in this data folder and reuse it next time")
     args = parser.parse_args(argv)
     random.seed(args.seed)
     load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        data = DataDir.at(Path(tmp) / "data")
-        run_id = trained_run(data, args.n_e, args.n_i, args.t_ms)
+        data = DataDir.at(Path(args.data_dir or Path(tmp) / "data"))
+        run_id = reused_run(data, args) or trained_run(data, args.n_e, args.n_i, args.t_ms)
         process, url = start_server(data.root, 1 if args.with_training else 0)
         try:
             if args.with_training:
@@ -118,17 +176,17 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(0.5)
                 time.sleep(5)  # past the worker's start-up
                 print(f"training run {training} is running alongside")
-            rows = measure(sync_playwright, url, run_id, args)
+            rows = measure(sync_playwright, url, run_id, args, process.pid)
             if args.with_training:
                 httpx.post(f"{url}/api/runs/{training}/cancel")
         finally:
             process.terminate()
             process.wait(20)
-    report(rows, args, load)
+    report(rows, args, load, os.getloadavg())
     return 0
 
 
-def measure(sync_playwright, url: str, run_id: str, args) -> list[dict]:
+def measure(sync_playwright, url: str, run_id: str, args, server_pid: int) -> list[dict]:
     rows = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -145,7 +203,9 @@ def measure(sync_playwright, url: str, run_id: str, args) -> list[dict]:
             box.press("Enter")
         page.wait_for_timeout(3000)
         page.evaluate("() => window.addEventListener('pointerup', e => { window.__released = e.timeStamp; }, true)")
+        browser_pids = chromium_pids()
         for move in range(args.moves):
+            cpu_before = cpu_seconds([server_pid]), cpu_seconds(browser_pids)
             name = "w_ie_scale" if move % 2 else "w_ei_scale"
             track = page.locator(".noUi-target").nth(SLIDERS[name])
             handle = page.locator(".noUi-handle").nth(SLIDERS[name])
@@ -161,8 +221,11 @@ def measure(sync_playwright, url: str, run_id: str, args) -> list[dict]:
             if seen is None:
                 print(f"move {move + 1:2d}: {name} -> {value}: no frame within 60 s", flush=True)
                 continue
+            cpu_server, cpu_browser = cpu_seconds([server_pid]) - cpu_before[0], cpu_seconds(browser_pids) - cpu_before[1]
             rows.append({"slider": name, "value": value, "seen_s": seen["seen"] / 1000,
-                         "total_s": seen["painted"] / 1000, **timings_of(seen["text"])})
+                         "cpu_server": cpu_server, "cpu_browser": cpu_browser,
+                         "total_s": seen["painted"] / 1000, "released": seen["origin"] / 1000,
+                         **timings_of(seen["text"])})
             print(f"move {move + 1:2d}: {name} -> {value:5.2f}: {rows[-1]['total_s']:.3f} s "
                   f"(simulate {rows[-1]['simulate']:.3f}, analyse {rows[-1]['analyse']:.3f})", flush=True)
             page.wait_for_timeout(300)
@@ -171,22 +234,33 @@ def measure(sync_playwright, url: str, run_id: str, args) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], args, load) -> None:
+def report(rows: list[dict], args, load, load_end) -> None:
     total = [r["total_s"] for r in rows]
     print(f"\nWhat-if latency, {args.n_e} E / {args.n_i} I, {args.t_ms:g} ms trials, {args.images} images + the "
           f"picked one, {len(rows)} slider releases{' with one training run alongside' if args.with_training else ''}"
-          f"; load average at start {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}")
+          f"; load average (1, 5, 15 min) at start {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}, "
+          f"at the end {load_end[0]:.2f}, {load_end[1]:.2f}, {load_end[2]:.2f}")
     print(f"  release -> last figure painted: p50 {statistics.median(total):.3f} s, p95 {percentile(total, 95):.3f} s, "
           f"max {max(total):.3f} s (target p95 <= 0.5 s)")
     for key, label in (("simulate", "simulation (fast backend)"), ("analyse", "spectrum, rates, raster events"),
                        ("prepare", "frame arrays"), ("apply", "document update")):
-        print(f"  {label:<34} median {statistics.median(r[key] for r in rows):.3f} s")
-    server = [r["simulate"] + r["analyse"] + r["prepare"] + r["apply"] for r in rows]
-    rest = [r["seen_s"] - s for r, s in zip(rows, server)]
-    render = [r["total_s"] - r["seen_s"] for r in rows]
-    print(f"  {'queue, serialisation, websocket':<34} median {statistics.median(rest):.3f} s "
-          f"(release -> frame in the browser, minus the server's parts)")
-    print(f"  {'Bokeh render (to the painted frame)':<34} median {statistics.median(render):.3f} s")
+        values = [r[key] for r in rows]
+        print(f"  {label:<50} median {statistics.median(values):.3f} s, p95 {percentile(values, 95):.3f} s")
+    # the wall-clock stamps of the server (same machine, same clock as the browser's)
+    parts = (("browser -> server: websocket, Panel's change handling", lambda r: r["asked"] - r["released"]),
+             ("-> inference thread started", lambda r: r["started"] - r["asked"]),
+             ("what-if slot, outside simulate/analyse",
+              lambda r: r["computed"] - r["started"] - r["simulate"] - r["analyse"] - r["prepare"]),
+             ("-> document callback (next tick)", lambda r: r["applied"] - r["computed"]),
+             ("-> frame in the browser: serialise, send, apply", lambda r: r["seen_s"] - (r["applied"] + r["apply"] - r["released"])),
+             ("Bokeh render (to the painted frame)", lambda r: r["total_s"] - r["seen_s"]))
+    for label, part in parts if all("asked" in r for r in rows) else ():
+        values = [part(r) for r in rows]
+        print(f"  {label:<50} median {statistics.median(values):.3f} s, p95 {percentile(values, 95):.3f} s")
+    # CPU time is what a loaded machine cannot inflate (much): the work itself
+    for key, label in (("cpu_server", "CPU per move: server process"), ("cpu_browser", "CPU per move: Chromium")):
+        values = [r[key] for r in rows]
+        print(f"  {label:<50} median {statistics.median(values):.3f} s, p95 {percentile(values, 95):.3f} s")
 
 
 if __name__ == "__main__":

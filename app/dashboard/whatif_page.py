@@ -27,6 +27,7 @@ import html
 import json
 import time
 from functools import partial
+from typing import ClassVar
 
 import numpy as np
 import panel as pn
@@ -36,6 +37,7 @@ from bokeh.plotting import figure
 from app.api.deps import Services
 from app.dashboard import layout
 from app.dashboard.plots import E_COLOR, I_COLOR
+from engine.config import Config
 from engine.whatif import Knobs, WhatIfResult
 from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
 from jobs.whatif import Latest
@@ -52,6 +54,19 @@ LABELS = {"w_ei_scale": "W_ei × (E→I)", "w_ie_scale": "W_ie × (I→E)", "w_i
           "max_rate_hz": "input max rate (Hz)", "tau_gaba_ms": "τ_GABA (ms)"}
 FIXED_END = {"w_ei_scale": 100.0, "w_ie_scale": 100.0, "w_in_scale": 100.0, "max_rate_hz": 1000.0,
              "tau_gaba_ms": 500.0}
+
+
+class _ReleaseFirstSlider(pn.widgets.FloatSlider):
+    """A slider whose release reaches Python at once: Panel holds a browser change for
+    `_debounce` (50 ms) to batch it with others, unless it is a priority change."""
+
+    _priority_changes: ClassVar[list[str]] = ["value_throttled"]
+
+
+class KnobSlider(pn.widgets.EditableFloatSlider):
+    """EditableFloatSlider on _ReleaseFirstSlider (a drag's `value` stays debounced)."""
+
+    _slider_widget = _ReleaseFirstSlider
 
 
 def _figure(title: str, x_label: str, y_label: str, **options) -> figure:
@@ -73,7 +88,7 @@ class WhatIfPage:
         self.sliders = {}
         for name, (low, high, step) in RANGES.items():
             value = start.get(name, self.trained[name])
-            slider = pn.widgets.EditableFloatSlider(
+            slider = KnobSlider(
                 name=LABELS[name], start=low, end=max(high, value), step=step, value=value,
                 fixed_start=low if name != "tau_gaba_ms" else 0.1, fixed_end=FIXED_END[name], width=300)
             slider.param.watch(self._dragged, "value")
@@ -104,8 +119,12 @@ class WhatIfPage:
             "rates": {"t": [], "e": [], "i": []}, "spectrum": {"f": [], "power": []},
             "hist_e": {"left": [], "right": [], "count": []}, "hist_i": {"left": [], "right": [], "count": []},
             "here": {"ei": [], "ie": []}, "near": {"ei": [], "ie": []}}.items()}
+        # canvas, not WebGL: a few thousand squares draw in milliseconds, while a WebGL
+        # plot is drawn off-screen and copied onto the canvas on every repaint (in a
+        # browser without a GPU, in software: the copy alone was a third of the page's
+        # repaint time in Chromium)
         self.raster = _figure("Spike raster", "time (ms)", "cell (E below, I above)",
-                              x_range=Range1d(0, c.t_ms), y_range=Range1d(0, c.n_e + c.n_i), output_backend="webgl")
+                              x_range=Range1d(0, c.t_ms), y_range=Range1d(0, c.n_e + c.n_i))
         self.raster.scatter("t", "cell", source=self.src["raster_e"], size=2, color=E_COLOR, marker="square",
                             legend_label="E")
         self.raster.scatter("t", "cell", source=self.src["raster_i"], size=2, color=I_COLOR, marker="square",
@@ -170,15 +189,19 @@ class WhatIfPage:
         if knobs == self._asked:
             return
         self._asked = knobs
-        await self.latest.request(knobs)
+        await self.latest.request((knobs, time.time()))
 
-    def _compute(self, knobs: Knobs) -> tuple[WhatIfResult, dict, float]:
+    def _compute(self, asked: tuple[Knobs, float]) -> tuple[WhatIfResult, dict, float, dict]:
+        knobs, asked_at = asked
+        stamps = {"asked": asked_at, "started": time.time()}
         result = self.whatif.compute(self.run.id, knobs)
         started = time.perf_counter()
         data = self._frame_data(result)
-        return result, data, time.perf_counter() - started
+        prepare_s = time.perf_counter() - started
+        stamps["computed"] = time.time()
+        return result, data, prepare_s, stamps
 
-    async def _deliver(self, knobs: Knobs, outcome) -> None:
+    async def _deliver(self, _asked: tuple[Knobs, float], outcome) -> None:
         if isinstance(outcome, Exception):
             message = str(outcome) if isinstance(outcome, JobsError) else f"{type(outcome).__name__}: {outcome}"
             self.doc.add_next_tick_callback(partial(layout.say, self.status, f"Not simulated: {message}", "danger"))
@@ -205,8 +228,9 @@ class WhatIfPage:
             "_near": near,
         }
 
-    def _apply(self, result: WhatIfResult, data: dict, prepare_s: float) -> None:
+    def _apply(self, result: WhatIfResult, data: dict, prepare_s: float, stamps: dict) -> None:
         started = time.perf_counter()
+        stamps["applied"] = time.time()
         self.frame += 1
         near = data.pop("_near")
         for name, columns in data.items():
@@ -221,10 +245,10 @@ class WhatIfPage:
         self.peak.location, self.peak.visible = (r.gamma_peak_hz or 0.0), r.gamma_peak_hz is not None
         self.raster.title.text = (f"Spike raster, test image {r.knobs.sample} (label {r.label}, "
                                   f"predicted {r.predicted})")
-        self.summary.object = self._summary(r, near, prepare_s, time.perf_counter() - started)
+        self.summary.object = self._summary(r, near, prepare_s, time.perf_counter() - started, stamps)
         self.status.visible = False
 
-    def _summary(self, r: WhatIfResult, near: dict | None, prepare_s: float, apply_s: float) -> str:
+    def _summary(self, r: WhatIfResult, near: dict | None, prepare_s: float, apply_s: float, stamps: dict) -> str:
         timings = {**{k: round(v, 4) for k, v in r.timings_s.items()}, "prepare": round(prepare_s, 4),
                    "apply": round(apply_s, 4)}
         peak = (f"{r.gamma_peak_hz:.0f} Hz (prominence {r.spectrum.prominence:.1f})"
@@ -238,7 +262,8 @@ class WhatIfPage:
         body = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
         state = {"frame": self.frame, "knobs": r.knobs.to_dict(), "rate_e_hz": r.rate_e_hz,
                  "rate_i_hz": r.rate_i_hz, "gamma_peak_hz": r.gamma_peak_hz,
-                 "prominence": r.spectrum.prominence if r.spectrum else None, "timings_s": timings}
+                 "prominence": r.spectrum.prominence if r.spectrum else None, "timings_s": timings,
+                 "stamps": stamps}
         return (f'<table class="kv">{body}</table>'
                 f'<div class="whatif-state" data-frame="{self.frame}" data-w_ei_scale="{r.knobs.w_ei_scale!r}" '
                 f'data-w_ie_scale="{r.knobs.w_ie_scale!r}" hidden>{html.escape(json.dumps(state))}</div>')
@@ -315,20 +340,25 @@ def _edges(*rates: np.ndarray, bins: int = 30) -> np.ndarray:
 
 
 def _config_at(run: Run, knobs: Knobs) -> dict:
-    """The run's config at the slider position: W_ei / W_ie strengths, input scale,
-    max rate and tau_GABA moved as the sliders say. (A Config has no field to start
-    from another run's weights, so the new run trains from its seed's init.)"""
-    config = dict(run.config)
-    config.update(ei_strength=config["ei_strength"] * knobs.w_ei_scale,
-                  ie_strength=config["ie_strength"] * knobs.w_ie_scale,
-                  w_in_scale=config["w_in_scale"] * knobs.w_in_scale,
-                  max_rate_hz=knobs.max_rate_hz, tau_gaba_ms=knobs.tau_gaba_ms)
-    return config
+    """A fine-tune of the run at the slider position: its config, started from its
+    trained weights times the W_in / W_ei / W_ie multipliers (init_run and the
+    init_w_*_scale fields, engine.train.start_weights), with max rate and tau_GABA
+    as the sliders say. The strengths are folded in too, so that the config
+    describes the network it trains (an opened loop trains undamped, as a fresh
+    run with that coupling would)."""
+    config = Config.from_dict(run.config)
+    # replace() re-resolves the loop's dampening from the new strengths (an explicit one stays)
+    return config.replace(init_run=run.id, init_w_in_scale=knobs.w_in_scale, init_w_ei_scale=knobs.w_ei_scale,
+                          init_w_ie_scale=knobs.w_ie_scale, ei_strength=config.ei_strength * knobs.w_ei_scale,
+                          ie_strength=config.ie_strength * knobs.w_ie_scale,
+                          w_in_scale=config.w_in_scale * knobs.w_in_scale, max_rate_hz=knobs.max_rate_hz,
+                          tau_gaba_ms=knobs.tau_gaba_ms).to_dict()
 
 
-_SAVE_HELP = ("<p>The run's config with the slider position folded in (W_ei / W_ie strengths, W_in scale, "
-              "max rate, τ_GABA). Edit any field, then launch it as a run, or give a field a list of values "
-              "to launch a sweep around this point.</p>")
+_SAVE_HELP = ("<p>A fine-tune of this run from the slider position: it starts from the run's trained weights "
+              "with W_in, W_ei and W_ie multiplied as the sliders say (init_run, init_w_*_scale), and the "
+              "sliders' max rate and τ_GABA. Edit any field, then launch it as a run, or give a field a list of "
+              "values to launch a sweep around this point.</p>")
 
 
 def _nearest_sweep(services: Services, run_id: str) -> list[dict]:

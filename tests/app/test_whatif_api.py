@@ -157,3 +157,19 @@ def test_unknown_runs_and_runs_without_weights_are_refused(trained):
     assert http.post("/api/runs/nope/whatif", content=b"{not json",
                      headers={"content-type": "application/json"}).status_code == 422
     assert http.post("/api/runs/nope/whatif", content=b"{}").status_code == 415  # a JSON body says so
+
+
+def test_a_fine_tune_is_launched_from_a_finished_run_only(trained):
+    """Save as run's request: a missing source is a 422 naming init_run, an unfinished one a 409."""
+    http, run = trained
+    base = {**small_config(**PING_200)}
+    missing = http.post("/api/runs", json={"config": {**base, "init_run": "nosuchrun"}})
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "config", "init_run"]
+    queued = http.post("/api/runs", json={"config": base}).json()
+    unfinished = http.post("/api/runs", json={"config": {**base, "init_run": queued["id"]}})
+    assert unfinished.status_code == 409 and queued["id"] in unfinished.json()["detail"]
+    http.post(f"/api/runs/{queued['id']}/cancel")
+    fine_tune = http.post("/api/runs", json={"config": {**base, "init_run": run.id, "init_w_ie_scale": 0.5}})
+    assert fine_tune.status_code == 201, fine_tune.text
+    assert fine_tune.json()["config"]["init_run"] == run.id and fine_tune.json()["config"]["init_w_ie_scale"] == 0.5
+    http.post(f"/api/runs/{fine_tune.json()['id']}/cancel")

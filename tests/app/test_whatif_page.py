@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from engine import train
@@ -124,3 +125,8 @@ def test_save_as_run_opens_a_prefilled_form(served_run, page):
     assert float(ei.input_value()) == pytest.approx(PING_200["ei_strength"] * 2)
     page.get_by_role("button", name="Launch").click()
     page.get_by_text("Queued run").wait_for(timeout=30_000)
+    # a fine-tune of this run from the slider position, not a fresh run at that coupling
+    queued = httpx.get(f"{server.url}/api/runs", params={"state": "queued", "kind": "train"}).json()["data"][0]
+    assert queued["config"]["init_run"] == run_id
+    assert (queued["config"]["init_w_ei_scale"], queued["config"]["init_w_ie_scale"]) == (2.0, 0.5)
+    assert queued["config"]["init_w_in_scale"] == 1.0

@@ -235,3 +235,22 @@ def test_the_worker_routes_are_in_the_openapi(server):
     put = paths[base + "/files/{name}"]["put"]
     assert "application/octet-stream" in put["requestBody"]["content"]
     assert {"401", "409", "422"} <= set(paths[base + "/epochs"]["post"]["responses"])
+
+
+def test_a_remote_fine_tune_starts_from_the_source_weights_the_server_holds(server, store, launch, tmp_path):
+    # the store transport's fine-tune is tests/jobs/test_finetune.py; over HTTP the worker has
+    # no data dir, so the source's final weights must come from the server
+    import numpy as np
+
+    source = _claimed(store, epochs=1)
+    assert launch("store", source.id).wait() == 0
+    assert store.get_run(source.id).state is RunState.SUCCEEDED
+    run = _claimed(store, epochs=1, init_run=source.id, init_w_ie_scale=2.0)
+    assert launch("http", run.id).wait() == 0
+    done = store.get_run(run.id)
+    assert done.state is RunState.SUCCEEDED, done.error
+    folder = DataDir.at(server.data_dir)
+    with np.load(folder.run_dir(source.id) / "artifacts" / "weights_final.npz") as trained, \
+            np.load(folder.run_dir(run.id) / "artifacts" / "weights_init.npz") as start:
+        np.testing.assert_array_equal(start["W_ie"], (trained["W_ie"].astype(np.float64) * 2.0).astype(np.float32))
+        np.testing.assert_array_equal(start["W_in"], trained["W_in"])

@@ -80,7 +80,7 @@ def test_the_global_cap_holds_concurrent_sessions_to_its_slots(tmp_path, monkeyp
     service = WhatIfService(JobService(store, data), workers=1, threads_per_run=1, cores=2)
     running, peak = [0], [0]
 
-    def fake_what_if(*_args):
+    def fake_what_if(*_args, **_kwargs):
         running[0] += 1
         peak[0] = max(peak[0], running[0])
         time.sleep(0.05)
