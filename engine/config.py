@@ -83,9 +83,11 @@ VARIANT_CHOICES = {
     "init_scheme": ("canonical", "seed"),
     "readout": ("leaky", "lif_mem_mean"),
 }
-# What the fast backend does not run yet: it refuses them (never runs the canonical
-# model in their place). Keys are fields, values the choices it does run.
-FAST_SUPPORTED: dict[str, tuple[Any, ...]] = {
+# What the fast backend's GPU path (its torch_ops and Triton loops) does not run
+# yet: it refuses them (never runs the canonical model in their place). The CPU
+# path (the compiled loop) runs every option. Keys are fields, values the choices
+# the GPU path runs.
+FAST_GPU_SUPPORTED: dict[str, tuple[Any, ...]] = {
     "integrator": ("forward_euler",), "synapse_order": ("decay_then_add",),
     "input_arrival": ("next_step",), "threshold_inclusive": (False,), "refractory_mode": ("hold",),
     "v_floor_mv": (None,), "conductance_unit": ("leak",), "dale_weights": ((),), "readout": ("leaky",),
@@ -94,13 +96,16 @@ FAST_SUPPORTED: dict[str, tuple[Any, ...]] = {
 
 def fastest_backend(fields: dict[str, Any]) -> str:
     """"fast" where the fast backend runs the model that `fields` (a partial config:
-    recipe, arch, explicit options) describe, else "reference"; for callers that pick
-    a backend on the user's behalf (the study presets), never for an explicit choice."""
+    recipe, arch, device, explicit options) describe, else "reference"; for callers
+    that pick a backend on the user's behalf (the study presets), never for an
+    explicit choice. On CPU the fast backend runs both recipes."""
     recipe, arch = fields.get("recipe", "canonical"), fields.get("arch", "ping")
     if recipe not in _RECIPE_DEFAULTS or arch not in _ARCH_DEFAULTS:
         return "fast"  # let Config's validation name the bad field
+    if fields.get("device", "cpu") == "cpu":
+        return "fast"
     values = {**_recipe_values(recipe, arch), **{k: v for k, v in fields.items() if v is not None}}
-    supported = all(_as_choice(values.get(name)) in choices for name, choices in FAST_SUPPORTED.items())
+    supported = all(_as_choice(values.get(name)) in choices for name, choices in FAST_GPU_SUPPORTED.items())
     return "fast" if supported else "reference"
 
 
@@ -390,8 +395,8 @@ def _validate_resolved(config: Config) -> None:
         raise ConfigError("ei_strength", f"must be 0 for arch 'coba' (the E->I loop is open), got {config.ei_strength}")
     if config.v_floor_mv is not None and config.v_floor_mv >= config.v_reset_mv:
         raise ConfigError("v_floor_mv", f"must be below v_reset_mv ({config.v_reset_mv}), got {config.v_floor_mv}")
-    if config.backend == "fast":
-        for name, supported in FAST_SUPPORTED.items():
+    if config.backend == "fast" and config.device != "cpu":
+        for name, supported in FAST_GPU_SUPPORTED.items():
             if getattr(config, name) not in supported:
-                raise ConfigError(name, f"{getattr(config, name)!r} is not run by the fast backend yet "
-                                        f"(it runs {list(supported)}); use backend 'reference'")
+                raise ConfigError(name, f"{getattr(config, name)!r} is not run by the fast backend on a GPU yet "
+                                        f"(it runs {list(supported)}); use device 'cpu' or backend 'reference'")
