@@ -27,7 +27,7 @@ def test_bad_study_requests(queue_only_server):
         presets = http.get("/api/studies/presets").json()
         assert presets["count"] == 8 and {"nb024", "coupling", "nb036"} <= {p["name"] for p in presets["data"]}
         nb024 = next(p for p in presets["data"] if p["name"] == "nb024")
-        assert nb024["base"] == {"recipe": "canonical", "tier": "medium", "epochs": 100} and nb024["grid"]["seed"] == [42, 43, 44]
+        assert nb024["base"] == {"recipe": "seed", "tier": "medium", "epochs": 100} and nb024["grid"]["seed"] == [42, 43, 44]
         assert http.post("/api/studies/presets/nope", json={}).status_code == 404
         bad = http.post("/api/studies/presets/nb024", json={"overrides": {"colour": 1}})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "overrides", "colour"]
