@@ -23,8 +23,9 @@ gradients to rounding. What makes it fast (issue 6):
   [T, B, n_out], and autograd runs the readout on that outside the Function.
 
 Both recipes (MODEL.md, last section): the seed recipe's options are flags of
-common.Variant. The compiled CPU loop runs them all; the torch-op and Triton loops
-(the GPU path) refuse them with a ConfigError (engine.config.FAST_GPU_SUPPORTED).
+common.Variant. The compiled CPU loop and the torch-op loop run them all; the
+Triton kernels do not (engine.config.FAST_TRITON_SUPPORTED): a single
+GPU run of such a model takes the torch-op loop, packed runs refuse it with a ConfigError.
 
 One module per loop family, no import cycle (each imports only those above it):
 

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from engine.cells import CobaParams
-from engine.config import FAST_GPU_SUPPORTED, Config, ConfigError
+from engine.config import FAST_TRITON_SUPPORTED, Config, ConfigError
 from engine.encoding import InputEvents
 from engine.reference import cell_params
 
@@ -72,7 +72,7 @@ class FastParams(NamedTuple):
     decay: torch.Tensor  # [M] conductance decay per step
     hold_from: torch.Tensor  # [T, N] long: held at t iff last spike >= hold_from[t]
     readout: torch.Tensor  # [T] weight c_t of step t's E spikes in sum_t u_t
-    g_l: torch.Tensor | None = None  # [N] leak conductance (1 in leak units); None: 1
+    g_l: torch.Tensor | None = None  # [N] leak conductance in µS; None in leak units (1)
     capacitance: torch.Tensor | None = None  # [N] C (tau_m in leak units)
     variant: Variant = CANONICAL
     cells: tuple[CobaParams, CobaParams] | None = None  # E's and I's constants as Python floats
@@ -137,7 +137,8 @@ def fast_params(config: Config, steps: int, batch: int, device, dtype,
         decay=torch.tensor(decay, dtype=dtype, device=device),
         hold_from=t[:, None] - refractory[None, :],
         readout=readout.to(device=device, dtype=dtype),
-        g_l=per_column(*(c.g_l for c in cells), dtype), capacitance=per_column(*(c.capacitance for c in cells), dtype),
+        g_l=per_column(*(c.g_l for c in cells), dtype) if config.conductance_unit == "uS" else None,
+        capacitance=per_column(*(c.capacitance for c in cells), dtype),
         variant=Variant.of(config), cells=cells,
     )
 
@@ -249,14 +250,19 @@ def check_supported(config: Config) -> None:
                           "(u_excess, mem_reg_weight > 0); use backend 'reference'")
 
 
+def triton_runs(config: Config) -> bool:
+    """Whether the Triton kernels run `config`'s model (engine.config.FAST_TRITON_SUPPORTED)."""
+    return all(getattr(config, name) in supported for name, supported in FAST_TRITON_SUPPORTED.items())
+
+
 def check_loop_runs(config: Config, loop: str) -> None:
     """Refuse a seed-recipe option that `loop` does not run (never run the canonical
-    model in its place): the compiled CPU loop runs them all, the GPU path's loops
-    (torch_ops, triton) what engine.config.FAST_GPU_SUPPORTED lists."""
-    if loop == "compiled":
+    model in its place): the compiled CPU loop and the torch-op loop run them all,
+    the Triton kernels what engine.config.FAST_TRITON_SUPPORTED lists."""
+    if loop != "triton":
         return
-    for name, supported in FAST_GPU_SUPPORTED.items():
+    for name, supported in FAST_TRITON_SUPPORTED.items():
         value = getattr(config, name)
         if value not in supported:
-            raise ConfigError(name, f"{value!r} is not run by the fast backend's {loop!r} loop (the GPU path) "
-                                    f"yet: it runs {list(supported)}; use device 'cpu' or backend 'reference'")
+            raise ConfigError(name, f"{value!r} is not run by the fast backend's Triton kernels yet "
+                                    f"(they run {list(supported)}); a single run on a GPU takes the torch-op loop")

@@ -14,7 +14,7 @@ from engine.config import Config, ConfigError
 from engine.encoding import InputEvents
 from engine.fast import torch_ops
 from engine.fast.common import ArrivalEvents, FastParams, OutputGrads, check_loop_runs, check_supported, \
-    chunk_bounds, fast_params, input_events, recurrence, spike_outputs
+    chunk_bounds, fast_params, input_events, recurrence, spike_outputs, triton_runs
 from engine.reference import NetworkParams, lif_readout_step, network_params
 from engine.weights import Weights
 
@@ -47,6 +47,8 @@ class FusedNetwork(torch.autograd.Function):
         else:
             spikes, saved, voltages = torch_ops.run_forward(w_in, rec, ev, batch, p, record_voltage)
             (s_e, s_i), (count_e, count_i), filtered = spike_outputs(spikes, p, w_in.dtype, trains)
+            if p.variant.lif_readout:
+                drive = torch_ops.readout_drive(spikes, w_out.detach(), p)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(w_in, w_ei, w_ie, w_out)
         ctx.spikes, ctx.saved, ctx.events, ctx.params, ctx.loop = spikes, saved, ev, p, loop
@@ -77,8 +79,8 @@ class FusedNetwork(torch.autograd.Function):
             grads = (*gpu.network_backward(w_in, w_ei, w_ie, ctx.spikes, ctx.saved, ctx.events, ctx.params,
                                            out_grads, need[:3]), None)
         else:
-            grads = (*torch_ops.network_backward(w_in, w_ei, w_ie, ctx.spikes, ctx.saved, ctx.events, ctx.params,
-                                                 out_grads, need[:3]), None)
+            grads = torch_ops.network_backward(w_in, w_ei, w_ie, ctx.spikes, ctx.saved, ctx.events, ctx.params,
+                                               out_grads, need, w_out)
         return (*grads, None, None, None, None, None, None)
 
 
@@ -129,6 +131,8 @@ def simulate_fast(weights: Weights, input_spikes: torch.Tensor | InputEvents, co
     w = {name: weights[name].to(device=device, dtype=dtype) for name in ("W_in", "W_ei", "W_ie", "W_out")}
     steps, batch = input_spikes.shape[0], input_spikes.shape[1]
     loop = loop_family(device)
+    if loop == "triton" and not triton_runs(config):
+        loop = "torch_ops"  # the GPU's fallback runs every option of both recipes
     check_loop_runs(config, loop)
     p = fast_params(config, steps, batch, device, dtype, chunk_elements=_chunk_elements(loop))
     ev = input_events(input_spikes.to(device), p)

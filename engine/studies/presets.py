@@ -16,9 +16,8 @@ Overrides (one flat dict, e.g. from `--set KEY=VALUE`) are routed by key:
 A key that is none of these is an error naming it.
 
 Every preset that trains runs the study's own model, the `seed` recipe (MODEL.md,
-last section), by default, on the fast backend's CPU path; `recipe=canonical` runs
-the canonical model instead. (A GPU run of the seed recipe goes to the reference
-backend: the fast backend's GPU loops do not run it yet.)
+last section), by default, on the fast backend; `recipe=canonical` runs the
+canonical model instead.
 A grid axis whose values are strengths in a recipe's units (nb036's E<->I grid)
 has one list per recipe (`recipe_grid`), picked after the overrides.
 """
@@ -194,7 +193,7 @@ def expand(name: str, overrides: dict[str, Any] | None = None) -> StudyPlan:
                 p[key] = value
         else:
             raise StudyError(key, f"is not a grid axis, config field or analysis parameter of {name}")
-    if "backend" not in base:  # fast, unless the device is one whose fast loops lack the recipe
+    if "backend" not in base:  # fast: it runs both recipes on every device
         base["backend"] = fastest_backend(base)
     runs = _expand_runs(base, grid)
     analyses = []

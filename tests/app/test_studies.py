@@ -56,7 +56,8 @@ def test_a_study_runs_to_its_report(server_factory):
     with httpx.Client(base_url=server.url, timeout=30) as http:
         # one PING run, then (queued by the server once it succeeds) its gamma analysis
         created = http.post("/api/studies/presets/nb041", json={"overrides": {
-            **TINY, "t_ms": 60.0, "tau_gaba_ms": [9.0], "seed": [42], "samples": 8}})
+            **TINY, "t_ms": 60.0, "tau_gaba_ms": [9.0], "seed": [42], "samples": 8,
+            "recipe": "canonical"}})  # canonical: nb042 below refuses seed-recipe runs (docs/studies.md)
         assert created.status_code == 201, created.text
         study = wait_study(http, created.json()["id"])
         assert study["state"] == "succeeded" and study["progress"] == 1.0

@@ -1,5 +1,7 @@
-"""The fast backend's compiled CPU loop runs the seed recipe (MODEL.md, last section)
-like the reference: each option alone, and all at once (`recipe="seed"`), PING and COBA.
+"""The fast backend runs the seed recipe (MODEL.md, last section) like the reference:
+its compiled CPU loop each option alone and all at once (`recipe="seed"`), PING and
+COBA; its torch-op loop (the GPU's fallback, forced onto the CPU) the recipe and
+groups of options. The Triton kernels do not run it: a GPU run takes the torch-op loop.
 
 As tests/engine/test_fast_equivalence.py: float64, spikes bit-equal, voltages within
 VOLTAGE_RTOL, gradients of all four weights within GRAD_RTOL. Exponential Euler calls
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 import engine.fast.common
 import engine.fast.network
 from engine import Config, ConfigError, init_weights
-from engine.fast import simulate_fast
+from engine.fast import simulate_fast, simulate_fast_runs
 from engine.reference import simulate_reference
 from tests.engine.test_fast_equivalence import assert_gradients_close, assert_voltages_close
 
@@ -167,18 +169,51 @@ def test_seed_recipe_float32_trains_through_the_fast_backend():
     assert abs(float(out["count_e"].detach().sum() - ref["count_e"].sum())) <= 0.02 * float(ref["count_e"].sum()) + 2
 
 
-# --- what the GPU path does not run: refused, never run as the canonical model -------
+# --- the GPU path: the torch-op loop runs the recipe, the Triton kernels refuse it ------
 
-def test_torch_op_loop_refuses_seed_options(monkeypatch):
+def test_torch_op_loop_runs_the_seed_recipe(monkeypatch):
+    """The GPU's fallback loop, forced onto the CPU: PING, all options, every weight."""
     monkeypatch.setattr(engine.fast.network, "loop_family", lambda device: "torch_ops")
     config = Config(**SEED)
-    with pytest.raises(ConfigError) as err:
-        simulate_fast(init_weights(config), random_input(config, batch=1), config)
-    assert err.value.field == "integrator" and "torch_ops" in err.value.message
+    assert_fast_matches_reference(config, init_weights(config), random_input(config, seed=3, p=0.2))
 
 
-def test_fast_backend_on_a_gpu_refuses_the_seed_recipe_at_the_edge():
+@pytest.mark.parametrize("changes", [
+    {"recipe": "seed", "arch": "coba"},
+    {"v_floor_mv": -65.5, "conductance_unit": "uS", "integrator": "exponential_euler"},
+    {"synapse_order": "add_then_decay", "refractory_mode": "countdown"},
+], ids=["seed_coba", "floor_uS_exponential", "kick_first_countdown"])
+def test_torch_op_loop_runs_seed_options(monkeypatch, changes):
+    monkeypatch.setattr(engine.fast.network, "loop_family", lambda device: "torch_ops")
+    base = SEED if changes.get("recipe") == "seed" else CANONICAL
+    config = Config(**{**base, **changes})
+    weights = init_weights(config)
+    if changes.get("recipe") != "seed":
+        weights = signed(weights, config)
+        weights["W_in"] = torch.where(weights["W_in"] < 0, 8.0 * weights["W_in"], weights["W_in"])
+    x = random_input(config, seed=8, p=0.2 if changes.get("recipe") else 0.08)
+    ref, ref_grads = run(simulate_reference, config, weights, x)
+    fast, fast_grads = run(simulate_fast, config, weights, x)
+    assert ref["s_e"].sum() > 0
+    assert torch.equal(fast["s_e"], ref["s_e"]) and torch.equal(fast["s_i"], ref["s_i"])
+    assert_voltages_close(fast, ref, "torch_ops")
+    trainable = ("W_in", "W_out") if config.arch == "coba" else ALL_WEIGHTS
+    assert_gradients_close(fast_grads, ref_grads, config.replace(trainable=trainable), "torch_ops")
+
+
+def test_a_gpu_run_of_the_seed_recipe_takes_the_torch_op_loop(monkeypatch):
+    """loop_family says Triton (a GPU): the kernels lack the recipe, so the torch-op loop
+    runs it, never the canonical model in its place."""
+    monkeypatch.setattr(engine.fast.network, "loop_family", lambda device: "triton")
+    config = Config(**{**SEED, "t_ms": 10.0})
+    x = random_input(config, batch=2, seed=9, p=0.2)
+    with torch.no_grad():
+        fast, ref = simulate_fast(init_weights(config), x, config), simulate_reference(init_weights(config), x, config)
+    assert torch.equal(fast["s_e"], ref["s_e"]) and torch.equal(fast["s_i"], ref["s_i"])
+
+
+def test_packed_runs_refuse_what_the_triton_kernels_do_not_run():
+    config = Config(**SEED)
     with pytest.raises(ConfigError) as err:
-        Config(recipe="seed", backend="fast", device="cuda")
-    assert err.value.field == "integrator" and "GPU" in err.value.message
-    assert Config(recipe="seed", backend="fast").backend == "fast"  # on CPU it runs
+        simulate_fast_runs([init_weights(config)], [random_input(config, batch=1)], [config])
+    assert err.value.field == "integrator" and "Triton" in err.value.message
