@@ -49,8 +49,8 @@ def _measure(spec: dict) -> dict:
         import engine.fast.network
 
         engine.fast.network.loop_family = lambda device, loop=spec["loop"]: loop
-    config = Config(arch=spec["arch"], backend=spec["backend"], dtype=spec["dtype"],
-                    device=spec["device"], t_ms=spec["steps"] * 0.1)
+    config = Config(recipe=spec.get("recipe", "canonical"), arch=spec["arch"], backend=spec["backend"],
+                    dtype=spec["dtype"], device=spec["device"], t_ms=spec["steps"] * 0.1)
     images = load_tier("smoke").train
     index = torch.arange(spec["batch"]) % len(images.labels)
     # the fast backend's compiled loops specialise on their arrays' layouts, which
@@ -207,6 +207,8 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: --batch, or smaller if it would need > 12 GB)")
     ap.add_argument("--infer-batch", type=int, default=16, help="inference batch (default 16)")
     ap.add_argument("--arch", choices=("ping", "coba"), default="ping")
+    ap.add_argument("--recipe", choices=("canonical", "seed"), default="canonical",
+                    help="model recipe (default canonical; seed: MODEL.md, last section; CPU only)")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--device", default="cpu",
@@ -228,8 +230,8 @@ def _reference_batch(args) -> int:
 
 
 def _cases(args) -> list[dict]:
-    base = {"arch": args.arch, "dtype": args.dtype, "device": args.device, "threads": args.threads,
-            "steps": args.steps}
+    base = {"arch": args.arch, "recipe": args.recipe, "dtype": args.dtype, "device": args.device,
+            "threads": args.threads, "steps": args.steps}
     return [
         {**base, "backend": "reference", "mode": "train", "batch": _reference_batch(args)},
         {**base, "backend": "fast", "mode": "train", "batch": args.batch},
@@ -269,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         return _main_gpu(args)
     cases = _cases(args)
     print("spikeboard bench:", _machine(args.threads))
-    print(f"  arch {args.arch}, {args.dtype}, device {args.device}, canonical 800 E / 200 I, "
+    sizes = "800 E / 200 I" if args.recipe == "canonical" else "1024 E / 256 I"
+    print(f"  arch {args.arch}, {args.dtype}, device {args.device}, {args.recipe} recipe {sizes}, "
           f"smoke-tier MNIST Poisson input, {args.reps} interleaved repetitions, fresh process each")
     print("  peak = peak RSS (VmHWM, reset before the call) minus RSS before the call; CUDA: max_memory_allocated")
     runs: list[list[dict]] = [[] for _ in cases]
@@ -307,7 +310,7 @@ def _report(args, cases, stats) -> None:
     encode_train, encode_test = fast_train["encode"], fast_inf["encode"]
     print(f"  input encoding (poisson_events, median): {encode_train:.3f} s per training batch of {args.batch}, "
           f"{encode_test:.3f} s per inference batch of {args.infer_batch}")
-    print(f"\nProjected canonical cell ({EPOCHS} epochs x ({TRAIN_IMAGES} training images at batch "
+    print(f"\nProjected {args.recipe} cell ({EPOCHS} epochs x ({TRAIN_IMAGES} training images at batch "
           f"{args.batch} + {TEST_IMAGES} test images inferred), {args.steps} steps, best times, "
           f"input encoding included):")
     for label, train, infer in (("reference", ref_train, ref_inf), ("fast", fast_train, fast_inf)):

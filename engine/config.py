@@ -85,9 +85,11 @@ VARIANT_CHOICES = {
     "init_scheme": ("canonical", "seed"),
     "readout": ("leaky", "lif_mem_mean"),
 }
-# What the fast backend does not run yet: it refuses them (never runs the canonical
-# model in their place). Keys are fields, values the choices it does run.
-FAST_SUPPORTED: dict[str, tuple[Any, ...]] = {
+# What the fast backend's Triton kernels run (keys are fields, values the choices
+# they run). The compiled CPU loop and the torch-op loop run every option of both
+# recipes, so a single run on a GPU whose model the kernels lack takes the torch-op
+# loop; packed runs (Triton only) refuse it (engine.fast.common.check_loop_runs).
+FAST_TRITON_SUPPORTED: dict[str, tuple[Any, ...]] = {
     "integrator": ("forward_euler",), "synapse_order": ("decay_then_add",),
     "input_arrival": ("next_step",), "threshold_inclusive": (False,), "refractory_mode": ("hold",),
     "v_floor_mv": (None,), "conductance_unit": ("leak",), "dale_weights": ((),), "readout": ("leaky",),
@@ -95,19 +97,10 @@ FAST_SUPPORTED: dict[str, tuple[Any, ...]] = {
 
 
 def fastest_backend(fields: dict[str, Any]) -> str:
-    """"fast" where the fast backend runs the model that `fields` (a partial config:
-    recipe, arch, explicit options) describe, else "reference"; for callers that pick
-    a backend on the user's behalf (the study presets), never for an explicit choice."""
-    recipe, arch = fields.get("recipe", "canonical"), fields.get("arch", "ping")
-    if recipe not in _RECIPE_DEFAULTS or arch not in _ARCH_DEFAULTS:
-        return "fast"  # let Config's validation name the bad field
-    values = {**_recipe_values(recipe, arch), **{k: v for k, v in fields.items() if v is not None}}
-    supported = all(_as_choice(values.get(name)) in choices for name, choices in FAST_SUPPORTED.items())
-    return "fast" if supported else "reference"
-
-
-def _as_choice(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+    """The backend to pick on the user's behalf (the study presets) for the model that
+    `fields` (a partial config) describe, never for an explicit choice: "fast", which
+    runs both recipes on every device (engine.fast)."""
+    return "fast"
 
 
 def _recipe_values(recipe_name: str, arch: str) -> dict[str, Any]:
@@ -427,8 +420,4 @@ def _validate_resolved(config: Config) -> None:
         raise ConfigError("ei_strength", f"must be 0 for arch 'coba' (the E->I loop is open), got {config.ei_strength}")
     if config.v_floor_mv is not None and config.v_floor_mv >= config.v_reset_mv:
         raise ConfigError("v_floor_mv", f"must be below v_reset_mv ({config.v_reset_mv}), got {config.v_floor_mv}")
-    if config.backend == "fast":
-        for name, supported in FAST_SUPPORTED.items():
-            if getattr(config, name) not in supported:
-                raise ConfigError(name, f"{getattr(config, name)!r} is not run by the fast backend yet "
-                                        f"(it runs {list(supported)}); use backend 'reference'")
+

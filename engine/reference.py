@@ -146,7 +146,13 @@ def readout_step(u: torch.Tensor, s_e: torch.Tensor, w_out: torch.Tensor,
     if not p.lif_readout:
         u = u * p.out_decay + s_e @ w_out
         return u, u
-    u = p.out_decay * u + p.readout_scale * (s_e @ w_out)
+    return lif_readout_step(u, s_e @ w_out, p)
+
+
+def lif_readout_step(u: torch.Tensor, drive: torch.Tensor, p: NetworkParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """readout_step's output LIF from its drive s_E W_out [B, n_out] (the fast backend
+    computes the drive in its time loop)."""
+    u = p.out_decay * u + p.readout_scale * drive
     s_out = SpikeFunction.apply(u - p.readout_v_th, p.readout_beta, True)
     return u - s_out * p.readout_v_th, u
 

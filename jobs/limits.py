@@ -3,13 +3,18 @@
 A run's peak memory and its work are estimated from its config and refused
 with a 422 that states the estimate and the limit, so no request can queue a
 worker that the OOM killer ends (and the scheduler retries) or that would train
-for years. The estimates are linear models fitted to measured peaks
+for years. The reference's estimate is a linear model fitted to measured peaks
 (docs/PERFORMANCE.md, canonical network 800 E + 200 I, 784 inputs, batch 64 x
-2,000 steps, float32): reference training 10.1 GB, fast training 97 MB.
+2,000 steps, float32): reference training 10.1 GB. The fast backend's counts what
+its CPU loop keeps (engine.fast.cpu): the state at every chunk start, whose chunks
+shorten as the batch grows (engine.fast.common.chunk_steps), one chunk's tape, and
+with the output-LIF readout that readout's [T, B, n_out] graph. Measured peaks:
+canonical batch 64 97 MB; seed recipe batch 256 (docs/RESULTS.md, issue 24).
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +27,10 @@ from engine.data import TIER_SIZES
 # (sample, step, neuron) and the dense input (4 bytes per input per sample-step).
 _REF_BYTES_PER_NEURON_STEP = 78.0
 _REF_BYTES_PER_INPUT_STEP = 4.0
-# Fast backend: chunk starts and one chunk's tape: 1/100 of that, plus its fixed buffers.
-_FAST_BYTES_PER_NEURON_STEP = 0.78
+# Fast backend: buffers that do not grow with the run (numba, scratch).
 _FAST_FIXED_BYTES = 64e6
+# The output-LIF readout's autograd graph: about ten [B, n_out] tensors per step.
+_LIF_READOUT_TENSORS_PER_STEP = 10
 # weights, their gradients and two Adam moments
 _COPIES_PER_WEIGHT = 4
 _PROCESS_BYTES = 400e6  # python, torch and the data tier
@@ -44,12 +50,30 @@ def estimate(config: Config) -> RunEstimate:
         per_step = _REF_BYTES_PER_NEURON_STEP * n + _REF_BYTES_PER_INPUT_STEP * config.n_input
         activity = samples_steps_per_batch * per_step
     else:
-        activity = samples_steps_per_batch * _FAST_BYTES_PER_NEURON_STEP * n + _FAST_FIXED_BYTES
+        activity = _fast_activity_bytes(config)
     weights = (float(config.n_input) * config.n_e + 2.0 * config.n_e * config.n_i
                + float(config.n_e) * config.n_out) * 4 * _COPIES_PER_WEIGHT
     memory = _PROCESS_BYTES + scale * (activity + weights)
     sample_steps = float(config.epochs) * TIER_SIZES[config.tier] * config.n_steps
     return RunEstimate(memory, sample_steps)
+
+
+def _fast_activity_bytes(config: Config) -> float:
+    """The fast backend's training memory in float32 (engine.fast.cpu): chunk-start
+    states (v and g in the dtype, int32 ages), the backward's chunk tape (v2 and the
+    leak factor, two more with exponential Euler, the conductance adjoint, the
+    readout's dL/ds_e part), the output LIF's graph where it reads out."""
+    from engine.fast.common import chunk_steps
+
+    n, m, steps, batch = config.n_e + config.n_i, 2 * config.n_e + config.n_i, config.n_steps, config.batch_size
+    chunk = chunk_steps(steps, batch, m)
+    starts = math.ceil(steps / chunk) * batch * (2 * n + m) * 4.0
+    tape_rows = 4 if config.integrator == "exponential_euler" else 2
+    tape = chunk * batch * (tape_rows * n + m + config.n_e) * 4.0
+    readout = 0.0
+    if config.readout == "lif_mem_mean":
+        readout = float(steps) * batch * config.n_out * 4.0 * _LIF_READOUT_TENSORS_PER_STEP
+    return starts + tape + readout + _FAST_FIXED_BYTES
 
 
 def machine_memory_bytes() -> float:

@@ -19,17 +19,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from engine.config import Config
+from engine.fast.common import triton_runs
 from engine.fast.network import PER_RUN_FIELDS
 from jobs.models import Run, RunKind, RunState
 
 def pack_key(run: Run) -> tuple[tuple[str, Any], ...] | None:
     """What a run must share with its pack-mates, or None if it trains alone: only
-    queued training runs of the fast backend on a GPU, starting from epoch 0 (a
-    resumed run continues from its own epoch)."""
+    queued training runs of the fast backend on a GPU whose model the Triton kernels
+    run, starting from epoch 0 (a resumed run continues from its own epoch)."""
     if run.kind != RunKind.TRAIN or run.state != RunState.QUEUED or run.resumed_from_epoch:
         return None
-    config = Config.from_dict(run.config).to_dict()
+    parsed = Config.from_dict(run.config)
+    config = parsed.to_dict()
     if config["backend"] != "fast" or not str(config["device"]).startswith("cuda"):
+        return None
+    if not triton_runs(parsed):  # packs run on the Triton kernels, which lack the seed recipe
         return None
     return tuple(sorted((name, _hashable(value)) for name, value in config.items()
                         if name not in PER_RUN_FIELDS))

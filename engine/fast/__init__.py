@@ -16,9 +16,16 @@ gradients to rounding. What makes it fast (issue 6):
   (the compiled CPU loops, engine.fast.cpu, only the state); backward recomputes
   one chunk's voltages and conductances from its checkpoint and runs the
   hand-written adjoint (engine.fast.adjoint) in reverse.
-- The readout is linear: the time-mean of u is (sum_t c_t s_e[t]) @ W_out / T
+- The canonical readout is linear: the time-mean of u is (sum_t c_t s_e[t]) @ W_out / T
   with c_t = sum_{k < T-t} exp(-dt/tau_out)^k, so it is computed from one filtered
-  spike count by autograd outside the Function.
+  spike count by autograd outside the Function. The seed recipe's output LIF
+  (subtract reset) is not: the loop returns its drive r_t = s_e[t] @ W_out
+  [T, B, n_out], and autograd runs the readout on that outside the Function.
+
+Both recipes (MODEL.md, last section): the seed recipe's options are flags of
+common.Variant. The compiled CPU loop and the torch-op loop run them all; the
+Triton kernels do not (engine.config.FAST_TRITON_SUPPORTED): a single
+GPU run of such a model takes the torch-op loop, packed runs refuse it with a ConfigError.
 
 One module per loop family, no import cycle (each imports only those above it):
 

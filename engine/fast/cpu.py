@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from engine.fast import cpu_kernels as kernels
-from engine.fast.adjoint import WeightGrads, spike_events
+from engine.fast.adjoint import WeightGrads, arrival_scales, spike_events
 from engine.fast.common import (ArrivalEvents, FastParams, OutputGrads, Recurrence, chunk_bounds,
                                 recurrence, split_input_weights)
 
@@ -63,20 +63,40 @@ class Loop(NamedTuple):
     use_ei: bool
     use_ie: bool
     has_neg: bool
-    const: np.ndarray  # kernels.E_L ... kernels.K_DV_I, in the state's dtype
-    refractory: np.ndarray  # steps, E and I
+    const: np.ndarray  # kernels.E_L ... kernels.KICK_FIRST, in the state's dtype
+    refractory: np.ndarray  # steps held, E and I
+    exp_euler: bool | None  # True, or None for forward Euler (kernels._step: None compiles the branch out)
+    same_step: bool | None  # True, or None for input arriving one step later
 
     @classmethod
     def build(cls, w_in: torch.Tensor, rec: Recurrence, events: SampleEvents, p: FastParams) -> "Loop":
-        w_pos, w_neg = split_input_weights(w_in.detach())
-        e, i, gaba = 0, p.n_e, p.n  # first column of E, of I, of the GABA conductances
-        k_dv = p.c / p.v_grad_dampen
-        const = torch.cat([torch.tensor([p.e_l, p.v_reset, p.v_th, p.e_ampa, p.e_gaba, p.beta], dtype=w_in.dtype),
-                           torch.stack([p.c[e], p.c[i], p.decay[e], p.decay[gaba], k_dv[e], k_dv[i]]).cpu()])
-        refractory = (-p.hold_from[0][[e, i]]).to(torch.int32)  # hold_from[0] = -refractory
+        w_pos, w_neg = split_input_weights(w_in.detach(), p.variant.dale_in)
         return cls(p.n_e, *events, _np(w_pos), _np(w_neg if w_neg is not None else w_pos[:0]),
                    _np(rec.w_ei), _np(rec.w_ie), rec.use_ei, rec.use_ie, w_neg is not None,
-                   _np(const), _np(refractory))
+                   kernel_constants(p, w_in.dtype), _np((-p.hold_from[0][[0, p.n_e]]).to(torch.int32)),
+                   True if p.variant.exp_euler else None, True if p.variant.same_step else None)
+
+
+def kernel_constants(p: FastParams, dtype: torch.dtype) -> np.ndarray:
+    """engine.fast.cpu_kernels' `const`, in `dtype`."""
+    e, i, gaba = 0, p.n_e, p.n  # first column of E, of I, of the GABA conductances
+    # the membrane update's gradient is k_dv times the adjoint's factors: dt / C / D
+    # for forward Euler, whose factors leave dt / C out; 1 / D for exponential Euler
+    k_dv = (torch.ones_like(p.c) if p.variant.exp_euler else p.c) / p.v_grad_dampen
+    cell_e, cell_i = p.cells
+    th = torch.tensor(p.v_th, dtype=dtype)
+    spike_bound = th if p.variant.inclusive else torch.nextafter(th, torch.tensor(math.inf, dtype=dtype))
+    constants = [
+        p.e_l, p.v_reset, p.v_th, p.e_ampa, p.e_gaba, p.beta,
+        *torch.stack([p.c[e], p.c[i], p.decay[e], p.decay[gaba], k_dv[e], k_dv[i]]).tolist(),
+        # as the reference forms them: Python floats (g_L E_L too), rounded once to dtype
+        cell_e.g_l, cell_i.g_l, cell_e.g_l * cell_e.e_l_mv, cell_i.g_l * cell_i.e_l_mv,
+        cell_e.capacitance, cell_i.capacitance, -cell_e.dt_ms,
+        -math.inf if p.variant.v_floor is None else p.variant.v_floor,
+    ]
+    kick_first = 1.0 if p.variant.kick_first else 0.0
+    return _np(torch.cat([torch.tensor(constants, dtype=dtype), spike_bound[None],
+                          torch.tensor([kick_first], dtype=dtype)]))
 
 
 def sample_events(ev: ArrivalEvents, batch: int) -> SampleEvents:
@@ -96,10 +116,11 @@ class ChunkStarts(NamedTuple):
 
 
 def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastParams, trains: bool,
-                record_voltage: bool):
+                record_voltage: bool, w_out: torch.Tensor | None = None):
     """Float trains (s_e, s_i), or (None, None) unless `trains`; spike counts
     (E [B, n_e], I [B, n_i]); the filtered E count [B, n_e]; the state saved for
-    backward; voltages [T, B, N] or None."""
+    backward; voltages [T, B, N] or None; with the output-LIF readout
+    (p.variant.lif_readout) its drive s_e[t] @ w_out [T, B, n_out], else None."""
     dtype = w_in.dtype
     events = sample_events(ev, batch)
     loop = Loop.build(w_in, rec, events, p)
@@ -116,28 +137,39 @@ def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastPar
     s_e = torch.empty(t_trains, batch, p.n_e, dtype=dtype)
     s_i = torch.empty(t_trains, batch, p.n_i, dtype=dtype)
     voltages = torch.empty(t_voltages, batch, p.n, dtype=dtype)
+    lif = p.variant.lif_readout
+    w_out = w_out.detach().contiguous() if lif else torch.zeros(p.n_e, 0, dtype=dtype)
+    drive = torch.zeros(p.steps if lif else 0, batch, w_out.shape[1], dtype=dtype)
     _over_samples(kernels.forward_samples, batch, *loop, p.chunk, _np(p.readout), _np(count_e),
-                  _np(count_i), _np(filtered), _np(s_e), _np(s_i), *(_np(s) for s in starts), _np(voltages))
+                  _np(count_i), _np(filtered), _np(s_e), _np(s_i), *(_np(s) for s in starts), _np(voltages),
+                  _np(w_out), _np(drive))
     return ((s_e, s_i) if trains else (None, None), (count_e, count_i),
-            filtered, (starts, loop), voltages if record_voltage else None)
+            filtered, (starts, loop), voltages if record_voltage else None, drive if lif else None)
 
 
 class ChunkFactors(NamedTuple):
     """One chunk's adjoint factors (engine.fast.cpu_kernels.recompute_samples)."""
 
-    v2: torch.Tensor  # [L + 1, B, N]: the voltage before the chunk, then each step's before reset (+inf: held)
-    leak: torch.Tensor  # [L, B, N]: 1 + g_a + g_g
+    v2: torch.Tensor  # [L + 1, B, N]: the voltage before the chunk, then each step's before reset
+    #                   (+inf: held, -inf: clamped by the floor)
+    leak: torch.Tensor  # [L, B, N]: g_L + g_a + g_g (forward Euler), f = 1 - exp(-dt g_tot / C) (exponential)
+    f_per_g: torch.Tensor | None  # [L, B, N] exponential Euler's f / g_tot, else None
+    v_inf: torch.Tensor | None  # [L, B, N] exponential Euler's V_inf, else None
 
     @classmethod
     def empty(cls, length: int, batch: int, p: FastParams, dtype) -> "ChunkFactors":
-        return cls(torch.empty(length + 1, batch, p.n, dtype=dtype), torch.empty(length, batch, p.n, dtype=dtype))
+        def rows(extra=0):
+            return torch.empty(length + extra, batch, p.n, dtype=dtype)
+
+        return cls(rows(1), rows(), *((rows(), rows()) if p.variant.exp_euler else (None, None)))
 
     def head(self, length: int) -> "ChunkFactors":
-        return ChunkFactors(self.v2[:length + 1], self.leak[:length])
+        return ChunkFactors(self.v2[:length + 1], *(None if f is None else f[:length] for f in self[1:]))
 
 
-def network_backward(w_in, w_ei, w_ie, saved, ev: ArrivalEvents, p: FastParams, out_grads: OutputGrads, need):
-    """Gradients (W_in, W_ei, W_ie), None where not needed: engine.fast.adjoint's math.
+def network_backward(w_in, w_ei, w_ie, saved, ev: ArrivalEvents, p: FastParams, out_grads: OutputGrads, need,
+                     w_out: torch.Tensor | None = None):
+    """Gradients (W_in, W_ei, W_ie, W_out), None where not needed: engine.fast.adjoint's math.
 
     A batch's weight gradient is the sum of its samples', and the adjoint of one
     sample never looks at another's. So each of `torch.get_num_threads()` threads
@@ -147,21 +179,25 @@ def network_backward(w_in, w_ei, w_ie, saved, ev: ArrivalEvents, p: FastParams, 
     batch = saved[0].v.shape[1]
     ranges = _sample_ranges(batch)
     rec = recurrence(w_ei, w_ie)
-    # the presynaptic products' operands, built once for all ranges (None: no product)
-    operands = (product_operand(w_ei) if rec.use_ei and not p.detach_recurrent else None,
-                product_operand(w_ie) if rec.use_ie and not p.detach_recurrent else None)
+    # the presynaptic products' operands, built once for all ranges (None: no product);
+    # a kicked-then-decayed arrival's gradient is the decay times its conductance's
+    scale_ei, scale_ie = arrival_scales(p)[2:]
+    operands = (product_operand(w_ei * scale_ei) if rec.use_ei and not p.detach_recurrent else None,
+                product_operand(w_ie * scale_ie) if rec.use_ie and not p.detach_recurrent else None)
+    # detached: the worker threads run with autograd on (grad mode is per thread)
+    w_out = w_out.detach() if p.variant.lif_readout and out_grads.drive is not None else None
     if len(ranges) == 1:
-        return _backward_range(w_in, w_ei, w_ie, operands, saved, ev, p, out_grads, need, 0, batch)
+        return _backward_range(w_in, w_ei, w_ie, w_out, operands, saved, ev, p, out_grads, need, 0, batch)
 
     def one_range(lo, hi):
         torch.set_num_threads(1)  # this worker thread's own setting: the ranges share the cores
-        return _backward_range(w_in, w_ei, w_ie, operands, saved, ev, p, out_grads, need, lo, hi)
+        return _backward_range(w_in, w_ei, w_ie, w_out, operands, saved, ev, p, out_grads, need, lo, hi)
 
     parts = [future.result() for future in [_pool(len(ranges)).submit(one_range, lo, hi) for lo, hi in ranges]]
     return tuple(None if grads[0] is None else sum(grads[1:], grads[0]) for grads in zip(*parts))
 
 
-def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: FastParams,
+def _backward_range(w_in, w_ei, w_ie, w_out, operands, saved, ev: ArrivalEvents, p: FastParams,
                     out_grads: OutputGrads, need, b0: int, b1: int):
     """network_backward of samples [b0, b1)."""
     starts, loop = saved
@@ -171,6 +207,8 @@ def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: Fas
         ev = _events_of_samples(ev, b0, b1, p)
         out_grads = OutputGrads(*(None if g is None else g[:, b0:b1] if g.dim() == 3 else g[b0:b1]
                                   for g in out_grads))
+    if out_grads.drive is not None:
+        out_grads = out_grads._replace(drive=out_grads.drive.contiguous())
     batch, dtype = starts.v.shape[1], w_in.dtype
     to_e, to_i = (None if w is None else PresynapticProduct.of(w, batch, dtype) for w in operands)
     dense = [(product, columns) for product, columns in ((to_e, slice(p.n_e, p.n)), (to_i, slice(p.n, p.m)))
@@ -178,8 +216,13 @@ def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: Fas
     # in the state's dtype: a Python float would be typed float64 by numba and
     # promote the whole float32 adjoint to float64 (half the vector width)
     readout = _np(p.readout.to(dtype))
-    grads = WeightGrads.zeros(w_in, w_ei, w_ie, need)
+    grads = WeightGrads.zeros(w_in, w_ei, w_ie, need, p)
     np_pos, np_neg = (None if g is None else _np(g) for g in (grads.pos, grads.neg))
+    # the output LIF's drive r_t = s_e[t] @ W_out: dL/ds_e[t] gets dL/dr_t @ W_out^T (a
+    # chunk at a time, as a spike-train part), W_out's gradient its E spikes' dL/dr_t
+    want_w_out = w_out is not None and need[3]
+    grad_w_out = torch.zeros_like(w_out) if want_w_out else None
+    drive_part = torch.empty(p.chunk, batch, p.n_e, dtype=dtype) if w_out is not None else None
     want_recurrent = grads.ei is not None or grads.ie is not None
     full = ChunkFactors.empty(p.chunk, batch, p, dtype)
     lam_full = torch.empty(p.chunk, batch, p.m, dtype=dtype)
@@ -197,10 +240,19 @@ def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: Fas
     for index in reversed(range(starts.v.shape[0])):
         t0 = index * p.chunk
         length = min(p.chunk, p.steps - t0)
-        np_tape = tuple(_np(s) for s in full.head(length))
-        kernels.recompute_samples(index, t0, *loop, *ck, *np_tape,
-                                  None if spikes is None else _np(spikes[:length]))
         steps = slice(t0, t0 + length)
+        np_tape = tuple(None if s is None else _np(s) for s in full.head(length))
+        grad_drive = None if w_out is None else out_grads.drive[steps]
+        kernels.recompute_samples(index, t0, *loop, *ck, *np_tape,
+                                  None if spikes is None else _np(spikes[:length]),
+                                  _np(grad_drive) if want_w_out else None, _np(grad_w_out) if want_w_out else None)
+        train_e = s_e
+        if w_out is not None:  # the readout's share of dL/ds_e, with the spike trains' own
+            part = torch.matmul(grad_drive, w_out.t(), out=drive_part[:length])
+            if s_e is not None:
+                part += out_grads.s_e[steps]
+            train_e = _np(drive_part)  # rows from 0: the chunk's steps
+        
         lo, hi = ev.bounds[index], ev.bounds[index + 1]
         input_events = (_np(ev.step[lo:hi] - t0), _np(ev.sample[lo:hi]), _np(ev.channel[lo:hi]))
 
@@ -208,7 +260,8 @@ def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: Fas
             """Reverse steps k1 - 1 .. k0 of the chunk; lam_after: dL/dg of step k1."""
             kernels.reverse_steps(k1, k0, p.n_e, loop.const, readout[steps], *np_tape, not p.detach_reset,
                                   filtered, count_e, count_i,
-                                  None if s_e is None else s_e[steps], None if s_i is None else s_i[steps],
+                                  None if train_e is None else train_e if w_out is not None else train_e[steps],
+                                  None if s_i is None else s_i[steps],
                                   *products, *arrivals, input_events, np_pos, np_neg, np_lam_v, _np(lam_after),
                                   np_lam)
 
@@ -224,7 +277,7 @@ def _backward_range(w_in, w_ei, w_ie, operands, saved, ev: ArrivalEvents, p: Fas
         if want_recurrent:
             grads.accumulate_recurrent(lam.view(length * batch, p.m), spike_events(spikes[:length], 0, p), p)
         lam_next = lam[0].clone()  # lam_full is overwritten by the next chunk
-    return grads.result(w_in)
+    return (*grads.result(w_in), grad_w_out)
 
 
 # Fraction of nonzero entries up to which the presynaptic product is sparse.

@@ -27,9 +27,15 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic, overload
 
 # Layout of `const`, in the state's dtype: MODEL.md's constants, then the
-# per-population ones (membrane dt/tau_m, conductance decay per step, and the
-# adjoint's dt/tau_m / v_grad_dampen).
-E_L, V_RESET, V_TH, E_AMPA, E_GABA, BETA, C_E, C_I, DECAY_AMPA, DECAY_GABA, K_DV_E, K_DV_I = range(12)
+# per-population ones (membrane dt/C, conductance decay per step, and the
+# adjoint's dt/C / v_grad_dampen, or 1 / v_grad_dampen with exponential Euler),
+# then the seed recipe's (engine.fast.common.Variant): leak conductance g_L and
+# g_L E_L per population, capacitance C, -dt, the voltage floor (-inf: none), the
+# threshold test's bound (spike iff v >= V_SPIKE: V_th when inclusive, else the
+# next float above it, so one comparison serves both), and 1 where synapses kick
+# first, then decay (0: decay, then add).
+(E_L, V_RESET, V_TH, E_AMPA, E_GABA, BETA, C_E, C_I, DECAY_AMPA, DECAY_GABA, K_DV_E, K_DV_I,
+ G_L_E, G_L_I, REST_E, REST_I, CAP_E, CAP_I, NEG_DT, V_FLOOR, V_SPIKE, KICK_FIRST) = range(22)
 # A cell's age (steps since its last spike) is int32: half the bytes stored per
 # step of an int64 (stores bound the cell update, see _step). A cell that never
 # fired starts at _NEVER, 2**30 steps short of overflowing.
@@ -84,13 +90,44 @@ def _fired_cells(fired, cells):
     return count
 
 
+def _slice(a, lo, hi):
+    """a[lo:hi], or None where a is None (an absent buffer or tape row)."""
+
+
+@overload(_slice)
+def _slice_typed(a, lo, hi):
+    if isinstance(a, types.NoneType):
+        return lambda a, lo, hi: None
+    return lambda a, lo, hi: a[lo:hi]
+
+
+def _rows(a, k, b, lo, hi):
+    """a[k, b, lo:hi], or None where a is None."""
+
+
+@overload(_rows)
+def _rows_typed(a, k, b, lo, hi):
+    if isinstance(a, types.NoneType):
+        return lambda a, k, b, lo, hi: None
+    return lambda a, k, b, lo, hi: a[k, b, lo:hi]
+
+
+def _buffer_if(flag, m, dtype):
+    """np.empty(m, dtype), or None where `flag` is None (typed apart, so a None
+    buffer's branches are compiled out)."""
+
+
+@overload(_buffer_if)
+def _buffer_if_typed(flag, m, dtype):
+    if isinstance(flag, types.NoneType):
+        return lambda flag, m, dtype: None
+    return lambda flag, m, dtype: np.empty(m, dtype=dtype)
+
+
 @_compiled
-def _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
-                  w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum):
-    """Step t's conductance jumps of one sample into a [M], from the input events at
-    `cursor` and the previous step's spiking cells cells[:count] (ascending);
-    returns the cursor past step t."""
-    a[:] = 0
+def _add_input(t, n_e, n, ev_step, ev_channel, cursor, end, w_pos, w_neg, has_neg, a):
+    """Add the W_in rows of the input events at `cursor` with step t into a [M]
+    (AMPA of E, and the negative part into GABA of E); returns the cursor past them."""
     while cursor < end and ev_step[cursor] == t:
         channel = ev_channel[cursor]
         for j in range(n_e):
@@ -99,11 +136,30 @@ def _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
             for j in range(n_e):
                 a[n + j] += w_neg[channel, j]
         cursor += 1
+    return cursor
+
+
+@_compiled
+def _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
+                  w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum, x):
+    """Step t's conductance jumps of one sample into a [M], from the input events at
+    `cursor` and the previous step's spiking cells cells[:count] (ascending);
+    returns the cursor past step t. With same-step input `x` is a buffer [M]
+    (else None): the input's jumps go there, to be added after the synapses'
+    update (_step_e), and a holds the recurrent ones alone."""
+    a[:] = 0
+    neg_in_a = has_neg
+    if x is None:
+        cursor = _add_input(t, n_e, n, ev_step, ev_channel, cursor, end, w_pos, w_neg, has_neg, a)
+    else:
+        x[:] = 0
+        cursor = _add_input(t, n_e, n, ev_step, ev_channel, cursor, end, w_pos, w_neg, has_neg, x)
+        neg_in_a = False
     if not (use_ei or use_ie):
         return cursor
     # I->E sums apart from the input's negative part, then added once; with no
     # negative part that is 0 + sum, so it can sum in place
-    ie = ie_sum if has_neg else a[n:]
+    ie = ie_sum if neg_in_a else a[n:]
     started = False
     for index in range(count):
         cell = cells[index]
@@ -112,12 +168,12 @@ def _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
                 for j in range(n - n_e):
                     a[n_e + j] += w_ei[cell, j]
         elif use_ie:
-            if has_neg and not started:
+            if neg_in_a and not started:
                 ie[:] = 0
             started = True
             for j in range(n_e):
                 ie[j] += w_ie[cell - n_e, j]
-    if has_neg and started:  # no I spike adds exact zeros: skipped
+    if neg_in_a and started:  # no I spike adds exact zeros: skipped
         for j in range(n_e):
             a[n + j] = a[n + j] + ie_sum[j]
     return cursor
@@ -125,72 +181,142 @@ def _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
 
 @_compiled
 def _threshold(j, v1, refractory, const, v, age, fired, factors):
-    """Cell j after its Euler step v1: hold, threshold, reset; its adjoint factors
-    when `factors` is not None (see _step)."""
-    v_reset, v_th = const[V_RESET], const[V_TH]
+    """Cell j after its membrane update v1: floor, hold, threshold, reset; its
+    adjoint factor v2 when `factors` is not None (see _step)."""
+    v_reset, floor = const[V_RESET], const[V_FLOOR]
+    clamped = v1 < floor  # torch.clamp's gradient passes at v1 == floor: not clamped
     held = age[j] <= refractory
-    v2 = _select(held, v_reset, v1)
-    spiked = v2 > v_th
+    v2 = _select(held, v_reset, _select(clamped, floor, v1))
+    spiked = v2 >= const[V_SPIKE]
     fired[j] = spiked
     v[j] = _select(spiked, v_reset, v2)
     age[j] = _select(spiked, _ONE_STEP, _AGE(age[j] + 1))
     if factors is not None:
-        factors[0][j] = _select(held, const.dtype.type(np.inf), v2)
+        inf = const.dtype.type(np.inf)
+        factors[0][j] = _select(held, inf, _select(clamped, -inf, v2))
 
 
 @_compiled
-def _step_e(const, refractory, a_ampa, a_gaba, v, g_ampa, g_gaba, age, fired, factors):
-    """One step of the E cells of one sample: AMPA and GABA (see _step)."""
-    e_l, e_ampa, e_gaba, c = const[E_L], const[E_AMPA], const[E_GABA], const[C_E]
-    d_ampa, d_gaba, one = const[DECAY_AMPA], const[DECAY_GABA], const.dtype.type(1.0)
-    for j in range(v.shape[0]):
-        ga = g_ampa[j] * d_ampa + a_ampa[j]
-        gg = g_gaba[j] * d_gaba + a_gaba[j]
-        g_ampa[j] = ga
-        g_gaba[j] = gg
-        vj = v[j]
-        dv = e_l - vj
+def _synapse(g, arriving, decay, kick_first):
+    """decay, then add (g decay + arriving), or kick first, then decay ((g + arriving) decay)."""
+    return _select(kick_first, (g + arriving) * decay, g * decay + arriving)
+
+
+@_compiled
+def _membrane(vj, ga, gg, g_l, rest, cap, c, e_l, e_ampa, e_gaba, neg_dt, one, factors, j, exp_euler):
+    """v1 = v + dv (engine.cells.membrane_update, in its operation order) and the
+    adjoint's factors: forward Euler's leak g_L + g_a + g_g; exponential Euler's
+    f = 1 - exp(-dt g_tot / C), f / g_tot and V_inf (engine.fast.adjoint)."""
+    if exp_euler is None:
+        dv = g_l * (e_l - vj)
         dv = dv + (e_ampa - vj) * ga
         dv = dv + (e_gaba - vj) * gg
         if factors is not None:
-            factors[1][j] = one + ga + gg
-        _threshold(j, vj + dv * c, refractory, const, v, age, fired, factors)
+            factors[1][j] = g_l + ga + gg
+        return vj + dv * c
+    g_tot = g_l + (ga + gg)
+    v_inf = (rest + (ga * e_ampa + gg * e_gaba)) / g_tot
+    f = one - np.exp(neg_dt / (cap / g_tot))
+    if factors is not None:
+        factors[1][j] = f
+        factors[2][j] = f / g_tot
+        factors[3][j] = v_inf
+    return vj + (v_inf - vj) * f
 
 
 @_compiled
-def _step_i(const, refractory, a_ampa, v, g_ampa, age, fired, factors):
-    """One step of the I cells of one sample: AMPA only (see _step)."""
-    e_l, e_ampa, c = const[E_L], const[E_AMPA], const[C_I]
-    d_ampa, one = const[DECAY_AMPA], const.dtype.type(1.0)
+def _step_e(const, refractory, a_ampa, a_gaba, x_ampa, x_gaba, v, g_ampa, g_gaba, age, fired, factors,
+            exp_euler):
+    """One step of the E cells of one sample: AMPA and GABA (see _step)."""
+    e_l, e_ampa, e_gaba, c = const[E_L], const[E_AMPA], const[E_GABA], const[C_E]
+    d_ampa, d_gaba, one = const[DECAY_AMPA], const[DECAY_GABA], const.dtype.type(1.0)
+    g_l, rest, cap, neg_dt = const[G_L_E], const[REST_E], const[CAP_E], const[NEG_DT]
+    kick_first = const[KICK_FIRST] != 0
     for j in range(v.shape[0]):
-        ga = g_ampa[j] * d_ampa + a_ampa[j]
+        ga = _synapse(g_ampa[j], a_ampa[j], d_ampa, kick_first)
+        gg = _synapse(g_gaba[j], a_gaba[j], d_gaba, kick_first)
+        if x_ampa is not None:  # same-step input, after the decay
+            ga = ga + x_ampa[j]
+            gg = gg + x_gaba[j]
         g_ampa[j] = ga
-        vj = v[j]
-        dv = e_l - vj
+        g_gaba[j] = gg
+        v1 = _membrane(v[j], ga, gg, g_l, rest, cap, c, e_l, e_ampa, e_gaba, neg_dt, one, factors, j, exp_euler)
+        _threshold(j, v1, refractory, const, v, age, fired, factors)
+
+
+@_compiled
+def _step_i(const, refractory, a_ampa, v, g_ampa, age, fired, factors, exp_euler):
+    """One step of the I cells of one sample: AMPA only (see _step). Its GABA
+    conductance is 0, which adds exact zeros in the reference's sums."""
+    e_l, e_ampa, e_gaba, c = const[E_L], const[E_AMPA], const[E_GABA], const[C_I]
+    d_ampa, one = const[DECAY_AMPA], const.dtype.type(1.0)
+    g_l, rest, cap, neg_dt = const[G_L_I], const[REST_I], const[CAP_I], const[NEG_DT]
+    kick_first = const[KICK_FIRST] != 0
+    zero = const.dtype.type(0.0)
+    for j in range(v.shape[0]):
+        ga = _synapse(g_ampa[j], a_ampa[j], d_ampa, kick_first)
+        g_ampa[j] = ga
+        v1 = _membrane_i(v[j], ga, zero, g_l, rest, cap, c, e_l, e_ampa, e_gaba, neg_dt, one, factors, j,
+                         exp_euler)
+        _threshold(j, v1, refractory, const, v, age, fired, factors)
+
+
+@_compiled
+def _membrane_i(vj, ga, zero, g_l, rest, cap, c, e_l, e_ampa, e_gaba, neg_dt, one, factors, j, exp_euler):
+    """_membrane without a GABA conductance: the same value (x + 0 g = x), fewer operations."""
+    if exp_euler is None:
+        dv = g_l * (e_l - vj)
         dv = dv + (e_ampa - vj) * ga
         if factors is not None:
-            factors[1][j] = one + ga
-        _threshold(j, vj + dv * c, refractory, const, v, age, fired, factors)
+            factors[1][j] = g_l + ga
+        return vj + dv * c
+    g_tot = g_l + ga
+    v_inf = (rest + ga * e_ampa) / g_tot
+    f = one - np.exp(neg_dt / (cap / g_tot))
+    if factors is not None:
+        factors[1][j] = f
+        factors[2][j] = f / g_tot
+        factors[3][j] = v_inf
+    return vj + (v_inf - vj) * f
 
 
-@_compiled
 def _columns(rows, lo, hi):
-    """Columns [lo, hi) of each of two rows."""
-    return rows[0][lo:hi], rows[1][lo:hi]
+    """Columns [lo, hi) of each of the tape's rows (two, or four with exponential Euler)."""
+
+
+@overload(_columns)
+def _columns_typed(rows, lo, hi):
+    if len(rows) == 2:
+        return lambda rows, lo, hi: (rows[0][lo:hi], rows[1][lo:hi])
+    return lambda rows, lo, hi: (rows[0][lo:hi], rows[1][lo:hi], rows[2][lo:hi], rows[3][lo:hi])
+
+
+def _tape_rows(v2, leak, f_per_g, v_inf):
+    """The tape's rows as _step takes them: (v2, leak), with exponential Euler's two more."""
+
+
+@overload(_tape_rows)
+def _tape_rows_typed(v2, leak, f_per_g, v_inf):
+    if isinstance(f_per_g, types.NoneType):
+        return lambda v2, leak, f_per_g, v_inf: (v2, leak)
+    return lambda v2, leak, f_per_g, v_inf: (v2, leak, f_per_g, v_inf)
 
 
 @_compiled
-def _step(n_e, const, refractory, a, v, g, age, fired, factors):
+def _step(n_e, const, refractory, a, x, v, g, age, fired, factors, exp_euler):
     """One step of MODEL.md's cell update for one sample, in the reference's rounding order.
 
-    Reads the arrivals a [M]; updates v, g and age (steps since the last spike)
-    in place; fired[j] says whether cell j spiked. `factors` is None (the
-    forward) or two rows [N] for the adjoint (the tape): the voltage v2 before the
-    reset, +inf where the cell is held, and the leak 1 + g_a + g_g. From v2 the
-    adjoint derives all else it needs (_voltage_adjoint, _voltage_before): the
-    surrogate, whether the cell was held or spiked, the reset's V_reset - v2, and
-    the voltage after the step, which the next step's drive needs. numba compiles
-    the two cases apart (a None argument's branches are pruned), so the forward
+    Reads the arrivals a [M] (and with same-step input x [M], else None); updates
+    v, g and age (steps since the last spike) in place; fired[j] says whether cell
+    j spiked. `exp_euler` is None (forward Euler) or True (exponential Euler).
+    `factors` is None (the forward) or the rows [N] of the adjoint's tape: the
+    voltage v2 before the reset (+inf where the cell is held, -inf where the
+    floor clamped it), the leak factor, and with exponential Euler f / g_tot and
+    V_inf (_membrane). From v2 the adjoint derives all else it needs
+    (_voltage_adjoint, _voltage_before): the surrogate, whether the cell was held,
+    clamped or spiked, the reset's V_reset - v2, and the voltage after the step,
+    which the next step's drive needs. numba compiles the cases apart (a None
+    argument's branches are pruned), so the forward
     stores nothing it does not keep: on the Zen 1 cores measured a 256-bit store
     takes two cycles, and stores bound this loop (a tape of four factors per cell,
     surrogate and V_reset - v2 included, made the recomputation 1.8x the forward).
@@ -198,14 +324,15 @@ def _step(n_e, const, refractory, a, v, g, age, fired, factors):
     views, so LLVM vectorises with one overlap check per array.
     """
     n = v.shape[0]
-    e = (const, refractory[0], a[:n_e], a[n:], v[:n_e], g[:n_e], g[n:], age[:n_e], fired[:n_e])
+    e = (const, refractory[0], a[:n_e], a[n:], _slice(x, 0, n_e), _slice(x, n, a.shape[0]), v[:n_e], g[:n_e],
+         g[n:], age[:n_e], fired[:n_e])
     i = (const, refractory[1], a[n_e:n], v[n_e:], g[n_e:n], age[n_e:], fired[n_e:n])
     if factors is None:
-        _step_e(*e, None)
-        _step_i(*i, None)
+        _step_e(*e, None, exp_euler)
+        _step_i(*i, None, exp_euler)
     else:
-        _step_e(*e, _columns(factors, 0, n_e))
-        _step_i(*i, _columns(factors, n_e, n))
+        _step_e(*e, _columns(factors, 0, n_e), exp_euler)
+        _step_i(*i, _columns(factors, n_e, n), exp_euler)
 
 
 @_compiled
@@ -217,19 +344,22 @@ def _scratch(n, n_e, m, dtype):
 
 @_compiled
 def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
-                    use_ei, use_ie, has_neg, const, refractory, chunk, readout,
-                    count_e, count_i, filtered, s_e, s_i, ck_v, ck_g, ck_age, voltages):
+                    use_ei, use_ie, has_neg, const, refractory, exp_euler, same_step, chunk, readout,
+                    count_e, count_i, filtered, s_e, s_i, ck_v, ck_g, ck_age, voltages, w_out, drive_out):
     """Simulate samples [b0, b1) from rest.
 
     Writes spike counts [B, n_e] / [B, n_i], the readout's filtered E count
     sum_t readout[t] s_e[t] [B, n_e], the state at every chunk start (ck_*[chunk
     index, b]: v, g and ages), and where those arrays
-    are not empty the float spike trains s_e [T, B, n_e] / s_i [T, B, n_i] and the
-    voltages [T, B, N]."""
+    are not empty the float spike trains s_e [T, B, n_e] / s_i [T, B, n_i], the
+    voltages [T, B, N] and the output LIF's drive s_e[t] @ w_out, drive_out
+    [T, B, n_out] (zeros on entry). `exp_euler` and `same_step` are None or True
+    (_step, _add_arrivals)."""
     steps, n, m = readout.shape[0], ck_v.shape[2], ck_g.shape[2]
     dtype = const.dtype
     a, ie_sum, fired, cells, age = _scratch(n, n_e, m, dtype)
-    trains, record_voltage = s_e.shape[0] > 0, voltages.shape[0] > 0
+    x = _buffer_if(same_step, m, dtype)
+    trains, record_voltage, lif = s_e.shape[0] > 0, voltages.shape[0] > 0, drive_out.shape[0] > 0
     for b in range(b0, b1):
         v = np.full(n, const[E_L], dtype=dtype)
         g = np.zeros(m, dtype=dtype)
@@ -242,14 +372,18 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
                 _copy(ck_g[t // chunk, b], g)
                 _copy(ck_age[t // chunk, b], age)
             cursor = _add_arrivals(t, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
-                                   w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
-            _step(n_e, const, refractory, a, v, g, age, fired, None)
+                                   w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum, x)
+            _step(n_e, const, refractory, a, x, v, g, age, fired, None, exp_euler)
             count = _fired_cells(fired, cells)
             for index in range(count):
                 cell = cells[index]
                 if cell < n_e:
                     count_e[b, cell] += 1
                     filtered[b, cell] += readout[t]
+                    if lif:
+                        row = drive_out[t, b]
+                        for o in range(row.shape[0]):
+                            row[o] += w_out[cell, o]
                 else:
                     count_i[b, cell - n_e] += 1
             if trains:
@@ -264,17 +398,21 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
 
 @_compiled
 def recompute_samples(index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
-                      use_ei, use_ie, has_neg, const, refractory, ck_v, ck_g, ck_age,
-                      tape_v2, tape_leak, spikes):
+                      use_ei, use_ie, has_neg, const, refractory, exp_euler, same_step, ck_v, ck_g, ck_age,
+                      tape_v2, tape_leak, tape_p, tape_vinf, spikes, grad_drive, grad_w_out):
     """Re-run chunk `index` (steps t0 .. t0 + L - 1) of every sample from its checkpoint.
 
     Writes the tape (_step's factors): tape_v2 [L + 1, B, N], whose row 0 is the
-    voltage before the chunk and row k + 1 step k's v2; tape_leak [L, B, N]; and
+    voltage before the chunk and row k + 1 step k's v2; tape_leak [L, B, N]; with
+    exponential Euler (else None) tape_p and tape_vinf [L, B, N]; and
     unless `spikes` is None, the spikes arriving in the chunk, those of steps
-    t0 - 1 .. t0 + L - 2, into spikes [L, B, N].
+    t0 - 1 .. t0 + L - 2, into spikes [L, B, N]. Unless grad_w_out is None, adds
+    the output LIF's W_out gradient: each E spike of chunk step k adds its
+    sample's grad_drive[k] [n_out] to its row of grad_w_out [n_e, n_out].
     """
     length, n = tape_leak.shape[0], ck_v.shape[2]
     a, ie_sum, fired, cells, age = _scratch(n, n_e, ck_g.shape[2], const.dtype)
+    x = _buffer_if(same_step, ck_g.shape[2], const.dtype)
     for b in range(ck_v.shape[1]):
         v = ck_v[index, b].copy()
         g = ck_g[index, b].copy()
@@ -289,9 +427,18 @@ def recompute_samples(index, t0, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg,
             if spikes is not None:
                 _copy(spikes[k, b], fired)
             cursor = _add_arrivals(t0 + k, n_e, n, ev_step, ev_channel, cursor, end, cells, count,
-                                   w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum)
-            _step(n_e, const, refractory, a, v, g, age, fired, (tape_v2[k + 1, b], tape_leak[k, b]))
+                                   w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum, x)
+            factors = _tape_rows(tape_v2[k + 1, b], tape_leak[k, b], _part(tape_p, (k, b)), _part(tape_vinf, (k, b)))
+            _step(n_e, const, refractory, a, x, v, g, age, fired, factors, exp_euler)
             count = _fired_cells(fired, cells)
+            if grad_w_out is not None:
+                lam = grad_drive[k, b]
+                for index_e in range(count):
+                    cell = cells[index_e]
+                    if cell < n_e:
+                        row = grad_w_out[cell]
+                        for o in range(row.shape[0]):
+                            row[o] += lam[o]
 
 
 # Samples per block of the presynaptic product: its accumulators, BLOCK floats,
@@ -406,7 +553,8 @@ def _voltage_adjoint(j, const, keep_reset, readout_t, arrival, filtered, count, 
     (filtered * readout_t), the spike count, this step's spike-train gradient, the
     next step's arrivals (its presynaptic products, `arrival`) and, when the reset
     keeps its gradient, lam_v (V_reset - v2). A part is None where the loss does
-    not reach. A held cell (v2 = +inf) passes nothing; one that spiked passes no lam_v.
+    not reach. A held cell (v2 = +inf) or one the floor clamped (v2 = -inf) passes
+    nothing; one that spiked passes no lam_v.
     """
     zero, one = lam_v.dtype.type(0.0), lam_v.dtype.type(1.0)
     x = v2[j]
@@ -422,48 +570,65 @@ def _voltage_adjoint(j, const, keep_reset, readout_t, arrival, filtered, count, 
     if keep_reset:
         grad = grad + lam_v[j] * (const[V_RESET] - x)
     d = abs(x - const[V_TH]) * const[BETA] + one
-    e = _select(x > const[V_TH], zero, lam_v[j]) + grad * (one / (d * d))
-    return _select(x == np.inf, zero, e)
+    e = _select(x >= const[V_SPIKE], zero, lam_v[j]) + grad * (one / (d * d))
+    return _select(abs(x) == np.inf, zero, e)
 
 
 @_compiled
 def _voltage_before(j, const, v2_prev):
     """The voltage after the previous step from that step's tape entry: its v2
-    unless the cell spiked or was held (+inf), else V_reset. (Row 0 of the tape,
-    the voltage before the chunk, passes unchanged: it is at most V_th or V_reset.)"""
+    unless the cell spiked or was held (+inf), else V_reset; the floor where it
+    clamped (-inf). (Row 0 of the tape, the voltage before the chunk, passes
+    unchanged: it is below V_SPIKE or V_reset.)"""
     x = v2_prev[j]
-    return _select(x > const[V_TH], const[V_RESET], x)
+    return _select(x >= const[V_SPIKE], const[V_RESET], _select(x == -np.inf, const[V_FLOOR], x))
+
+
+@_compiled
+def _drive(e_syn, v_prev, c, one, f, f_per_g, v_inf):
+    """d dv / d g_syn over dv / dv's -leak (engine.fast.adjoint): forward Euler's
+    E_syn - v (f_per_g None; dt / C is in k_dv), exponential Euler's
+    (E_syn - V_inf) f / g_tot + (V_inf - v) dt / C (1 - f)."""
+    if f_per_g is None:
+        return e_syn - v_prev
+    return (e_syn - v_inf) * f_per_g + (v_inf - v_prev) * c * (one - f)
 
 
 @_compiled
 def _adjoint_e(readout_t, const, keep_reset, arrival, filtered, count, spike_train, v2, v2_prev, leak,
-               lam_v, next_ampa, next_gaba, lam_ampa, lam_gaba):
-    """One reverse step of the E cells of one sample: lam_v in place, lam_ampa and lam_gaba."""
-    k_dv, e_ampa, e_gaba = const[K_DV_E], const[E_AMPA], const[E_GABA]
-    d_ampa, d_gaba = const[DECAY_AMPA], const[DECAY_GABA]
+               f_per_g, v_inf, lam_v, next_ampa, next_gaba, lam_ampa, lam_gaba):
+    """One reverse step of the E cells of one sample: lam_v in place, lam_ampa and
+    lam_gaba. f_per_g and v_inf: the exponential Euler tape rows (else None)."""
+    k_dv, e_ampa, e_gaba, c = const[K_DV_E], const[E_AMPA], const[E_GABA], const[C_E]
+    d_ampa, d_gaba, one = const[DECAY_AMPA], const[DECAY_GABA], const.dtype.type(1.0)
     for j in range(lam_v.shape[0]):
         e = _voltage_adjoint(j, const, keep_reset, readout_t, arrival, filtered, count, spike_train, v2, lam_v)
         ed = e * k_dv
         v_prev = _voltage_before(j, const, v2_prev)
-        lam_ampa[j] = next_ampa[j] * d_ampa + ed * (e_ampa - v_prev)
-        lam_gaba[j] = next_gaba[j] * d_gaba + ed * (e_gaba - v_prev)
-        lam_v[j] = e - ed * leak[j]
+        f, fg, vi = leak[j], _part(f_per_g, j), _part(v_inf, j)
+        lam_ampa[j] = next_ampa[j] * d_ampa + ed * _drive(e_ampa, v_prev, c, one, f, fg, vi)
+        lam_gaba[j] = next_gaba[j] * d_gaba + ed * _drive(e_gaba, v_prev, c, one, f, fg, vi)
+        lam_v[j] = e - ed * f
 
 
 @_compiled
-def _adjoint_i(const, keep_reset, arrival, count, spike_train, v2, v2_prev, leak, lam_v, next_ampa, lam_ampa):
+def _adjoint_i(const, keep_reset, arrival, count, spike_train, v2, v2_prev, leak, f_per_g, v_inf, lam_v,
+               next_ampa, lam_ampa):
     """One reverse step of the I cells of one sample (no readout): lam_v in place, lam_ampa."""
-    k_dv, e_ampa, d_ampa = const[K_DV_I], const[E_AMPA], const[DECAY_AMPA]
-    no_readout = const.dtype.type(0.0)
+    k_dv, e_ampa, d_ampa, c = const[K_DV_I], const[E_AMPA], const[DECAY_AMPA], const[C_I]
+    no_readout, one = const.dtype.type(0.0), const.dtype.type(1.0)
     for j in range(lam_v.shape[0]):
         e = _voltage_adjoint(j, const, keep_reset, no_readout, arrival, None, count, spike_train, v2, lam_v)
         ed = e * k_dv
-        lam_ampa[j] = next_ampa[j] * d_ampa + ed * (e_ampa - _voltage_before(j, const, v2_prev))
-        lam_v[j] = e - ed * leak[j]
+        v_prev = _voltage_before(j, const, v2_prev)
+        f = leak[j]
+        lam_ampa[j] = next_ampa[j] * d_ampa + ed * _drive(e_ampa, v_prev, c, one, f, _part(f_per_g, j),
+                                                            _part(v_inf, j))
+        lam_v[j] = e - ed * f
 
 
 @_compiled
-def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, keep_reset,
+def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, tape_p, tape_vinf, keep_reset,
                   filtered, count_e, count_i, s_e, s_i, product_e, product_i, arrival_e, arrival_i,
                   input_events, grad_pos, grad_neg, lam_v, lam_next, lam):
     """Reverse steps k1 - 1 down to k0 of one chunk, for the whole batch
@@ -477,7 +642,9 @@ def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, keep_reset,
     step from product_* (presynaptic_product's CSR and scratch) where that is not
     None, else given (a dense product), or None (no share). Updates lam_v [B, N]
     (dL/dv) in place and writes dL/dg [B, M] of step k into lam[k], from lam[k + 1],
-    or lam_next for step k1 - 1.
+    or lam_next for step k1 - 1. (dL/dg is also dL/da of the arrivals, except
+    kicked-then-decayed ones: engine.fast.cpu scales theirs by the decay.) With
+    exponential Euler the tape has tape_p and tape_vinf, else they are None.
 
     Unless grad_pos is None, also adds W_in's shares: each input event (k, sample,
     channel) of input_events (chunk steps k, sorted by step and sample) adds its
@@ -500,15 +667,18 @@ def reverse_steps(k1, k0, n_e, const, readout, tape_v2, tape_leak, keep_reset,
             v2, v2_prev, leak, lv = tape_v2[k + 1, b], tape_v2[k, b], tape_leak[k, b], lam_v[b]
             nxt_b, out = nxt[b], lam[k, b]
             _adjoint_e(readout[k], const, keep_reset, _part(arrival_e, b), _part(filtered, b), _part(count_e, b),
-                       _part(spike_e, b), v2[:n_e], v2_prev[:n_e], leak[:n_e], lv[:n_e], nxt_b[:n_e], nxt_b[n:],
-                       out[:n_e], out[n:])
+                       _part(spike_e, b), v2[:n_e], v2_prev[:n_e], leak[:n_e], _rows(tape_p, k, b, 0, n_e),
+                       _rows(tape_vinf, k, b, 0, n_e), lv[:n_e], nxt_b[:n_e], nxt_b[n:], out[:n_e], out[n:])
             _adjoint_i(const, keep_reset, _part(arrival_i, b), _part(count_i, b), _part(spike_i, b), v2[n_e:],
-                       v2_prev[n_e:], leak[n_e:], lv[n_e:], nxt_b[n_e:n], out[n_e:n])
+                       v2_prev[n_e:], leak[n_e:], _rows(tape_p, k, b, n_e, n), _rows(tape_vinf, k, b, n_e, n),
+                       lv[n_e:], nxt_b[n_e:n], out[n_e:n])
             if grad_pos is not None:
                 while event < stop and ev_sample[event] == b:
-                    pos, neg = grad_pos[ev_channel[event]], grad_neg[ev_channel[event]]
+                    pos = grad_pos[ev_channel[event]]
                     for j in range(n_e):
                         pos[j] += out[j]
-                    for j in range(n_e):
-                        neg[j] += out[n + j]
+                    if grad_neg is not None:  # None under Dale's constraint on W_in
+                        neg = grad_neg[ev_channel[event]]
+                        for j in range(n_e):
+                            neg[j] += out[n + j]
                     event += 1

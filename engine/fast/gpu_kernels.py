@@ -46,6 +46,26 @@ NEVER = -(1 << 30)
 
 
 @triton.jit
+def _program_constants(const_ptr, decay_ptr, n_e, n, BLOCK_N: tl.constexpr, ROWS: tl.constexpr):
+    """What both kernels load first: a state row's columns and rows of a W_rec block,
+    the masks of its N and E cells, `const` (E_L .. BETA) and the conductance decays
+    (AMPA of every cell, GABA of the E cells)."""
+    cols = tl.arange(0, BLOCK_N)
+    rows = tl.arange(0, ROWS)
+    in_n = cols < n
+    in_e = cols < n_e
+    e_l = tl.load(const_ptr + 0)
+    v_reset = tl.load(const_ptr + 1)
+    v_th = tl.load(const_ptr + 2)
+    e_ampa = tl.load(const_ptr + 3)
+    e_gaba = tl.load(const_ptr + 4)
+    beta = tl.load(const_ptr + 5)
+    decay_a = tl.load(decay_ptr + cols, mask=in_n, other=0.0)
+    decay_g = tl.load(decay_ptr + n + cols, mask=in_e, other=0.0)
+    return cols, rows, in_n, in_e, e_l, v_reset, v_th, e_ampa, e_gaba, beta, decay_a, decay_g
+
+
+@triton.jit
 def time_loop(t0, length, n_e, n, m, n_input, batch,
               const_ptr, c_ptr, decay_ptr, refractory_ptr,
               ev_ptr_ptr, ev_channel_ptr, w_pos_ptr, w_neg_ptr, w_rec_ptr,
@@ -70,18 +90,9 @@ def time_loop(t0, length, n_e, n, m, n_input, batch,
     """
     b = tl.program_id(0).to(tl.int64)
     w_rec_ptr += (b // batch_per_run) * n * n
-    cols = tl.arange(0, BLOCK_N)
-    rows = tl.arange(0, ROWS)
-    in_n = cols < n
-    in_e = cols < n_e
-    e_l = tl.load(const_ptr + 0)
-    v_reset = tl.load(const_ptr + 1)
-    v_th = tl.load(const_ptr + 2)
-    e_ampa = tl.load(const_ptr + 3)
-    e_gaba = tl.load(const_ptr + 4)
+    cols, rows, in_n, in_e, e_l, v_reset, v_th, e_ampa, e_gaba, _beta, decay_a, decay_g = _program_constants(
+        const_ptr, decay_ptr, n_e, n, BLOCK_N, ROWS)
     c = tl.load(c_ptr + cols, mask=in_n, other=0.0)
-    decay_a = tl.load(decay_ptr + cols, mask=in_n, other=0.0)
-    decay_g = tl.load(decay_ptr + n + cols, mask=in_e, other=0.0)
     refractory = tl.load(refractory_ptr + cols, mask=in_n, other=0)
     v = tl.load(v_ptr + b * n + cols, mask=in_n, other=0.0)
     g_a = tl.load(g_ptr + b * m + cols, mask=in_n, other=0.0)
@@ -178,18 +189,9 @@ def reverse_chunk(t0, length, n_e, n, m, batch,
     run = b // batch_per_run
     w_rec_t_ptr += run * n * n
     k_dv_ptr += run * n
-    cols = tl.arange(0, BLOCK_N)
-    rows = tl.arange(0, ROWS)
-    in_n = cols < n
-    in_e = cols < n_e
-    v_reset = tl.load(const_ptr + 1)
-    v_th = tl.load(const_ptr + 2)
-    e_ampa = tl.load(const_ptr + 3)
-    e_gaba = tl.load(const_ptr + 4)
-    beta = tl.load(const_ptr + 5)
+    cols, rows, in_n, in_e, _e_l, v_reset, v_th, e_ampa, e_gaba, beta, decay_a, decay_g = _program_constants(
+        const_ptr, decay_ptr, n_e, n, BLOCK_N, ROWS)
     k_dv = tl.load(k_dv_ptr + cols, mask=in_n, other=0.0)
-    decay_a = tl.load(decay_ptr + cols, mask=in_n, other=0.0)
-    decay_g = tl.load(decay_ptr + n + cols, mask=in_e, other=0.0)
     lam_v = tl.load(lam_v_ptr + b * n + cols, mask=in_n, other=0.0)
     lam_a = tl.load(lam_next_ptr + b * m + cols, mask=in_n, other=0.0)
     lam_g = tl.load(lam_next_ptr + b * m + n + cols, mask=in_e, other=0.0)

@@ -15,10 +15,9 @@ Overrides (one flat dict, e.g. from `--set KEY=VALUE`) are routed by key:
   analysis that has it.
 A key that is none of these is an error naming it.
 
-Every preset that trains runs the canonical model by default; `recipe=seed` runs
-the study's own model (MODEL.md, last section). The seed recipe is to become the
-default once the fast backend runs it: on the reference backend (the only one that
-has it yet) a seed run at its batch of 256 x 2,000 steps needs about 53 GB.
+Every preset that trains runs the study's own model, the `seed` recipe (MODEL.md,
+last section), by default, on the fast backend; `recipe=canonical` runs the
+canonical model instead.
 A grid axis whose values are strengths in a recipe's units (nb036's E<->I grid)
 has one list per recipe (`recipe_grid`), picked after the overrides.
 """
@@ -104,9 +103,9 @@ class StudyPlan:
 
 
 SEEDS = [42, 43, 44]
-# The study's scale: the medium tier, 100 epochs; recipe, tier and epochs are
-# overridable (recipe=seed: MODEL.md, last section; see the module docstring).
-_RECIPE = {"recipe": "canonical", "tier": "medium", "epochs": 100}
+# The study's recipe (MODEL.md, last section) at the medium tier, 100 epochs; recipe,
+# tier and epochs are overridable (recipe=canonical: MODEL.md "Training recipe").
+_RECIPE = {"recipe": "seed", "tier": "medium", "epochs": 100}
 _PER_RUN_GAMMA = StudyAnalysis("rate_vs_gamma", {"tau_gaba_scales": [1.0]})
 
 PRESETS: dict[str, StudyPreset] = {p.name: p for p in (
@@ -195,7 +194,7 @@ def expand(name: str, overrides: dict[str, Any] | None = None) -> StudyPlan:
                 p[key] = value
         else:
             raise StudyError(key, f"is not a grid axis, config field or analysis parameter of {name}")
-    if "backend" not in base:  # the seed recipe runs on the reference backend until the fast one has it
+    if "backend" not in base:  # fast: it runs both recipes on every device
         base["backend"] = fastest_backend(base)
     runs = _expand_runs(base, grid)
     analyses = []

@@ -29,7 +29,7 @@ def test_bad_study_requests(queue_only_server):
         presets = http.get("/api/studies/presets").json()
         assert presets["count"] == 8 and {"nb024", "coupling", "nb036"} <= {p["name"] for p in presets["data"]}
         nb024 = next(p for p in presets["data"] if p["name"] == "nb024")
-        assert nb024["base"] == {"recipe": "canonical", "tier": "medium", "epochs": 100} and nb024["grid"]["seed"] == [42, 43, 44]
+        assert nb024["base"] == {"recipe": "seed", "tier": "medium", "epochs": 100} and nb024["grid"]["seed"] == [42, 43, 44]
         assert http.post("/api/studies/presets/nope", json={}).status_code == 404
         bad = http.post("/api/studies/presets/nb024", json={"overrides": {"colour": 1}})
         assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "overrides", "colour"]
@@ -58,7 +58,8 @@ def test_a_study_runs_to_its_report(server_factory):
     with httpx.Client(base_url=server.url, timeout=30) as http:
         # one PING run, then (queued by the server once it succeeds) its gamma analysis
         created = http.post("/api/studies/presets/nb041", json={"overrides": {
-            **TINY, "t_ms": 60.0, "tau_gaba_ms": [9.0], "seed": [42], "samples": 8}})
+            **TINY, "t_ms": 60.0, "tau_gaba_ms": [9.0], "seed": [42], "samples": 8,
+            "recipe": "canonical"}})  # canonical: nb042 below refuses seed-recipe runs (docs/studies.md)
         assert created.status_code == 201, created.text
         study = wait_study(http, created.json()["id"])
         assert study["state"] == "succeeded" and study["progress"] == 1.0

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from engine.cells import CobaParams, SpikeFunction, coba_initial_state, coba_step, membrane_update
-from engine.config import FAST_SUPPORTED, Config, ConfigError
+from engine.config import FAST_TRITON_SUPPORTED, Config, ConfigError, fastest_backend
 from engine.reference import network_params, readout_step, simulate_reference
+from engine.simulate import simulate
 from engine.train import project_dale
 from engine.weights import init_weights
 
@@ -80,12 +81,14 @@ def test_bad_variant_fields_are_named(fields, field):
     assert err.value.field == field
 
 
-def test_fast_backend_refuses_what_it_does_not_run():
+def test_fast_backend_takes_every_seed_option_on_every_device():
+    """The compiled CPU loop and the torch-op loop run them all (the Triton kernels
+    do not: a single GPU run then takes the torch-op loop, tests/engine/test_fast_seed_recipe.py)."""
     seed = Config(recipe="seed", backend="reference")
-    for name, supported in FAST_SUPPORTED.items():
-        with pytest.raises(ConfigError) as err:
-            Config(backend="fast", **{name: getattr(seed, name)})
-        assert err.value.field == name and "fast backend" in err.value.message
+    for name in FAST_TRITON_SUPPORTED:
+        for device in ("cpu", "cuda"):
+            assert Config(backend="fast", device=device, **{name: getattr(seed, name)}).backend == "fast"
+    assert fastest_backend({"recipe": "seed"}) == fastest_backend({"recipe": "seed", "device": "cuda"}) == "fast"
 
 
 # --- cells: hand-computed golden values -------------------------------------------
@@ -257,13 +260,15 @@ def test_seed_init_draws_pinglabs_weights_bit_for_bit():
         assert np.array_equal(ours[name].numpy(), f[name]), name
 
 
-def test_reference_reproduces_pinglab_spike_for_spike():
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+def test_backends_reproduce_pinglab_spike_for_spike(backend):
     """pinglab's COBANet (models.py @ 0b5617a, nb024's PING recipe: ei_strength 1, w_in 1.2,
     sparsity 0.95, w_out x 500, surrogate slope 1, dampening 1000, dt 0.1 ms), 64 -> 64 E /
     16 I, 2 samples x 1000 steps, float64: its spike trains, counts and logits are the data."""
     f, config, x = fixture_case()
+    config = config.replace(backend=backend)
     weights = {name: torch.from_numpy(f[name]).to(F64) for name in ("W_in", "W_ei", "W_ie", "W_out")}
-    out = simulate_reference(weights, x, config)
+    out = simulate(weights, x, config)
     s_e = np.unpackbits(f["s_e_bits"], axis=-1)[..., :64]
     s_i = np.unpackbits(f["s_i_bits"], axis=-1)[..., :16]
     assert s_e.sum() > 300 and s_i.sum() > 300  # both populations and the loop are exercised

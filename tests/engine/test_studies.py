@@ -32,26 +32,26 @@ def test_presets_expand_to_the_study():
     assert [r.label for r in nb024.runs] == ["ping-seed42", "ping-seed43", "ping-seed44",
                                              "coba-seed42", "coba-seed43", "coba-seed44"]
     assert all(r.config["tier"] == "medium" and r.config["epochs"] == 100 for r in nb024.runs)
-    # the canonical model by default until the fast backend runs the seed recipe; the
-    # study's own model (MODEL.md, last section) an override away
+    # the study's own model by default (MODEL.md, last section), the canonical one an override away
     assert {(r.config["recipe"], r.config["ei_strength"], r.config["n_e"]) for r in nb024.runs} == {
-        ("canonical", 0.05, 800), ("canonical", 0.0, 800)}
-    seed = expand("nb024", {"recipe": "seed"})
-    assert {(r.config["recipe"], r.config["ei_strength"], r.config["n_e"]) for r in seed.runs} == {
         ("seed", 1.0, 1024), ("seed", 0.0, 1024)}
-    assert all(r.config["recipe"] == "seed" for name in ("nb041", "nb044", "nb036")
-               for r in expand(name, {"recipe": "seed"}).runs)
+    canonical = expand("nb024", {"recipe": "canonical"})
+    assert {(r.config["recipe"], r.config["ei_strength"], r.config["n_e"]) for r in canonical.runs} == {
+        ("canonical", 0.05, 800), ("canonical", 0.0, 800)}
+    assert all(r.config["recipe"] == "seed" for name in ("nb041", "nb044", "nb036") for r in expand(name).runs)
     # nb036's strengths are in each recipe's own units: 0 .. 2 x its defaults
-    assert expand("nb036").grid["ei_strength"] == [0.0, 0.0125, 0.025, 0.05, 0.1]
-    assert expand("nb036", {"recipe": "seed"}).grid["ei_strength"] == [0.0, 0.25, 0.5, 1.0, 2.0]
-    assert expand("nb036", {"recipe": "seed", "ei_strength": [0.3]}).grid["ei_strength"] == [0.3]
+    assert expand("nb036").grid["ei_strength"] == [0.0, 0.25, 0.5, 1.0, 2.0]
+    assert expand("nb036", {"recipe": "canonical"}).grid["ei_strength"] == [0.0, 0.0125, 0.025, 0.05, 0.1]
+    assert expand("nb036", {"recipe": "canonical", "ei_strength": [0.3]}).grid["ei_strength"] == [0.3]
     assert len(expand("nb036").runs) == 25 and len(expand("nb044").runs) == 8 and len(expand("nb041").runs) == 15
     assert sorted({r.config["seed"] for r in expand("nb041").runs}) == [42, 43, 44]  # the fit needs seeds
     assert sorted({r.config["dt_ms"] for r in expand("nb044").runs}) == [0.05, 0.1, 0.25, 0.5]
-    # nb036's open-loop edges (ei = 0 or ie = 0) train undamped, like COBA (MODEL.md "Gradients")
-    for run in expand("nb036").runs:
+    # canonical: nb036's open-loop edges (ei = 0 or ie = 0) train undamped, like COBA (MODEL.md
+    # "Gradients"); the seed recipe dampens by 1000 whatever the loop (MODEL.md, last section)
+    for run in expand("nb036", {"recipe": "canonical"}).runs:
         closed = run.point["ei_strength"] > 0 and run.point["ie_strength"] > 0
         assert run.config["v_grad_dampen"] == (1000.0 if closed else 1.0), run.label
+    assert {run.config["v_grad_dampen"] for run in expand("nb036").runs} == {1000.0}
     for name in ("coupling", "nb042", "nb037", "nb038"):
         plan = expand(name)
         assert plan.needs_source and not plan.runs and plan.analyses
@@ -247,11 +247,9 @@ def test_report_figures_are_written_beside_the_markdown(tmp_path, source_run):
 
 
 def test_presets_run_their_recipe_on_a_backend_that_has_it():
-    """The default backend is fast, which does not run the seed recipe yet: a preset
-    left to pick runs the seed recipe on the reference backend and the canonical one on
-    fast, and an explicit fast with the seed recipe is refused, naming the option."""
-    assert {r.config["backend"] for r in expand("nb024", {"recipe": "seed"}).runs} == {"reference"}
+    """The fast backend runs both recipes on every device, so a preset left to pick
+    runs either on it; the reference backend stays one override away."""
     assert {r.config["backend"] for r in expand("nb024").runs} == {"fast"}
-    with pytest.raises(StudyError) as refused:
-        expand("nb024", {"recipe": "seed", "backend": "fast"})
-    assert refused.value.field == "integrator"
+    assert {r.config["backend"] for r in expand("nb024", {"recipe": "canonical"}).runs} == {"fast"}
+    assert {r.config["backend"] for r in expand("nb024", {"device": "cuda"}).runs} == {"fast"}
+    assert {r.config["backend"] for r in expand("nb024", {"backend": "reference"}).runs} == {"reference"}

@@ -19,11 +19,22 @@ def queue(store, *configs):
 
 
 def test_nb024s_six_cells_are_one_pack(store):
-    plan = expand("nb024", {"tier": "medium", "epochs": 100, "backend": "fast", "device": "cuda"})
+    plan = expand("nb024", {"tier": "medium", "epochs": 100, "backend": "fast", "device": "cuda",
+                            "recipe": "canonical"})
     runs = queue(store, *(dict(run.config) for run in plan.runs))
     assert len(runs) == 6 and {run.config["arch"] for run in runs} == {"ping", "coba"}
     jobs = plan_packs(runs, max_runs=8)
     assert [[run.id for run in job] for job in jobs] == [[run.id for run in runs]]
+
+
+def test_seed_recipe_runs_train_alone_until_the_triton_kernels_run_it(store):
+    """Packs run on the Triton kernels, which lack the seed recipe (engine.fast: a single
+    GPU run of it takes the torch-op loop)."""
+    plan = expand("nb024", {"tier": "medium", "epochs": 100, "backend": "fast", "device": "cuda"})
+    runs = queue(store, *(dict(run.config) for run in plan.runs))
+    assert {run.config["recipe"] for run in runs} == {"seed"}
+    assert all(pack_key(run) is None for run in runs)
+    assert [len(job) for job in plan_packs(runs, max_runs=8)] == [1] * 6
 
 
 def test_runs_that_differ_in_shape_or_schedule_are_not_packed(store):
