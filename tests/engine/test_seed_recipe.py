@@ -64,7 +64,8 @@ def test_replace_with_another_recipe_or_arch_re_resolves_the_recipe_fields():
 def test_stored_config_is_explicit_and_round_trips():
     c = Config(recipe="seed", backend="reference", arch="coba")
     data = c.to_dict()
-    assert all(value is not None for key, value in data.items() if key != "v_floor_mv")
+    # null only where null means "none": no voltage floor, no run to start from
+    assert all(value is not None for key, value in data.items() if key not in ("v_floor_mv", "init_run"))
     assert Config.from_json(c.to_json()) == c
     # a stored canonical config reloads as the same model (v_floor_mv null = no floor)
     assert Config.from_dict(Config().to_dict()) == Config()
