@@ -34,12 +34,7 @@ CANONICAL = dict(n_input=64, n_e=32, n_i=8, ei_strength=0.6, ie_strength=0.5, w_
 SEED = dict(recipe="seed", n_input=64, n_e=40, n_i=12, t_ms=30.0, dtype="float64", trainable=ALL_WEIGHTS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_input(config: Config, batch: int = 3, seed: int = 0, p: float = 0.08) -> torch.Tensor:
