@@ -43,8 +43,9 @@ def launch(page, experiment: str) -> str:
 
 def test_a_training_run_launched_from_the_form_shows_its_traces_as_it_learns(server, page):
     open_form(page, server.url)
-    # 0.8 s of model time at dt 0.05 ms: 16,000 steps per network, traces one sample per ms
-    fill(page, {"n": "50", "warmup_s": "0.1", "learn_s": "0.6", "test_s": "0.1"})
+    # 4 s of model time at dt 0.05 ms: 80,000 steps per network, traces one sample per ms;
+    # N 1000 so that the run outlasts opening the page (about 12 s on an idle 2-core box)
+    fill(page, {"n": "1000", "warmup_s": "0.1", "learn_s": "3.8", "test_s": "0.1"})
     run_id = launch(page, "train")
     page.goto(f"{server.url}/force?id={run_id}")
     page.get_by_text(f"FORCE run {run_id}").wait_for(timeout=60_000)
@@ -54,18 +55,18 @@ def test_a_training_run_launched_from_the_form_shows_its_traces_as_it_learns(ser
     # no reload from here: the traces are re-read when the live feed reports progress
     seen = [page.evaluate(TRACE_SAMPLES_JS)]
     deadline = time.monotonic() + 180
-    while seen[-1] < 800 and time.monotonic() < deadline:
+    while seen[-1] < 4000 and time.monotonic() < deadline:
         time.sleep(0.5)
         seen.append(page.evaluate(TRACE_SAMPLES_JS))
-    assert seen[-1] == 800, seen
-    assert seen[0] < 800, "the run finished before the page opened: nothing was live"
+    assert seen[-1] == 4000, seen
+    assert seen[0] < 4000, "the run finished before the page opened: nothing was live"
     page.locator("td", has_text="succeeded").wait_for(timeout=60_000)
     page.wait_for_function(f"() => ({TITLES_JS})().some(t => t.includes('phi_rate vs phi_spike: slope'))",
                            timeout=30_000, polling=500)
     with httpx.Client(base_url=server.url) as http:
         result = http.get(f"/api/runs/{run_id}/artifacts/result.json").json()
     assert result["complete"] and set(result["networks"]) == {"lif", "rate"}
-    assert result["params"]["config"]["n"] == 50  # what the form sent
+    assert result["params"]["config"]["n"] == 1000  # what the form sent
 
 
 def test_a_tiny_grid_fills_both_heatmaps_and_a_clicked_cell_opens(server, page):

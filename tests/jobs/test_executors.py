@@ -139,15 +139,17 @@ def _lose_worker(name: str, worker_pid: int) -> None:
 
 
 def test_a_lost_worker_is_requeued_and_resumes_from_its_checkpoint(executor_name, executor, store):
-    run = _train_run(store, epochs=2)
+    # 4 epochs: a Ray worker's training process can outlive its killed parent long
+    # enough to checkpoint one more epoch, so the resume point is "after the first"
+    run = _train_run(store, epochs=4)
     scheduler = Scheduler(store, executor)
     _tick_until(scheduler, lambda: len(store.metrics(run.id)) >= 1, 120)  # epoch 1 checkpointed
     _lose_worker(executor_name, store.get_run(run.id).worker_pid)
-    _tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 120)
+    _tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 180)
     done = store.get_run(run.id)
     assert done.state is RunState.SUCCEEDED, done.error
-    assert done.attempt == 2 and done.resumed_from_epoch == 1
-    assert [r["epoch"] for r in store.metrics(run.id)] == [1, 2]
+    assert done.attempt == 2 and 1 <= done.resumed_from_epoch < 4
+    assert [r["epoch"] for r in store.metrics(run.id)] == [1, 2, 3, 4]  # none lost, none twice
 
 
 def test_shutdown_gives_running_runs_back_to_the_queue(executor, store):
