@@ -22,8 +22,9 @@ ARCH_COLORS = {"ping": plots.E_COLOR, "coba": "#dd6b20"}
 DASHES = ("solid", "dashed", "dotted", "dotdash", "dashdot")
 
 
-def run_label(run: Run) -> str:
-    return f"{run.config.get('arch', '?').upper()} seed {run.config.get('seed')} · {run.id[:6]}"
+def run_label(run: Run, with_recipe: bool = False) -> str:
+    recipe = f" · {run.config.get('recipe')} recipe" if with_recipe else ""
+    return f"{run.config.get('arch', '?').upper()} seed {run.config.get('seed')}{recipe} · {run.id[:6]}"
 
 
 class ComparePage(param.Parameterized):
@@ -32,6 +33,8 @@ class ComparePage(param.Parameterized):
     def __init__(self, services: Services, feed: LiveFeed, runs: list[Run], **params):
         super().__init__(**params)
         self.jobs, self.runs = services.jobs, runs
+        # the canonical and the seed's recipe side by side: each label says which
+        self.recipes_differ = len({run.config.get("recipe") for run in runs}) > 1
         self.records = {run.id: self.jobs.metrics(run.id) for run in runs}
         self.seed_table = pn.widgets.Tabulator(self._seed_frame(), show_index=False, disabled=True,
                                                sizing_mode="stretch_width", layout="fit_data_stretch",
@@ -57,6 +60,9 @@ class ComparePage(param.Parameterized):
         return {"color": color, "line_dash": DASHES[len(same_arch) % len(DASHES)]}
 
     # --- tables ------------------------------------------------------------------------
+    def _label(self, run: Run) -> str:
+        return run_label(run, self.recipes_differ)
+
     def _entry(self, run: Run) -> dict:
         """The run in the shape the study report's functions take."""
         return {"label": run.id, "config": run.config, "metrics": self.records[run.id], "point": {}}
@@ -65,7 +71,9 @@ class ComparePage(param.Parameterized):
         rows = [{**seed_row(self._entry(run)), "state": run.state.value} if self.records[run.id] else
                 {"label": run.id, "arch": run.config.get("arch"), "seed": run.config.get("seed"), "epochs": 0,
                  "state": run.state.value} for run in self.runs]
-        return pd.DataFrame(rows).drop(columns=["slope_window"], errors="ignore").round(3)
+        frame = pd.DataFrame(rows).drop(columns=["slope_window"], errors="ignore").round(3)
+        frame.insert(1, "recipe", [run.config.get("recipe") for run in self.runs])
+        return frame
 
     def _budget_frame(self) -> pd.DataFrame:
         """MODEL.md "Spike budget" per run (the study report's, over one run)."""
@@ -75,9 +83,9 @@ class ComparePage(param.Parameterized):
                 for key, label in plots.BUDGET_MEASURES.items()]
         return pd.DataFrame(rows, columns=["run", "measure", "rate (Hz)"])
 
-    @staticmethod
-    def _bar_name(run: Run) -> str:
-        return f"{run.config.get('arch', '?').upper()} s{run.config.get('seed')} {run.id[:4]}"
+    def _bar_name(self, run: Run) -> str:
+        recipe = f" {run.config.get('recipe')}" if self.recipes_differ else ""
+        return f"{run.config.get('arch', '?').upper()} s{run.config.get('seed')}{recipe} {run.id[:4]}"
 
     def _run_colors(self) -> dict[str, str]:
         """Each run's colour in the histograms and the budget bars (one run, one colour)."""
@@ -94,7 +102,7 @@ class ComparePage(param.Parameterized):
         for index, run in enumerate(self.runs):
             frame = plots.metrics_frame(self.records[run.id])
             data = frame[["epoch", column]] if column in frame else pd.DataFrame({"epoch": [], column: []})
-            layers.append(hv.Curve(data.rename(columns={column: ylabel}), "epoch", ylabel, label=run_label(run))
+            layers.append(hv.Curve(data.rename(columns={column: ylabel}), "epoch", ylabel, label=self._label(run))
                           .opts(line_width=2, tools=["hover"], **self._style(index, run)))
         return hv.Overlay(layers).opts(title=title, legend_position="bottom_right", **plots.BASE)
 
@@ -119,14 +127,15 @@ class ComparePage(param.Parameterized):
         for run in self.runs:
             try:
                 with np.load(self.jobs.artifact_path(run.id, "artifacts/rates.npz")) as data:
-                    samples[run_label(run)] = data[f"rate_{population.lower()}_hz"]
+                    samples[self._label(run)] = data[f"rate_{population.lower()}_hz"]
             except JobsError:
                 continue  # unfinished runs have no per-cell rates yet
         return samples
 
     def cell_rates(self, population: str):
-        return plots.histograms(self._cell_rates(population), [run_label(r) for r in self.runs], title=f"Per-cell {population} rates (final)",
-                                xlabel="rate (Hz)", bins=30)
+        return plots.histograms(self._cell_rates(population), [self._label(r) for r in self.runs],
+                                title=f"Per-cell {population} rates (final)", xlabel="rate (Hz)", bins=30,
+                                missing="none until it finishes")
 
     @param.depends("version")
     def budget(self):
@@ -142,7 +151,7 @@ class ComparePage(param.Parameterized):
         grid = lambda *items: pn.GridBox(*items, ncols=2, sizing_mode="stretch_width")  # noqa: E731
         rates = {p: (lambda p=p: self.cell_rates(p)) for p in ("E", "I")}
         hist_frame = {p: (lambda p=p: plots.histogram_frame(self._cell_rates(p))) for p in ("E", "I")}
-        links = " · ".join(f'<a href="/run?id={r.id}">{html.escape(run_label(r))}</a>' for r in self.runs)
+        links = " · ".join(f'<a href="/run?id={r.id}">{html.escape(self._label(r))}</a>' for r in self.runs)
         return layout.page(
             f"Compare {len(self.runs)} runs", "/compare",
             layout.section("Runs", pn.pane.HTML(f"<p>{links}</p>"), self.seed_table),

@@ -145,15 +145,21 @@ class RunPage(param.Parameterized):
         rates = self._npz("rates")
         return {population: rates[f"rate_{population.lower()}_hz"]} if rates else {}
 
+    def _final_missing(self) -> str:
+        """Why a figure of the run's final files is (partly) empty."""
+        if not self.run.state.finished:
+            return "written when the run finishes"
+        return f"none: the run {self.run.state.value} before its final evaluation"
+
     @param.depends("artifacts_version")
     def cell_rates_e(self):
         return plots.histograms(self._cell_rates("E"), ["E"], title="Per-cell E rates (test set, final)",
-                                xlabel="rate (Hz)", colors=(plots.E_COLOR,))
+                                xlabel="rate (Hz)", colors=(plots.E_COLOR,), missing=self._final_missing())
 
     @param.depends("artifacts_version")
     def cell_rates_i(self):
         return plots.histograms(self._cell_rates("I"), ["I"], title="Per-cell I rates (test set, final)",
-                                xlabel="rate (Hz)", colors=(plots.I_COLOR,))
+                                xlabel="rate (Hz)", colors=(plots.I_COLOR,), missing=self._final_missing())
 
     def _weights(self, name: str) -> dict[str, np.ndarray]:
         series = {}
@@ -166,7 +172,7 @@ class RunPage(param.Parameterized):
 
     def _weight_histogram(self, name: str):
         return plots.histograms(self._weights(name), ["init", "end"], title=f"{name} values, init vs end", xlabel="weight",
-                                bins=40, logy=True, colors=("#a0aec0", plots.E_COLOR))
+                                bins=40, logy=True, colors=("#a0aec0", plots.E_COLOR), missing=self._final_missing())
 
     @param.depends("artifacts_version")
     def w_in_values(self):

@@ -106,3 +106,20 @@ def test_the_loop_transfer_figures_draw_partial_and_full_sweeps():
     assert list(curves[1].dimension_values(1)) == [0.0, 15.0, 30.0]
     for built in (rates, study_plots.loop_transfer([], study_plots.LOOP_TRANSFER_ACC, "accuracy (%)", "acc")):
         hv.render(built)
+
+
+def test_histograms_say_why_a_series_is_empty():
+    """A run still training has no per-cell rates: its legend entry says so, and an
+    all-empty plot says it in the middle instead of drawing a bare zero line."""
+    renderer = hv.renderer("bokeh")
+    empty = plots.histograms({}, ["E"], title="Per-cell E rates", xlabel="rate (Hz)", missing="written when done")
+    texts = [e for e in empty if isinstance(e, hv.Text)]
+    assert [t.text for t in texts] == ["written when done"]
+    assert [e.label for e in empty if isinstance(e, hv.Histogram)] == ["E (written when done)"]
+    renderer.get_plot(empty)
+    partial = plots.histograms({"a": np.array([1.0, 2.0, 2.5])}, ["a", "b"], title="t", xlabel="x", logy=True,
+                               missing="pending")
+    assert [e.label for e in partial] == ["a", "b (pending)"]  # no middle note: one series has values
+    renderer.get_plot(partial)
+    plain = plots.histograms({}, ["E"], title="t", xlabel="x")
+    assert [e.label for e in plain] == ["E"]

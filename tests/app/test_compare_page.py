@@ -1,0 +1,65 @@
+"""The Compare page's tables and labels in Python, on a real SQLite store (the
+browser test in test_dashboard.py clicks its way there): runs of both recipes
+side by side say which recipe each is, and runs still training say why their
+per-cell histograms are empty."""
+
+from __future__ import annotations
+
+import holoviews as hv
+import pytest
+
+import engine
+from app.dashboard.compare_page import ComparePage
+from jobs.models import RunKind
+from jobs.paths import DataDir
+from jobs.service import JobService
+from jobs.store import RunStore
+
+from tests.conftest import small_config
+
+
+def _record(epoch: int) -> dict:
+    return {"epoch": epoch, "test_acc": 60.0 + epoch, "train_acc": 50.0 + epoch, "train_loss": 1.0, "test_loss": 1.0,
+            "rate_e_hz": 5.0, "rate_i_hz": 9.0 + epoch, "active_frac_e": 1.0, "active_frac_i": 1.0,
+            "w_norm": {"W_in": 6.0, "W_out": 3.0}, "grad_ratio": {"W_in": 0.1, "W_out": 0.01}, "divergence": None}
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    data = DataDir.at(tmp_path / "data")
+    store = RunStore(data.db_path)
+    yield JobService(store, data)
+    store.close()
+
+
+def _run(jobs, epochs: int, **fields):
+    config = engine.Config.from_dict(small_config(**fields)).to_dict()
+    run = jobs.store.create_run(RunKind.TRAIN, config)
+    for epoch in range(1, epochs + 1):
+        jobs.store.record_epoch(run.id, epoch, _record(epoch))
+    return jobs.store.get_run(run.id)
+
+
+class _Services:
+    def __init__(self, jobs):
+        self.jobs = jobs
+
+
+def test_runs_of_both_recipes_are_told_apart_and_unfinished_ones_say_why(jobs):
+    canonical, seed = _run(jobs, 3, seed=42), _run(jobs, 2, seed=42, recipe="seed")
+    page = ComparePage(_Services(jobs), feed=None, runs=[canonical, seed])
+    table = page._seed_frame()
+    assert list(table["recipe"]) == ["canonical", "seed"] and list(table["epochs"]) == [3, 2]
+    labels = [page._label(r) for r in (canonical, seed)]
+    assert labels[0].startswith("PING seed 42 · canonical recipe") and "seed recipe" in labels[1]
+    assert len(set(page._budget_frame()["run"])) == 2  # the budget's bars are two runs, not one name
+    histogram = page.cell_rates("E")  # neither run has finished: no rates.npz yet
+    assert [e.label for e in histogram if isinstance(e, hv.Histogram)] == [f"{l} (none until it finishes)"
+                                                                          for l in labels]
+    assert [e.text for e in histogram if isinstance(e, hv.Text)] == ["none until it finishes"]
+
+
+def test_runs_of_one_recipe_keep_short_labels(jobs):
+    ping, coba = _run(jobs, 1), _run(jobs, 1, arch="coba")
+    page = ComparePage(_Services(jobs), feed=None, runs=[ping, coba])
+    assert "recipe" not in page._label(ping) and list(page._seed_frame()["recipe"]) == ["canonical"] * 2
