@@ -23,12 +23,18 @@ shuffle" (side by side in the result):
 The E-rate release factor is E rate (rearranged) / E rate (closed loop), one per
 reading (`release_factor`, `release_factor_volleys`).
 
-E is driven by a recorded I train through the input pathway: the I spikes become
-extra input channels whose W_in rows are -W_ie (a negative input weight adds GABA
-conductance with the same decay and the same one-step delay as I->E), and the
-network's own W_ei and W_ie are zero. Replaying the unshuffled train this way
-reproduces the closed loop's E spikes (up to float rounding of one sum), which
-the result reports as `rate_e_replay_hz`, a check of the construction.
+E is driven by a recorded I train in one of two ways, by recipe:
+- through the input pathway (canonical recipe, fast backend): the I spikes become
+  extra input channels whose W_in rows are -W_ie (a negative input weight adds
+  GABA conductance with the same decay and the same one-step delay as I->E), and
+  the network's own W_ei and W_ie are zero;
+- by forcing I (any recipe, e.g. the seed's, whose W_in is sign-clamped and whose
+  input arrives on the same step): the reference step loop runs the whole network
+  and replaces the I spikes it emits at each step with the recorded train's before
+  they reach E on the next step.
+Replaying the unshuffled train either way reproduces the closed loop's E spikes
+(up to float rounding of one sum), which the result reports as
+`rate_e_replay_hz`, a check of the construction.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from engine.data import Split
 from engine.encoding import test_input_events
 from engine.evaluate import batches
 from engine.inspect import load_run, test_subset
+from engine.reference import forward_weights, initial_state, network_params, network_step
 from engine.seeding import batch_generator
 from engine.simulate import simulate
 from engine.weights import Weights
@@ -56,18 +63,42 @@ def check(params: dict) -> dict:
     return common(params)
 
 
+def input_pathway_replays(config: Config) -> bool:
+    """Whether I->E can be replayed as extra input channels: not with a sign-clamped
+    W_in (it drops the -W_ie rows), nor with same-step input or kick-then-decay
+    synapses (input and I->E would arrive with different timing)."""
+    return "W_in" not in config.dale_weights and config.input_arrival == "next_step" and \
+        config.synapse_order == "decay_then_add"
+
+
 def driven_by_inhibition(weights: Weights, config: Config) -> tuple[Weights, Config]:
     """The network with I->E replaced by n_i extra (inhibitory) input channels."""
-    if "W_in" in config.dale_weights or config.input_arrival != "next_step" or \
-            config.synapse_order != "decay_then_add":
-        # sign-clamped W_in drops the -W_ie rows; same-step input or kick-then-decay
-        # synapses give input and I->E different timing: the replay would not hold
+    if not input_pathway_replays(config):
         raise AnalysisError("recipe", f"{config.recipe!r}: the phase shuffle's input-pathway replay "
                                       "needs signed W_in, next-step input and decay-then-add synapses")
     w_in = torch.cat([weights["W_in"], -weights["W_ie"]], dim=0)
     zeros_ei, zeros_ie = torch.zeros_like(weights["W_ei"]), torch.zeros_like(weights["W_ie"])
     return ({"W_in": w_in, "W_ei": zeros_ei, "W_ie": zeros_ie, "W_out": weights["W_out"]},
             config.replace(n_input=config.n_input + config.n_i))
+
+
+def with_forced_inhibition(weights: Weights, x: torch.Tensor, config: Config,
+                           s_i: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The closed network with its I spikes replaced by `s_i` [T, B, n_i] on their
+    way to E: E spike counts `count_e` [B, n_e] and readout `logits` (the reference
+    step, any recipe). With the network's own I train it is the closed loop again."""
+    p = network_params(config)
+    w = forward_weights(weights, config)
+    x = x.to(config.torch_dtype)
+    state = initial_state(x.shape[1], config, p)
+    count_e = torch.zeros(x.shape[1], config.n_e, dtype=x.dtype, device=x.device)
+    u_sum = torch.zeros_like(state.u)
+    for x_t, forced in zip(x.unbind(0), s_i.to(x.dtype).unbind(0)):
+        s_e, _, state = network_step(state, x_t, w, p)
+        state = state._replace(s_i_prev=forced)  # what reaches E on the next step
+        count_e = count_e + s_e
+        u_sum = u_sum + state.u_read
+    return {"count_e": count_e, "logits": u_sum / x.shape[0]}
 
 
 def shuffle_time(spikes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -102,26 +133,33 @@ def shift_volleys(spikes: torch.Tensor, generator: torch.Generator, gap_steps: i
 
 
 def _counts(out: dict, labels: torch.Tensor) -> tuple[float, int]:
-    return float(out["s_e"].sum()), int((out["logits"].argmax(-1) == labels).sum())
+    return float(out["count_e"].sum()), int((out["logits"].argmax(-1) == labels).sum())
+
+
+def _replayer(weights: Weights, config: Config) -> Callable[[torch.Tensor, torch.Tensor], dict]:
+    """(input x, I train) -> E driven by that I train, the fastest way the recipe allows."""
+    if not input_pathway_replays(config):
+        return lambda x, s_i: with_forced_inhibition(weights, x, config, s_i)
+    replay_w, replay_config = driven_by_inhibition(weights, config)
+    return lambda x, s_i: simulate(replay_w, torch.cat([x, s_i.to(x.dtype)], dim=2), replay_config,
+                                   spike_trains=False)
 
 
 @torch.no_grad()
 def phase_shuffle(weights: Weights, config: Config, split: Split, on_batch: Callable[[dict], None]) -> None:
     """Per test batch: E spikes and correct answers closed-loop, replayed and shuffled."""
-    replay_w, replay_config = driven_by_inhibition(weights, config)
+    replay = _replayer(weights, config)
+    gap = max(1, int(round(VOLLEY_GAP_MS / config.dt_ms)))
     for b, index in enumerate(batches(len(split.labels), config.batch_size)):
         x = test_input_events(split.images[index], split.image_ids(index), config).to_dense()
         labels = split.labels[index].to(config.torch_device)
         closed = simulate(weights, x, config)
         s_i = closed["s_i"].to(torch.bool)
         shuffled = shuffle_time(s_i, batch_generator(config.seed, "phase-shuffle", 0, b))
-        replay = simulate(replay_w, torch.cat([x, s_i], dim=2), replay_config)
-        moved = simulate(replay_w, torch.cat([x, shuffled], dim=2), replay_config)
-        gap = max(1, int(round(VOLLEY_GAP_MS / config.dt_ms)))
         shifted = shift_volleys(s_i, batch_generator(config.seed, "volley-shift", 0, b), gap)
-        jumped = simulate(replay_w, torch.cat([x, shifted], dim=2), replay_config)
+        replayed, moved, jumped = replay(x, s_i), replay(x, shuffled), replay(x, shifted)
         (e_closed, ok_closed), (e_replay, _), (e_shuffled, ok_shuffled), (e_volleys, ok_volleys) = (
-            _counts(closed, labels), _counts(replay, labels), _counts(moved, labels), _counts(jumped, labels))
+            _counts(closed, labels), _counts(replayed, labels), _counts(moved, labels), _counts(jumped, labels))
         on_batch({"batch": b, "samples": len(index), "spikes_e": e_closed, "spikes_e_replay": e_replay,
                   "spikes_e_shuffled": e_shuffled, "spikes_e_volleys": e_volleys, "spikes_i": float(s_i.sum()),
                   "spikes_i_volleys": float(shifted.sum()),

@@ -64,6 +64,36 @@ def test_phase_shuffle_releases_e(tmp_path):
     assert {"release_factor", "release_factor_volleys", "test_acc_volleys"} <= set(summary)
 
 
+def test_phase_shuffle_runs_the_seed_recipe_by_forcing_i(tmp_path):
+    """The seed's recipe (sign-clamped W_in, same-step input) cannot replay I->E as
+    input channels; forcing I's spikes in the step loop replays it exactly."""
+    run = make_run(tmp_path / "run", recipe="seed", n_e=80, n_i=20, ei_strength=4.0, dtype="float64")  # I fires
+    config = RunDir(run).read_config()
+    assert "W_in" in config.dale_weights and config.input_arrival != "next_step"
+    result = run_analysis("phase_shuffle", run, {"samples": 8}, tmp_path / "out")
+    summary = result["summary"]
+    assert result["complete"] and summary["rate_e_hz"] > 0 and summary["rate_i_hz"] > 0
+    assert summary["rate_e_replay_hz"] == summary["rate_e_hz"]  # the closed loop again, spike for spike
+    assert summary["rate_e_shuffled_hz"] != summary["rate_e_hz"]
+
+
+def test_forcing_i_with_its_own_train_is_the_closed_loop():
+    import torch
+
+    from engine.analyses.phase_shuffle import with_forced_inhibition
+    from engine.simulate import simulate
+
+    config = Config(n_e=40, n_i=10, t_ms=30.0, ei_strength=0.4, ie_strength=2.0, tier="smoke", dtype="float64")
+    weights = init_weights(config)
+    x = (torch.rand(config.n_steps, 3, config.n_input, generator=torch.Generator().manual_seed(0)) < 0.05).double()
+    closed = simulate(weights, x, config)
+    forced = with_forced_inhibition(weights, x, config, closed["s_i"])
+    assert torch.equal(forced["count_e"], closed["count_e"])
+    assert torch.allclose(forced["logits"], closed["logits"], rtol=1e-12)
+    silent = with_forced_inhibition(weights, x, config, torch.zeros_like(closed["s_i"]))
+    assert silent["count_e"].sum() > closed["count_e"].sum()  # no inhibition: E is freed
+
+
 def test_volleys_are_found_and_moved_whole():
     import torch
 
