@@ -95,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
           executor=args.executor, ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu,
-          public_url=args.public_url)
+          public_url=args.public_url, analysis_slots=args.analysis_slots)
     return 0
 
 
@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help=field_help("port"))
     serve.add_argument("--data-dir", help=field_help("data_dir"))
     serve.add_argument("--workers", type=int, help=field_help("workers"))
+    serve.add_argument("--analysis-slots", type=int, help=field_help("analysis_slots"))
     serve.add_argument("--token", help=field_help("token"))
     serve.add_argument("--executor", choices=("local", "ray"), help=field_help("executor"))
     serve.add_argument("--ray-address", help=field_help("ray_address"))

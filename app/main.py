@@ -31,8 +31,13 @@ def build_services(settings: Settings) -> Services:
                              # Ray workers may run on other machines: they report over the API
                              server_url=settings.worker_url if settings.executor == "ray" else None,
                              issue_credential=store.issue_credential)
+    # analyses get their own slots, local to the server's machine and not pinned to a
+    # GPU: a researcher's inference of minutes must not wait for hours of training
+    reserved = make_executor("local", data_dir=data.root, slots=settings.analysis_slots,
+                             threads_per_run=settings.threads_per_run, grace_s=settings.cancel_grace_s,
+                             use_gpus=False) if settings.analysis_slots and settings.workers else None
     scheduler = Scheduler(store, executor, stale_after_s=settings.stale_after_s,
-                          grace_s=settings.cancel_grace_s)
+                          grace_s=settings.cancel_grace_s, reserved=reserved)
     jobs = JobService(store, data, cancel_worker=scheduler.cancel, limits=RunLimits.for_machine())
     whatif = WhatIfService(jobs, workers=settings.workers, threads_per_run=settings.threads_per_run)
     return Services(settings=settings, store=store, jobs=jobs, scheduler=scheduler, whatif=whatif)

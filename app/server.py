@@ -21,16 +21,18 @@ log = logging.getLogger("app.server")
 
 def serve(host: str | None = None, port: int | None = None, data_dir: str | None = None,
           workers: int | None = None, token: str | None = None, *, executor: str | None = None,
-          ray_address: str | None = None, runs_per_gpu: int | None = None, public_url: str | None = None) -> None:
+          ray_address: str | None = None, runs_per_gpu: int | None = None, public_url: str | None = None,
+          analysis_slots: int | None = None) -> None:
     """Flags left None fall back to SPIKEBOARD_* variables, then the defaults."""
     settings = Settings.from_env(host=host, port=port, data_dir=data_dir, workers=workers, token=token,
                                  executor=executor, ray_address=ray_address, runs_per_gpu=runs_per_gpu,
-                                 public_url=public_url)
+                                 public_url=public_url, analysis_slots=analysis_slots)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_bind(settings.host, settings.token)  # a public bind needs a token (app/security.py)
     app = create_app(settings)
-    log.info("data in %s, %s executor, %d worker slot(s)%s", settings.data_dir.resolve(), settings.executor,
-             settings.workers, f" at Ray {settings.ray_address}" if settings.ray_address else "")
+    log.info("data in %s, %s executor, %d worker slot(s)%s, %d more for analyses", settings.data_dir.resolve(),
+             settings.executor, settings.workers, f" at Ray {settings.ray_address}" if settings.ray_address else "",
+             settings.analysis_slots if settings.workers else 0)
     if settings.executor == "ray":
         log.info("Ray workers report to %s with per-run credentials", settings.worker_url)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")

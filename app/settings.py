@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     workers: int = Field(1, ge=0, description="concurrent runs on a CPU box or a Ray cluster (0: queue only)")
+    analysis_slots: int = Field(1, ge=0, description="extra worker slots that only analyses (inference jobs "
+                                                    "of minutes) use, so they need not wait behind hours of "
+                                                    "queued training; 0: analyses queue with training")
     runs_per_gpu: int = Field(1, ge=1, description="on a CUDA box (local executor): runs sharing each GPU")
     threads_per_run: int = Field(1, ge=1, description="torch threads per worker, so N workers do not "
                                                      "oversubscribe cores")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from jobs.executors.base import Executor, Exited
-from jobs.models import Conflict, InvalidTransition, RunState
+from jobs.models import Conflict, InvalidTransition, RunKind, RunState
 from jobs.store import RunStore
 
 log = logging.getLogger("jobs.scheduler")
@@ -28,9 +28,18 @@ def pid_alive(pid: int | None) -> bool:
 
 
 class Scheduler:
+    """Starts the oldest queued run whenever `executor` has a free slot. `reserved`,
+    if given, is a second executor that only starts runs of `reserved_kinds`
+    (analyses: inference of minutes), so that a researcher's analysis of a run does
+    not wait behind hours of queued training; it also takes them when the shared
+    slots are full, never training."""
+
     def __init__(self, store: RunStore, executor: Executor, *, tick_s: float = 0.25,
-                 stale_after_s: float = 30.0, grace_s: float = 3.0, max_attempts: int = 3):
+                 stale_after_s: float = 30.0, grace_s: float = 3.0, max_attempts: int = 3,
+                 reserved: Executor | None = None, reserved_kinds: frozenset[RunKind] = frozenset({RunKind.ANALYSIS})):
         self.store, self.executor, self.max_attempts = store, executor, max_attempts
+        self.reserved, self.reserved_kinds = reserved, reserved_kinds
+        self.executors: tuple[Executor, ...] = (executor,) if reserved is None else (executor, reserved)
         self.tick_s, self.stale_after_s, self.grace_s = tick_s, stale_after_s, grace_s
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -41,7 +50,7 @@ class Scheduler:
         with a live orphan worker are left to it, or to the heartbeat reaper."""
         requeued = []
         for run in self._running():
-            if not self.executor.is_alive(run.id) and not pid_alive(run.worker_pid):
+            if not self.is_alive(run.id) and not pid_alive(run.worker_pid):
                 if self.store.requeue(run.id, run.attempt, restart=True):
                     requeued.append(run.id)
         if requeued:
@@ -54,18 +63,27 @@ class Scheduler:
 
     def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        for exited in self.executor.poll():
-            self.settle(exited)
+        for executor in self.executors:
+            for exited in executor.poll():
+                self.settle(exited)
         for run_id in self.store.reap_stale(now, self.stale_after_s):
             log.warning("run %s: heartbeat lapsed, requeued", run_id)
-        while self.executor.free_slots() > 0:
-            run = self.store.claim_next(now)
+        self._start_queued(self.executor, None, now)
+        if self.reserved is not None:
+            self._start_queued(self.reserved, self.reserved_kinds, now)
+
+    def _start_queued(self, executor: Executor, kinds: frozenset[RunKind] | None, now: float) -> None:
+        while executor.free_slots() > 0:
+            run = self.store.claim_next(now, kinds)
             if run is None:
                 break
             try:
-                self.executor.submit(run)
+                executor.submit(run)
             except OSError as exc:
                 self.store.transition(run.id, RunState.FAILED, error=f"could not start worker: {exc}")
+
+    def is_alive(self, run_id: str) -> bool:
+        return any(executor.is_alive(run_id) for executor in self.executors)
 
     def settle(self, exited: Exited) -> None:
         """A worker ended. If it did not record an outcome itself (killed, crashed),
@@ -91,10 +109,11 @@ class Scheduler:
     def cancel(self, run_id: str) -> None:
         """Signal the run's worker. Safe from any thread: the executor is only ever
         touched from the scheduler's loop, so request threads hand the call over."""
-        if self._loop is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self.executor.cancel, run_id)
-        else:
-            self.executor.cancel(run_id)
+        for executor in self.executors:
+            if self._loop is not None and self._loop.is_running():
+                self._loop.call_soon_threadsafe(executor.cancel, run_id)
+            else:
+                executor.cancel(run_id)
 
     async def _run_forever(self) -> None:
         while True:
@@ -118,7 +137,7 @@ class Scheduler:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        for exited in self.executor.shutdown(self.grace_s):
+        for exited in [e for executor in self.executors for e in executor.shutdown(self.grace_s)]:
             run = self.store.get_run(exited.run_id)
             if run.state is RunState.RUNNING and run.cancel_requested:
                 self.settle(exited)

@@ -17,7 +17,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from jobs.models import (FINISHED_STATES, Conflict, Run, RunKind, RunNotFound, RunState, Sweep,
                          SweepNotFound, check_transition)
@@ -103,16 +103,20 @@ class RunStore:
             _transition(conn, run_id, target, error=error, attempt=attempt)
         return self.get_run(run_id)
 
-    def claim_next(self, now: float | None = None) -> Run | None:
-        """Queued -> running for the oldest queued run, in one statement, so two
-        schedulers can never start the same run."""
+    def claim_next(self, now: float | None = None, kinds: Iterable[RunKind] | None = None) -> Run | None:
+        """Queued -> running for the oldest queued run (of `kinds`, if given), in one
+        statement, so two schedulers can never start the same run."""
         now = time.time() if now is None else now
+        only = [RunKind(k).value for k in kinds] if kinds is not None else None
+        if only == []:
+            return None
+        of_kinds = f"AND kind IN ({', '.join('?' * len(only))}) " if only is not None else ""
         with self._tx() as conn:
             row = conn.execute(
                 "UPDATE runs SET state = 'running', attempt = attempt + 1, heartbeat_at = ?, "
                 "started_at = COALESCE(started_at, ?), worker_pid = NULL "
-                "WHERE id = (SELECT id FROM runs WHERE state = 'queued' ORDER BY created_at, id LIMIT 1) "
-                "AND state = 'queued' RETURNING id", (now, now)).fetchone()
+                f"WHERE id = (SELECT id FROM runs WHERE state = 'queued' {of_kinds}ORDER BY created_at, id LIMIT 1) "
+                "AND state = 'queued' RETURNING id", (now, now, *(only or []))).fetchone()
         return None if row is None else self.get_run(row["id"])
 
     def set_worker_pid(self, run_id: str, attempt: int, pid: int) -> None:

@@ -193,3 +193,41 @@ def test_shutdown_gives_running_runs_back_to_the_queue(tmp_path, data):
     assert store.get_run(kept.id).state is RunState.QUEUED  # resumes on the next start
     assert store.get_run(cancelled.id).state is RunState.CANCELLED
     assert scheduler.executor.free_slots() == 2
+
+
+def test_analyses_have_their_own_slot_and_never_wait_behind_training(tmp_path, data):
+    """A study queues hours of training; an analysis queued after it starts at once in
+    the reserved slot, which never takes training (real subprocesses: fake workers)."""
+    import asyncio
+
+    store = RunStore(data.db_path)
+    training = [store.create_run(RunKind.TRAIN, {}) for _ in range(3)]
+    analysis = store.create_run(RunKind.ANALYSIS, {})
+    python = _fake_python(tmp_path, "trap 'exit 0' TERM\nsleep 60 & wait")  # workers that record nothing
+    shared = LocalExecutor(data.root, slots=1, use_gpus=False, python=python)
+    reserved = LocalExecutor(data.root, slots=1, use_gpus=False, python=python)
+    scheduler = Scheduler(store, shared, reserved=reserved, grace_s=2)
+    scheduler.tick()
+    states = {r.id: store.get_run(r.id).state for r in (*training, analysis)}
+    assert states[training[0].id] is RunState.RUNNING and shared.is_alive(training[0].id)
+    assert states[analysis.id] is RunState.RUNNING and reserved.is_alive(analysis.id)
+    assert [states[r.id] for r in training[1:]] == [RunState.QUEUED] * 2  # the reserved slot is busy, and
+    assert reserved.free_slots() == 0 and scheduler.is_alive(analysis.id)  # would not take them anyway
+    store.request_cancel(analysis.id)
+    scheduler.cancel(analysis.id)  # reaches the reserved executor's worker
+    _tick_until(scheduler, lambda: store.get_run(analysis.id).state.finished, 15)
+    assert store.get_run(analysis.id).state is RunState.CANCELLED
+    scheduler.tick()
+    assert reserved.free_slots() == 1 and store.get_run(training[1].id).state is RunState.QUEUED
+    asyncio.run(scheduler.stop())
+    assert store.get_run(training[0].id).state is RunState.QUEUED  # given back to resume later
+
+
+def test_claim_next_can_take_only_some_kinds(data):
+    store = RunStore(data.db_path)
+    train = store.create_run(RunKind.TRAIN, {})
+    analysis = store.create_run(RunKind.ANALYSIS, {})
+    assert store.claim_next(kinds=[RunKind.FORCE]) is None
+    assert store.claim_next(kinds=[RunKind.ANALYSIS]).id == analysis.id
+    assert store.claim_next(kinds=[]) is None
+    assert store.claim_next().id == train.id
