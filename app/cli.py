@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--runs-per-gpu", type=int, help=field_help("runs_per_gpu"))
     serve.add_argument("--public-url", help=field_help("public_url"))
 
-    from engine.force.experiments import EXPERIMENTS
+    from engine.force.names import EXPERIMENT_NAMES as EXPERIMENTS  # no torch: `spikeboard runs` starts fast
     from engine.studies import PRESETS
 
     study = sub.add_parser("study", help="run or queue a named experiment of the study (no name: list them)")

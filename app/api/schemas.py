@@ -263,7 +263,7 @@ class StudiesPublic(BaseModel):
 
 
 # --- FORCE experiments (engine.force) ------------------------------------------------------
-from engine.force.experiments import EXPERIMENTS as FORCE_EXPERIMENTS  # noqa: E402
+from engine.force.names import EXPERIMENT_NAMES as FORCE_EXPERIMENTS  # noqa: E402 (no torch)
 
 
 class ForceExperimentPublic(BaseModel):

@@ -125,3 +125,19 @@ def test_sweeps_studies_force_and_filters_on_a_queue_only_server(queue_only_serv
         assert "nb041" in {p.name for p in client.study_presets().data}
         with pytest.raises(Conflict, match="analyses need a succeeded train run"):
             client.submit_analysis(force, "fi_curve")
+
+
+def test_the_client_starts_without_torch():
+    """A script on a laptop imports the client for REST calls only, and `spikeboard runs`
+    builds the whole command line: neither imports torch (2-6 s)."""
+    import subprocess
+    import sys
+
+    from engine.force.experiments import EXPERIMENTS
+    from engine.force.names import EXPERIMENT_NAMES
+
+    assert sorted(EXPERIMENT_NAMES) == sorted(EXPERIMENTS)  # the API's names are the registry's
+    code = ("import sys, app.client, app.cli_remote; from app.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
