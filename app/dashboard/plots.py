@@ -93,7 +93,7 @@ def histograms(samples: dict[str, np.ndarray], labels: Sequence[str], *, title: 
             layers.append(hv.Histogram((edges, counts), kdims=[xlabel], vdims=["count"], label=shown).opts(
                 fill_color=color, fill_alpha=0.45, line_color=color, tools=["hover"], **LAYER))
     if missing and not finite:
-        layers.append(hv.Text((low + edges[-1]) / 2, 1 if logy else 0.5, missing).opts(
+        layers.append(hv.Text((low + edges[-1]) / 2, 1 if logy else -0.5, missing).opts(  # below the legend
             color="#718096", text_font_size="11pt"))
     return hv.Overlay(layers).opts(title=title, logy=logy, legend_position="top_right", **BASE)
 

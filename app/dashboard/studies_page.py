@@ -28,6 +28,7 @@ from jobs.studies import Study
 DEFAULT = "preset's"
 MAX_STUDIES = 200
 MAX_HISTOGRAM_RUNS = len(plots.SERIES_COLORS)  # one colour per overlaid run
+FINAL_MISSING = "when its run finishes"  # the final-weights figures read a succeeded run's files
 STUDY_COLUMNS = ["study", "preset", "state", "progress", "runs", "created", "source", "report"]
 
 
@@ -388,7 +389,8 @@ class StudyPage(param.Parameterized):
             samples = lambda labels=labels: {lb: d["rate_e_hz"] for lb in labels  # noqa: E731
                                              if (d := self._npz(lb, "rates")) is not None}
             build = lambda arch=arch, labels=labels, samples=samples: plots.histograms(  # noqa: E731
-                samples(), labels, title=f"Per-cell E rates, {arch.upper()} (test set, final)", xlabel="rate (Hz)")
+                samples(), labels, title=f"Per-cell E rates, {arch.upper()} (test set, final)", xlabel="rate (Hz)",
+                missing=FINAL_MISSING)
             items.append(self._figure(build, lambda samples=samples: plots.histogram_frame(samples()),
                                       f"cell-rates-{arch}"))
         firsts = {arch: next(lb for lb, a in zip(self.labels, self.archs) if a == arch) for arch in archs}
@@ -408,7 +410,7 @@ class StudyPage(param.Parameterized):
             colors = ["#a0aec0", *(study_plots.ARCH_COLORS.get(a, plots.E_COLOR) for a in archs)]
             build = lambda weight=weight, samples=samples, labels=labels, colors=colors: plots.histograms(  # noqa: E731
                 samples(), labels, title=f"{weight} values, init vs end (first run of each arch)", xlabel="weight",
-                bins=40, logy=True, colors=colors)
+                bins=40, logy=True, colors=colors, missing=FINAL_MISSING)
             items.append(self._figure(build, lambda samples=samples: plots.histogram_frame(samples()),
                                       f"{weight}-values"))
         return items

@@ -76,9 +76,15 @@ def spike_budget_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def spike_budget(rows: list[dict]) -> hv.Bars:
-    """Per grid point, final epoch, mean over its seeds (MODEL.md "Spike budget")."""
+    """Per grid point, final epoch, mean over its seeds (MODEL.md "Spike budget").
+    Before any run has finished there are no rows: empty bars, said in the title
+    (colouring by arch needs at least one bar)."""
+    title = "Spike budget (final epoch, mean over seeds)"
+    if not rows:
+        return hv.Bars(spike_budget_frame(rows), ["measure", "group"], ["rate (Hz)", "arch"]).opts(
+            title=f"{title}: when a run finishes", show_legend=False, **BASE)
     return hv.Bars(spike_budget_frame(rows), ["measure", "group"], ["rate (Hz)", "arch"]).opts(
-        title="Spike budget (final epoch, mean over seeds)", tools=["hover"], multi_level=True,
+        title=title, tools=["hover"], multi_level=True,
         color="arch", cmap={a.upper(): c for a, c in ARCH_COLORS.items()}, show_legend=False, **BASE)
 
 

@@ -12,9 +12,10 @@ per training run (or one "source" entry for an inference-only study):
 and returns (keys present when the study has what they need):
 
     name, title, runs (label, point, state, epochs done)
-    seed_table   one row per finished training run: arch, seed, epochs, final test
-                 accuracy (%), final E and I rate (Hz), last-10-epoch slopes of
-                 accuracy (pp/epoch) and E rate (Hz/epoch), converged flags
+    seed_table   one row per training run with epochs so far (a 100-epoch study runs
+                 for hours): arch, seed, epochs, final (latest) test accuracy (%),
+                 E and I rate (Hz), last-10-epoch slopes of accuracy (pp/epoch) and
+                 E rate (Hz/epoch), converged flags, and the run's state
     spike_budget per grid point other than the seed (nb024: per arch; nb036: per
                  (ei, ie); nb044: per (arch, dt)), means over its finished runs (the
                  seeds): E, I, E + I rate and the population-weighted per-cell total
@@ -74,7 +75,7 @@ def build_report(plan: dict[str, Any], entries: list[dict[str, Any]]) -> dict[st
     }
     trained = [e for e in entries if e["metrics"] and e["state"] == "succeeded"]
     if plan["runs"]:
-        report["seed_table"] = [seed_row(e) for e in trained]
+        report["seed_table"] = [{**seed_row(e), "state": e["state"]} for e in entries if e["metrics"]]
         report["spike_budget"] = spike_budget(trained, [k for k in plan["grid"] if k != "seed"])
         report["trajectories"] = {e["label"]: [{k: r[k] for k in ("epoch", "test_acc", "rate_e_hz")}
                                                for r in e["metrics"]] for e in entries}

@@ -79,6 +79,15 @@ def test_the_spike_budget_draws_one_bar_group_per_grid_point_not_per_arch():
     assert len(factors) == 2 * len(plots.BUDGET_MEASURES)
 
 
+def test_the_spike_budget_of_a_study_without_finished_runs_renders_empty():
+    """A study's first hours: no run finished, no budget rows (colouring by arch
+    raised on the empty frame and the whole Studies page showed a traceback)."""
+    from app.dashboard import study_plots
+
+    figure = hv.render(study_plots.spike_budget([]))
+    assert figure.title.text.endswith("when a run finishes")
+
+
 def test_the_heatmap_draws_each_label_in_its_own_ink():
     """The rendered Bokeh figure maps the label glyph's colour to the per-cell ink
     column (not one colour for all), so dark text sits on the bright cells."""

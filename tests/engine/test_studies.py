@@ -182,6 +182,24 @@ def test_spike_budget_pools_seeds_not_grid_points():
     assert by_ei[0.1]["runs"] == 1 and by_ei[0.1]["per_cell_total_hz"] == pytest.approx(15.2)  # (3200+12000)/1000
 
 
+def test_a_study_in_progress_tabulates_its_runs_so_far():
+    """100-epoch runs train for hours: the seed table shows each run's latest epoch
+    and its state; the spike budget waits for finished runs."""
+    metrics = [{"epoch": n, "test_acc": 50.0 + n, "rate_e_hz": 9.0, "rate_i_hz": 30.0, "train_acc": 0, "train_loss": 0,
+                "test_loss": 0, "active_frac_e": 1, "active_frac_i": 1} for n in (1, 2, 3)]
+    plan = {"name": "nb024", "overrides": {}, "runs": [{"label": "ping-seed42"}, {"label": "ping-seed43"}],
+            "grid": {"arch": ["ping"], "seed": [42, 43]}, "analyses": []}
+    config = {"arch": "ping", "seed": 42, "n_e": 800, "n_i": 200}
+    running = dict(_run_entry({"arch": "ping", "seed": 42}, config, metrics), label="ping-seed42", state="running")
+    queued = dict(_run_entry({"arch": "ping", "seed": 43}, dict(config, seed=43), []), label="ping-seed43",
+                  state="queued")
+    report = build_report(plan, [running, queued])
+    assert [(r["label"], r["epochs"], r["final_acc_pct"], r["state"]) for r in report["seed_table"]] == [
+        ("ping-seed42", 3, 53.0, "running")]
+    assert report["spike_budget"] == []
+    assert "running" in report_csv(report)
+
+
 def test_converged_flags_follow_the_last_ten_epoch_slopes():
     """12 epochs, accuracy rising 0.5 pp/epoch (not converged), E rate 0.01 Hz/epoch (converged)."""
     metrics = [{"epoch": n, "test_acc": 50 + 0.5 * n, "rate_e_hz": 9 + 0.01 * n, "rate_i_hz": 30.0, "train_acc": 0,
