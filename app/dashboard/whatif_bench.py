@@ -64,6 +64,20 @@ PAINTED_JS = """([attr, value, t0]) => new Promise(resolve => {
   check(); })"""
 
 
+# the arrival time and size of every websocket message, in the page's clock: the
+# frame's patch arrives in a few messages (header, metadata, content, buffers)
+WEBSOCKET_LOG_JS = """(() => {
+  window.__wsLog = [];
+  const Native = window.WebSocket;
+  window.WebSocket = function (...args) {
+    const ws = new Native(...args);
+    ws.addEventListener('message', e => window.__wsLog.push(
+        [performance.now(), typeof e.data === 'string' ? e.data.length : (e.data.byteLength || e.data.size || 0)]));
+    return ws;
+  };
+  window.WebSocket.prototype = Native.prototype;
+  Object.assign(window.WebSocket, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3});
+})();"""
 
 
 def trained_run(data: DataDir, n_e: int, n_i: int, t_ms: float) -> str:
@@ -194,6 +208,7 @@ def measure(sync_playwright, url: str, run_id: str, args, server_pid: int) -> li
         httpx.post(f"{url}/api/runs/{run_id}/whatif", json={"n_images": args.images}, timeout=600)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.set_default_timeout(120_000)
+        page.add_init_script(WEBSOCKET_LOG_JS)
         page.goto(f"{url}/whatif?run={run_id}", timeout=300_000)
         page.wait_for_function(f"() => ({STATE_JS})() !== null", timeout=300_000, polling=200)
         page.locator(".slider-edit input").first.wait_for()
@@ -217,12 +232,19 @@ def measure(sync_playwright, url: str, run_id: str, args, server_pid: int) -> li
             page.mouse.up()
             value = float(track.evaluate("el => el.noUiSlider.get(true)"))  # aria-valuenow is rounded
             released = page.evaluate("() => window.__released")
+            logged = page.evaluate("() => window.__wsLog.length")
             seen = page.evaluate(PAINTED_JS, [f"data-{name}", value, released])
             if seen is None:
                 print(f"move {move + 1:2d}: {name} -> {value}: no frame within 60 s", flush=True)
                 continue
             cpu_server, cpu_browser = cpu_seconds([server_pid]) - cpu_before[0], cpu_seconds(browser_pids) - cpu_before[1]
+            # the frame's messages: the last burst that arrived before the summary changed
+            messages = [(t - released, size) for t, size in page.evaluate(f"() => window.__wsLog.slice({logged})")
+                        if t - released <= seen["seen"]]
+            burst = [m for m in messages if m[0] >= messages[-1][0] - 20] if messages else [(seen["seen"], 0)]
             rows.append({"slider": name, "value": value, "seen_s": seen["seen"] / 1000,
+                         "message_s": burst[0][0] / 1000, "message_bytes": sum(size for _, size in burst),
+                         "messages": len(messages),
                          "cpu_server": cpu_server, "cpu_browser": cpu_browser,
                          "total_s": seen["painted"] / 1000, "released": seen["origin"] / 1000,
                          **timings_of(seen["text"])})
@@ -252,11 +274,18 @@ def report(rows: list[dict], args, load, load_end) -> None:
              ("what-if slot, outside simulate/analyse",
               lambda r: r["computed"] - r["started"] - r["simulate"] - r["analyse"] - r["prepare"]),
              ("-> document callback (next tick)", lambda r: r["applied"] - r["computed"]),
-             ("-> frame in the browser: serialise, send, apply", lambda r: r["seen_s"] - (r["applied"] + r["apply"] - r["released"])),
+             ("-> frame's message arrives: serialise, send", lambda r: r["message_s"] - (r["applied"] + r["apply"] - r["released"])),
+             ("-> frame applied in the browser (BokehJS)", lambda r: r["seen_s"] - r["message_s"]),
              ("Bokeh render (to the painted frame)", lambda r: r["total_s"] - r["seen_s"]))
     for label, part in parts if all("asked" in r for r in rows) else ():
         values = [part(r) for r in rows]
         print(f"  {label:<50} median {statistics.median(values):.3f} s, p95 {percentile(values, 95):.3f} s")
+    if rows and "message_bytes" in rows[0]:
+        values = [r["message_bytes"] / 1000 for r in rows]
+        print(f"  {'frame message size (kB)':<50} median {statistics.median(values):.1f}, max {max(values):.1f}")
+        values = [r["messages"] for r in rows]
+        print(f"  {'websocket messages, release -> frame':<50} median {statistics.median(values):.0f}, "
+              f"max {max(values)}")
     # CPU time is what a loaded machine cannot inflate (much): the work itself
     for key, label in (("cpu_server", "CPU per move: server process"), ("cpu_browser", "CPU per move: Chromium")):
         values = [r[key] for r in rows]

@@ -31,8 +31,9 @@ from typing import ClassVar
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColumnDataSource, Range1d, Span
+from bokeh.models import ColumnDataSource, Label, Range1d, Span
 from bokeh.plotting import figure
+from panel.io.document import hold
 
 from app.api.deps import Services
 from app.dashboard import layout
@@ -133,11 +134,15 @@ class WhatIfPage:
         self.rates = _figure("Population rates (1 ms bins)", "time (ms)", "rate (Hz)", x_range=Range1d(0, c.t_ms))
         self.rates.line("t", "e", source=self.src["rates"], color=E_COLOR, line_width=1.5, legend_label="E")
         self.rates.line("t", "i", source=self.src["rates"], color=I_COLOR, line_width=1.5, legend_label="I")
-        self.spectrum = _figure("E-rate spectrum", "frequency (Hz)", "power")
+        # the titles stay fixed: a changed title re-lays its figure out (the peak has a label)
+        self.spectrum = _figure("E-rate spectrum over the N images", "frequency (Hz)", "power")
         self.spectrum.line("f", "power", source=self.src["spectrum"], color=E_COLOR, line_width=2)
         self.peak = Span(location=0, dimension="height", line_color=STAR_COLOR, line_dash="dashed", line_width=2,
                          visible=False)
+        self.peak_label = Label(x=0, y=0, text="", visible=False, x_offset=5, text_baseline="top",
+                                text_font_size="10pt", text_color="#444444")
         self.spectrum.add_layout(self.peak)
+        self.spectrum.add_layout(self.peak_label)
         self.histogram = _figure("Per-cell rates over the N images", "rate (Hz)", "cells")
         for name, color, label in (("hist_e", E_COLOR, "E"), ("hist_i", I_COLOR, "I")):
             self.histogram.quad(left="left", right="right", top="count", bottom=0, source=self.src[name],
@@ -229,6 +234,15 @@ class WhatIfPage:
         }
 
     def _apply(self, result: WhatIfResult, data: dict, prepare_s: float, stamps: dict) -> None:
+        """The frame's changes to the document, sent as one patch.
+
+        Bokeh's server sends every model change as its own message (each source,
+        title and span: a dozen per frame), which the browser applies one by one;
+        Panel's `hold` collects them into one patch."""
+        with hold(self.doc):
+            self._apply_held(result, data, prepare_s, stamps)
+
+    def _apply_held(self, result: WhatIfResult, data: dict, prepare_s: float, stamps: dict) -> None:
         started = time.perf_counter()
         stamps["applied"] = time.time()
         self.frame += 1
@@ -236,13 +250,12 @@ class WhatIfPage:
         for name, columns in data.items():
             self.src[name].data = columns
         r = result
-        spectrum_title = "E-rate spectrum over the N images"
-        if r.gamma_peak_hz is not None:
-            spectrum_title += f": peak {r.gamma_peak_hz:.0f} Hz, prominence {r.spectrum.prominence:.1f}"
-        elif r.spectrum is None:
-            spectrum_title += " (trial too short)"
-        self.spectrum.title.text = spectrum_title
-        self.peak.location, self.peak.visible = (r.gamma_peak_hz or 0.0), r.gamma_peak_hz is not None
+        has_peak = r.gamma_peak_hz is not None
+        self.peak.location, self.peak.visible = (r.gamma_peak_hz or 0.0), has_peak
+        if has_peak:
+            self.peak_label.update(x=r.gamma_peak_hz, y=float(np.max(r.spectrum.power)),
+                                   text=f"{r.gamma_peak_hz:.0f} Hz (prominence {r.spectrum.prominence:.1f})")
+        self.peak_label.visible = has_peak
         self.raster.title.text = (f"Spike raster, test image {r.knobs.sample} (label {r.label}, "
                                   f"predicted {r.predicted})")
         self.summary.object = self._summary(r, near, prepare_s, time.perf_counter() - started, stamps)
@@ -252,7 +265,7 @@ class WhatIfPage:
         timings = {**{k: round(v, 4) for k, v in r.timings_s.items()}, "prepare": round(prepare_s, 4),
                    "apply": round(apply_s, 4)}
         peak = (f"{r.gamma_peak_hz:.0f} Hz (prominence {r.spectrum.prominence:.1f})"
-                if r.gamma_peak_hz is not None else "none")
+                if r.gamma_peak_hz is not None else "none" if r.spectrum is not None else "none (trial too short)")
         rows = [("E | I rate", f'<b class="rate-e">{r.rate_e_hz:.2f}</b> | <b class="rate-i">{r.rate_i_hz:.2f}</b> Hz'),
                 ("accuracy", f"{r.accuracy_pct:.1f} ± {r.accuracy_stderr_pct:.1f} % (N = {r.n_images})"),
                 ("gamma peak", peak)]
