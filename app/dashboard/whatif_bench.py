@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-training", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data-dir", help="keep the trained run in this data folder and reuse it next time")
+    parser.add_argument("--shots", metavar="DIR", help="instead of measuring, save screenshots of the page at "
+                        "three slider positions (trained; W_ie x 0; W_ei x 0) into DIR")
     args = parser.parse_args(argv)
     random.seed(args.seed)
     load = os.getloadavg()
@@ -190,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(0.5)
                 time.sleep(5)  # past the worker's start-up
                 print(f"training run {training} is running alongside")
+            if args.shots:
+                shots(sync_playwright, url, run_id, Path(args.shots))
+                return 0
             rows = measure(sync_playwright, url, run_id, args, process.pid)
             if args.with_training:
                 httpx.post(f"{url}/api/runs/{training}/cancel")
@@ -254,6 +259,38 @@ def measure(sync_playwright, url: str, run_id: str, args, server_pid: int) -> li
         page.screenshot(path="/tmp/whatif_bench_last.png", full_page=True)
         browser.close()
     return rows
+
+
+SHOTS = (("trained", {}), ("w_ie_x0", {"w_ie_scale": 0.0}), ("w_ei_x0", {"w_ei_scale": 0.0, "w_ie_scale": 1.0}))
+SLIDER_ORDER = ("w_ei_scale", "w_ie_scale", "w_in_scale", "max_rate_hz", "tau_gaba_ms")
+
+
+def shots(sync_playwright, url: str, run_id: str, folder: Path) -> None:
+    """The page at each position of SHOTS (values typed into the sliders' boxes), as
+    256-colour PNGs of the network and answer sections."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.goto(f"{url}/whatif?run={run_id}", timeout=300_000)
+        page.wait_for_function(f"() => ({STATE_JS})() !== null", timeout=300_000, polling=200)
+        for name, knobs in SHOTS:
+            for knob, value in knobs.items():
+                box = page.locator(".slider-edit input").nth(SLIDER_ORDER.index(knob))
+                box.fill(str(value))
+                box.press("Enter")
+                page.wait_for_function(f"() => (({STATE_JS})() || '').includes('data-{knob}=&quot;{value!r}&quot;')"
+                                       f" || (({STATE_JS})() || '').includes('data-{knob}=\"{value!r}\"')",
+                                       timeout=120_000, polling=200)
+            page.wait_for_timeout(1500)  # the figures' repaint
+            path = folder / f"whatif_{name}.png"
+            page.screenshot(path=str(path), full_page=True)
+            Image.open(path).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+            print(f"{path}: {knobs or 'trained'} ({path.stat().st_size // 1024} kB)")
+        browser.close()
 
 
 def report(rows: list[dict], args, load, load_end) -> None:

@@ -31,7 +31,7 @@ from typing import ClassVar
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColumnDataSource, Label, Range1d, Span
+from bokeh.models import ColumnDataSource, DataRange1d, Label, Range1d, Span
 from bokeh.plotting import figure
 from panel.io.document import hold
 
@@ -39,6 +39,7 @@ from app.api.deps import Services
 from app.dashboard import layout
 from app.dashboard.plots import E_COLOR, I_COLOR
 from engine.config import Config
+from engine.studies.report import PING_PROMINENCE
 from engine.whatif import Knobs, WhatIfResult
 from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
 from jobs.whatif import Latest
@@ -130,12 +131,15 @@ class WhatIfPage:
                             legend_label="E")
         self.raster.scatter("t", "cell", source=self.src["raster_i"], size=2, color=I_COLOR, marker="square",
                             legend_label="I")
-        self.raster.legend.location = "top_right"
+        self.raster.legend.update(location="top_right", orientation="horizontal", background_fill_alpha=0.7)
         self.rates = _figure("Population rates (1 ms bins)", "time (ms)", "rate (Hz)", x_range=Range1d(0, c.t_ms))
         self.rates.line("t", "e", source=self.src["rates"], color=E_COLOR, line_width=1.5, legend_label="E")
         self.rates.line("t", "i", source=self.src["rates"], color=I_COLOR, line_width=1.5, legend_label="I")
+        self.rates.legend.update(location="top_right", orientation="horizontal", background_fill_alpha=0.7)
         # the titles stay fixed: a changed title re-lays its figure out (the peak has a label)
-        self.spectrum = _figure("E-rate spectrum over the N images", "frequency (Hz)", "power")
+        # power from 0: a noise floor drawn from its own minimum looks like peaks
+        self.spectrum = _figure("E-rate spectrum over the N images", "frequency (Hz)", "power",
+                                y_range=DataRange1d(start=0))
         self.spectrum.line("f", "power", source=self.src["spectrum"], color=E_COLOR, line_width=2)
         self.peak = Span(location=0, dimension="height", line_color=STAR_COLOR, line_dash="dashed", line_width=2,
                          visible=False)
@@ -250,12 +254,11 @@ class WhatIfPage:
         for name, columns in data.items():
             self.src[name].data = columns
         r = result
-        has_peak = r.gamma_peak_hz is not None
-        self.peak.location, self.peak.visible = (r.gamma_peak_hz or 0.0), has_peak
-        if has_peak:
-            self.peak_label.update(x=r.gamma_peak_hz, y=float(np.max(r.spectrum.power)),
-                                   text=f"{r.gamma_peak_hz:.0f} Hz (prominence {r.spectrum.prominence:.1f})")
-        self.peak_label.visible = has_peak
+        rhythm = _rhythm(r)
+        self.peak.location, self.peak.visible = (r.gamma_peak_hz or 0.0), rhythm
+        if r.gamma_peak_hz is not None:
+            self.peak_label.update(x=r.gamma_peak_hz, y=float(np.max(r.spectrum.power)), text=_peak_text(r))
+        self.peak_label.visible = r.gamma_peak_hz is not None
         self.raster.title.text = (f"Spike raster, test image {r.knobs.sample} (label {r.label}, "
                                   f"predicted {r.predicted})")
         self.summary.object = self._summary(r, near, prepare_s, time.perf_counter() - started, stamps)
@@ -264,8 +267,8 @@ class WhatIfPage:
     def _summary(self, r: WhatIfResult, near: dict | None, prepare_s: float, apply_s: float, stamps: dict) -> str:
         timings = {**{k: round(v, 4) for k, v in r.timings_s.items()}, "prepare": round(prepare_s, 4),
                    "apply": round(apply_s, 4)}
-        peak = (f"{r.gamma_peak_hz:.0f} Hz (prominence {r.spectrum.prominence:.1f})"
-                if r.gamma_peak_hz is not None else "none" if r.spectrum is not None else "none (trial too short)")
+        peak = (_peak_text(r) if r.gamma_peak_hz is not None
+                else "none" if r.spectrum is not None else "none (trial too short)")
         rows = [("E | I rate", f'<b class="rate-e">{r.rate_e_hz:.2f}</b> | <b class="rate-i">{r.rate_i_hz:.2f}</b> Hz'),
                 ("accuracy", f"{r.accuracy_pct:.1f} ± {r.accuracy_stderr_pct:.1f} % (N = {r.n_images})"),
                 ("gamma peak", peak)]
@@ -274,7 +277,7 @@ class WhatIfPage:
                          f"E {near['rate_e_hz']:.2f} | I {near['rate_i_hz']:.2f} Hz, accuracy {near['test_acc']:.1f} %"))
         body = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
         state = {"frame": self.frame, "knobs": r.knobs.to_dict(), "rate_e_hz": r.rate_e_hz,
-                 "rate_i_hz": r.rate_i_hz, "gamma_peak_hz": r.gamma_peak_hz,
+                 "rate_i_hz": r.rate_i_hz, "gamma_peak_hz": r.gamma_peak_hz, "rhythm": _rhythm(r),
                  "prominence": r.spectrum.prominence if r.spectrum else None, "timings_s": timings,
                  "stamps": stamps}
         return (f'<table class="kv">{body}</table>'
@@ -344,6 +347,20 @@ class WhatIfPage:
                            pn.Row(controls, pn.Column(self.summary, pn.pane.Bokeh(self.raster),
                                                       sizing_mode="stretch_width"), sizing_mode="stretch_width")),
             layout.section("Answer", grid), self.save_form, status=self.status)
+
+
+def _rhythm(r: WhatIfResult) -> bool:
+    """Whether the spectrum shows a gamma rhythm: the studies' bound on the peak's
+    prominence (peak over median power), PING_PROMINENCE. A noisy asynchronous
+    spectrum always has a largest bin, at about twice the median."""
+    return r.gamma_peak_hz is not None and r.spectrum.prominence >= PING_PROMINENCE
+
+
+def _peak_text(r: WhatIfResult) -> str:
+    if _rhythm(r):
+        return f"{r.gamma_peak_hz:.0f} Hz (prominence {r.spectrum.prominence:.1f})"
+    return (f"no rhythm: largest bin {r.gamma_peak_hz:.0f} Hz, prominence {r.spectrum.prominence:.1f} "
+            f"< {PING_PROMINENCE:g}")
 
 
 def _edges(*rates: np.ndarray, bins: int = 30) -> np.ndarray:
