@@ -11,8 +11,9 @@ Flow of one change: a slider's `value` (continuous while dragging) is debounced
 by DEBOUNCE_S, its `value_throttled` (the release) asks at once; a request goes
 through the session's `Latest` (one inference per session, newer supersedes
 older) and the server's what-if cap. The frame's arrays are built in the
-inference's thread; the document is then changed in one next-tick callback, so
-the browser gets one patch and redraws every figure in the same animation frame.
+inference's thread; the document is then changed in one next-tick callback under
+Panel's `hold`, so the browser gets one patch message and redraws every figure in
+the same animation frame.
 
 The figures are plain Bokeh figures whose data sources are replaced per frame,
 not HoloViews DynamicMaps: a HoloViews redraw of five figures costs several
