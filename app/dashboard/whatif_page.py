@@ -128,11 +128,9 @@ class WhatIfPage:
         # repaint time in Chromium)
         self.raster = _figure("Spike raster", "time (ms)", "cell (E below, I above)",
                               x_range=Range1d(0, c.t_ms), y_range=Range1d(0, c.n_e + c.n_i))
-        self.raster.scatter("t", "cell", source=self.src["raster_e"], size=2, color=E_COLOR, marker="square",
-                            legend_label="E")
-        self.raster.scatter("t", "cell", source=self.src["raster_i"], size=2, color=I_COLOR, marker="square",
-                            legend_label="I")
-        self.raster.legend.update(location="top_right", orientation="horizontal", background_fill_alpha=0.7)
+        # no legend: the axis label says which band is which, and a legend box hides spikes
+        self.raster.scatter("t", "cell", source=self.src["raster_e"], size=2, color=E_COLOR, marker="square")
+        self.raster.scatter("t", "cell", source=self.src["raster_i"], size=2, color=I_COLOR, marker="square")
         self.rates = _figure("Population rates (1 ms bins)", "time (ms)", "rate (Hz)", x_range=Range1d(0, c.t_ms))
         self.rates.line("t", "e", source=self.src["rates"], color=E_COLOR, line_width=1.5, legend_label="E")
         self.rates.line("t", "i", source=self.src["rates"], color=I_COLOR, line_width=1.5, legend_label="I")
