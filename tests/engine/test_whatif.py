@@ -9,11 +9,18 @@ import torch
 
 from engine.config import Config
 from engine.data import load_tier
-from engine.weights import init_weights
-from engine.whatif import Knobs, _merged, _reduced, _summary_on_cpu, simulation_config, what_if
 from engine.encoding import poisson_events
 from engine.seeding import batch_generator
 from engine.simulate import simulate
+from engine.weights import init_weights
+from engine.whatif import (
+    Knobs,
+    _merged,
+    _reduced,
+    _summary_on_cpu,
+    simulation_config,
+    what_if,
+)
 from tests.conftest import small_config
 
 
