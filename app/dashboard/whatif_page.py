@@ -120,7 +120,7 @@ class WhatIfPage:
         self.src = {name: ColumnDataSource(data=data, name=name) for name, data in {
             "raster_e": {"t": [], "cell": []}, "raster_i": {"t": [], "cell": []},
             "rates": {"t": [], "e": [], "i": []}, "spectrum": {"f": [], "power": []},
-            "hist_e": {"left": [], "right": [], "count": []}, "hist_i": {"left": [], "right": [], "count": []},
+            "histogram": {"left": [], "right": [], "e": [], "i": []},
             "here": {"ei": [], "ie": []}, "near": {"ei": [], "ie": []}}.items()}
         # canvas, not WebGL: a few thousand squares draw in milliseconds, while a WebGL
         # plot is drawn off-screen and copied onto the canvas on every repaint (in a
@@ -147,8 +147,8 @@ class WhatIfPage:
         self.spectrum.add_layout(self.peak)
         self.spectrum.add_layout(self.peak_label)
         self.histogram = _figure("Per-cell rates over the N images", "rate (Hz)", "cells")
-        for name, color, label in (("hist_e", E_COLOR, "E"), ("hist_i", I_COLOR, "I")):
-            self.histogram.quad(left="left", right="right", top="count", bottom=0, source=self.src[name],
+        for name, color, label in (("e", E_COLOR, "E"), ("i", I_COLOR, "I")):  # one source: shared bins
+            self.histogram.quad(left="left", right="right", top=name, bottom=0, source=self.src["histogram"],
                                 fill_color=color, fill_alpha=0.45, line_color=color, legend_label=label)
         self.plane = self._plane()
 
@@ -229,8 +229,7 @@ class WhatIfPage:
             "raster_i": {"t": r.raster_i.step * r.dt_ms, "cell": r.raster_i.cell + r.n_e},
             "rates": {"t": r.rate_time_ms, "e": r.population_rate_e_hz, "i": r.population_rate_i_hz},
             "spectrum": {"f": np.asarray(spec.freqs_hz if spec else []), "power": np.asarray(spec.power if spec else [])},
-            "hist_e": {"left": e_edges[:-1], "right": e_edges[1:], "count": e_counts},
-            "hist_i": {"left": e_edges[:-1], "right": e_edges[1:], "count": i_counts},
+            "histogram": {"left": e_edges[:-1], "right": e_edges[1:], "e": e_counts, "i": i_counts},
             "here": {"ei": [ei], "ie": [ie]},
             "near": {"ei": [near["ei_factor"]], "ie": [near["ie_factor"]]} if near else {"ei": [], "ie": []},
             "_near": near,
