@@ -1,7 +1,7 @@
 """What-if latency benchmark (not a test): slider release -> every figure redrawn, in Chromium.
 
     python -m app.dashboard.whatif_bench [--moves 30] [--n-e 800] [--n-i 200] [--t-ms 200]
-                                          [--images 16] [--with-training]
+                                          [--images 16] [--with-training] [--data-dir DIR] [--shots DIR]
 
 Trains a run for one smoke-tier epoch at the given size (fast backend) in a
 throwaway data folder, starts a server on 127.0.0.1 and opens /whatif on it.
@@ -11,9 +11,11 @@ event to the first animation frame painted after the frame of that slider
 value has arrived (Bokeh paints its canvases in the animation frame after a
 change). The page reports its server-side timings with each frame (simulation,
 spectrum and the rest of the analysis, building the frame's arrays, applying
-them to the document), so the rest is serialisation, the websocket and the
+them to the document), and the page logs the arrival and size of every
+websocket message, so the rest splits into the send, BokehJS's apply and the
 browser's render. `--with-training` keeps one training run (same size, fast
 backend) going on the server's worker meanwhile. Target: p95 <= 0.5 s.
+`--shots DIR` saves the page at three slider positions instead of measuring.
 """
 
 from __future__ import annotations
