@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from itertools import pairwise
 
 import numpy as np
 import torch
@@ -34,6 +32,10 @@ from engine.analyses.spectrum import Spectrum, gamma_spectrum, population_rate
 from engine.config import Config, ConfigError
 from engine.data import Split
 from engine.encoding import InputEvents, poisson_events
+from engine.fast.common import check_supported, fast_params, input_events, recurrence
+from engine.fast.cpu import run_summary
+from engine.fast.network import lif_readout_logits
+from engine.reference import network_params
 from engine.seeding import batch_generator
 from engine.simulate import simulate
 from engine.weights import Weights
@@ -159,7 +161,7 @@ def what_if(weights: Weights, config: Config, test: Split, knobs: Knobs, device:
             threads: int = 1) -> WhatIfResult:
     """Simulate the picked test image and `knobs.n_images` test images through the
     run's weights at the slider position `knobs` (see the module docstring), on
-    `threads` CPU threads (see `_simulate_groups`)."""
+    `threads` CPU threads (see `_simulate`)."""
     n_test = len(test.labels)
     if knobs.sample >= n_test:
         raise ConfigError("sample", f"must be in [0, {n_test - 1}], got {knobs.sample}")
@@ -174,12 +176,9 @@ def what_if(weights: Weights, config: Config, test: Split, knobs: Knobs, device:
                                 batch_generator(cfg.seed, "whatif-image", knobs.sample, 0))
         subset = poisson_events(test.images[index], cfg, batch_generator(cfg.seed, "whatif-subset", len(index), 0))
         events = _merged(picked, subset).to(cfg.torch_device)
-    parts = _simulate_groups(w, events, cfg, threads if cfg.torch_device.type == "cpu" else 1)
-    simulated = time.perf_counter()
-    with _torch_threads(1):
-        joined = {name: torch.cat([part[name] for part in parts], dim=1 if name == "active_e" else 0)
-                  for name in ("count_e", "count_i", "logits", "active_e")}
-        analysed = _analyse(joined, parts[0]["picked"], cfg, test, knobs, index)
+        out = _simulate(w, events, cfg, threads)
+        simulated = time.perf_counter()
+        analysed = _analyse(out, cfg, test, knobs, index)
     return WhatIfResult(**analysed, knobs=knobs.resolved(config),
                         timings_s={"simulate": simulated - started, "analyse": time.perf_counter() - simulated})
 
@@ -202,55 +201,52 @@ def _torch_threads(threads: int):
         torch.set_num_threads(before)
 
 
-def _simulate_groups(w: dict, events: InputEvents, cfg: Config, threads: int) -> list[dict]:
-    """Simulate the samples of `events` in `threads` groups of consecutive samples,
-    each in its own thread with one torch thread, and reduce each group's trains at
-    once to what the analysis needs (`_reduced`); the first group's carries the
-    picked image (sample 0).
+def _simulate(w: dict, events: InputEvents, cfg: Config, threads: int) -> dict:
+    """What the analysis needs from the simulation of `events` (sample 0: the picked
+    image), without the [T, B, n] spike trains: counts [B, n], logits, the E
+    population's active fraction per step [T, B, 1] and, for sample 0, its spike
+    events and I active fraction.
 
-    Samples are independent (the fast backend's compiled loops split them over
-    threads the same way), so the spikes are those of one call over the whole
-    batch. Parallel groups, rather than one call on `threads` torch threads, keep
-    every tensor op on one thread (see `_torch_threads`): the compiled loops run
-    in parallel (they release the GIL), nothing waits at a barrier but the join.
-    """
-    batch = events.shape[1]
-    bounds = [round(batch * g / max(1, min(threads, batch))) for g in range(max(1, min(threads, batch)) + 1)]
-    groups = list(pairwise(bounds))
-
-    def one(group: tuple[int, int]) -> dict:
-        with torch.no_grad(), _torch_threads(1):  # both are per thread
-            out = simulate(w, _samples(events, *group), cfg, spike_trains=True)
-            if out["s_e"].is_cuda:
-                torch.cuda.synchronize()
-            return _reduced(out, picked=group[0] == 0)
-
-    if len(groups) == 1:
-        return [one(groups[0])]
-    with ThreadPoolExecutor(len(groups), thread_name_prefix="whatif") as pool:
-        return list(pool.map(one, groups))
-
-
-def _samples(events: InputEvents, b0: int, b1: int) -> InputEvents:
-    """The events of samples [b0, b1), renumbered from 0, in the same (step, sample, channel) order."""
-    if (b0, b1) == (0, events.shape[1]):
-        return events
-    keep = (events.sample >= b0) & (events.sample < b1)
-    steps, _, n_input = events.shape
-    return InputEvents(events.step[keep], events.sample[keep] - b0, events.channel[keep], (steps, b1 - b0, n_input))
-
-
-def _reduced(out: dict, picked: bool) -> dict:
-    """One group's simulation as the analysis needs it, without the [T, b, n] trains:
-    counts, logits, the E population's active fraction per step [T, b, 1] and, for
-    the group of sample 0, that image's spike events and I active fraction."""
-    s_e, s_i = out["s_e"], out["s_i"]
-    reduced = {"count_e": out["count_e"], "count_i": out["count_i"], "logits": out["logits"],
-               "active_e": _active_fraction(s_e)}
-    if picked:
-        reduced["picked"] = {"raster_e": _events(s_e[:, 0]), "raster_i": _events(s_i[:, 0]),
-                             "active_i": _active_fraction(s_i[:, :1])}
+    On the CPU the compiled loop counts the spiking cells per step itself and keeps
+    only sample 0's trains (`engine.fast.cpu.run_summary`, samples spread over
+    `threads` threads that release the GIL), with the spikes of `simulate`'s
+    loop; elsewhere `simulate` with trains, reduced here (`_reduced`)."""
+    if cfg.torch_device.type == "cpu":
+        return _summary_on_cpu(w, events, cfg, threads)
+    out = simulate(w, events, cfg, spike_trains=True)
+    reduced = _reduced(out)
+    if out["s_e"].is_cuda:
+        torch.cuda.synchronize()
     return reduced
+
+
+def _summary_on_cpu(w: dict, events: InputEvents, cfg: Config, threads: int) -> dict:
+    """`_simulate` through the compiled loop's summary mode: what engine.fast's
+    simulate_fast does for the compiled loop, less the trains."""
+    check_supported(cfg)
+    steps, batch = events.shape[:2]
+    p = fast_params(cfg, steps, batch, cfg.torch_device, cfg.torch_dtype)
+    w_out = w["W_out"].clamp(min=0) if "W_out" in cfg.dale_weights else w["W_out"]  # Dale: as the reference
+    out = run_summary(w["W_in"], recurrence(w["W_ei"], w["W_ie"]), input_events(events, p), batch, p, w_out,
+                      trains_of=1, threads=threads)
+    if p.variant.lif_readout:
+        logits = lif_readout_logits(out.drive, network_params(cfg))
+    else:  # linear: the time-mean of u from one filtered count, as simulate_fast
+        logits = (out.filtered @ w_out) / steps
+    population = out.population.double()
+    return {"count_e": out.count_e, "count_i": out.count_i, "logits": logits,
+            "active_e": population[:, :, :1] / cfg.n_e,
+            "picked": {"raster_e": _events(out.s_e[:, 0]), "raster_i": _events(out.s_i[:, 0]),
+                       "active_i": population[:, :1, 1:] / cfg.n_i}}
+
+
+def _reduced(out: dict) -> dict:
+    """`_simulate`'s answer from a simulation with trains."""
+    s_e, s_i = out["s_e"], out["s_i"]
+    return {"count_e": out["count_e"], "count_i": out["count_i"], "logits": out["logits"],
+            "active_e": _active_fraction(s_e),
+            "picked": {"raster_e": _events(s_e[:, 0]), "raster_i": _events(s_i[:, 0]),
+                       "active_i": _active_fraction(s_i[:, :1])}}
 
 
 def _events(spikes: torch.Tensor) -> Events:
@@ -259,7 +255,7 @@ def _events(spikes: torch.Tensor) -> Events:
     return Events(step.to(torch.int32).cpu().numpy(), cell.to(torch.int32).cpu().numpy())
 
 
-def _analyse(out: dict, picked: dict, cfg: Config, test: Split, knobs: Knobs, index: torch.Tensor) -> dict:
+def _analyse(out: dict, cfg: Config, test: Split, knobs: Knobs, index: torch.Tensor) -> dict:
     """WhatIfResult's fields from the reduced simulation of [the picked image, the N images]."""
     trial_s = cfg.n_steps * cfg.dt_ms / 1000.0
     n = len(index)
@@ -268,7 +264,7 @@ def _analyse(out: dict, picked: dict, cfg: Config, test: Split, knobs: Knobs, in
     p = float((predicted[1:] == labels).double().mean())
     cell_e = (out["count_e"][1:].double().mean(0) / trial_s).cpu().numpy()
     cell_i = (out["count_i"][1:].double().mean(0) / trial_s).cpu().numpy()
-    active_e = out["active_e"]
+    active_e, picked = out["active_e"], out["picked"]
     rate_e = population_rate(active_e[:, :1], cfg.dt_ms)[0].numpy()
     rate_i = population_rate(picked["active_i"], cfg.dt_ms)[0].numpy()
     try:

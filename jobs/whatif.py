@@ -13,15 +13,16 @@ starving training:
 - per what-if, threads = the cores that the runs *running now* leave, divided
   by `slots`, at least 1 (so on 2 cores with one training run going, a what-if
   uses one core; with none, both): `engine.whatif.what_if` simulates its images
-  in that many groups, one thread each, every torch op on one thread. What-ifs always run on the CPU: a GPU stays with the runs
-the scheduler placed on it.
+  over that many threads (the compiled loop releases the GIL), every torch op on
+  one thread. What-ifs always run on the CPU: a GPU stays with the runs the
+  scheduler placed on it.
 
-Huge pages. A what-if at the canonical size writes 17 images' spike trains,
-[2000, 17, 1000] float32 (136 MB), into fresh memory on every call; with 4 KiB
-pages the first write costs a page fault per page, 0.3 s or more on this 2-core
-VM (a second write of the same memory: 0.04 s). `use_huge_pages` has torch
-back the server process's large CPU tensors with transparent huge pages (2 MiB,
-one fault each): the same first write then takes about 0.05 s.
+Huge pages. A what-if once wrote 17 images' spike trains, [2000, 17, 1000]
+float32 (136 MB), into fresh memory on every call, at a page fault per 4 KiB
+page (0.3 s or more on this 2-core VM); the compiled loop now keeps only the
+picked image's (8 MB, `engine.fast.cpu.run_summary`), but the fresh buffers of
+each call are still faulted in. `use_huge_pages` has torch back the server
+process's large CPU tensors with transparent huge pages (2 MiB, one fault each).
 
 `Latest` is the per-session rule: one inference in flight per session, and a
 request made while one runs replaces any older waiting one, so a drag never

@@ -1,7 +1,7 @@
 """What-if latency benchmark (not a test): slider release -> every figure redrawn, in Chromium.
 
     python -m app.dashboard.whatif_bench [--moves 30] [--n-e 800] [--n-i 200] [--t-ms 200]
-                                          [--images 16] [--with-training]
+                                          [--images 16] [--with-training] [--data-dir DIR] [--shots DIR]
 
 Trains a run for one smoke-tier epoch at the given size (fast backend) in a
 throwaway data folder, starts a server on 127.0.0.1 and opens /whatif on it.
@@ -11,9 +11,11 @@ event to the first animation frame painted after the frame of that slider
 value has arrived (Bokeh paints its canvases in the animation frame after a
 change). The page reports its server-side timings with each frame (simulation,
 spectrum and the rest of the analysis, building the frame's arrays, applying
-them to the document), so the rest is serialisation, the websocket and the
+them to the document), and the page logs the arrival and size of every
+websocket message, so the rest splits into the send, BokehJS's apply and the
 browser's render. `--with-training` keeps one training run (same size, fast
 backend) going on the server's worker meanwhile. Target: p95 <= 0.5 s.
+`--shots DIR` saves the page at three slider positions instead of measuring.
 """
 
 from __future__ import annotations
@@ -64,6 +66,20 @@ PAINTED_JS = """([attr, value, t0]) => new Promise(resolve => {
   check(); })"""
 
 
+# the arrival time and size of every websocket message, in the page's clock: the
+# frame's patch arrives in a few messages (header, metadata, content, buffers)
+WEBSOCKET_LOG_JS = """(() => {
+  window.__wsLog = [];
+  const Native = window.WebSocket;
+  window.WebSocket = function (...args) {
+    const ws = new Native(...args);
+    ws.addEventListener('message', e => window.__wsLog.push(
+        [performance.now(), typeof e.data === 'string' ? e.data.length : (e.data.byteLength || e.data.size || 0)]));
+    return ws;
+  };
+  window.WebSocket.prototype = Native.prototype;
+  Object.assign(window.WebSocket, {CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3});
+})();"""
 
 
 def trained_run(data: DataDir, n_e: int, n_i: int, t_ms: float) -> str:
@@ -160,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--with-training", action="store_true")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data-dir", help="keep the trained run in this data folder and reuse it next time")
+    parser.add_argument("--shots", metavar="DIR", help="instead of measuring, save screenshots of the page at "
+                        "three slider positions (trained; W_ie x 0; W_ei x 0) into DIR")
     args = parser.parse_args(argv)
     random.seed(args.seed)
     load = os.getloadavg()
@@ -176,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
                     time.sleep(0.5)
                 time.sleep(5)  # past the worker's start-up
                 print(f"training run {training} is running alongside")
+            if args.shots:
+                shots(sync_playwright, url, run_id, Path(args.shots))
+                return 0
             rows = measure(sync_playwright, url, run_id, args, process.pid)
             if args.with_training:
                 httpx.post(f"{url}/api/runs/{training}/cancel")
@@ -194,6 +215,7 @@ def measure(sync_playwright, url: str, run_id: str, args, server_pid: int) -> li
         httpx.post(f"{url}/api/runs/{run_id}/whatif", json={"n_images": args.images}, timeout=600)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.set_default_timeout(120_000)
+        page.add_init_script(WEBSOCKET_LOG_JS)
         page.goto(f"{url}/whatif?run={run_id}", timeout=300_000)
         page.wait_for_function(f"() => ({STATE_JS})() !== null", timeout=300_000, polling=200)
         page.locator(".slider-edit input").first.wait_for()
@@ -217,12 +239,19 @@ def measure(sync_playwright, url: str, run_id: str, args, server_pid: int) -> li
             page.mouse.up()
             value = float(track.evaluate("el => el.noUiSlider.get(true)"))  # aria-valuenow is rounded
             released = page.evaluate("() => window.__released")
+            logged = page.evaluate("() => window.__wsLog.length")
             seen = page.evaluate(PAINTED_JS, [f"data-{name}", value, released])
             if seen is None:
                 print(f"move {move + 1:2d}: {name} -> {value}: no frame within 60 s", flush=True)
                 continue
             cpu_server, cpu_browser = cpu_seconds([server_pid]) - cpu_before[0], cpu_seconds(browser_pids) - cpu_before[1]
+            # the frame's messages: the last burst that arrived before the summary changed
+            messages = [(t - released, size) for t, size in page.evaluate(f"() => window.__wsLog.slice({logged})")
+                        if t - released <= seen["seen"]]
+            burst = [m for m in messages if m[0] >= messages[-1][0] - 20] if messages else [(seen["seen"], 0)]
             rows.append({"slider": name, "value": value, "seen_s": seen["seen"] / 1000,
+                         "message_s": burst[0][0] / 1000, "message_bytes": sum(size for _, size in burst),
+                         "messages": len(messages),
                          "cpu_server": cpu_server, "cpu_browser": cpu_browser,
                          "total_s": seen["painted"] / 1000, "released": seen["origin"] / 1000,
                          **timings_of(seen["text"])})
@@ -232,6 +261,38 @@ def measure(sync_playwright, url: str, run_id: str, args, server_pid: int) -> li
         page.screenshot(path="/tmp/whatif_bench_last.png", full_page=True)
         browser.close()
     return rows
+
+
+SHOTS = (("trained", {}), ("w_ie_x0", {"w_ie_scale": 0.0}), ("w_ei_x0", {"w_ei_scale": 0.0, "w_ie_scale": 1.0}))
+SLIDER_ORDER = ("w_ei_scale", "w_ie_scale", "w_in_scale", "max_rate_hz", "tau_gaba_ms")
+
+
+def shots(sync_playwright, url: str, run_id: str, folder: Path) -> None:
+    """The page at each position of SHOTS (values typed into the sliders' boxes), as
+    256-colour PNGs of the network and answer sections."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.goto(f"{url}/whatif?run={run_id}", timeout=300_000)
+        page.wait_for_function(f"() => ({STATE_JS})() !== null", timeout=300_000, polling=200)
+        for name, knobs in SHOTS:
+            for knob, value in knobs.items():
+                box = page.locator(".slider-edit input").nth(SLIDER_ORDER.index(knob))
+                box.fill(str(value))
+                box.press("Enter")
+                page.wait_for_function(f"() => (({STATE_JS})() || '').includes('data-{knob}=&quot;{value!r}&quot;')"
+                                       f" || (({STATE_JS})() || '').includes('data-{knob}=\"{value!r}\"')",
+                                       timeout=120_000, polling=200)
+            page.wait_for_timeout(1500)  # the figures' repaint
+            path = folder / f"whatif_{name}.png"
+            page.screenshot(path=str(path), full_page=True)
+            Image.open(path).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
+            print(f"{path}: {knobs or 'trained'} ({path.stat().st_size // 1024} kB)")
+        browser.close()
 
 
 def report(rows: list[dict], args, load, load_end) -> None:
@@ -252,11 +313,18 @@ def report(rows: list[dict], args, load, load_end) -> None:
              ("what-if slot, outside simulate/analyse",
               lambda r: r["computed"] - r["started"] - r["simulate"] - r["analyse"] - r["prepare"]),
              ("-> document callback (next tick)", lambda r: r["applied"] - r["computed"]),
-             ("-> frame in the browser: serialise, send, apply", lambda r: r["seen_s"] - (r["applied"] + r["apply"] - r["released"])),
+             ("-> frame's message arrives: serialise, send", lambda r: r["message_s"] - (r["applied"] + r["apply"] - r["released"])),
+             ("-> frame applied in the browser (BokehJS)", lambda r: r["seen_s"] - r["message_s"]),
              ("Bokeh render (to the painted frame)", lambda r: r["total_s"] - r["seen_s"]))
     for label, part in parts if all("asked" in r for r in rows) else ():
         values = [part(r) for r in rows]
         print(f"  {label:<50} median {statistics.median(values):.3f} s, p95 {percentile(values, 95):.3f} s")
+    if rows and "message_bytes" in rows[0]:
+        values = [r["message_bytes"] / 1000 for r in rows]
+        print(f"  {'frame message size (kB)':<50} median {statistics.median(values):.1f}, max {max(values):.1f}")
+        values = [r["messages"] for r in rows]
+        print(f"  {'websocket messages, release -> frame':<50} median {statistics.median(values):.0f}, "
+              f"max {max(values)}")
     # CPU time is what a loaded machine cannot inflate (much): the work itself
     for key, label in (("cpu_server", "CPU per move: server process"), ("cpu_browser", "CPU per move: Chromium")):
         values = [r[key] for r in rows]

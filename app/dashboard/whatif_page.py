@@ -11,8 +11,9 @@ Flow of one change: a slider's `value` (continuous while dragging) is debounced
 by DEBOUNCE_S, its `value_throttled` (the release) asks at once; a request goes
 through the session's `Latest` (one inference per session, newer supersedes
 older) and the server's what-if cap. The frame's arrays are built in the
-inference's thread; the document is then changed in one next-tick callback, so
-the browser gets one patch and redraws every figure in the same animation frame.
+inference's thread; the document is then changed in one next-tick callback under
+Panel's `hold`, so the browser gets one patch message and redraws every figure in
+the same animation frame.
 
 The figures are plain Bokeh figures whose data sources are replaced per frame,
 not HoloViews DynamicMaps: a HoloViews redraw of five figures costs several
@@ -31,13 +32,15 @@ from typing import ClassVar
 
 import numpy as np
 import panel as pn
-from bokeh.models import ColumnDataSource, Range1d, Span
+from bokeh.models import ColumnDataSource, DataRange1d, Label, Range1d, Span
 from bokeh.plotting import figure
+from panel.io.document import hold
 
 from app.api.deps import Services
 from app.dashboard import layout
 from app.dashboard.plots import E_COLOR, I_COLOR
 from engine.config import Config
+from engine.studies.report import PING_PROMINENCE
 from engine.whatif import Knobs, WhatIfResult
 from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
 from jobs.whatif import Latest
@@ -117,7 +120,7 @@ class WhatIfPage:
         self.src = {name: ColumnDataSource(data=data, name=name) for name, data in {
             "raster_e": {"t": [], "cell": []}, "raster_i": {"t": [], "cell": []},
             "rates": {"t": [], "e": [], "i": []}, "spectrum": {"f": [], "power": []},
-            "hist_e": {"left": [], "right": [], "count": []}, "hist_i": {"left": [], "right": [], "count": []},
+            "histogram": {"left": [], "right": [], "e": [], "i": []},
             "here": {"ei": [], "ie": []}, "near": {"ei": [], "ie": []}}.items()}
         # canvas, not WebGL: a few thousand squares draw in milliseconds, while a WebGL
         # plot is drawn off-screen and copied onto the canvas on every repaint (in a
@@ -125,22 +128,27 @@ class WhatIfPage:
         # repaint time in Chromium)
         self.raster = _figure("Spike raster", "time (ms)", "cell (E below, I above)",
                               x_range=Range1d(0, c.t_ms), y_range=Range1d(0, c.n_e + c.n_i))
-        self.raster.scatter("t", "cell", source=self.src["raster_e"], size=2, color=E_COLOR, marker="square",
-                            legend_label="E")
-        self.raster.scatter("t", "cell", source=self.src["raster_i"], size=2, color=I_COLOR, marker="square",
-                            legend_label="I")
-        self.raster.legend.location = "top_right"
+        # no legend: the axis label says which band is which, and a legend box hides spikes
+        self.raster.scatter("t", "cell", source=self.src["raster_e"], size=2, color=E_COLOR, marker="square")
+        self.raster.scatter("t", "cell", source=self.src["raster_i"], size=2, color=I_COLOR, marker="square")
         self.rates = _figure("Population rates (1 ms bins)", "time (ms)", "rate (Hz)", x_range=Range1d(0, c.t_ms))
         self.rates.line("t", "e", source=self.src["rates"], color=E_COLOR, line_width=1.5, legend_label="E")
         self.rates.line("t", "i", source=self.src["rates"], color=I_COLOR, line_width=1.5, legend_label="I")
-        self.spectrum = _figure("E-rate spectrum", "frequency (Hz)", "power")
+        self.rates.legend.update(location="top_right", orientation="horizontal", background_fill_alpha=0.7)
+        # the titles stay fixed: a changed title re-lays its figure out (the peak has a label)
+        # power from 0: a noise floor drawn from its own minimum looks like peaks
+        self.spectrum = _figure("E-rate spectrum over the N images", "frequency (Hz)", "power",
+                                y_range=DataRange1d(start=0))
         self.spectrum.line("f", "power", source=self.src["spectrum"], color=E_COLOR, line_width=2)
         self.peak = Span(location=0, dimension="height", line_color=STAR_COLOR, line_dash="dashed", line_width=2,
                          visible=False)
+        self.peak_label = Label(x=0, y=0, text="", visible=False, x_offset=5, text_baseline="top",
+                                text_font_size="10pt", text_color="#444444")
         self.spectrum.add_layout(self.peak)
+        self.spectrum.add_layout(self.peak_label)
         self.histogram = _figure("Per-cell rates over the N images", "rate (Hz)", "cells")
-        for name, color, label in (("hist_e", E_COLOR, "E"), ("hist_i", I_COLOR, "I")):
-            self.histogram.quad(left="left", right="right", top="count", bottom=0, source=self.src[name],
+        for name, color, label in (("e", E_COLOR, "E"), ("i", I_COLOR, "I")):  # one source: shared bins
+            self.histogram.quad(left="left", right="right", top=name, bottom=0, source=self.src["histogram"],
                                 fill_color=color, fill_alpha=0.45, line_color=color, legend_label=label)
         self.plane = self._plane()
 
@@ -221,14 +229,22 @@ class WhatIfPage:
             "raster_i": {"t": r.raster_i.step * r.dt_ms, "cell": r.raster_i.cell + r.n_e},
             "rates": {"t": r.rate_time_ms, "e": r.population_rate_e_hz, "i": r.population_rate_i_hz},
             "spectrum": {"f": np.asarray(spec.freqs_hz if spec else []), "power": np.asarray(spec.power if spec else [])},
-            "hist_e": {"left": e_edges[:-1], "right": e_edges[1:], "count": e_counts},
-            "hist_i": {"left": e_edges[:-1], "right": e_edges[1:], "count": i_counts},
+            "histogram": {"left": e_edges[:-1], "right": e_edges[1:], "e": e_counts, "i": i_counts},
             "here": {"ei": [ei], "ie": [ie]},
             "near": {"ei": [near["ei_factor"]], "ie": [near["ie_factor"]]} if near else {"ei": [], "ie": []},
             "_near": near,
         }
 
     def _apply(self, result: WhatIfResult, data: dict, prepare_s: float, stamps: dict) -> None:
+        """The frame's changes to the document, sent as one patch.
+
+        Bokeh's server sends every model change as its own message (each source,
+        title and span: a dozen per frame), which the browser applies one by one;
+        Panel's `hold` collects them into one patch."""
+        with hold(self.doc):
+            self._apply_held(result, data, prepare_s, stamps)
+
+    def _apply_held(self, result: WhatIfResult, data: dict, prepare_s: float, stamps: dict) -> None:
         started = time.perf_counter()
         stamps["applied"] = time.time()
         self.frame += 1
@@ -236,13 +252,11 @@ class WhatIfPage:
         for name, columns in data.items():
             self.src[name].data = columns
         r = result
-        spectrum_title = "E-rate spectrum over the N images"
+        rhythm = _rhythm(r)
+        self.peak.location, self.peak.visible = (r.gamma_peak_hz or 0.0), rhythm
         if r.gamma_peak_hz is not None:
-            spectrum_title += f": peak {r.gamma_peak_hz:.0f} Hz, prominence {r.spectrum.prominence:.1f}"
-        elif r.spectrum is None:
-            spectrum_title += " (trial too short)"
-        self.spectrum.title.text = spectrum_title
-        self.peak.location, self.peak.visible = (r.gamma_peak_hz or 0.0), r.gamma_peak_hz is not None
+            self.peak_label.update(x=r.gamma_peak_hz, y=float(np.max(r.spectrum.power)), text=_peak_text(r))
+        self.peak_label.visible = r.gamma_peak_hz is not None
         self.raster.title.text = (f"Spike raster, test image {r.knobs.sample} (label {r.label}, "
                                   f"predicted {r.predicted})")
         self.summary.object = self._summary(r, near, prepare_s, time.perf_counter() - started, stamps)
@@ -251,8 +265,8 @@ class WhatIfPage:
     def _summary(self, r: WhatIfResult, near: dict | None, prepare_s: float, apply_s: float, stamps: dict) -> str:
         timings = {**{k: round(v, 4) for k, v in r.timings_s.items()}, "prepare": round(prepare_s, 4),
                    "apply": round(apply_s, 4)}
-        peak = (f"{r.gamma_peak_hz:.0f} Hz (prominence {r.spectrum.prominence:.1f})"
-                if r.gamma_peak_hz is not None else "none")
+        peak = (_peak_text(r) if r.gamma_peak_hz is not None
+                else "none" if r.spectrum is not None else "none (trial too short)")
         rows = [("E | I rate", f'<b class="rate-e">{r.rate_e_hz:.2f}</b> | <b class="rate-i">{r.rate_i_hz:.2f}</b> Hz'),
                 ("accuracy", f"{r.accuracy_pct:.1f} ± {r.accuracy_stderr_pct:.1f} % (N = {r.n_images})"),
                 ("gamma peak", peak)]
@@ -261,7 +275,7 @@ class WhatIfPage:
                          f"E {near['rate_e_hz']:.2f} | I {near['rate_i_hz']:.2f} Hz, accuracy {near['test_acc']:.1f} %"))
         body = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
         state = {"frame": self.frame, "knobs": r.knobs.to_dict(), "rate_e_hz": r.rate_e_hz,
-                 "rate_i_hz": r.rate_i_hz, "gamma_peak_hz": r.gamma_peak_hz,
+                 "rate_i_hz": r.rate_i_hz, "gamma_peak_hz": r.gamma_peak_hz, "rhythm": _rhythm(r),
                  "prominence": r.spectrum.prominence if r.spectrum else None, "timings_s": timings,
                  "stamps": stamps}
         return (f'<table class="kv">{body}</table>'
@@ -331,6 +345,20 @@ class WhatIfPage:
                            pn.Row(controls, pn.Column(self.summary, pn.pane.Bokeh(self.raster),
                                                       sizing_mode="stretch_width"), sizing_mode="stretch_width")),
             layout.section("Answer", grid), self.save_form, status=self.status)
+
+
+def _rhythm(r: WhatIfResult) -> bool:
+    """Whether the spectrum shows a gamma rhythm: the studies' bound on the peak's
+    prominence (peak over median power), PING_PROMINENCE. A noisy asynchronous
+    spectrum always has a largest bin, at about twice the median."""
+    return r.gamma_peak_hz is not None and r.spectrum.prominence >= PING_PROMINENCE
+
+
+def _peak_text(r: WhatIfResult) -> str:
+    if _rhythm(r):
+        return f"{r.gamma_peak_hz:.0f} Hz (prominence {r.spectrum.prominence:.1f})"
+    return (f"no rhythm: largest bin {r.gamma_peak_hz:.0f} Hz, prominence {r.spectrum.prominence:.1f} "
+            f"< {PING_PROMINENCE:g}")
 
 
 def _edges(*rates: np.ndarray, bins: int = 30) -> np.ndarray:

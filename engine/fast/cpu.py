@@ -140,11 +140,62 @@ def run_forward(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastPar
     lif = p.variant.lif_readout
     w_out = w_out.detach().contiguous() if lif else torch.zeros(p.n_e, 0, dtype=dtype)
     drive = torch.zeros(p.steps if lif else 0, batch, w_out.shape[1], dtype=dtype)
+    no_population = torch.empty(0, batch, 2, dtype=torch.int32)
     _over_samples(kernels.forward_samples, batch, *loop, p.chunk, _np(p.readout), _np(count_e),
                   _np(count_i), _np(filtered), _np(s_e), _np(s_i), *(_np(s) for s in starts), _np(voltages),
-                  _np(w_out), _np(drive))
+                  _np(w_out), _np(drive), _np(no_population))
     return ((s_e, s_i) if trains else (None, None), (count_e, count_i),
             filtered, (starts, loop), voltages if record_voltage else None, drive if lif else None)
+
+
+class Summary(NamedTuple):
+    """An inference without its [T, B, n] spike trains (run_summary)."""
+
+    count_e: torch.Tensor  # [B, n_e]
+    count_i: torch.Tensor  # [B, n_i]
+    filtered: torch.Tensor  # [B, n_e]: sum_t c_t s_e[t], the linear readout's input
+    drive: torch.Tensor | None  # [T, B, n_out]: the output LIF's drive s_e[t] @ W_out; None (linear readout)
+    population: torch.Tensor  # [T, B, 2] int32: E and I cells that spiked at each step
+    s_e: torch.Tensor  # [T, K, n_e]: the float spike trains of the first K samples only
+    s_i: torch.Tensor  # [T, K, n_i]
+
+
+def run_summary(w_in, rec: Recurrence, ev: ArrivalEvents, batch: int, p: FastParams,
+                w_out: torch.Tensor | None = None, trains_of: int = 1, threads: int = 1) -> Summary:
+    """run_forward's inference outputs for a caller that needs population rates and
+    a few samples' spikes, not every train: the spikes are the same loop's.
+
+    A what-if at the canonical size (17 samples x 2000 steps x 1000 cells) keeps
+    136 MB of float trains only to sum them over cells and read one sample's
+    spikes; the loop counts them per step instead and writes the trains of the
+    first `trains_of` samples. The samples run on `threads` threads in ranges of
+    about two samples, taken in turn: a thread that lost its core for a while
+    (a loaded machine, a browser drawing) is not left holding half the batch."""
+    dtype = w_in.dtype
+    loop = Loop.build(w_in, rec, sample_events(ev, batch), p)
+    lif = p.variant.lif_readout
+    w_out = w_out.detach().contiguous() if lif else torch.zeros(p.n_e, 0, dtype=dtype)
+    kept = min(trains_of, batch)
+    out = Summary(count_e=torch.zeros(batch, p.n_e, dtype=dtype), count_i=torch.zeros(batch, p.n_i, dtype=dtype),
+                  filtered=torch.zeros(batch, p.n_e, dtype=dtype),
+                  drive=torch.zeros(p.steps if lif else 0, batch, w_out.shape[1], dtype=dtype),
+                  population=torch.empty(p.steps, batch, 2, dtype=torch.int32),
+                  s_e=torch.empty(p.steps if kept else 0, kept, p.n_e, dtype=dtype),
+                  s_i=torch.empty(p.steps if kept else 0, kept, p.n_i, dtype=dtype))
+    n_chunks = math.ceil(p.steps / p.chunk)
+    starts = (torch.empty(n_chunks, batch, p.n, dtype=dtype), torch.empty(n_chunks, batch, p.m, dtype=dtype),
+              torch.empty(n_chunks, batch, p.n, dtype=torch.int32))  # written by the loop, unused here
+    args = (*loop, p.chunk, _np(p.readout), _np(out.count_e), _np(out.count_i), _np(out.filtered), _np(out.s_e),
+            _np(out.s_i), *(_np(s) for s in starts), _np(torch.empty(0, batch, p.n, dtype=dtype)),
+            _np(w_out), _np(out.drive), _np(out.population))
+    ranges = [(lo, min(batch, lo + 2)) for lo in range(0, batch, 2)]
+    if threads <= 1 or len(ranges) == 1:
+        kernels.forward_samples(0, batch, *args)
+    else:
+        with ThreadPoolExecutor(min(threads, len(ranges)), thread_name_prefix="spikeboard-summary") as pool:
+            for future in [pool.submit(kernels.forward_samples, lo, hi, *args) for lo, hi in ranges]:
+                future.result()
+    return out._replace(drive=out.drive if lif else None)
 
 
 class ChunkFactors(NamedTuple):

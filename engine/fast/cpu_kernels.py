@@ -345,21 +345,25 @@ def _scratch(n, n_e, m, dtype):
 @_compiled
 def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei, w_ie,
                     use_ei, use_ie, has_neg, const, refractory, exp_euler, same_step, chunk, readout,
-                    count_e, count_i, filtered, s_e, s_i, ck_v, ck_g, ck_age, voltages, w_out, drive_out):
+                    count_e, count_i, filtered, s_e, s_i, ck_v, ck_g, ck_age, voltages, w_out, drive_out,
+                    population):
     """Simulate samples [b0, b1) from rest.
 
     Writes spike counts [B, n_e] / [B, n_i], the readout's filtered E count
     sum_t readout[t] s_e[t] [B, n_e], the state at every chunk start (ck_*[chunk
     index, b]: v, g and ages), and where those arrays
-    are not empty the float spike trains s_e [T, B, n_e] / s_i [T, B, n_i], the
-    voltages [T, B, N] and the output LIF's drive s_e[t] @ w_out, drive_out
-    [T, B, n_out] (zeros on entry). `exp_euler` and `same_step` are None or True
-    (_step, _add_arrivals)."""
+    are not empty the float spike trains s_e [T, K, n_e] / s_i [T, K, n_i] of the
+    first K samples (K = B for training; fewer when only some samples' trains are
+    kept), the voltages [T, B, N], the output LIF's drive s_e[t] @ w_out, drive_out
+    [T, B, n_out] (zeros on entry), and the number of E and I cells that spiked at
+    each step, population [T, B, 2] (int32): the population rate without the
+    trains. `exp_euler` and `same_step` are None or True (_step, _add_arrivals)."""
     steps, n, m = readout.shape[0], ck_v.shape[2], ck_g.shape[2]
     dtype = const.dtype
     a, ie_sum, fired, cells, age = _scratch(n, n_e, m, dtype)
     x = _buffer_if(same_step, m, dtype)
     trains, record_voltage, lif = s_e.shape[0] > 0, voltages.shape[0] > 0, drive_out.shape[0] > 0
+    populations = population.shape[0] > 0
     for b in range(b0, b1):
         v = np.full(n, const[E_L], dtype=dtype)
         g = np.zeros(m, dtype=dtype)
@@ -375,9 +379,11 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
                                    w_pos, w_neg, w_ei, w_ie, use_ei, use_ie, has_neg, a, ie_sum, x)
             _step(n_e, const, refractory, a, x, v, g, age, fired, None, exp_euler)
             count = _fired_cells(fired, cells)
+            fired_e = 0
             for index in range(count):
                 cell = cells[index]
                 if cell < n_e:
+                    fired_e += 1
                     count_e[b, cell] += 1
                     filtered[b, cell] += readout[t]
                     if lif:
@@ -386,7 +392,10 @@ def forward_samples(b0, b1, n_e, ev_ptr, ev_step, ev_channel, w_pos, w_neg, w_ei
                             row[o] += w_out[cell, o]
                 else:
                     count_i[b, cell - n_e] += 1
-            if trains:
+            if populations:
+                population[t, b, 0] = fired_e
+                population[t, b, 1] = count - fired_e
+            if trains and b < s_e.shape[1]:
                 row_e, row_i = s_e[t, b], s_i[t, b]
                 for j in range(n_e):
                     row_e[j] = fired[j]

@@ -100,6 +100,7 @@ def test_couplings_move_the_figures_the_way_physics_says(served_run, page):
     # the gamma peak goes: the spectrum flattens and its maximum leaves the trained rhythm's frequency
     assert free["prominence"] < 0.75 * trained["prominence"]
     assert free["gamma_peak_hz"] is None or abs(free["gamma_peak_hz"] - trained["gamma_peak_hz"]) > 10
+    assert not free["rhythm"]  # the page says so: below the studies' prominence bound
 
     # reset, then W_ei x 0: nothing drives I, which falls silent (and E is open-loop again)
     page.get_by_role("button", name="Reset to trained").click()

@@ -1,14 +1,26 @@
-"""engine.whatif: the groups that split a what-if over threads change nothing it answers."""
+"""engine.whatif: the compiled loop's summary mode and the threads that split a what-if
+change nothing it answers."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from engine.config import Config
 from engine.data import load_tier
+from engine.encoding import poisson_events
+from engine.seeding import batch_generator
+from engine.simulate import simulate
 from engine.weights import init_weights
-from engine.whatif import Knobs, what_if
+from engine.whatif import (
+    Knobs,
+    _merged,
+    _reduced,
+    _summary_on_cpu,
+    simulation_config,
+    what_if,
+)
 from tests.conftest import small_config
 
 
@@ -34,3 +46,30 @@ def test_the_callers_torch_threads_are_left_as_they_were():
     torch.set_num_threads(2)
     what_if(init_weights(config), config, load_tier(config.tier).test, Knobs(n_images=2), threads=2)
     assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("recipe", [{"ei_strength": 0.2, "ie_strength": 4.0},
+                                    {"recipe": "seed", "n_e": 40, "n_i": 12, "dtype": "float64", "max_rate_hz": 100.0}],
+                         ids=["canonical", "seed-recipe"])
+def test_summary_mode_answers_what_the_full_trains_give(recipe):
+    """The compiled loop's per-step population counts and sample 0's trains
+    (engine.fast.cpu.run_summary) against the same loop's full trains reduced
+    afterwards: spikes, counts and logits equal, on one thread and on three."""
+    config = Config.from_dict(small_config(t_ms=60.0, **recipe))
+    cfg = simulation_config(config, Knobs())
+    weights, test = init_weights(config), load_tier(config.tier).test
+    w = {name: t.to(dtype=cfg.torch_dtype) for name, t in weights.items()}
+    events = _merged(*(poisson_events(test.images[lo:hi], cfg, batch_generator(cfg.seed, "t", lo, 0))
+                       for lo, hi in ((4, 5), (0, 7))))
+    full = _reduced(simulate(w, events, cfg, spike_trains=True))
+    assert full["picked"]["raster_e"].step.size > 0 and full["picked"]["raster_i"].step.size > 0
+    assert full["active_e"][:, 1:].sum() > 0  # the other samples spike too
+    for threads in (1, 3):
+        summary = _summary_on_cpu(w, events, cfg, threads)
+        for name in ("count_e", "count_i", "logits", "active_e"):
+            torch.testing.assert_close(summary[name], full[name], rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(summary["picked"]["active_i"], full["picked"]["active_i"], rtol=0, atol=0)
+        for name in ("raster_e", "raster_i"):
+            for part in ("step", "cell"):
+                np.testing.assert_array_equal(getattr(summary["picked"][name], part),
+                                              getattr(full["picked"][name], part))
