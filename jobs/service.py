@@ -174,12 +174,30 @@ class JobService:
                 raise Conflict(f"run {run_id} cannot be simulated here: {exc}") from exc
 
     # --- analyses -------------------------------------------------------------------
+    def _check_analysable(self, source: Run, weights: str, what: str) -> None:
+        """Final weights need a succeeded train run. Its latest checkpoint ("last") or
+        its start ("init") can be analysed on any train run that has one: a 100-epoch
+        run is worth a look while it trains."""
+        if source.kind is RunKind.TRAIN and source.state is RunState.SUCCEEDED:
+            return
+        if source.kind is RunKind.TRAIN and weights in ("last", "init"):
+            from engine.rundir import RunDir
+
+            run = RunDir(self.data.run_dir(source.id))
+            present = run.checkpoint_path.exists() if weights == "last" else \
+                (run.artifacts / "weights_init.npz").exists()
+            if present:
+                return
+            raise Conflict(f"run {source.id} has no {'checkpoint' if weights == 'last' else 'initial weights'} "
+                           f"yet: {what} of weights={weights!r} needs one (wait for its first epoch)")
+        hint = "; weights='last' analyses a train run's latest checkpoint" if source.kind is RunKind.TRAIN else ""
+        raise Conflict(f"run {source.id} is a {source.state.value} {source.kind.value} run; "
+                       f"{what} of its final weights needs a succeeded train run{hint}")
+
     def submit_analysis(self, run_id: str, name: str, params: dict[str, Any]) -> Run:
         source = self.store.get_run(run_id)
-        if source.kind is not RunKind.TRAIN or source.state is not RunState.SUCCEEDED:
-            raise Conflict(f"run {run_id} is a {source.state.value} {source.kind.value} run; "
-                           f"analyses need a succeeded train run")
         checked = validate_analysis(name, params)
+        self._check_analysable(source, checked.get("weights", "final"), "an analysis")
         return self.store.create_run(RunKind.ANALYSIS, {"name": name, "params": checked},
                                      source_run_id=run_id, code_version=code_version())
 
@@ -239,9 +257,8 @@ class JobService:
             if source_run_id is None:
                 raise InvalidRequest("source_run_id", f"study {name} analyses a trained run: give its id")
             source = self.store.get_run(source_run_id)
-            if source.kind is not RunKind.TRAIN or source.state is not RunState.SUCCEEDED:
-                raise Conflict(f"run {source_run_id} is a {source.state.value} {source.kind.value} run; "
-                               f"study {name} needs a succeeded train run")
+            for weights in {a["params"].get("weights", "final") for a in plan["analyses"]}:
+                self._check_analysable(source, weights, f"study {name}")
             source_analyses = [(a["name"], {"name": a["name"], "params": a["params"]}) for a in plan["analyses"]]
         elif source_run_id is not None:
             raise InvalidRequest("source_run_id", f"study {name} trains its own runs; it takes no source")

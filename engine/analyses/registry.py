@@ -25,6 +25,7 @@ from engine.analyses import dt_audit, fi_curve, gamma, loop_transfer, perturb, p
 from engine.analyses.coupling import DEFAULT_FACTORS, coupling_sweep, diagonal
 from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common, number_list
 from engine.inspect import load_run, test_subset
+from engine.rundir import RunDir
 
 __all__ = ["ANALYSES", "AnalysisCancelled", "AnalysisError", "AnalysisSpec", "run_analysis"]
 
@@ -114,15 +115,20 @@ def run_analysis(name: str, source_run: str | Path, params: dict[str, Any] | Non
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    # a run's latest checkpoint moves on while it trains: say which epoch was analysed
+    # (read just before the analysis loads it: an epoch ends every few minutes)
+    checkpoint = RunDir(source_run).load_checkpoint() if params.get("weights") == "last" else None
+    provenance = {"weights_epoch": int(checkpoint["epoch"])} if checkpoint else {}
+
     def report(partial: dict) -> None:
-        _write_json(out / "result.json", {**partial, "params": params, "complete": False})
+        _write_json(out / "result.json", {**partial, "params": params, **provenance, "complete": False})
         done = partial.get("done", len(partial["cells"]))
         if on_progress:
             on_progress(done, partial["total"])
         if should_stop and should_stop():
             raise AnalysisCancelled(f"{name} stopped after {done} of {partial['total']} units")
 
-    result = {**spec.execute(Path(source_run), params, report), "params": params, "complete": True}
+    result = {**spec.execute(Path(source_run), params, report), "params": params, **provenance, "complete": True}
     _write_json(out / "result.json", result)
     return result
 

@@ -123,7 +123,7 @@ def test_sweeps_studies_force_and_filters_on_a_queue_only_server(queue_only_serv
         assert markdown == tmp_path / f"study-{study.id}.md" and markdown.read_text().startswith("#")
         assert client.download_report(study, "csv").splitlines()[0]  # a header row
         assert "nb041" in {p.name for p in client.study_presets().data}
-        with pytest.raises(Conflict, match="analyses need a succeeded train run"):
+        with pytest.raises(Conflict, match="needs a succeeded train run"):
             client.submit_analysis(force, "fi_curve")
 
 

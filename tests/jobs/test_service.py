@@ -128,3 +128,26 @@ def test_analysis_is_validated_by_its_spec_and_runs_through_the_registry(service
     transport = StoreTransport(service.data, claimed.id, claimed.attempt)
     worker.execute(Assignment.of(claimed), transport, worker.Heartbeat(transport, stop), stop)
     assert calls == [("fake", service.data.run_dir(source.id), {"steps": 3}, service.data.run_dir(run.id))]
+
+
+def test_a_training_run_can_be_analysed_at_its_latest_checkpoint(service):
+    """A 100-epoch run is worth a look while it trains: weights='last' analyses its
+    latest checkpoint (the result says which epoch); final weights still wait for it."""
+    import engine
+    from engine.analyses.registry import run_analysis
+    from engine.rundir import RunDir
+
+    run = service.submit_run(small_config(epochs=1))
+    service.store.claim_next()  # running, as under a worker
+    with pytest.raises(Conflict, match="no checkpoint yet"):
+        service.submit_analysis(run.id, "fi_curve", {"weights": "last", "samples": 4})
+    with pytest.raises(Conflict, match="weights='last'"):
+        service.submit_analysis(run.id, "fi_curve", {"samples": 4})
+    folder = service.data.run_dir(run.id)
+    engine.train(engine.Config.from_dict(run.config), folder)  # its first epoch's checkpoint
+    assert RunDir(folder).load_checkpoint()["epoch"] == 1
+    analysis = service.submit_analysis(run.id, "fi_curve", {"weights": "last", "samples": 4,
+                                                            "input_scales": [1.0]})
+    assert analysis.source_run_id == run.id
+    result = run_analysis("fi_curve", folder, analysis.config["params"], folder.parent / "out")
+    assert result["complete"] and result["weights_epoch"] == 1
