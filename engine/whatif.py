@@ -122,6 +122,7 @@ class WhatIfResult:
     cell_rates_i_hz: np.ndarray  # [n_i]
     accuracy_pct: float
     accuracy_stderr_pct: float  # binomial: sqrt(p (1 - p) / N)
+    accuracy_ci95_pct: tuple[float, float]  # Wilson score interval: not 0 wide at 0 or N of N correct
     spectrum: Spectrum | None  # E population rate, power averaged over the N images; None: trial too short
     gamma_peak_hz: float | None  # None without a peak (flat spectrum, or no spectrum)
     timings_s: dict  # where this call's time went: simulate, analyse
@@ -281,7 +282,17 @@ def _analyse(out: dict, cfg: Config, test: Split, knobs: Knobs, index: torch.Ten
         "n_images": n, "rate_e_hz": float(cell_e.mean()), "rate_i_hz": float(cell_i.mean()),
         "cell_rates_e_hz": cell_e, "cell_rates_i_hz": cell_i,
         "accuracy_pct": 100.0 * p, "accuracy_stderr_pct": 100.0 * math.sqrt(p * (1.0 - p) / n),
+        "accuracy_ci95_pct": wilson_interval_pct(int(round(p * n)), n),
         "spectrum": spectrum, "gamma_peak_hz": peak}
+
+
+def wilson_interval_pct(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % Wilson score interval of an accuracy, in percent. On 16 images the
+    standard error says nothing at 16 of 16 correct (it is 0); this says 80.6-100 %."""
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
 
 
 def _active_fraction(spikes: torch.Tensor) -> torch.Tensor:

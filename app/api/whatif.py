@@ -90,6 +90,8 @@ class WhatIfPublic(BaseModel):
     cell_rates_i: Histogram
     accuracy_pct: float
     accuracy_stderr_pct: float = Field(description="binomial standard error, sqrt(p (1 - p) / N)")
+    accuracy_ci95_pct: tuple[float, float] = Field(description="95 % Wilson score interval (low, high): "
+                                                              "not 0 wide when all or none are correct")
     spectrum: SpectrumPublic | None = Field(description="E population rate over the N images; null: trial too short")
     gamma_peak_hz: float | None = Field(description="null without a peak")
     timings_s: dict[str, float]
@@ -107,6 +109,7 @@ class WhatIfPublic(BaseModel):
                    cell_rates_e=Histogram(edges=e_edges, counts=e_counts),
                    cell_rates_i=Histogram(edges=i_edges, counts=i_counts),
                    accuracy_pct=r.accuracy_pct, accuracy_stderr_pct=r.accuracy_stderr_pct,
+                   accuracy_ci95_pct=r.accuracy_ci95_pct,
                    spectrum=SpectrumPublic(**r.spectrum.to_dict()) if r.spectrum else None,
                    gamma_peak_hz=r.gamma_peak_hz, timings_s=r.timings_s)
 

@@ -268,7 +268,8 @@ class WhatIfPage:
         peak = (_peak_text(r) if r.gamma_peak_hz is not None
                 else "none" if r.spectrum is not None else "none (trial too short)")
         rows = [("E | I rate", f'<b class="rate-e">{r.rate_e_hz:.2f}</b> | <b class="rate-i">{r.rate_i_hz:.2f}</b> Hz'),
-                ("accuracy", f"{r.accuracy_pct:.1f} ± {r.accuracy_stderr_pct:.1f} % (N = {r.n_images})"),
+                ("accuracy", f"{r.accuracy_pct:.1f} % (95 % CI {r.accuracy_ci95_pct[0]:.0f}-"
+                             f"{r.accuracy_ci95_pct[1]:.0f} %, N = {r.n_images})"),
                 ("gamma peak", peak)]
         if near:
             rows.append((f"sweep cell ({near['ei_factor']:g}, {near['ie_factor']:g})",

@@ -81,6 +81,8 @@ def test_trained_point_answers_with_rates_spectrum_and_accuracy(trained):
     assert len(r["cell_rates_e"]["edges"]) == len(r["cell_rates_e"]["counts"]) + 1
     p = r["accuracy_pct"] / 100
     assert r["accuracy_stderr_pct"] == pytest.approx(100 * (p * (1 - p) / 8) ** 0.5)
+    low, high = r["accuracy_ci95_pct"]
+    assert low <= r["accuracy_pct"] <= high and high - low > 10  # 8 images: a wide interval, never 0
     assert r["rate_e_hz"] > 0 and r["spectrum"]["peak_hz"] == r["gamma_peak_hz"]
     assert r["correct"] == (r["label"] == r["predicted"])
 

@@ -73,3 +73,14 @@ def test_summary_mode_answers_what_the_full_trains_give(recipe):
             for part in ("step", "cell"):
                 np.testing.assert_array_equal(getattr(summary["picked"][name], part),
                                               getattr(full["picked"][name], part))
+
+
+def test_the_accuracy_interval_is_wilsons_and_never_zero_wide():
+    from engine.whatif import wilson_interval_pct
+
+    low, high = wilson_interval_pct(16, 16)
+    assert high == 100.0 and low == pytest.approx(80.64, abs=0.01)  # 16 of 16: at least 80.6 % (95 %)
+    low, high = wilson_interval_pct(0, 16)
+    assert low == 0.0 and high == pytest.approx(19.36, abs=0.01)
+    low, high = wilson_interval_pct(8, 16)
+    assert (low + high) / 2 == pytest.approx(50.0) and high - low == pytest.approx(44.0, abs=0.01)
