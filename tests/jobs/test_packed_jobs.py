@@ -14,6 +14,7 @@ import signal
 import time
 
 import pytest
+import torch
 
 import engine
 from engine.rundir import RunDir
@@ -50,9 +51,15 @@ def _queue(store, *configs):
 
 
 def _alone(tmp_path, config: dict) -> list[dict]:
-    """The epoch records of `config` trained alone, in this process."""
+    """The epoch records of `config` trained alone, in this process, on one thread as
+    the worker (float32 sums depend on how they are split over threads)."""
     run_dir = tmp_path / "alone" / str(abs(hash(str(sorted(config.items())))))
-    engine.train(engine.Config.from_dict(config), run_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine.train(engine.Config.from_dict(config), run_dir)
+    finally:
+        torch.set_num_threads(threads)
     return without_time(RunDir(run_dir).read_metrics())
 
 
