@@ -32,7 +32,7 @@ def build_services(settings: Settings) -> Services:
                              server_url=settings.worker_url if settings.executor == "ray" else None,
                              issue_credential=store.issue_credential)
     scheduler = Scheduler(store, executor, stale_after_s=settings.stale_after_s,
-                          grace_s=settings.cancel_grace_s)
+                          grace_s=settings.cancel_grace_s, pack_runs=settings.pack_runs)
     jobs = JobService(store, data, cancel_worker=scheduler.cancel, limits=RunLimits.for_machine())
     whatif = WhatIfService(jobs, workers=settings.workers, threads_per_run=settings.threads_per_run)
     return Services(settings=settings, store=store, jobs=jobs, scheduler=scheduler, whatif=whatif)

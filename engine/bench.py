@@ -387,8 +387,8 @@ def _report_gpu(args, cases, names, stats, counts) -> None:
     # a packed step is measured (engine.fast.simulate_fast_runs); each run's test set is inferred on its own
     packed_cell = EPOCHS * (steps_per_epoch * packed["best"] + args.pack * infer_per_epoch)
     print(f"  {args.pack} cells packed in one job (nb024): {packed_cell / 60:8.1f} min, against "
-          f"{args.pack * cell / 60:.1f} min one after another (the packed training loop and the "
-          f"worker that would run it are not built yet: engine-level projection)")
+          f"{args.pack * cell / 60:.1f} min one after another (engine.packed's simulation and backward per "
+          f"batch; its per-run optimiser steps are left out; `spikeboard serve --pack-runs {args.pack}` packs)")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
-"""Which queued training runs could share one GPU job (issue 20, item 4): the packing decision.
+"""Which queued training runs share one GPU job (issue 20, item 4): the packing decision.
 
-A packed job would train K runs in lockstep through one set of kernel launches
-(a run axis in engine.fast.gpu: each run its own weights, optimizer state, RNG,
-record, checkpoints and store row). Runs can share the launches when everything
-that sets the kernels' shapes and the training loop's schedule is equal; what
-lives in each run's own weights and optimizer may differ (PER_RUN_FIELDS): so
-nb024's six cells (PING and COBA x three seeds, one tier, one trial length) are
-one pack.
+A packed job trains K runs in lockstep in one worker (engine.packed.train_packed:
+on a GPU one set of kernel launches per batch through engine.fast's run axis; each
+run its own weights, optimizer state, RNG, record, checkpoints and store row).
+Runs can share the launches when everything that sets the kernels' shapes and the
+training loop's schedule is equal; what lives in each run's own weights and
+optimizer may differ (PER_RUN_FIELDS): so nb024's six cells (PING and COBA x three
+seeds, one tier, one trial length) are one pack.
 
-Only the decision is built: the engine can simulate packed runs
-(engine.fast.network.simulate_fast_runs), but neither the training loop nor the
-worker runs a pack yet (docs/PERFORMANCE.md, "On a GPU").
+The scheduler (jobs.scheduler, `pack_runs` > 1) claims a pack with `claim_pack`;
+the local executor starts one worker for it (jobs.worker.main_pack). Packs are for
+GPUs (PACK_DEVICES), where they share launches; tests pass devices=("cpu",).
 """
 
 from __future__ import annotations

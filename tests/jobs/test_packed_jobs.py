@@ -122,3 +122,23 @@ def test_a_killed_pack_resumes_each_run_from_its_own_checkpoint(tmp_path, data):
         assert done.state is RunState.SUCCEEDED, done.error
         assert done.resumed_from_epoch == stored[run.id] >= 1  # from its own checkpoint, not from scratch
         assert without_time(store.metrics(run.id)) == _alone(tmp_path, config)
+
+
+def test_pack_runs_comes_from_the_environment_and_the_serve_flag():
+    from app.cli import build_parser
+    from app.settings import Settings
+
+    assert Settings.from_env({}).pack_runs == 1  # off unless asked for
+    assert Settings.from_env({"SPIKEBOARD_PACK_RUNS": "6"}).pack_runs == 6
+    assert build_parser().parse_args(["serve", "--pack-runs", "6"]).pack_runs == 6
+    with pytest.raises(ValueError, match="pack_runs"):
+        Settings(pack_runs=0)
+
+
+def test_executors_without_packs_get_one_run_per_job(store):
+    class OneRunExecutor:  # the Ray executor's shape: no submit_pack
+        def free_slots(self):
+            return 0
+
+    assert Scheduler(store, OneRunExecutor(), pack_runs=6).pack_runs == 1
+    assert Scheduler(store, LocalExecutor(store.path.parent, slots=0), pack_runs=6).pack_runs == 6
