@@ -287,6 +287,8 @@ def _train_pack(members: list[PackMember], finish) -> None:
         run_dirs.append(run_dir)
 
     def on_epoch(k: int, record: dict[str, Any]) -> None:
+        if members[k].recorded:  # its stop watchdog recorded its end while it finished an epoch
+            return
         try:
             members[k].transport.record_epoch(int(record["epoch"]), record)
         except LeaseLost:

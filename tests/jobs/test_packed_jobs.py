@@ -105,6 +105,7 @@ def test_a_pack_trains_its_runs_and_one_cancel_stops_only_that_run(tmp_path, dat
     _tick_until(scheduler, lambda: scheduler.executor.free_slots() == 1, 10)
 
 
+@pytest.mark.slow  # 35 s on the loaded 2-core VM; tests/engine/test_packed_training.py resumes in-process
 def test_a_killed_pack_resumes_each_run_from_its_own_checkpoint(tmp_path, data):
     store = RunStore(data.db_path)
     configs = [TINY, {**TINY, "arch": "coba", "seed": 2}]
