@@ -76,7 +76,9 @@ def test_only_gpu_runs_pack_unless_told(store):
 
 def test_a_pack_trains_its_runs_and_one_cancel_stops_only_that_run(tmp_path, data):
     store = RunStore(data.db_path)
-    configs = [TINY, {**TINY, "arch": "coba", "seed": 2}, {**TINY, "seed": 3, "lr": 3e-3}]
+    # four epochs: the cancel (heartbeat, then the next batch) lands well before the last
+    configs = [{**TINY, "epochs": 4}, {**TINY, "epochs": 4, "arch": "coba", "seed": 2},
+               {**TINY, "epochs": 4, "seed": 3, "lr": 3e-3}]
     runs = _queue(store, *configs)
     scheduler = _packing_scheduler(store, data, pack_runs=3)
     scheduler.tick()
@@ -92,16 +94,16 @@ def test_a_pack_trains_its_runs_and_one_cancel_stops_only_that_run(tmp_path, dat
     scheduler.cancel(cancelled.id)
     _tick_until(scheduler, lambda: store.get_run(cancelled.id).state.finished, 30)
     assert store.get_run(cancelled.id).state is RunState.CANCELLED
-    assert all(store.get_run(r.id).state is RunState.RUNNING for r in (runs[0], runs[2]))  # the others go on
 
     _tick_until(scheduler, lambda: all(store.get_run(r.id).state.finished for r in runs), 180)
+    # the other two went on after the cancel: all their epochs, each as trained alone
     for run, config in ((runs[0], configs[0]), (runs[2], configs[2])):
         done = store.get_run(run.id)
         assert done.state is RunState.SUCCEEDED, done.error
         assert done.progress == 1.0
         assert (data.run_dir(run.id) / "artifacts" / "weights_final.npz").is_file()
         assert without_time(store.metrics(run.id)) == _alone(tmp_path, config)
-    assert len(store.metrics(cancelled.id)) < 3
+    assert 1 <= len(store.metrics(cancelled.id)) < 4
     _tick_until(scheduler, lambda: scheduler.executor.free_slots() == 1, 10)
 
 
