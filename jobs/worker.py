@@ -233,6 +233,8 @@ def main_pack(data: DataDir, runs: list[tuple[str, int]]) -> int:
             transport.close()
             continue
         members.append(PackMember(transport, run))
+    if not members:
+        return 0
     signal.signal(signal.SIGTERM, lambda *_: [m.stop.set() for m in members])
     for member in members:
         member.beat.start()
@@ -272,19 +274,28 @@ def main_pack(data: DataDir, runs: list[tuple[str, int]]) -> int:
 
 
 def _train_pack(members: list[PackMember], finish) -> None:
+    """Train the members' runs; `finish(member, exc)` records each run as it leaves."""
     import engine
     from engine.packed import train_packed
 
-    configs, run_dirs = [], []
+    ready, configs, run_dirs = [], [], []
     for member in members:
         run, transport = member.run, member.transport
-        run_dir = transport.run_dir()
-        if run.config.get("init_run"):  # a fine-tune: its source's weights, once
-            copy_start_weights(transport.source_dir(run.config["init_run"]), run_dir)
-        if (run_dir / "checkpoints" / "last.pt").exists():
-            transport.mark_resumed(run.n_epochs)
-        configs.append(engine.Config.from_dict(run.config))
+        try:
+            run_dir = transport.run_dir()
+            if run.config.get("init_run"):  # a fine-tune: its source's weights, once
+                copy_start_weights(transport.source_dir(run.config["init_run"]), run_dir)
+            if (run_dir / "checkpoints" / "last.pt").exists():
+                transport.mark_resumed(run.n_epochs)
+            configs.append(engine.Config.from_dict(run.config))
+        except Exception as exc:  # this run's failure: the others train
+            finish(member, exc)
+            continue
+        ready.append(member)
         run_dirs.append(run_dir)
+    members = ready
+    if not members:
+        return
 
     def on_epoch(k: int, record: dict[str, Any]) -> None:
         if members[k].recorded:  # its stop watchdog recorded its end while it finished an epoch

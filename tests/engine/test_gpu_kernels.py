@@ -260,7 +260,10 @@ def test_packed_training_gives_each_run_its_training_alone(triton_loop, monkeypa
     training = importlib.import_module("engine.train")  # the module (engine.train is also the function)
     monkeypatch.setattr(training, "init_weights", tiny_weights)  # E and I both fire
     gen = torch.Generator().manual_seed(3)
-    split = lambda n: Split(torch.rand(n, 20, generator=gen), torch.arange(n) % 10)  # noqa: E731
+
+    def split(n: int) -> Split:
+        return Split(torch.rand(n, 20, generator=gen), torch.arange(n) % 10)
+
     dataset = Dataset(split(8), split(4), "random")
     tiny = {**TINY, "epochs": 2, "batch_size": 4, "max_rate_hz": 3000.0}
     configs = [Config(**{**tiny, "seed": 1}), Config(**{**tiny, "arch": "coba", "ei_strength": 0.0, "seed": 2})]
