@@ -95,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
           executor=args.executor, ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu,
-          public_url=args.public_url, analysis_slots=args.analysis_slots)
+          public_url=args.public_url, analysis_slots=args.analysis_slots, pack_runs=args.pack_runs)
     return 0
 
 
@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--executor", choices=("local", "ray"), help=field_help("executor"))
     serve.add_argument("--ray-address", help=field_help("ray_address"))
     serve.add_argument("--runs-per-gpu", type=int, help=field_help("runs_per_gpu"))
+    serve.add_argument("--pack-runs", type=int, help=field_help("pack_runs"))
     serve.add_argument("--public-url", help=field_help("public_url"))
 
     from engine.force.names import EXPERIMENT_NAMES as EXPERIMENTS  # no torch: `spikeboard runs` starts fast

@@ -37,7 +37,7 @@ def build_services(settings: Settings) -> Services:
                              threads_per_run=settings.threads_per_run, grace_s=settings.cancel_grace_s,
                              use_gpus=False) if settings.analysis_slots and settings.workers else None
     scheduler = Scheduler(store, executor, stale_after_s=settings.stale_after_s,
-                          grace_s=settings.cancel_grace_s, reserved=reserved)
+                          grace_s=settings.cancel_grace_s, reserved=reserved, pack_runs=settings.pack_runs)
     jobs = JobService(store, data, cancel_worker=scheduler.cancel, limits=RunLimits.for_machine())
     whatif = WhatIfService(jobs, workers=settings.workers, threads_per_run=settings.threads_per_run)
     return Services(settings=settings, store=store, jobs=jobs, scheduler=scheduler, whatif=whatif)

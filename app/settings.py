@@ -32,6 +32,9 @@ class Settings(BaseSettings):
                                                     "of minutes) use, so they need not wait behind hours of "
                                                     "queued training; 0: analyses queue with training")
     runs_per_gpu: int = Field(1, ge=1, description="on a CUDA box (local executor): runs sharing each GPU")
+    pack_runs: int = Field(1, ge=1, description="on a CUDA box (local executor): compatible queued fast-backend "
+                                                "training runs trained by one worker as one packed job, at most "
+                                                "this many (1: no packing; nb024's six cells: 6)")
     threads_per_run: int = Field(1, ge=1, description="torch threads per worker, so N workers do not "
                                                      "oversubscribe cores")
     token: str | None = Field(None, min_length=8, description='when set, mutating endpoints need '

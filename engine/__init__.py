@@ -14,6 +14,7 @@ _EXPORTS = {
     "InputEvents": "engine.encoding", "poisson_encode": "engine.encoding", "poisson_events": "engine.encoding",
     "simulate": "engine.simulate",
     "NonFiniteError": "engine.train", "TrainingCancelled": "engine.train", "train": "engine.train",
+    "train_packed": "engine.packed",
     "init_weights": "engine.weights",
 }
 __all__ = sorted(_EXPORTS)

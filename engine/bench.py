@@ -112,10 +112,16 @@ def _packed_step(spec: dict, config, labels):
     for w, c in zip(weights, configs):
         for name in c.trainable:
             w[name].requires_grad_(True)
+    # each run's own Adam step, as engine.packed takes them after the pack's one backward
+    optimizers = [torch.optim.Adam([w[name] for name in c.trainable], lr=c.lr) for w, c in zip(weights, configs)]
 
     def once(inputs):
         outs = simulate_fast_runs(weights, [inputs] * len(configs), configs, spike_trains=False)
-        sum(F.cross_entropy(out["logits"], labels) for out in outs).backward()
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward([F.cross_entropy(out["logits"], labels) for out in outs])
+        for optimizer in optimizers:
+            optimizer.step()
         if config.device != "cpu":
             torch.cuda.synchronize()
 
@@ -387,8 +393,8 @@ def _report_gpu(args, cases, names, stats, counts) -> None:
     # a packed step is measured (engine.fast.simulate_fast_runs); each run's test set is inferred on its own
     packed_cell = EPOCHS * (steps_per_epoch * packed["best"] + args.pack * infer_per_epoch)
     print(f"  {args.pack} cells packed in one job (nb024): {packed_cell / 60:8.1f} min, against "
-          f"{args.pack * cell / 60:.1f} min one after another (the packed training loop and the "
-          f"worker that would run it are not built yet: engine-level projection)")
+          f"{args.pack * cell / 60:.1f} min one after another (a step as engine.packed takes it: one simulation "
+          f"and backward, each run's Adam step; `spikeboard serve --pack-runs {args.pack}` packs queued runs)")
 
 
 if __name__ == "__main__":

@@ -50,23 +50,130 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = True,
     checkpoint's epoch and `on_epoch` is first called again, in order, with the
     records already stored (sinks must be idempotent on the epoch number).
     """
-    run = RunDir(run_dir)
     dataset = dataset or load_tier(config.tier)
-    weights, optimizer, start_epoch = _start(config, run, resume)
-    for record in run.truncate_metrics(start_epoch):
-        if on_epoch:
-            on_epoch(record)
-    n_batches = math.ceil(len(dataset.train.labels) / config.batch_size)
-    test = None
-    for epoch in range(start_epoch + 1, config.epochs + 1):
-        started = time.perf_counter()
-
-        def report_batch(done: int, first: int = (epoch - 1) * n_batches) -> None:
+    trainee = Trainee(config, run_dir, resume, dataset, on_epoch)
+    while not trainee.finished_training:
+        trainee.begin_epoch()
+        for b, index in enumerate(trainee.batches):
+            if should_stop and should_stop():
+                raise TrainingCancelled(f"stopped during epoch {trainee.epoch}")
+            x, labels = trainee.batch_input(b, index)
+            out = simulate(trainee.weights, x, config, spike_trains=False)
+            loss = trainee.loss(out, labels, b)
+            if loss is not None:
+                trainee.zero_grad()
+                loss.backward()
+                trainee.step(b)
             if on_progress:
-                on_progress(first + done, n_batches * config.epochs)
+                on_progress(*trainee.progress(b + 1))
+        trainee.end_epoch()
+    return trainee.finish()
 
-        stats = _train_epoch(weights, optimizer, dataset, config, epoch, should_stop, report_batch)
-        test = evaluate(weights, dataset.test, config)
+
+class Trainee:
+    """One run's training state between batches: its weights, optimiser, epoch, the
+    running epoch's statistics and its run folder. `train` drives one; the packed
+    loop (engine.packed) drives K in lockstep, with one simulation and one backward
+    for all of them per batch, through these same methods."""
+
+    def __init__(self, config: Config, run_dir: str | Path, resume: bool, dataset: Dataset,
+                 on_epoch: EpochCallback | None = None):
+        self.config, self.dataset, self.on_epoch = config, dataset, on_epoch
+        self.run = RunDir(run_dir)
+        self.weights, self.optimizer, self.epoch = _start(config, self.run, resume)  # epoch: the last one done
+        for record in self.run.truncate_metrics(self.epoch):
+            if on_epoch:
+                on_epoch(record)
+        self.n_batches = math.ceil(len(dataset.train.labels) / config.batch_size)
+        self.test = None
+
+    @property
+    def finished_training(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    def begin_epoch(self) -> None:
+        self.epoch += 1
+        self.started = time.perf_counter()
+        train = self.dataset.train
+        order = torch.randperm(len(train.labels), generator=batch_generator(self.config.seed, "order", self.epoch, 0))
+        self.n_samples = len(order)
+        self.batches = batches(len(order), self.config.batch_size, order)
+        self.stats = _EpochStats(self.config.trainable)
+
+    def batch_input(self, b: int, index: torch.Tensor):
+        """Batch b's input events (keyed on (seed, epoch, batch)) and labels."""
+        train, config = self.dataset.train, self.config
+        x = poisson_events(train.images[index], config, batch_generator(config.seed, "train", self.epoch, b))
+        self._labels = train.labels[index].to(config.torch_device)
+        return x, self._labels
+
+    def loss(self, out: dict[str, torch.Tensor], labels: torch.Tensor, b: int) -> torch.Tensor | None:
+        """The batch's loss, or None if the step is skipped (non-finite under skip_nonfinite)."""
+        config = self.config
+        trial_s = config.n_steps * config.dt_ms / 1000.0
+        cross_entropy = F.cross_entropy(out["logits"], labels)
+        loss = cross_entropy
+        rate_reg = mem_reg = torch.zeros(())
+        if config.rate_reg_weight > 0:
+            rate_e = out["count_e"].mean() / trial_s  # Hz, mean over cells and samples
+            rate_reg = config.rate_reg_weight * (rate_e - config.rate_target_hz) ** 2
+            loss = loss + rate_reg
+        if config.mem_reg_weight > 0:
+            mem_reg = config.mem_reg_weight * out["u_excess"].mean()
+            loss = loss + mem_reg
+        if not torch.isfinite(loss) and config.skip_nonfinite:
+            self.stats.skip(len(labels))
+            return None
+        if not torch.isfinite(loss):
+            raise NonFiniteError(f"loss became {float(loss.detach())} in epoch {self.epoch}, batch {b + 1}")
+        self._batch = (out, labels, cross_entropy, rate_reg, mem_reg)
+        return loss
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, b: int) -> None:
+        """After the backward of the batch's loss: the optimiser step and the statistics."""
+        config, weights, epoch = self.config, self.weights, self.epoch
+        out, labels, cross_entropy, rate_reg, mem_reg = self._batch
+        self._batch = None
+        params = [weights[name] for name in config.trainable]
+        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
+        if not math.isfinite(grad_norm):
+            if config.skip_nonfinite:  # the seed recipe: drop this step, keep training
+                self.stats.skip(len(labels))
+                return
+            raise NonFiniteError(f"gradient norm became {grad_norm} in epoch {epoch}, batch {b + 1}")
+        for name in config.trainable:
+            w = weights[name]
+            self.stats.ratios[name].append(float(w.grad.norm() / w.detach().norm().clamp(min=1e-12)))
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        try:
+            self.optimizer.step()
+        except RuntimeError as exc:  # Adam's step size lr / (1 - beta1^t) itself overflowed the dtype
+            if "overflow" not in str(exc):
+                raise
+            raise NonFiniteError(f"the optimiser step overflowed {config.dtype} in epoch {epoch}, batch {b + 1} "
+                                 f"(lr {config.lr:g}): {exc}") from exc
+        project_dale(weights, config)
+        _check_weights(weights, config, epoch, b + 1)
+        n = len(labels)
+        self.stats.ce_sum += float(cross_entropy.detach()) * n
+        self.stats.rate_reg_sum += float(rate_reg.detach()) * n
+        self.stats.mem_reg_sum += float(mem_reg.detach()) * n
+        self.stats.correct += int((out["logits"].argmax(-1) == labels).sum())
+        self.stats.grad_norms.append(grad_norm)
+
+    def progress(self, done: int) -> tuple[int, int]:
+        """(batches done, batches in the run) after `done` batches of this epoch."""
+        return (self.epoch - 1) * self.n_batches + done, self.n_batches * self.config.epochs
+
+    def end_epoch(self) -> dict[str, Any]:
+        """Evaluate, record and checkpoint the epoch; returns its record."""
+        config, weights, epoch = self.config, self.weights, self.epoch
+        stats = self.stats.summary(self.n_samples, epoch)
+        test = self.test = evaluate(weights, self.dataset.test, config)
         record = {
             "epoch": epoch, "test_acc": test.accuracy_pct, "train_acc": stats["train_acc"],
             # train_loss is the cross-entropy (MODEL.md's record), like test_loss; the
@@ -79,18 +186,47 @@ def train(config: Config, run_dir: str | Path, *, resume: bool = True,
             "w_norm": {name: float(weights[name].detach().norm()) for name in config.trainable},
             "grad_ratio": stats["grad_ratio"],
             **({"skipped_steps": stats["skipped_steps"]} if config.skip_nonfinite else {}),
-            "epoch_s": time.perf_counter() - started,
+            "epoch_s": time.perf_counter() - self.started,
         }
         _check_finite(record, epoch)
-        diverged = divergence_reasons([*run.read_metrics(), record], config)
+        diverged = divergence_reasons([*self.run.read_metrics(), record], config)
         record["divergence"] = "; ".join(diverged) or None  # flagged, not failed: the numbers are finite
-        run.append_metrics(record)
-        run.save_checkpoint(_checkpoint(config, weights, optimizer, epoch))
-        if on_epoch:
-            on_epoch(record)
-    # a run resumed after its last epoch (killed before this point) finishes here
-    _finish(run, weights, test or evaluate(weights, dataset.test, config))
-    return _summary(run)
+        self.run.append_metrics(record)
+        self.run.save_checkpoint(_checkpoint(config, weights, self.optimizer, epoch))
+        if self.on_epoch:
+            self.on_epoch(record)
+        return record
+
+    def finish(self) -> dict[str, Any]:
+        """The final weights and rates, and the summary."""
+        # a run resumed after its last epoch (killed before this point) finishes here
+        _finish(self.run, self.weights, self.test or evaluate(self.weights, self.dataset.test, self.config))
+        return _summary(self.run)
+
+
+class _EpochStats:
+    """The running sums of one epoch's training steps."""
+
+    def __init__(self, trainable):
+        self.ce_sum, self.rate_reg_sum, self.mem_reg_sum, self.correct = 0.0, 0.0, 0.0, 0
+        self.grad_norms: list[float] = []
+        self.skipped, self.skipped_samples = 0, 0
+        self.ratios: dict[str, list[float]] = {name: [] for name in trainable}
+
+    def skip(self, n: int) -> None:
+        self.skipped, self.skipped_samples = self.skipped + 1, self.skipped_samples + n
+
+    def summary(self, n_samples: int, epoch: int) -> dict[str, Any]:
+        if not self.grad_norms:
+            raise NonFiniteError(f"every step of epoch {epoch} was non-finite")
+        n = n_samples - self.skipped_samples  # train loss and accuracy over the steps taken
+        return {
+            "train_loss": self.ce_sum / n, "train_rate_reg": self.rate_reg_sum / n,
+            "train_mem_reg": self.mem_reg_sum / n, "train_acc": 100.0 * self.correct / n,
+            "grad_norm": sum(self.grad_norms) / len(self.grad_norms),
+            "grad_ratio": {name: sum(v) / len(v) for name, v in self.ratios.items()},
+            "skipped_steps": self.skipped,
+        }
 
 
 def _start(config: Config, run: RunDir, resume: bool):
@@ -139,78 +275,6 @@ def start_weights(config: Config, run_dir: str | Path) -> dict[str, torch.Tensor
     scales = {"W_in": config.init_w_in_scale, "W_ei": config.init_w_ei_scale, "W_ie": config.init_w_ie_scale}
     return {name: (torch.from_numpy(arrays[name]).to(torch.float64) * scales.get(name, 1.0))
             .to(device=config.torch_device, dtype=config.torch_dtype) for name in shapes}
-
-
-def _train_epoch(weights, optimizer, dataset: Dataset, config: Config, epoch: int,
-                 should_stop, report_batch) -> dict[str, Any]:
-    train = dataset.train
-    order = torch.randperm(len(train.labels), generator=batch_generator(config.seed, "order", epoch, 0))
-    trial_s = config.n_steps * config.dt_ms / 1000.0
-    ce_sum, rate_reg_sum, mem_reg_sum, correct, grad_norms = 0.0, 0.0, 0.0, 0, []
-    skipped, skipped_samples = 0, 0
-    ratios = {name: [] for name in config.trainable}
-    for b, index in enumerate(batches(len(order), config.batch_size, order)):
-        if should_stop and should_stop():
-            raise TrainingCancelled(f"stopped during epoch {epoch}")
-        x = poisson_events(train.images[index], config, batch_generator(config.seed, "train", epoch, b))
-        labels = train.labels[index].to(config.torch_device)
-        out = simulate(weights, x, config, spike_trains=False)
-        cross_entropy = F.cross_entropy(out["logits"], labels)
-        loss = cross_entropy
-        rate_reg = mem_reg = torch.zeros(())
-        if config.rate_reg_weight > 0:
-            rate_e = out["count_e"].mean() / trial_s  # Hz, mean over cells and samples
-            rate_reg = config.rate_reg_weight * (rate_e - config.rate_target_hz) ** 2
-            loss = loss + rate_reg
-        if config.mem_reg_weight > 0:
-            mem_reg = config.mem_reg_weight * out["u_excess"].mean()
-            loss = loss + mem_reg
-        if not torch.isfinite(loss) and config.skip_nonfinite:
-            skipped, skipped_samples = skipped + 1, skipped_samples + len(index)
-            report_batch(b + 1)
-            continue
-        if not torch.isfinite(loss):
-            raise NonFiniteError(f"loss became {float(loss.detach())} in epoch {epoch}, batch {b + 1}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        params = [weights[name] for name in config.trainable]
-        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])))
-        if not math.isfinite(grad_norm):
-            if config.skip_nonfinite:  # the seed recipe: drop this step, keep training
-                skipped, skipped_samples = skipped + 1, skipped_samples + len(index)
-                report_batch(b + 1)
-                continue
-            raise NonFiniteError(f"gradient norm became {grad_norm} in epoch {epoch}, batch {b + 1}")
-        for name in config.trainable:
-            w = weights[name]
-            ratios[name].append(float(w.grad.norm() / w.detach().norm().clamp(min=1e-12)))
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-        try:
-            optimizer.step()
-        except RuntimeError as exc:  # Adam's step size lr / (1 - beta1^t) itself overflowed the dtype
-            if "overflow" not in str(exc):
-                raise
-            raise NonFiniteError(f"the optimiser step overflowed {config.dtype} in epoch {epoch}, batch {b + 1} "
-                                 f"(lr {config.lr:g}): {exc}") from exc
-        project_dale(weights, config)
-        _check_weights(weights, config, epoch, b + 1)
-        ce_sum += float(cross_entropy.detach()) * len(index)
-        rate_reg_sum += float(rate_reg.detach()) * len(index)
-        mem_reg_sum += float(mem_reg.detach()) * len(index)
-        correct += int((out["logits"].argmax(-1) == labels).sum())
-        grad_norms.append(grad_norm)
-        report_batch(b + 1)
-    if not grad_norms:
-        raise NonFiniteError(f"every step of epoch {epoch} was non-finite")
-    n = len(order) - skipped_samples  # train loss and accuracy over the steps taken
-    return {
-        "train_loss": ce_sum / n, "train_rate_reg": rate_reg_sum / n, "train_mem_reg": mem_reg_sum / n,
-        "train_acc": 100.0 * correct / n,
-        "grad_norm": sum(grad_norms) / len(grad_norms),
-        "grad_ratio": {name: sum(v) / len(v) for name, v in ratios.items()},
-        "skipped_steps": skipped,
-    }
 
 
 def _check_weights(weights, config: Config, epoch: int, batch: int) -> None:

@@ -1,5 +1,12 @@
 """The scheduler: one asyncio task in the server that starts queued runs when a
-slot is free, settles workers that ended, and requeues runs whose worker is gone."""
+slot is free, settles workers that ended, and requeues runs whose worker is gone.
+
+With `pack_runs` > 1 and an executor that runs packs (the local one), a free slot
+takes the oldest queued run together with up to pack_runs - 1 compatible queued
+runs (jobs.packing: fast-backend GPU training runs of one shape and schedule), and
+one worker trains them in lockstep (engine.packed). Every run keeps its own store
+row, attempt, heartbeat and outcome, so each is settled, cancelled and resumed
+on its own."""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from pathlib import Path
 
 from jobs.executors.base import Executor, Exited
 from jobs.models import Conflict, InvalidTransition, RunKind, RunState
+from jobs.packing import PACK_DEVICES, claim_pack
 from jobs.store import RunStore
 
 log = logging.getLogger("jobs.scheduler")
@@ -36,8 +44,12 @@ class Scheduler:
 
     def __init__(self, store: RunStore, executor: Executor, *, tick_s: float = 0.25,
                  stale_after_s: float = 30.0, grace_s: float = 3.0, max_attempts: int = 3,
+                 pack_runs: int = 1, pack_devices: tuple[str, ...] = PACK_DEVICES,
                  reserved: Executor | None = None, reserved_kinds: frozenset[RunKind] = frozenset({RunKind.ANALYSIS})):
         self.store, self.executor, self.max_attempts = store, executor, max_attempts
+        # runs per job at most; packs need an executor that starts one worker for several runs
+        self.pack_runs = pack_runs if hasattr(executor, "submit_pack") else 1
+        self.pack_devices = pack_devices
         self.reserved, self.reserved_kinds = reserved, reserved_kinds
         self.executors: tuple[Executor, ...] = (executor,) if reserved is None else (executor, reserved)
         self.tick_s, self.stale_after_s, self.grace_s = tick_s, stale_after_s, grace_s
@@ -77,10 +89,17 @@ class Scheduler:
             run = self.store.claim_next(now, kinds)
             if run is None:
                 break
+            # training packs share the main executor's slots; the reserved one runs analyses
+            pack = claim_pack(self.store, run, self.pack_runs, self.pack_devices, now) \
+                if executor is self.executor else [run]
             try:
-                executor.submit(run)
+                if len(pack) > 1:
+                    executor.submit_pack(pack)
+                else:
+                    executor.submit(run)
             except OSError as exc:
-                self.store.transition(run.id, RunState.FAILED, error=f"could not start worker: {exc}")
+                for claimed in pack:
+                    self.store.transition(claimed.id, RunState.FAILED, error=f"could not start worker: {exc}")
 
     def is_alive(self, run_id: str) -> bool:
         return any(executor.is_alive(run_id) for executor in self.executors)

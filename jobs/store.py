@@ -119,6 +119,17 @@ class RunStore:
                 "AND state = 'queued' RETURNING id", (now, now, *(only or []))).fetchone()
         return None if row is None else self.get_run(row["id"])
 
+    def claim(self, run_id: str, now: float | None = None) -> Run | None:
+        """Queued -> running for this run (a pack-mate, jobs.packing); None if it is no
+        longer queued."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            row = conn.execute(
+                "UPDATE runs SET state = 'running', attempt = attempt + 1, heartbeat_at = ?, "
+                "started_at = COALESCE(started_at, ?), worker_pid = NULL "
+                "WHERE id = ? AND state = 'queued' RETURNING id", (now, now, run_id)).fetchone()
+        return None if row is None else self.get_run(row["id"])
+
     def set_worker_pid(self, run_id: str, attempt: int, pid: int) -> None:
         with self._tx() as conn:
             conn.execute("UPDATE runs SET worker_pid = ? WHERE id = ? AND attempt = ?", (pid, run_id, attempt))

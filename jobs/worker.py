@@ -3,6 +3,11 @@
     python -m jobs.worker DATA_DIR RUN_ID ATTEMPT              # the store, on the server's machine
     python -m jobs.worker --server URL RUN_ID ATTEMPT          # the server's API, from any machine
                                                                # (credential in SPIKEBOARD_RUN_CREDENTIAL)
+    python -m jobs.worker DATA_DIR RUN_ID ATTEMPT RUN_ID ATTEMPT ...   # a pack (jobs.packing), the store
+
+A pack's runs train in lockstep (engine.packed), each with its own transport,
+heartbeat, stop flag and outcome: a cancelled or failed run leaves the pack and is
+recorded at once, the others go on; the process exits when every run is recorded.
 
 One code path for both (jobs.transport). It stops between batches when SIGTERM
 arrives, the run's cancel flag is set, its lease is lost (the run was requeued
@@ -160,6 +165,11 @@ def open_transport(argv: list[str]) -> Transport:
 
 
 def main(argv: list[str]) -> int:
+    if argv and argv[0] != "--server" and len(argv) > 3:
+        pairs = argv[1:]
+        if len(pairs) % 2:
+            raise SystemExit("a pack is DATA_DIR followed by RUN_ID ATTEMPT pairs")
+        return main_pack(DataDir.at(argv[0]), [(pairs[i], int(pairs[i + 1])) for i in range(0, len(pairs), 2)])
     die_with_parent()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -200,6 +210,109 @@ def main(argv: list[str]) -> int:
         beat.finish()
     finish(exc)
     return 0
+
+
+class PackMember:
+    """One run of a pack: its transport, stop flag, heartbeat and recorded outcome."""
+
+    def __init__(self, transport: StoreTransport, run: Assignment):
+        self.transport, self.run = transport, run
+        self.stop = threading.Event()
+        self.beat = Heartbeat(transport, self.stop)
+        self.recorded = False
+
+
+def main_pack(data: DataDir, runs: list[tuple[str, int]]) -> int:
+    """Train the runs of a pack in one process (engine.packed.train_packed)."""
+    die_with_parent()
+    members: list[PackMember] = []
+    for run_id, attempt in runs:
+        transport = StoreTransport(data, run_id, attempt)
+        run = transport.assignment()
+        if run is None or run.kind is not RunKind.TRAIN:  # a stale launch, or not packable after all
+            transport.close()
+            continue
+        members.append(PackMember(transport, run))
+    if not members:
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: [m.stop.set() for m in members])
+    for member in members:
+        member.beat.start()
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        import torch
+        torch.set_num_threads(int(threads))
+    outcome = threading.Lock()  # runs are recorded one at a time, each once
+
+    def finish(member: PackMember, exc: BaseException | None) -> None:
+        with outcome:
+            if member.recorded:
+                return
+            member.recorded = True
+            member.beat.finish()
+            try:
+                record_outcome(member.transport, member.stop, exc)
+            except Exception:  # the store stayed unreachable: the scheduler settles the run
+                log.exception("run %s: could not record the outcome", member.run.id)
+            if all(m.recorded for m in members):
+                for m in members:
+                    m.transport.close()
+                logging.shutdown()
+                os._exit(0)  # as main(): skip the interpreter's teardown
+
+    for member in members:
+        threading.Thread(target=_watch_stop, args=(member.beat, lambda exc, m=member: finish(m, exc)),
+                         daemon=True, name=f"stop-watchdog-{member.run.id}").start()
+    try:
+        _train_pack(members, finish)
+    except Exception as exc:  # recorded as the failure of every run still in the pack
+        for member in members:
+            finish(member, exc)
+    for member in members:
+        finish(member, None)  # each was recorded as it left; nothing is left to record here
+    return 0
+
+
+def _train_pack(members: list[PackMember], finish) -> None:
+    """Train the members' runs; `finish(member, exc)` records each run as it leaves."""
+    import engine
+    from engine.packed import train_packed
+
+    ready, configs, run_dirs = [], [], []
+    for member in members:
+        run, transport = member.run, member.transport
+        try:
+            run_dir = transport.run_dir()
+            if run.config.get("init_run"):  # a fine-tune: its source's weights, once
+                copy_start_weights(transport.source_dir(run.config["init_run"]), run_dir)
+            if (run_dir / "checkpoints" / "last.pt").exists():
+                transport.mark_resumed(run.n_epochs)
+            configs.append(engine.Config.from_dict(run.config))
+        except Exception as exc:  # this run's failure: the others train
+            finish(member, exc)
+            continue
+        ready.append(member)
+        run_dirs.append(run_dir)
+    members = ready
+    if not members:
+        return
+
+    def on_epoch(k: int, record: dict[str, Any]) -> None:
+        if members[k].recorded:  # its stop watchdog recorded its end while it finished an epoch
+            return
+        try:
+            members[k].transport.record_epoch(int(record["epoch"]), record)
+        except LeaseLost:
+            members[k].stop.set()  # a newer attempt owns the run: it leaves the pack at the next batch
+
+    def on_progress(k: int, done: int, total: int) -> None:
+        members[k].beat.progress = done / total if total else None
+
+    def on_done(k: int, result: Any) -> None:
+        finish(members[k], result if isinstance(result, BaseException) else None)
+
+    train_packed(configs, run_dirs, resume=True, on_epoch=on_epoch, on_progress=on_progress,
+                 should_stop=lambda k: members[k].stop.is_set(), on_done=on_done)
 
 
 def _watch_stop(beat: Heartbeat, finish) -> None:

@@ -20,7 +20,8 @@ status=0
   python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.is_available())"
 } 2>&1 | tee "$OUT/machine.txt"
 
-# 1. the kernels against the reference on the GPU, the slow canonical-network trials included
+# 1. the kernels against the reference on the GPU, the slow canonical-network trials and the
+#    packed training loop (two runs as one pack against each alone) included
 timeout 300 python -m pytest -q -p no:cacheprovider -m "slow or not slow" \
   tests/engine/test_gpu_kernels.py 2>&1 | tee "$OUT/tests.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

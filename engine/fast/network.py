@@ -164,12 +164,7 @@ def simulate_fast_runs(weights: list[Weights], inputs: list[torch.Tensor | Input
     config = configs[0]
     check_supported(config)
     check_loop_runs(config, "triton")
-    shared = {name: value for name, value in config.to_dict().items() if name not in PER_RUN_FIELDS}
-    for other in configs[1:]:
-        differ = sorted(name for name, value in other.to_dict().items()
-                        if name not in PER_RUN_FIELDS and shared[name] != value)
-        if differ:
-            raise ConfigError(differ[0], f"packed runs must agree on {differ}")
+    check_packable(configs)
     if len({tuple(x.shape) for x in inputs}) != 1:
         raise ConfigError("inputs", "packed runs need inputs of one shape [T, B, n_input]")
     dtype, device = config.torch_dtype, config.torch_device
@@ -202,6 +197,16 @@ PER_RUN_FIELDS = frozenset({
     "seed", "arch", "w_in_sparsity", "w_in_scale", "p_ei", "ei_strength", "p_ie", "ie_strength",
     "w_out_std", "v_grad_dampen", "lr", "grad_clip", "rate_reg_weight", "rate_target_hz",
 })
+
+
+def check_packable(configs: list[Config]) -> None:
+    """Packed runs agree on everything but PER_RUN_FIELDS (a ConfigError names the first field that differs)."""
+    shared = {name: value for name, value in configs[0].to_dict().items() if name not in PER_RUN_FIELDS}
+    for other in configs[1:]:
+        differ = sorted(name for name, value in other.to_dict().items()
+                        if name not in PER_RUN_FIELDS and shared[name] != value)
+        if differ:
+            raise ConfigError(differ[0], f"packed runs must agree on {differ}")
 
 
 def _packed_events(events: list[ArrivalEvents], batch: int, n_input: int, p: FastParams) -> ArrivalEvents:

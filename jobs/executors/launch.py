@@ -13,8 +13,9 @@ def repo_root() -> str:
     return str(Path(__file__).resolve().parents[2])
 
 
-def worker_argv(python: str, data_dir: str | Path, run_id: str, attempt: int) -> list[str]:
-    return [python, "-m", "jobs.worker", str(data_dir), run_id, str(attempt)]
+def worker_argv(python: str, data_dir: str | Path, *runs: tuple[str, int]) -> list[str]:
+    """The worker's command line for one run, or for the runs of a pack: (run id, attempt) each."""
+    return [python, "-m", "jobs.worker", str(data_dir), *(str(part) for run in runs for part in run)]
 
 
 def worker_env(environ: Mapping[str, str], threads: int) -> dict[str, str]:

@@ -1,4 +1,8 @@
-"""One subprocess per run, N slots; on a CUDA box `runs_per_gpu` slots per GPU."""
+"""One subprocess per job, N slots; on a CUDA box `runs_per_gpu` slots per GPU.
+
+A job is one run, or a pack of compatible runs (jobs.packing) that one worker
+trains in lockstep (engine.packed): one process and one slot, each run its own
+entry here, so the scheduler settles every run of a pack on its own."""
 
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ class _Worker:
     slot: Slot
     process: subprocess.Popen
     kill_at: float | None = field(default=None)
+    packed: bool = False  # one of several runs of the process
 
 
 def detect_slots(cpu_slots: int, runs_per_gpu: int = 1) -> list[Slot]:
@@ -65,19 +70,25 @@ class LocalExecutor:
         return self._slots
 
     def free_slots(self) -> int:
-        return len(self._all_slots()) - len(self._workers)
+        return len(self._all_slots()) - len({w.slot for w in self._workers.values()})
 
     def submit(self, run: Run) -> None:
-        pinned = cuda_index(run.config)
+        self.submit_pack([run])
+
+    def submit_pack(self, runs: list[Run]) -> None:
+        """One worker process for the runs (claimed, running) of a pack, in one slot."""
+        pinned = cuda_index(runs[0].config)
         slot = self._pick_slot(pinned)
         process = subprocess.Popen(
-            worker_argv(self.python, self.data_dir, run.id, run.attempt),
+            worker_argv(self.python, self.data_dir, *((run.id, run.attempt) for run in runs)),
             env=self._env(slot, pinned), cwd=repo_root(),
             # Own session: a Ctrl-C on the server's terminal must not kill workers
             # mid-write; they stop through SIGTERM (shutdown) or their parent-death signal.
             start_new_session=True)
-        self._workers[run.id] = _Worker(run.id, run.attempt, slot, process)
-        log.info("run %s attempt %d started as pid %d in slot %d", run.id, run.attempt, process.pid, slot.index)
+        for run in runs:
+            self._workers[run.id] = _Worker(run.id, run.attempt, slot, process, packed=len(runs) > 1)
+        log.info("run(s) %s started as pid %d in slot %d", ", ".join(f"{r.id} attempt {r.attempt}" for r in runs),
+                 process.pid, slot.index)
 
     def _pick_slot(self, pinned_gpu: int | None) -> Slot:
         """A free slot on the GPU running the fewest runs, so runs spread over the
@@ -101,13 +112,19 @@ class LocalExecutor:
         return env
 
     def cancel(self, run_id: str) -> bool:
+        """A run alone: SIGTERM, SIGKILL after the grace. A run of a pack: its worker
+        sees the cancel flag at the run's next heartbeat and stops that run only."""
         worker = self._workers.get(run_id)
         if worker is None:
             return False
+        if not worker.packed:
+            self._terminate(worker)
+        return True
+
+    def _terminate(self, worker: _Worker) -> None:
         _signal(worker.process, signal.SIGTERM)
         if worker.kill_at is None:
             worker.kill_at = time.monotonic() + self.grace_s
-        return True
 
     def poll(self) -> list[Exited]:
         exited = []
@@ -126,14 +143,14 @@ class LocalExecutor:
         return worker is not None and worker.process.poll() is None
 
     def shutdown(self, grace_s: float) -> list[Exited]:
-        for run_id in list(self._workers):
-            self.cancel(run_id)
+        for worker in list(self._workers.values()):
+            self._terminate(worker)
         deadline = time.monotonic() + grace_s
         exited: list[Exited] = []
         while self._workers and time.monotonic() < deadline:
             exited += self.poll()
             time.sleep(0.05)
-        for worker in self._workers.values():
+        for worker in self._workers.values():  # a pack's process once per run: harmless
             _signal(worker.process, signal.SIGKILL)
             exited.append(Exited(worker.run_id, worker.attempt, worker.process.wait()))
         self._workers.clear()

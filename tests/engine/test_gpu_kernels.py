@@ -244,3 +244,49 @@ def test_canonical_network_short_trial_equals_the_reference(triton_loop, monkeyp
             continue
         rel = float((grads[name] - ref_grads[name]).norm() / ref_grads[name].norm())
         assert rel < GRAD_RTOL, f"{name}: {rel:.2e}"
+
+
+@pytest.mark.slow
+def test_packed_training_gives_each_run_its_training_alone(triton_loop, monkeypatch, tmp_path):
+    """engine.packed through the run axis: a PING and a COBA run trained as one pack
+    (one set of launches per batch) against each trained alone on the Triton loop, two
+    epochs of two batches, float64. Spikes equal, so accuracies, rates and active
+    fractions are equal; the losses, norms and weights agree to PACKED_RTOL (the pack's
+    weight gradients are batched matmuls, the single run's plain ones)."""
+    from engine.data import Dataset, Split
+    from engine.packed import train_packed
+    from engine.rundir import RunDir
+
+    training = importlib.import_module("engine.train")  # the module (engine.train is also the function)
+    monkeypatch.setattr(training, "init_weights", tiny_weights)  # E and I both fire
+    gen = torch.Generator().manual_seed(3)
+
+    def split(n: int) -> Split:
+        return Split(torch.rand(n, 20, generator=gen), torch.arange(n) % 10)
+
+    dataset = Dataset(split(8), split(4), "random")
+    tiny = {**TINY, "epochs": 2, "batch_size": 4, "max_rate_hz": 3000.0}
+    configs = [Config(**{**tiny, "seed": 1}), Config(**{**tiny, "arch": "coba", "ei_strength": 0.0, "seed": 2})]
+    for r, config in enumerate(configs):
+        training.train(config, tmp_path / f"alone{r}", dataset=dataset)
+    with gpu.counting_launches() as launches:
+        outcomes = train_packed(configs, [tmp_path / "pack0", tmp_path / "pack1"], dataset=dataset,
+                                shared_launches=True)
+    assert all(isinstance(outcome, dict) for outcome in outcomes), outcomes
+    # per epoch: 2 batches x 3 chunks x 3 kernels for both runs, then each run's test set (3 chunks)
+    assert launches.launches == 2 * (2 * 3 * 3 + 2 * 3)
+    for r in range(2):
+        alone, packed = RunDir(tmp_path / f"alone{r}"), RunDir(tmp_path / f"pack{r}")
+        assert alone.read_metrics()[-1]["rate_e_hz"] > 0
+        for want, got in zip(alone.read_metrics(), packed.read_metrics(), strict=True):
+            for key in ("epoch", "test_acc", "train_acc", "rate_e_hz", "rate_i_hz", "active_frac_e",
+                        "active_frac_i"):
+                assert got[key] == want[key], (r, key)
+            for key in ("train_loss", "test_loss", "grad_norm"):
+                assert got[key] == pytest.approx(want[key], rel=PACKED_RTOL, abs=1e-15), (r, key)
+        for name, want in alone.load_weights("final").items():
+            got = packed.load_weights("final")[name]
+            assert float((got - want).norm()) <= PACKED_RTOL * float(want.norm()), (r, name)
+
+
+PACKED_RTOL = 1e-9  # float64: two epochs of Adam steps from gradients equal to rounding

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from engine.studies.presets import expand
-from jobs.models import RunKind
+from jobs.models import RunKind, RunState
 from jobs.packing import pack_key, plan_packs
 from jobs.service import validate_config
 
@@ -49,16 +49,19 @@ def test_runs_that_differ_in_shape_or_schedule_are_not_packed(store):
         [base.id, others[4].id], [others[0].id], [others[1].id], [others[2].id], [others[3].id]]
 
 
-def test_cpu_reference_and_resumed_runs_train_alone(store):
+def test_cpu_and_reference_runs_train_alone_resumed_runs_pack(store):
     cpu = queue(store, {**GPU, "device": "cpu"}, {**GPU, "device": "cpu", "seed": 2})
     reference = queue(store, {**GPU, "backend": "reference"})[0]
     assert pack_key(cpu[0]) is None and pack_key(reference) is None
     gpu = queue(store, GPU, {**GPU, "seed": 2})
     assert pack_key(gpu[0]) is not None and pack_key(gpu[0]) == pack_key(gpu[1])
-    resumed = dataclasses.replace(gpu[1], resumed_from_epoch=3)  # continues from its own epoch
-    assert pack_key(resumed) is None
+    # each run of a pack continues from its own checkpoint (engine.packed)
+    resumed = dataclasses.replace(gpu[1], resumed_from_epoch=3)
+    assert pack_key(resumed) == pack_key(gpu[0])
+    finished = dataclasses.replace(gpu[1], state=RunState.SUCCEEDED)
+    assert pack_key(finished) is None
     jobs = plan_packs([*cpu, reference, gpu[0], resumed], max_runs=4)
-    assert [len(job) for job in jobs] == [1, 1, 1, 1, 1]
+    assert [len(job) for job in jobs] == [1, 1, 1, 2]
 
 
 def test_packs_are_first_come_first_served_and_capped(store):
