@@ -14,10 +14,14 @@ test_compiled.py holds this loop to them). What changes is how the work is done:
   once per step for the range's points), then the f-I curve and filters
   elementwise; ranges of points on threads as for LIF, one MKL thread each.
 - RLS, every `update_every` steps of learning: P in float64 as in rls.py, but only
-  one triangle is kept up to date, with BLAS dsymv (k = P r) and dsyr (P -= s s^T,
-  s = sqrt(c) k): half the memory traffic of the full matrix, the bound of an
-  update. The other triangle is filled in when the loop returns, so P is exactly
-  symmetric wherever it is read.
+  one triangle is kept up to date, and an update is one pass over it: the rank-one
+  term of update m (P -= s s^T, s = sqrt(c) k) is held back and applied in the
+  pass that computes update m+1's k = P r (the same P, row by row: each element is
+  updated, then used), so P is read and written once per update, where BLAS dsymv
+  then dsyr read it twice and wrote it once (an update is memory-bound: 5.5 -> 3.1
+  ms at N 2000, measured under load). The last held-back term is applied and the
+  other triangle filled in when the loop returns, so P is exact and symmetric
+  wherever it is read.
 
 Every step's arithmetic is the reference's, operation for operation; where torch
 fuses a multiply-add (lerp, add with alpha) or sums in another order (BLAS), the
@@ -39,7 +43,7 @@ import torch
 from llvmlite import ir
 from numba import njit
 from numba.core import types
-from numba.extending import get_cython_function_address, intrinsic
+from numba.extending import intrinsic
 
 from engine.force.rls import RLSState
 
@@ -47,25 +51,12 @@ from engine.force.rls import RLSState
 # by zero below threshold on purpose: log1p(inf) = inf, 1 / inf = 0, as in torch)
 _compiled = njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
 
-# scipy's BLAS for the RLS update (dsymv, dsyr: torch's MKL does not export them), Fortran calling convention:
-# every argument a pointer. The addresses are passed to the kernels as integers
-# (a ctypes function would be a dynamic global, and numba could not cache them).
-DSYMV = get_cython_function_address("scipy.linalg.cython_blas", "dsymv")
-DSYR = get_cython_function_address("scipy.linalg.cython_blas", "dsyr")
-
-
 def _call_codegen(context, builder, sig, args):
     """Call the void function at address args[0] with the pointers args[1:]."""
     byte_ptr = ir.IntType(8).as_pointer()
     function_type = ir.FunctionType(ir.VoidType(), [byte_ptr] * (len(args) - 1))
     function = builder.inttoptr(args[0], function_type.as_pointer())
     builder.call(function, [builder.inttoptr(a, byte_ptr) for a in args[1:]])
-
-
-@intrinsic
-def _call10(typingctx, address, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10):
-    """Calls the void function at `address` with ten pointers (addresses as integers)."""
-    return types.void(address, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10), _call_codegen
 
 
 @intrinsic
@@ -87,15 +78,6 @@ def _recurrent(out, r, omega0, trans, blas, ints, scalars):
             n_, r.ctypes.data, n_, scalars[1:].ctypes.data, out.ctypes.data, n_)
 
 
-@intrinsic
-def _call7(typingctx, address, p1, p2, p3, p4, p5, p6, p7):
-    """Calls the void function at `address` with seven pointers (addresses as integers)."""
-    return types.void(address, p1, p2, p3, p4, p5, p6, p7), _call_codegen
-
-
-# 'L' of a column-major matrix is the upper triangle (i <= j) of our row-major P
-_UPLO = np.array([ord("L")], dtype=np.uint8)
-_TRANS = np.array([ord("T"), ord("N")], dtype=np.uint8)
 # The rate twin's product: torch's MKL sgemm_/dgemm_ (exported by libtorch_cpu), 6 to 15x
 # faster than scipy's OpenBLAS for these shapes here (measured, one thread, (1-8) x 2000 x 2000).
 _TORCH_CPU = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
@@ -104,32 +86,48 @@ _GEMM = {np.dtype(np.float32): ctypes.cast(_TORCH_CPU.sgemm_, ctypes.c_void_p).v
 
 
 def _blas_table(dtype) -> np.ndarray:
-    return np.array([DSYMV, DSYR, _GEMM[np.dtype(dtype)]], dtype=np.int64)
+    """The gemm's address (Fortran calling convention: every argument a pointer), passed to the kernels
+    as an integer (a ctypes function would be a dynamic global, and numba could not cache them)."""
+    return np.array([0, 0, _GEMM[np.dtype(dtype)]], dtype=np.int64)
 
 # Layout of `const` (float64)
 DT, DECAY_R, DECAY_D, JUMP, KDV, V_RESET, V_PEAK, BIAS, TAU_M, TAU_REF, REF_STEPS, RATE_JUMP = range(12)
 
 
-@_compiled
-def _rls_update(P, phi, phi_fast, r, z, target, k, s, ints, scalars, uplo, blas):
-    """rls.py's update of one point, on P's upper triangle: k = P r; c = 1/(1 + r.k);
-    P -= s s^T with s = sqrt(c) k; phi -= c k e^T, e = z - target."""
+# fastmath: k's sums in any order (vectorised); the result agrees with rls.py's to rounding
+@njit(nogil=True, cache=True, boundscheck=False, error_model="numpy", fastmath=True)
+def _rls_pass(P, held, r, k):
+    """One pass over P's upper triangle (i <= j): P -= held held^T, then k = P r with that P."""
     n = r.shape[0]
-    ints[0] = n
-    ints[1] = 1
-    scalars[0] = 1.0
-    scalars[1] = 0.0
-    n_, one, alpha, beta = ints.ctypes.data, ints[1:].ctypes.data, scalars.ctypes.data, scalars[1:].ctypes.data
-    _call10(blas[0], uplo.ctypes.data, n_, alpha, P.ctypes.data, n_, r.ctypes.data, one, beta, k.ctypes.data, one)
+    k[:] = 0.0
+    for i in range(n):
+        a, ri = held[i], r[i]
+        row = P[i]
+        pii = row[i] - a * held[i]
+        row[i] = pii
+        acc = pii * ri
+        for j in range(i + 1, n):
+            pij = row[j] - a * held[j]
+            row[j] = pij
+            acc += pij * r[j]
+            k[j] += pij * ri
+        k[i] += acc
+
+
+@_compiled
+def _rls_update(P, phi, phi_fast, r, z, target, k, held):
+    """rls.py's update of one point on P's upper triangle, with the previous update's rank-one
+    term `held` (s, or zeros) applied in the same pass: k = P r; c = 1/(1 + r.k); phi -= c k e^T,
+    e = z - target; and this update's s = sqrt(c) k is left in `held` for the next pass."""
+    n = r.shape[0]
+    _rls_pass(P, held, r, k)
     rk = 0.0
     for i in range(n):
         rk += r[i] * k[i]
     c = 1.0 / (1.0 + rk)
     root = np.sqrt(c)
     for i in range(n):
-        s[i] = k[i] * root
-    scalars[0] = -1.0
-    _call7(blas[1], uplo.ctypes.data, n_, alpha, s.ctypes.data, one, P.ctypes.data, n_)
+        held[i] = k[i] * root
     for j in range(phi.shape[1]):
         e = np.float64(z[j]) - target[j]
         for i in range(n):
@@ -161,7 +159,7 @@ def _readout(z, r, phi_fast):
 
 @_compiled
 def _lif_points(b0, b1, start, stop, phase_start, every, learning, v, ref, ipsc, h, r, hr, z, columns, eta0,
-                g_jump, q, const, inputs, has_inputs, phi_fast, P, phi, target, outputs, r64, uplo, blas):
+                g_jump, q, const, inputs, has_inputs, phi_fast, P, phi, target, outputs, held, r64, blas):
     """Steps [start, stop) of points [b0, b1) of the LIF network; returns the RLS updates made."""
     n = v.shape[1]
     dtype = v.dtype.type
@@ -171,8 +169,7 @@ def _lif_points(b0, b1, start, stop, phase_start, every, learning, v, ref, ipsc,
     drive = np.empty(n, v.dtype)
     acc = np.empty(n, v.dtype)
     fired = np.empty(n, np.int64)
-    k, s = np.empty(n), np.empty(n)
-    ints, scalars = np.empty(2, np.int32), np.empty(2)
+    k = np.empty(n)
     updates = 0
     for b in range(b0, b1):
         updates = 0
@@ -215,14 +212,14 @@ def _lif_points(b0, b1, start, stop, phase_start, every, learning, v, ref, ipsc,
             if learning and (t - phase_start) % every == 0:
                 for i in range(n):
                     r64[i] = rb[i]
-                _rls_update(P[b], phi[b], phi_fast[b], r64, zb, target[t], k, s, ints, scalars, uplo, blas)
+                _rls_update(P[b], phi[b], phi_fast[b], r64, zb, target[t], k, held[b])
                 updates += 1
     return updates
 
 
 @_compiled
 def _rate_points(b0, b1, start, stop, phase_start, every, learning, r, hr, z, omega0, eta0, g, q, const, inputs,
-                 has_inputs, phi_fast, P, phi, target, outputs, r64, uplo, blas):
+                 has_inputs, phi_fast, P, phi, target, outputs, held, r64, blas):
     """Steps [start, stop) of points [b0, b1) of the rate twin, in lockstep; returns the RLS updates made."""
     n = r.shape[1]
     dtype = r.dtype.type
@@ -231,8 +228,7 @@ def _rate_points(b0, b1, start, stop, phase_start, every, learning, r, hr, z, om
     tau_m, tau_ref, rate_jump = dtype(const[TAU_M]), dtype(const[TAU_REF]), dtype(const[RATE_JUMP])
     span = v_peak - v_reset
     drive = np.empty(n, r.dtype)
-    k, s = np.empty(n), np.empty(n)
-    ints, scalars = np.empty(2, np.int32), np.empty(2)
+    k = np.empty(n)
     recurrent = np.empty((b1 - b0, n), r.dtype)
     gemm_ints, gemm_scalars = np.empty(2, np.int32), np.empty(2, r.dtype)
     trans = np.empty(2, np.uint8)
@@ -258,16 +254,21 @@ def _rate_points(b0, b1, start, stop, phase_start, every, learning, r, hr, z, om
             for b in range(b0, b1):
                 for i in range(n):
                     r64[i] = r[b, i]
-                _rls_update(P[b], phi[b], phi_fast[b], r64, z[b], target[t], k, s, ints, scalars, uplo, blas)
+                _rls_update(P[b], phi[b], phi_fast[b], r64, z[b], target[t], k, held[b])
             updates += 1
     return updates
 
 
 @_compiled
-def _fill_lower(P):
-    """P[j, i] = P[i, j] for i < j: the triangle dsyr did not keep. In tiles of 64 x 64 (a
-    column of P is 16 KB apart at N 2000: one cell per cache line without them)."""
+def _finish(P, held):
+    """P -= held held^T on the upper triangle (the last update's rank-one term), then P[j, i] =
+    P[i, j] for i < j: the triangle the updates did not keep. In tiles of 64 x 64 (a column of P
+    is 16 KB apart at N 2000: one cell per cache line without them)."""
     n = P.shape[0]
+    for i in range(n):
+        a = held[i]
+        for j in range(i, n):
+            P[i, j] = P[i, j] - a * held[j]
     tile = 64
     for i0 in range(0, n, tile):
         for j0 in range(i0, n, tile):
@@ -357,6 +358,7 @@ def advance_compiled(network: str, setup, state, z: torch.Tensor, phi: torch.Ten
     const = _constants(p)
     q, g = p.q.numpy(), p.g.numpy()
     r64 = np.empty(c.n)
+    held = np.zeros((batch, c.n) if learning else (batch, 1))  # each point's rank-one term not yet in P
     updates = 0
     # Ranges of points on threads; BLAS on one thread each (nested BLAS threads on
     # a busy machine made a product 10x slower, measured), never more threads than cores.
@@ -379,11 +381,11 @@ def advance_compiled(network: str, setup, state, z: torch.Tensor, phi: torch.Ten
                     u = setup.inputs[a:b_end].numpy()
                     inputs, has_inputs = np.ascontiguousarray(p.input_gain * (u @ w.eta_in0.numpy().T)), True
                 args = (a, b_end, start, c.update_every, learning, *arrays, z_np, weights, eta0, *extra, const, inputs,
-                        has_inputs, phi_fast_np, P_np, phi_np, target, out_np[a - start:b_end - start])
+                        has_inputs, phi_fast_np, P_np, phi_np, target, out_np[a - start:b_end - start], held)
                 if threads == 1:
-                    made = [kernel(0, batch, *args, r64, _UPLO, blas)]
+                    made = [kernel(0, batch, *args, r64, blas)]
                 else:
-                    futures = [_pool(threads).submit(kernel, b0, b1, *args, np.empty(c.n), _UPLO, blas)
+                    futures = [_pool(threads).submit(kernel, b0, b1, *args, np.empty(c.n), blas)
                                for b0, b1 in itertools.pairwise(bounds)]
                     made = [f.result() for f in futures]
                 updates += made[0]
@@ -397,6 +399,6 @@ def advance_compiled(network: str, setup, state, z: torch.Tensor, phi: torch.Ten
     if learning:
         if updates:
             for b in range(batch):
-                _fill_lower(P_np[b])
+                _finish(P_np[b], held[b])
         rls = RLSState(P, phi64, rls.updates + updates)
     return state, z, rls

@@ -65,3 +65,25 @@ def test_compiled_does_not_modify_the_state_it_starts_from():
     simulate.test("lif", setup, trained)
     assert all(torch.equal(a, b) for a, b in zip(kept, trained.state))
     assert np.isfinite(trained.outputs.numpy()).all()
+
+
+def test_held_back_rank_one_terms_give_rls_py_updates():
+    """The compiled RLS applies each update's P -= s s^T in the next update's pass (and the last
+    one in _finish): three updates of one point equal rls.py's three, P exactly symmetric."""
+    from engine.force import compiled
+    from engine.force.rls import RLSState, rls_update
+
+    n, rng = 60, np.random.default_rng(3)
+    rates = rng.random((3, n)) * 30
+    z, targets = rng.standard_normal((3, 1)), rng.standard_normal((3, 1))
+    ref = RLSState(torch.eye(n, dtype=torch.float64)[None] * 1e-2, torch.zeros(1, n, 1, dtype=torch.float64), 0)
+    P, phi, phi_fast = np.eye(n) * 1e-2, np.zeros((n, 1)), np.zeros((n, 1))
+    held, k = np.zeros(n), np.empty(n)
+    for r, zt, target in zip(rates, z, targets):
+        ref = rls_update(ref, torch.from_numpy(r)[None], torch.from_numpy(zt - target)[None])
+        compiled._rls_update(P, phi, phi_fast, r, zt, target, k, held)
+    assert np.abs(held).max() > 0  # the third update's term is still held back here
+    compiled._finish(P, held)
+    np.testing.assert_allclose(P, ref.P[0].numpy(), rtol=1e-10, atol=1e-16)
+    np.testing.assert_allclose(phi, ref.phi[0].numpy(), rtol=1e-10, atol=1e-14)
+    assert np.array_equal(P, P.T)
