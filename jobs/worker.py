@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Any
 
 from jobs.finetune import copy_start_weights
@@ -164,7 +165,24 @@ def open_transport(argv: list[str]) -> Transport:
     return StoreTransport(DataDir.at(argv[0]), argv[1], int(argv[2]))
 
 
+def share_cpu_as_niced() -> None:
+    """Give the worker's session the niceness it inherited. Executors start each worker
+    in a session of its own (a Ctrl-C on the server's terminal must not reach it), and
+    Linux with sched_autogroup shares the CPU between sessions, not processes: niceness
+    then orders only a session's own threads, and the runs of `nice -n 19 spikeboard
+    serve` took as much CPU as anything else on the machine (found running nb024 for
+    days in the background). The session's autogroup takes the process's nice value."""
+    autogroup = Path("/proc/self/autogroup")
+    nice = os.nice(0)
+    if nice > 0 and autogroup.exists():
+        try:
+            autogroup.write_text(str(nice))
+        except OSError:  # a kernel without autogroup writes, or a read-only /proc
+            pass
+
+
 def main(argv: list[str]) -> int:
+    share_cpu_as_niced()
     if argv and argv[0] != "--server" and len(argv) > 3:
         pairs = argv[1:]
         if len(pairs) % 2:

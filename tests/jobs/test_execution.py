@@ -231,3 +231,13 @@ def test_claim_next_can_take_only_some_kinds(data):
     assert store.claim_next(kinds=[RunKind.ANALYSIS]).id == analysis.id
     assert store.claim_next(kinds=[]) is None
     assert store.claim_next().id == train.id
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no sched_autogroup in this kernel")
+def test_a_niced_worker_session_yields_the_cpu():
+    """Each worker is a session of its own, and the kernel shares the CPU between
+    sessions: the worker hands its inherited niceness to its session's autogroup."""
+    code = "from jobs.worker import share_cpu_as_niced; share_cpu_as_niced(); print(open('/proc/self/autogroup').read())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         start_new_session=True, preexec_fn=lambda: os.nice(7))
+    assert out.stdout.split()[-2:] == ["nice", "7"], out.stdout + out.stderr
