@@ -60,8 +60,11 @@ class CouplingPage(param.Parameterized):
         self.param.trigger("result")  # also when unchanged: the factors may come from a new sweep
         # before its first cell the sweep has no result file: its size is the request's
         done, total = len(self.result.get("cells", [])), self.result.get("total") or len(self._factors()) ** 2
+        # a sweep of a run still training used its latest checkpoint: say which epoch
+        epoch = self.result.get("weights_epoch")
+        weights = f", weights of epoch {epoch} (latest checkpoint)" if epoch is not None else ""
         self.progress.object = (f"<p>Sweep <a href=\"/run?id={self.analysis.id}\">{self.analysis.id}</a>: "
-                                f"<b>{self.analysis.state.value}</b>, {done} of {total} cells</p>")
+                                f"<b>{self.analysis.state.value}</b>, {done} of {total} cells{weights}</p>")
 
     def _on_news(self, news: News) -> None:
         if self.analysis is not None and self.analysis.id in news.runs:

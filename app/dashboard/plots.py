@@ -227,10 +227,59 @@ def coupling_diagonal_accuracy(cells: list[dict], factors: Sequence[float]) -> h
 
 
 # --- exports -------------------------------------------------------------------------------
+# Bokeh style options and their matplotlib names: what a figure's colours, line widths
+# and dashes were set with, so the exported image looks like the one on the page
+MPL_STYLE = {"color": "color", "line_color": "edgecolor", "fill_color": "facecolor", "line_width": "linewidth",
+             "fill_alpha": "alpha", "line_dash": "linestyle", "marker": "marker", "cmap": "cmap"}
+MPL_DASH = {"dotdash": "dashdot"}
+COLOR_OPTIONS = {"color", "line_color", "fill_color"}
+
+
+def _carry_style(element: hv.Element) -> hv.Element:
+    """The element with its Bokeh style options set for matplotlib too (those that
+    backend knows for the element; colours only when they are colours, not columns)."""
+    from matplotlib.colors import is_color_like
+
+    style = hv.Store.lookup_options("bokeh", element, "style").kwargs
+    allowed = hv.Store.options(backend="matplotlib")[type(element).__name__].groups["style"].allowed_keywords
+    carried = {}
+    for bokeh_name, mpl_name in MPL_STYLE.items():
+        value = style.get(bokeh_name)
+        if value is None or mpl_name not in allowed or not isinstance(value, str):
+            continue
+        if bokeh_name in COLOR_OPTIONS and not is_color_like(value):
+            continue  # a column name: coloured by data
+        carried[mpl_name] = MPL_DASH.get(value, value) if bokeh_name == "line_dash" else value
+    return element.opts(backend="matplotlib", **carried) if carried else element
+
+
+def for_matplotlib(figure: hv.Element) -> hv.Element:
+    """A page figure as matplotlib draws it for export: its colours, dashes, title and
+    log axes, landscape. Without this the export used matplotlib's own colours, so E
+    and I swapped colours between the page and the PNG."""
+    import holoviews.plotting.mpl  # noqa: F401 (registers the backend; the page's stays Bokeh)
+
+    plot = hv.Store.lookup_options("bokeh", figure, "plot").kwargs
+    carried = {k: plot[k] for k in ("title", "logy", "logx") if plot.get(k)}
+    return figure.map(_carry_style, [hv.Curve, hv.Scatter, hv.Histogram, hv.Bars, hv.Area, hv.HeatMap]).opts(
+        backend="matplotlib", aspect=1.7, fig_size=150, **carried)
+
+
 def _image(build: Callable[[], hv.Element], fmt: str) -> io.BytesIO:
     buffer = io.BytesIO()
-    # the same element drawn by matplotlib: Bokeh itself needs a browser to export
-    hv.save(build(), buffer, backend="matplotlib", fmt=fmt)
+    figure = build()
+    try:
+        # the same element drawn by matplotlib: Bokeh itself needs a browser to export
+        hv.save(for_matplotlib(figure), buffer, backend="matplotlib", fmt=fmt, dpi=120)
+    except (ValueError, ZeroDivisionError, IndexError, KeyError):
+        # matplotlib cannot draw some empty figures (bars with no rows): say so in the file
+        from matplotlib.figure import Figure
+
+        buffer = io.BytesIO()
+        placeholder = Figure(figsize=(6, 3.5))
+        title = hv.Store.lookup_options("bokeh", figure, "plot").kwargs.get("title", "")
+        placeholder.text(0.5, 0.5, f"{title}\nnothing to draw yet", ha="center", va="center")
+        placeholder.savefig(buffer, format=fmt)
     buffer.seek(0)
     return buffer
 

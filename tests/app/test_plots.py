@@ -132,3 +132,22 @@ def test_histograms_say_why_a_series_is_empty():
     renderer.get_plot(partial)
     plain = plots.histograms({}, ["E"], title="t", xlabel="x")
     assert [e.label for e in plain] == ["E"]
+
+
+def test_an_exported_figure_keeps_the_pages_colours_and_title():
+    """PNG / SVG exports are drawn by matplotlib: the page's E blue and I red, the
+    title and the log axis go with them (they came out in matplotlib's own colours)."""
+    exported = plots.for_matplotlib(plots.coupling_diagonal_rates(CELLS, [0.0, 1.0, 2.0]))
+    colours = {e.label: hv.Store.lookup_options("matplotlib", e, "style").kwargs.get("color")
+               for e in exported if isinstance(e, hv.Curve)}
+    assert colours == {"total": plots.TOTAL_COLOR, "E": plots.E_COLOR, "I": plots.I_COLOR}
+    assert hv.Store.lookup_options("matplotlib", exported, "plot").kwargs["title"].startswith("Diagonal")
+    weights = plots.for_matplotlib(plots.histograms({"init": np.array([0.1, 0.2])}, ["init"], title="W", xlabel="w",
+                                                    logy=True, colors=("#a0aec0",)))
+    assert hv.Store.lookup_options("matplotlib", weights, "plot").kwargs.get("logy") is True
+    png = plots._image(lambda: plots.coupling_diagonal_rates(CELLS, [0.0, 1.0, 2.0]), "png").getvalue()
+    assert png.startswith(b"\x89PNG")
+    assert hv.Store.current_backend == "bokeh"  # the page's figures stay Bokeh's
+    from app.dashboard import study_plots  # matplotlib cannot draw empty bars: a file that says so
+
+    assert plots._image(lambda: study_plots.spike_budget([]), "png").getvalue().startswith(b"\x89PNG")
