@@ -261,16 +261,47 @@ def for_matplotlib(figure: hv.Element) -> hv.Element:
 
     plot = hv.Store.lookup_options("bokeh", figure, "plot").kwargs
     carried = {k: plot[k] for k in ("title", "logy", "logx") if plot.get(k)}
-    return figure.map(_carry_style, [hv.Curve, hv.Scatter, hv.Histogram, hv.Bars, hv.Area, hv.HeatMap]).opts(
-        backend="matplotlib", aspect=1.7, fig_size=150, **carried)
+    styled = figure.map(_carry_style, [hv.Curve, hv.Scatter, hv.Histogram, hv.Bars, hv.Area])
+    return styled.opts(backend="matplotlib", aspect=1.7, fig_size=150, **carried)
+
+
+def _heatmap_image(figure: hv.Overlay, buffer: io.BytesIO, fmt: str) -> None:
+    """The coupling grid drawn with matplotlib directly: HoloViews' matplotlib heatmap
+    orders categorical axes apart from its labels' (numbers landed in the wrong cells)."""
+    from matplotlib.figure import Figure
+
+    heat = next(e for e in figure if isinstance(e, hv.HeatMap))
+    x, y, value = heat.kdims[0].name, heat.kdims[1].name, heat.vdims[0].name
+    frame = heat.dframe()
+    xs, ys = list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[y]))
+    grid = frame.pivot(index=y, columns=x, values=value).loc[ys, xs]
+    style = hv.Store.lookup_options("bokeh", heat, "style").kwargs
+    plot = hv.Store.lookup_options("bokeh", heat, "plot").kwargs
+    out = Figure(figsize=(10, 7.5))
+    axes = out.add_subplot()
+    image = axes.imshow(grid.to_numpy(dtype=float), origin="lower", aspect="auto", cmap=style.get("cmap", "inferno"))
+    axes.set_xticks(range(len(xs)), xs)
+    axes.set_yticks(range(len(ys)), ys)
+    axes.set_xlabel(plot.get("xlabel", x))
+    axes.set_ylabel(plot.get("ylabel", y))
+    for labels in (e for e in figure if isinstance(e, hv.Labels)):
+        for row in labels.dframe().itertuples(index=False):
+            row = row._asdict()
+            axes.text(xs.index(row[x]), ys.index(row[y]), row["text"], ha="center", va="center", fontsize=7,
+                      color=row.get("ink", "white"))
+    out.colorbar(image, label=plot.get("clabel", value))
+    axes.set_title(hv.Store.lookup_options("bokeh", figure, "plot").kwargs.get("title", ""))
+    out.savefig(buffer, format=fmt, dpi=120, bbox_inches="tight")
 
 
 def _image(build: Callable[[], hv.Element], fmt: str) -> io.BytesIO:
     buffer = io.BytesIO()
     figure = build()
     try:
-        # the same element drawn by matplotlib: Bokeh itself needs a browser to export
-        hv.save(for_matplotlib(figure), buffer, backend="matplotlib", fmt=fmt, dpi=120)
+        if isinstance(figure, hv.Overlay) and any(isinstance(e, hv.HeatMap) for e in figure):
+            _heatmap_image(figure, buffer, fmt)
+        else:  # the same element drawn by matplotlib: Bokeh itself needs a browser to export
+            hv.save(for_matplotlib(figure), buffer, backend="matplotlib", fmt=fmt, dpi=120)
     except (ValueError, ZeroDivisionError, IndexError, KeyError):
         # matplotlib cannot draw some empty figures (bars with no rows): say so in the file
         from matplotlib.figure import Figure

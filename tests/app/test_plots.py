@@ -151,3 +151,5 @@ def test_an_exported_figure_keeps_the_pages_colours_and_title():
     from app.dashboard import study_plots  # matplotlib cannot draw empty bars: a file that says so
 
     assert plots._image(lambda: study_plots.spike_budget([]), "png").getvalue().startswith(b"\x89PNG")
+    heatmap = plots._image(lambda: plots.coupling_heatmap(CELLS, [0.0, 1.0, 2.0], "rate_total_hz"), "svg").getvalue()
+    assert b"27.0" in heatmap and b"W_ei multiplier" in heatmap  # the (2, 2) cell's label, the page's axis title
