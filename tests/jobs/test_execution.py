@@ -18,6 +18,7 @@ from jobs.scheduler import Scheduler, pid_alive
 from jobs.store import RunStore
 
 from tests.conftest import small_config
+from tests.jobs.conftest import tick_until
 
 
 def _fake_python(tmp_path, body: str) -> str:
@@ -26,14 +27,6 @@ def _fake_python(tmp_path, body: str) -> str:
     script.write_text(f"#!/bin/sh\n{body}\n")
     script.chmod(0o755)
     return str(script)
-
-
-def _tick_until(scheduler, predicate, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        scheduler.tick()
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -45,14 +38,14 @@ def test_worker_trains_a_run_to_success(data):
     store = RunStore(data.db_path)
     run = store.create_run(RunKind.TRAIN, engine.Config.from_dict(small_config()).to_dict())
     scheduler = Scheduler(store, LocalExecutor(data.root, slots=1, use_gpus=False))
-    _tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 120)
+    tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 120)
     done = store.get_run(run.id)
     assert done.state is RunState.SUCCEEDED, done.error
     assert [r["epoch"] for r in store.metrics(run.id)] == [1, 2]
     assert done.progress == 1.0 and done.worker_pid is not None and done.resumed_from_epoch is None
     assert (data.run_dir(run.id) / "artifacts" / "weights_final.npz").is_file()
     # the worker records its outcome, then exits: the slot frees when it is gone
-    _tick_until(scheduler, lambda: scheduler.executor.free_slots() == 1, 5)
+    tick_until(scheduler, lambda: scheduler.executor.free_slots() == 1, 5)
 
 
 def test_cancel_escalates_to_sigkill_after_grace(tmp_path, data):
@@ -67,7 +60,7 @@ def test_cancel_escalates_to_sigkill_after_grace(tmp_path, data):
     store.request_cancel(run.id)
     start = time.monotonic()
     assert executor.cancel(run.id)
-    _tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 5)
+    tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 5)
     assert store.get_run(run.id).state is RunState.CANCELLED
     assert 0.5 <= time.monotonic() - start < 3 and not executor.is_alive(run.id)
 
@@ -77,7 +70,7 @@ def test_crashed_worker_is_retried_then_failed(tmp_path, data):
     run = store.create_run(RunKind.TRAIN, {})
     executor = LocalExecutor(data.root, slots=1, use_gpus=False, python=_fake_python(tmp_path, "exit 3"))
     scheduler = Scheduler(store, executor, max_attempts=2)
-    _tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 10)
+    tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 10)
     failed = store.get_run(run.id)
     assert failed.state is RunState.FAILED and failed.attempt == 2
     assert "worker exited with code 3" in failed.error
@@ -215,7 +208,7 @@ def test_analyses_have_their_own_slot_and_never_wait_behind_training(tmp_path, d
     assert reserved.free_slots() == 0 and scheduler.is_alive(analysis.id)  # would not take them anyway
     store.request_cancel(analysis.id)
     scheduler.cancel(analysis.id)  # reaches the reserved executor's worker
-    _tick_until(scheduler, lambda: store.get_run(analysis.id).state.finished, 15)
+    tick_until(scheduler, lambda: store.get_run(analysis.id).state.finished, 15)
     assert store.get_run(analysis.id).state is RunState.CANCELLED
     scheduler.tick()
     assert reserved.free_slots() == 1 and store.get_run(training[1].id).state is RunState.QUEUED

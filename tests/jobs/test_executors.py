@@ -20,6 +20,7 @@ from jobs.scheduler import Scheduler, pid_alive
 from jobs.store import RunStore
 
 from tests.conftest import small_config
+from tests.jobs.conftest import tick_until
 
 EXECUTOR_NAMES = ("local", "ray")
 
@@ -63,14 +64,6 @@ def _train_run(store, **overrides):
     return store.create_run(RunKind.TRAIN, engine.Config.from_dict(small_config(**overrides)).to_dict())
 
 
-def _tick_until(scheduler, predicate, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        scheduler.tick()
-        time.sleep(0.1)
-
-
 def _worker_started(store, run_id):
     run = store.get_run(run_id)
     return run.state is RunState.RUNNING and run.worker_pid is not None
@@ -86,26 +79,26 @@ def test_a_run_trains_to_success_with_its_epochs_in_the_store(executor, store, d
     scheduler = Scheduler(store, executor)
     scheduler.tick()
     assert executor.free_slots() == 1 and executor.is_alive(run.id)
-    _tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 120)
+    tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 120)
     done = store.get_run(run.id)
     assert done.state is RunState.SUCCEEDED, done.error
     assert [r["epoch"] for r in store.metrics(run.id)] == [1, 2] and done.attempt == 1
     assert (data.run_dir(run.id) / "artifacts" / "weights_final.npz").is_file()
-    _tick_until(scheduler, lambda: executor.free_slots() == 2, 10)  # the slot frees when the worker is gone
+    tick_until(scheduler, lambda: executor.free_slots() == 2, 10)  # the slot frees when the worker is gone
     assert not executor.is_alive(run.id)
 
 
 def test_cancel_stops_the_worker_and_frees_its_slot(executor, store):
     run = _train_run(store, epochs=50)
     scheduler = Scheduler(store, executor, grace_s=1.0)
-    _tick_until(scheduler, lambda: _worker_started(store, run.id), 60)
+    tick_until(scheduler, lambda: _worker_started(store, run.id), 60)
     pid = store.get_run(run.id).worker_pid
     store.request_cancel(run.id)  # what JobService.cancel does: the flag, then the executor
     assert executor.cancel(run.id) and not executor.cancel("no-such-run")
-    _tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 15)
+    tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 15)
     assert store.get_run(run.id).state is RunState.CANCELLED
     # the worker process is gone, and with it any GPU memory it held
-    _tick_until(scheduler, lambda: not pid_alive(pid) and executor.free_slots() == 2, 10)
+    tick_until(scheduler, lambda: not pid_alive(pid) and executor.free_slots() == 2, 10)
     assert not executor.is_alive(run.id)
 
 
@@ -143,9 +136,9 @@ def test_a_lost_worker_is_requeued_and_resumes_from_its_checkpoint(executor_name
     # enough to checkpoint one more epoch, so the resume point is "after the first"
     run = _train_run(store, epochs=4)
     scheduler = Scheduler(store, executor)
-    _tick_until(scheduler, lambda: len(store.metrics(run.id)) >= 1, 120)  # epoch 1 checkpointed
+    tick_until(scheduler, lambda: len(store.metrics(run.id)) >= 1, 120)  # epoch 1 checkpointed
     _lose_worker(executor_name, store.get_run(run.id).worker_pid)
-    _tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 180)
+    tick_until(scheduler, lambda: store.get_run(run.id).state.finished, 180)
     done = store.get_run(run.id)
     assert done.state is RunState.SUCCEEDED, done.error
     assert done.attempt == 2 and 1 <= done.resumed_from_epoch < 4
@@ -155,7 +148,7 @@ def test_a_lost_worker_is_requeued_and_resumes_from_its_checkpoint(executor_name
 def test_shutdown_gives_running_runs_back_to_the_queue(executor, store):
     kept, cancelled = _train_run(store, epochs=50), _train_run(store, epochs=50)
     scheduler = Scheduler(store, executor, grace_s=2.0)
-    _tick_until(scheduler, lambda: all(_worker_started(store, r.id) for r in (kept, cancelled)), 60)
+    tick_until(scheduler, lambda: all(_worker_started(store, r.id) for r in (kept, cancelled)), 60)
     store.request_cancel(cancelled.id)
     asyncio.run(scheduler.stop())
     assert store.get_run(kept.id).state is RunState.QUEUED  # resumes on the next start
