@@ -1,7 +1,7 @@
 """The command line against a server: `--server URL` on train/study/force, and `runs`.
 
     spikeboard train --server http://gpu-box:8000 --tier smoke --epochs 3   # queue, then show its epochs
-    spikeboard runs list|show|follow|cancel|download --server http://gpu-box:8000
+    spikeboard runs list|show|follow|cancel|front|download --server http://gpu-box:8000
 
 Everything goes through the REST API (`app.client.Client`); nothing opens a data
 directory. The token comes from --token or SPIKEBOARD_TOKEN; `runs` takes the
@@ -40,7 +40,7 @@ def add_remote_arguments(sub: argparse._SubParsersAction, train: argparse.Argume
     server.add_argument("--server", metavar="URL",
                         help="the spikeboard server (default: SPIKEBOARD_URL or http://127.0.0.1:8000)")
     server.add_argument("--token", help="its bearer token (default: SPIKEBOARD_TOKEN)")
-    runs = sub.add_parser("runs", help="list, show, follow, cancel or download runs on a server")
+    runs = sub.add_parser("runs", help="list, show, follow, cancel, reorder or download runs on a server")
     verbs = runs.add_subparsers(dest="verb", required=True)
     listing = verbs.add_parser("list", parents=[server], help="runs, newest first")
     listing.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"))
@@ -55,6 +55,9 @@ def add_remote_arguments(sub: argparse._SubParsersAction, train: argparse.Argume
     follow.add_argument("run_id")
     cancel = verbs.add_parser("cancel", parents=[server], help="cancel queued or running runs")
     cancel.add_argument("run_ids", nargs="+", metavar="run_id")
+    front = verbs.add_parser("front", parents=[server],
+                             help="queued runs start next, in the order given (before every run queued so far)")
+    front.add_argument("run_ids", nargs="+", metavar="run_id")
     download = verbs.add_parser("download", parents=[server], help="files of a run's folder")
     download.add_argument("run_id")
     download.add_argument("names", nargs="*", metavar="NAME",
@@ -219,17 +222,39 @@ def format_epoch(record: dict[str, Any]) -> str:
 
 
 def runs_cancel(client: Client, args: argparse.Namespace) -> int:
+    def cancel(run_id: str) -> str:
+        run = client.cancel(run_id)
+        pending = run.state.value == "running" and run.cancel_requested
+        return f"{run.id} {run.state.value}{' (cancel requested)' if pending else ''}"
+
+    return _each_run(args.run_ids, cancel)
+
+
+def runs_front(client: Client, args: argparse.Namespace) -> int:
+    def front(run_id: str) -> str:
+        run = client.move_to_front(run_id)
+        return f"{run.id} queued, priority {run.priority}"
+
+    # the run moved last starts first: move them in reverse, so the first named starts first
+    return _each_run(args.run_ids, front, act_order=reversed)
+
+
+def _each_run(run_ids: list[str], act: Callable[[str], str], act_order: Callable = iter) -> int:
+    """`act` on each run (in `act_order`), then its lines in the order given; an API error
+    is printed and the others go on (exit status 2)."""
     from app.client import ApiError
 
-    status = 0
-    for run_id in args.run_ids:
+    lines, status = {}, 0
+    for run_id in act_order(run_ids):
         try:
-            run = client.cancel(run_id)
-            pending = run.state.value == "running" and run.cancel_requested
-            print(f"{run.id} {run.state.value}{' (cancel requested)' if pending else ''}")
+            lines[run_id] = act(run_id)
         except ApiError as exc:
+            lines[run_id] = None
             print(f"spikeboard: {run_id}: {exc}", file=sys.stderr)
             status = 2
+    for run_id in run_ids:
+        if lines.get(run_id):
+            print(lines[run_id])
     return status
 
 
@@ -244,4 +269,4 @@ def runs_download(client: Client, args: argparse.Namespace) -> int:
 
 
 RUNS = {"list": runs_list, "show": runs_show, "follow": runs_follow, "cancel": runs_cancel,
-        "download": runs_download}
+        "front": runs_front, "download": runs_download}

@@ -168,6 +168,10 @@ class Client:
         """Queued: cancelled at once; running: within seconds; finished: Conflict."""
         return self._post(RunPublic, f"/api/runs/{_id(run)}/cancel")
 
+    def move_to_front(self, run: str | RunPublic) -> RunPublic:
+        """A queued run starts next, before every run queued so far; not queued: Conflict."""
+        return self._post(RunPublic, f"/api/runs/{_id(run)}/front")
+
     def rerun(self, run: str | RunPublic) -> RunPublic:
         """A new run with the same config."""
         return self._post(RunPublic, f"/api/runs/{_id(run)}/rerun")

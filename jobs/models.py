@@ -115,6 +115,12 @@ class Run:
     resumed_from_epoch: int | None
     n_epochs: int
     restarts: int = 0  # requeues by a server stop or restart: not counted as crashes
+    priority: int = 0  # queued runs are served highest first, then oldest first (jobs.schema)
+
+    @property
+    def queue_key(self) -> tuple:
+        """Sorts queued runs in the order the store serves them (jobs.schema.QUEUE_ORDER)."""
+        return -self.priority, self.created_at, self.id
 
     @property
     def crashes(self) -> int:
@@ -133,6 +139,7 @@ class Run:
             cancel_requested=bool(row["cancel_requested"]),
             resumed_from_epoch=row["resumed_from_epoch"], n_epochs=row["n_epochs"],
             restarts=row["restarts"] if "restarts" in row.keys() else 0,
+            priority=row["priority"] if "priority" in row.keys() else 0,
         )
 
 

@@ -80,14 +80,14 @@ def plan_packs(queued: Sequence[Run], max_runs: int, devices: Sequence[str] = PA
 
 def claim_pack(store: RunStore, first: Run, max_runs: int, devices: Sequence[str] = PACK_DEVICES,
                now: float | None = None) -> list[Run]:
-    """`first` (just claimed) and up to max_runs - 1 compatible queued runs, oldest
-    first, each claimed (queued -> running) in the store: the runs of one job."""
+    """`first` (just claimed) and up to max_runs - 1 compatible queued runs, in queue
+    order, each claimed (queued -> running) in the store: the runs of one job."""
     key = pack_key(first, devices) if max_runs > 1 else None
     if key is None:
         return [first]
     queued, _ = store.list_runs(state=RunState.QUEUED, kind=RunKind.TRAIN, limit=10_000)
     pack = [first]
-    for run in sorted(queued, key=lambda r: (r.created_at, r.id)):
+    for run in sorted(queued, key=lambda r: r.queue_key):
         if len(pack) == max_runs:
             break
         if pack_key(run, devices) == key:

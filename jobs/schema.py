@@ -78,7 +78,13 @@ CREATE TABLE IF NOT EXISTS run_credentials (
 # on an older file adds them (SQLite has no ADD COLUMN IF NOT EXISTS).
 # restarts: requeues that were not the run's fault (server stop or restart); the
 # retry budget counts attempts minus restarts.
-ADDED_RUN_COLUMNS = {"restarts": "INTEGER NOT NULL DEFAULT 0"}
+# priority: the queue is served highest priority first, then oldest first; "move to
+# the front" gives a queued run one more than any run has (a study's COBA half need not
+# wait days behind its PING half).
+ADDED_RUN_COLUMNS = {"restarts": "INTEGER NOT NULL DEFAULT 0", "priority": "INTEGER NOT NULL DEFAULT 0"}
+
+# The order queued runs are served in (jobs.packing sorts its pack-mates the same way).
+QUEUE_ORDER = "priority DESC, created_at, id"
 
 # Every read of a run goes through this projection, so `Run.from_row` sees one shape.
 RUN_COLUMNS = """

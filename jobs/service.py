@@ -96,6 +96,10 @@ class JobService:
             self._cancel_worker(run_id)
         return run
 
+    def move_to_front(self, run_id: str) -> Run:
+        """Queued runs only (409 otherwise): the next free slot starts this one."""
+        return self.store.move_to_front(run_id)
+
     def rerun(self, run_id: str) -> Run:
         """A new queued run with the same config. Its `source_run_id` names the run it
         repeats; an analysis's re-run keeps the trained run it analyses as its source."""

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 
 from jobs.models import (FINISHED_STATES, Conflict, Run, RunKind, RunNotFound, RunState, Sweep,
                          SweepNotFound, check_transition)
-from jobs.schema import ADDED_RUN_COLUMNS, RUN_COLUMNS, SCHEMA
+from jobs.schema import ADDED_RUN_COLUMNS, QUEUE_ORDER, RUN_COLUMNS, SCHEMA
 from jobs.studies import Study, StudyNotFound
 
 BUSY_TIMEOUT_MS = 10_000
@@ -115,9 +115,18 @@ class RunStore:
             row = conn.execute(
                 "UPDATE runs SET state = 'running', attempt = attempt + 1, heartbeat_at = ?, "
                 "started_at = COALESCE(started_at, ?), worker_pid = NULL "
-                f"WHERE id = (SELECT id FROM runs WHERE state = 'queued' {of_kinds}ORDER BY created_at, id LIMIT 1) "
+                f"WHERE id = (SELECT id FROM runs WHERE state = 'queued' {of_kinds}ORDER BY {QUEUE_ORDER} LIMIT 1) "
                 "AND state = 'queued' RETURNING id", (now, now, *(only or []))).fetchone()
         return None if row is None else self.get_run(row["id"])
+
+    def move_to_front(self, run_id: str) -> Run:
+        """A queued run is claimed next (before every run queued so far, moved or not)."""
+        with self._tx() as conn:
+            state = _state(conn, run_id)
+            if state is not RunState.QUEUED:
+                raise Conflict(f"run {run_id} is {state.value}; only a queued run can move to the front of the queue")
+            conn.execute("UPDATE runs SET priority = 1 + (SELECT MAX(priority) FROM runs) WHERE id = ?", (run_id,))
+        return self.get_run(run_id)
 
     def claim(self, run_id: str, now: float | None = None) -> Run | None:
         """Queued -> running for this run (a pack-mate, jobs.packing); None if it is no

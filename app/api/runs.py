@@ -95,6 +95,13 @@ def cancel_run(run_id: RunId, jobs: JobServiceDep) -> RunPublic:
     return RunPublic.of(jobs.cancel_run(run_id))
 
 
+@router.post("/{run_id}/front", dependencies=[Authorized], responses={**WRITE, **ONE_RUN, **CONFLICT})
+def move_to_front(run_id: RunId, jobs: JobServiceDep) -> RunPublic:
+    """A queued run is started next, before every run queued so far (a later move
+    goes before it). Not queued: 409."""
+    return RunPublic.of(jobs.move_to_front(run_id))
+
+
 @router.post("/{run_id}/rerun", status_code=status.HTTP_201_CREATED, dependencies=[Authorized],
              responses={**WRITE, **ONE_RUN, **CONFLICT})
 def rerun(run_id: RunId, jobs: JobServiceDep) -> RunPublic:

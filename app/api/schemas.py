@@ -63,6 +63,7 @@ class RunPublic(BaseModel):
     source_run_id: str | None
     attempt: int
     restarts: int  # attempts that a server stop or restart ended (not counted against the retry budget)
+    priority: int  # queued runs are served highest priority first, then oldest first
     n_epochs: int
     resumed_from_epoch: int | None
     cancel_requested: bool
@@ -75,7 +76,7 @@ class RunPublic(BaseModel):
                    started_at=run.started_at, finished_at=run.finished_at, progress=run.progress,
                    error=run.error, code_version=run.code_version, sweep_id=run.sweep_id,
                    source_run_id=run.source_run_id, attempt=run.attempt, restarts=run.restarts,
-                   n_epochs=run.n_epochs,
+                   priority=run.priority, n_epochs=run.n_epochs,
                    resumed_from_epoch=run.resumed_from_epoch, cancel_requested=run.cancel_requested,
                    worker_pid=run.worker_pid, heartbeat_at=run.heartbeat_at)
 

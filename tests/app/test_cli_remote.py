@@ -99,10 +99,18 @@ def test_runs_list_show_cancel_follow(server, client, capsys, monkeypatch):
     shown = json.loads(out)
     assert status == 0 and shown["id"] == first.id and shown["config"]["seed"] == 1 and shown["last_epoch"] is None
 
+    third = client.submit_run(epochs=1, seed=3)
+    status, out, _ = run_cli(capsys, "runs", "front", third.id, second.id)  # third starts first, then second
+    assert status == 0 and [line.split()[0] for line in out.splitlines()] == [third.id, second.id]
+    assert client.get_run(third.id).priority > client.get_run(second.id).priority > client.get_run(first.id).priority
+    client.cancel(third)
+
     status, out, _ = run_cli(capsys, "runs", "cancel", first.id, second.id)
     assert status == 0 and out.splitlines() == [f"{first.id} cancelled", f"{second.id} cancelled"]
     status, _, err = run_cli(capsys, "runs", "cancel", first.id)
     assert status == 2 and "HTTP 409" in err and "cannot become cancelled" in err
+    status, _, err = run_cli(capsys, "runs", "front", first.id)
+    assert status == 2 and "HTTP 409" in err and "only a queued run can move to the front" in err
 
     status, out, _ = run_cli(capsys, "runs", "follow", first.id)  # a finished run: its state, then the end
     assert status == 1 and out.split()[-2:] == [first.id, "cancelled"]

@@ -7,7 +7,7 @@ import dataclasses
 
 from engine.studies.presets import expand
 from jobs.models import RunKind, RunState
-from jobs.packing import pack_key, plan_packs
+from jobs.packing import claim_pack, pack_key, plan_packs
 from jobs.service import validate_config
 
 GPU = dict(backend="fast", device="cuda", tier="medium", epochs=100)
@@ -71,3 +71,13 @@ def test_packs_are_first_come_first_served_and_capped(store):
     jobs = plan_packs([*runs, other, more], max_runs=2)
     assert [[run.id for run in job] for job in jobs] == [
         [runs[0].id, runs[1].id], [runs[2].id, runs[3].id], [runs[4].id, more.id], [other.id]]
+
+
+def test_pack_mates_are_taken_in_queue_order(store):
+    """A run moved to the front is claimed as a pack-mate before older ones."""
+    first, *rest = queue(store, *({**GPU, "seed": seed} for seed in range(4)))
+    store.move_to_front(rest[2].id)
+    claimed = store.claim_next()
+    assert claimed.id == rest[2].id
+    pack = claim_pack(store, claimed, max_runs=3)
+    assert [run.id for run in pack] == [rest[2].id, first.id, rest[0].id]

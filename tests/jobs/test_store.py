@@ -75,6 +75,36 @@ def test_claim_takes_oldest_and_each_run_once(tmp_path):
     assert run.state is RunState.RUNNING and run.attempt == 1 and run.started_at is not None
 
 
+def test_a_run_moved_to_the_front_is_claimed_next(store):
+    a, b, c, d = (store.create_run(RunKind.TRAIN, {"seed": i}) for i in range(4))
+    assert store.move_to_front(c.id).priority > 0
+    store.move_to_front(d.id)  # moved later: goes before c
+    assert [store.claim_next().id for _ in range(4)] == [d.id, c.id, a.id, b.id]
+    with pytest.raises(Conflict, match="only a queued run"):
+        store.move_to_front(a.id)  # running now
+    with pytest.raises(RunNotFound):
+        store.move_to_front("nope")
+
+
+def test_a_store_file_from_before_priorities_is_upgraded(tmp_path):
+    """A data dir written before the priority column (the study's, kept across
+    releases) opens, keeps its queue order and can move runs to the front."""
+    import sqlite3
+
+    path = tmp_path / "db"
+    old = RunStore(path)
+    ids = [old.create_run(RunKind.TRAIN, {"seed": i}).id for i in range(3)]
+    old.close()
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE runs DROP COLUMN priority")
+    conn.commit()
+    conn.close()
+    store = RunStore(path)
+    assert [store.get_run(i).priority for i in ids] == [0, 0, 0]
+    store.move_to_front(ids[2])
+    assert [store.claim_next().id for _ in range(3)] == [ids[2], ids[0], ids[1]]
+
+
 def test_reap_stale_uses_the_given_time(store):
     run = store.create_run(RunKind.TRAIN, {})
     claimed = store.claim_next(now=1000.0)
