@@ -27,10 +27,11 @@ def grid_batch(config_fields: dict, points: list[tuple[float, float]], networks:
     setup = make_setup(config, gs, qs)
     rows = [{"q": q, "g": g} for q, g in points]
     phis = {}
+    progress = batch_progress(config, networks)
     for i, network in enumerate(networks):
         def step_tick(done: int, i=i) -> None:
             if tick is not None:
-                tick((i * config.n_steps + done) / (len(networks) * config.n_steps))
+                tick(progress(i, done))
 
         trained = learn(network, setup, [config.alpha] * len(points), tick=step_tick)
         tested = test(network, setup, trained, tick=step_tick)
@@ -42,6 +43,33 @@ def grid_batch(config_fields: dict, points: list[tuple[float, float]], networks:
         for b, row in enumerate(rows):
             row["decoder_fit"] = measures.decoder_fit(phis["lif"][b], phis["rate"][b])
     return rows
+
+
+def step_cost(network: str, n: int, learning: bool, update_every: int) -> float:
+    """What one step of a batch costs, relative to a rate-twin step, so that progress (and a
+    progress bar's time left) moves with the work and not with the step count. From the
+    compiled loop's profile at N 2000 (docs/PERFORMANCE.md, FORCE): a rate step is one N x N
+    product per point (about 100-200 us); a LIF step touches N cells and the few spiking
+    columns (about 12 us at N 2000: it grows with N, not N^2); an RLS update, every
+    `update_every` learning steps, is one pass over P's N^2 / 2 float64 (about 3 ms, some 30
+    rate steps, at any N: both are N^2). An estimate: within a factor of two at N 2000."""
+    product = 1.0 if network == "rate" else min(1.0, 240.0 / n)
+    return product + (30.0 / update_every if learning else 0.0)
+
+
+def batch_progress(config: ForceConfig, networks: list[str]) -> Callable[[int, int], float]:
+    """(index of the network running, its steps done) -> the fraction of the batch's work done."""
+    phases = (config.warmup_steps, config.learn_steps, config.test_steps)
+
+    def done_cost(network: str, steps: int) -> float:
+        cost, start = 0.0, 0
+        for phase, length in enumerate(phases):
+            cost += step_cost(network, config.n, phase == 1, config.update_every) * min(max(steps - start, 0), length)
+            start += length
+        return cost
+
+    totals = [done_cost(network, config.n_steps) for network in networks]
+    return lambda i, steps: (sum(totals[:i]) + done_cost(networks[i], steps)) / sum(totals)
 
 
 def run_grid(params: dict, w: ResultWriter) -> None:

@@ -45,6 +45,26 @@ def test_train_traces_cover_the_run(tmp_path):
     assert phi["phi_lif"].shape == (30, 1) and np.abs(phi["phi_rate"]).sum() > 0
 
 
+def test_grid_progress_moves_with_the_work():
+    """A grid's progress weighs each step by what it costs: at N 2000 the LIF half of a
+    batch is cheap and the rate twin's products are most of it (the even split it used
+    to report sat at 50 % for most of an hour), and learning steps (RLS) cost more."""
+    from engine.force.config import ForceConfig
+
+    config = ForceConfig(n=2000, warmup_s=5.0, learn_s=5.0, test_s=5.0)
+    progress = grid_module.batch_progress(config, ["lif", "rate"])
+    lif_done = progress(0, config.n_steps)
+    assert progress(0, 0) == 0.0 and progress(1, config.n_steps) == pytest.approx(1.0)
+    assert 0.05 < lif_done < 0.35 and progress(1, 0) == lif_done
+    warm, learn = config.warmup_steps, config.learn_steps
+    # per step, learning costs more than the warm-up, in both twins
+    assert progress(0, warm + 10) - progress(0, warm) > progress(0, 10) - progress(0, 0)
+    assert progress(1, warm + learn) - progress(1, warm) > progress(1, warm) - progress(1, 0)
+    # a small network's LIF step costs about as much as its rate step: no longer cheap
+    small = ForceConfig(n=100, warmup_s=0.1, learn_s=0.1, test_s=0.1)
+    assert grid_module.batch_progress(small, ["lif", "rate"])(0, small.n_steps) == pytest.approx(0.5)
+
+
 @pytest.mark.parametrize("name", ["transfer", "bias_variance"])
 def test_progress_rises_to_the_total(name, tmp_path):
     """Runs long enough for ticks inside every phase (TICK_STEPS steps apart)."""
