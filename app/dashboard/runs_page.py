@@ -168,13 +168,13 @@ class RunsPage(param.Parameterized):
             return
         layout.say(self.status, message)  # the live feed adds the row within a tick
 
-    def _act(self, verb: str, action) -> None:
+    def _act(self, verb: str, action, order=iter) -> None:
         ids = self._selected()
         if not ids:
             layout.say(self.status, f"Select runs to {verb} (tick their boxes).", "warning")
             return
         done, refused = [], []
-        for run_id in ids:
+        for run_id in order(ids):
             try:
                 action(run_id)
                 done.append(run_id)
@@ -188,6 +188,11 @@ class RunsPage(param.Parameterized):
 
     def rerun(self, _event=None) -> None:
         self._act("re-run", self.jobs.rerun)
+
+    def start_next(self, _event=None) -> None:
+        # the run moved last starts first: move the ticked runs in reverse, so they
+        # start in the order the table lists them
+        self._act("start next", self.jobs.move_to_front, order=reversed)
 
     def delete(self, _event=None) -> None:
         self._act("delete", self.jobs.delete_run)
@@ -211,7 +216,8 @@ class RunsPage(param.Parameterized):
                               sizing_mode=None)
         actions = pn.Row(*(self._button(label, handler, kind) for label, handler, kind in (
             ("Compare selected", self.compare, "primary"), ("Cancel", self.cancel, "warning"),
-            ("Re-run", self.rerun, "default"), ("Delete", self.delete, "danger"))))
+            ("Start next", self.start_next, "default"), ("Re-run", self.rerun, "default"),
+            ("Delete", self.delete, "danger"))))
         filters = pn.Row(
             pn.widgets.Select.from_param(self.param.state, label="state", width=130),
             pn.widgets.Select.from_param(self.param.kind, label="kind", width=130),

@@ -1,0 +1,51 @@
+"""Reordering the queue from the Runs page, in a real Chromium: tick a queued run,
+press "Start next", and the store serves it before the runs queued earlier."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.app.conftest import start_server
+from tests.app.test_dashboard import CHROMIUM, Console, browser  # noqa: F401 (fixture)
+from tests.conftest import small_config
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def queue_only_server(tmp_path_factory):
+    # no worker slots: the runs stay queued, in the order the page sets
+    server = start_server(tmp_path_factory.mktemp("queue") / "data", workers=0, dashboard=True)
+    yield server
+    server.stop()
+
+
+def test_start_next_moves_the_ticked_run_to_the_front(queue_only_server, browser):  # noqa: F811
+    with queue_only_server.client() as client:
+        ids = [client.submit(small_config(seed=seed))["id"] for seed in (1, 2, 3)]
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    context.set_default_navigation_timeout(120_000)
+    page = context.new_page()
+    page.console = Console(page)
+    page.goto(queue_only_server.url + "/")
+    row = page.locator(".tabulator-row", has_text=ids[2])
+    row.wait_for(timeout=60_000)
+    row.locator("input[type=checkbox]").check()
+    page.get_by_role("button", name="Start next").click()
+    page.get_by_text("Start next: 1 run(s).").wait_for(timeout=30_000)
+    with queue_only_server.client() as client:
+        priorities = [client.get(run_id)["priority"] for run_id in ids]
+        assert priorities[2] > priorities[0] == priorities[1] == 0
+        client.cancel(ids[0])
+    # a run that is no longer queued cannot move: the page says why, the others still move
+    page.reload()
+    for run_id in ids[:2]:
+        page.locator(".tabulator-row", has_text=run_id).wait_for(timeout=60_000)
+        page.locator(".tabulator-row", has_text=run_id).locator("input[type=checkbox]").check()
+    page.get_by_role("button", name="Start next").click()
+    page.get_by_text("only a queued run can move to the front").wait_for(timeout=30_000)
+    with queue_only_server.client() as client:
+        assert client.get(ids[1])["priority"] > priorities[2]
+    context.close()
+    assert page.console.errors == [], page.console.errors
