@@ -28,7 +28,14 @@ def run_row(run: Run, last: dict | None) -> dict:
     train = run.kind is RunKind.TRAIN
     size = f"{config.get('n_e')}/{config.get('n_i')}" if train else ""
     error = (run.error or "").strip().splitlines()
-    detail = error[0][:100] if error else ("" if train else f"{config.get('name', '')} of {run.source_run_id}")
+    if error:
+        detail = error[0][:100]
+    elif run.kind is RunKind.ANALYSIS:
+        detail = f"{config.get('name', '')} of {run.source_run_id}"
+    elif run.kind is RunKind.FORCE:  # no name, no source run: its row read "of None"
+        detail = f"FORCE {config.get('experiment', '')}"
+    else:
+        detail = ""
     return {
         "id": run.id, "kind": run.kind.value, "state": run.state.value,
         "progress": round(100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress or 0.0)),
