@@ -33,7 +33,7 @@ def _flag(converged, window) -> str:
     if pd.isna(window):  # no epoch yet
         return ""
     if converged is None or pd.isna(converged):
-        return f"not enough epochs ({int(window)} of {WINDOW_EPOCHS})"
+        return f"n/a ({int(window)} of {WINDOW_EPOCHS} ep)"  # the slopes need the window
     return "converged" if converged else "still moving"
 
 

@@ -69,5 +69,5 @@ def test_the_seed_table_says_why_a_short_run_has_no_convergence_flag(jobs):
     """The flags need the slopes' 10 epochs: a 3-epoch run's cells stood blank."""
     short, long_, fresh = _run(jobs, 3), _run(jobs, 12, seed=43), _run(jobs, 0, seed=44)
     table = ComparePage(_Services(jobs), feed=None, runs=[short, long_, fresh])._seed_frame()
-    assert list(table["converged_acc"]) == ["not enough epochs (3 of 10)", "still moving", ""]
-    assert list(table["converged_rate_e"]) == ["not enough epochs (3 of 10)", "converged", ""]
+    assert list(table["converged_acc"]) == ["n/a (3 of 10 ep)", "still moving", ""]
+    assert list(table["converged_rate_e"]) == ["n/a (3 of 10 ep)", "converged", ""]
