@@ -168,7 +168,7 @@ class ComparePage(param.Parameterized):
         hist_frame = {p: (lambda p=p: plots.histogram_frame(self._cell_rates(p))) for p in ("E", "I")}
         links = " · ".join(f'<a href="/run?id={r.id}">{html.escape(self._label(r))}</a>' for r in self.runs)
         return layout.page(
-            f"Compare {len(self.runs)} runs", "/compare",
+            f"Compare {len(self.runs)} run{'s' if len(self.runs) != 1 else ''}", "/compare",
             layout.section("Runs", pn.pane.HTML(f"<p>{links}</p>"), self.seed_table),
             layout.section("Trajectories", grid(
                 f(self.accuracy, "compare-accuracy", trajectories), f(self.loss, "compare-loss", trajectories),

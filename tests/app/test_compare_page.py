@@ -71,3 +71,9 @@ def test_the_seed_table_says_why_a_short_run_has_no_convergence_flag(jobs):
     table = ComparePage(_Services(jobs), feed=None, runs=[short, long_, fresh])._seed_frame()
     assert list(table["converged_acc"]) == ["n/a (3 of 10 ep)", "still moving", ""]
     assert list(table["converged_rate_e"]) == ["n/a (3 of 10 ep)", "converged", ""]
+
+
+def test_the_title_counts_one_run_as_one_run(jobs):
+    """/compare?runs=ID of one run was titled "Compare 1 runs"."""
+    page = ComparePage(_Services(jobs), feed=None, runs=[_run(jobs, 1)]).view()
+    assert "<h1>Compare 1 run</h1>" in page[1].object
