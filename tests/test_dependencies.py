@@ -59,3 +59,15 @@ def test_packages_whose_internals_the_code_uses_are_bounded():
     runtime = declared()["runtime"]
     for name in ("numba", "llvmlite", "bokeh-fastapi"):
         assert re.search(r"(<|==)", runtime[name]), runtime[name]
+
+
+def test_the_quick_start_installs_torchs_cpu_build_of_the_pinned_version_first():
+    """PyPI's Linux torch is the CUDA build, whose Triton pin conflicts with the gpu extra's
+    (the test extra pulls it): the quick start's `pip install -e '.[test]'` could not resolve
+    on a fresh CPU machine. Its first command installs the CPU build of the version pinned here."""
+    (torch,) = [r for r in declared()["runtime"].values() if _name(r) == "torch"]
+    version = torch.split("==")[1].strip()
+    quick_start = (REPO / "README.md").read_text().split("## Quick start")[1].split("\n## ")[0]
+    commands = [line.strip() for line in quick_start.splitlines() if line.startswith("    ")]
+    assert commands[0] == f"pip install torch=={version} --index-url https://download.pytorch.org/whl/cpu", commands
+    assert commands[1].startswith("pip install -e . "), commands

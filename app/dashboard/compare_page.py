@@ -14,6 +14,7 @@ import param
 from app.api.deps import Services
 from app.dashboard import layout, plots
 from app.dashboard.live import LiveFeed, News
+from engine.convergence import WINDOW_EPOCHS
 from engine.studies.report import seed_row, spike_budget
 from jobs.models import JobsError, Run, RunKind
 
@@ -25,6 +26,15 @@ DASHES = ("solid", "dashed", "dotted", "dotdash", "dashdot")
 def run_label(run: Run, with_recipe: bool = False) -> str:
     recipe = f" · {run.config.get('recipe')} recipe" if with_recipe else ""
     return f"{run.config.get('arch', '?').upper()} seed {run.config.get('seed')}{recipe} · {run.id[:6]}"
+
+
+def _flag(converged, window) -> str:
+    """A converged flag as the Run page says it."""
+    if pd.isna(window):  # no epoch yet
+        return ""
+    if converged is None or pd.isna(converged):
+        return f"n/a ({int(window)} of {WINDOW_EPOCHS} ep)"  # the slopes need the window
+    return "converged" if converged else "still moving"
 
 
 class ComparePage(param.Parameterized):
@@ -71,7 +81,12 @@ class ComparePage(param.Parameterized):
         rows = [{**seed_row(self._entry(run)), "state": run.state.value} if self.records[run.id] else
                 {"label": run.id, "arch": run.config.get("arch"), "seed": run.config.get("seed"), "epochs": 0,
                  "state": run.state.value} for run in self.runs]
-        frame = pd.DataFrame(rows).drop(columns=["slope_window"], errors="ignore").round(3)
+        frame = pd.DataFrame(rows).round(3)
+        # a flag is None until the run has the slopes' window of epochs: the cells stood blank
+        for column in ("converged_rate_e", "converged_acc"):
+            if column in frame:
+                frame[column] = [_flag(flag, window) for flag, window in zip(frame[column], frame["slope_window"])]
+        frame = frame.drop(columns=["slope_window"], errors="ignore")
         frame.insert(1, "recipe", [run.config.get("recipe") for run in self.runs])
         return frame
 
@@ -153,7 +168,7 @@ class ComparePage(param.Parameterized):
         hist_frame = {p: (lambda p=p: plots.histogram_frame(self._cell_rates(p))) for p in ("E", "I")}
         links = " · ".join(f'<a href="/run?id={r.id}">{html.escape(self._label(r))}</a>' for r in self.runs)
         return layout.page(
-            f"Compare {len(self.runs)} runs", "/compare",
+            f"Compare {len(self.runs)} run{'s' if len(self.runs) != 1 else ''}", "/compare",
             layout.section("Runs", pn.pane.HTML(f"<p>{links}</p>"), self.seed_table),
             layout.section("Trajectories", grid(
                 f(self.accuracy, "compare-accuracy", trajectories), f(self.loss, "compare-loss", trajectories),

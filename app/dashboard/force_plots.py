@@ -15,7 +15,7 @@ import holoviews as hv
 import numpy as np
 import pandas as pd
 
-from app.dashboard.plots import BASE, CURVE, SERIES_COLORS
+from app.dashboard.plots import BASE, CURVE, LAYER, SERIES_COLORS
 
 NETWORKS = ("lif", "rate")
 NETWORK_LABELS = {"lif": "LIF", "rate": "rate"}
@@ -50,9 +50,9 @@ def traces(data: dict[str, np.ndarray] | None, network: str, phases: dict | None
         color = NETWORK_COLORS[network] if output.shape[1] == 1 else SERIES_COLORS[d]
         labels = ("target", "output") if d == 0 else ("", "")
         layers.append(hv.Curve((x, f), "time (s)", "signal", label=labels[0]).opts(
-            color=TARGET_COLOR, line_dash="dashed", line_width=1.5, alpha=0.8))
+            color=TARGET_COLOR, line_dash="dashed", line_width=1.5, alpha=0.8, **LAYER))
         layers.append(hv.Curve((x, z), "time (s)", "signal", label=labels[1]).opts(
-            color=color, line_width=1.5, tools=["hover"]))
+            color=color, line_width=1.5, tools=["hover"], **LAYER))
     phases = phases or {}
     start = phases.get("warmup_s", 0.0)
     learning = hv.VSpan(start, start + phases.get("learn_s", 0.0)).opts(color="#f6e05e", alpha=0.15)
@@ -101,7 +101,7 @@ def decoder_scatter(decoders: dict[str, np.ndarray] | None, title_prefix: str = 
     """phi_rate against phi_lif (every entry), with the least-squares line and r."""
     lif, rate = (np.ravel((decoders or {}).get(f"phi_{n}", np.zeros(0))).astype(float) for n in NETWORKS)
     points = hv.Scatter((lif, rate), "phi_spike (LIF)", "phi_rate").opts(
-        color="#4a5568", alpha=0.5, size=4, tools=["hover"])
+        color="#4a5568", alpha=0.5, size=4, tools=["hover"], **LAYER)
     fitted = len(lif) > 1 and lif.std() > 0 and rate.std() > 0
     if fitted:
         slope = float(np.dot(lif - lif.mean(), rate - rate.mean()) / np.dot(lif - lif.mean(), lif - lif.mean()))
@@ -113,7 +113,7 @@ def decoder_scatter(decoders: dict[str, np.ndarray] | None, title_prefix: str = 
         line = hv.Curve((np.zeros(0), np.zeros(0)), "phi_spike (LIF)", "phi_rate")
         why = "no decoders yet" if not len(lif) else "a decoder is all zero"
         title = f"{title_prefix}phi_rate vs phi_spike ({why})"
-    return (points * line.opts(color="#d69e2e", line_width=2.5)).opts(
+    return (points * line.opts(color="#d69e2e", line_width=2.5, **LAYER)).opts(
         title=title, xlim=_padded(lif), ylim=_padded(rate), **{**BASE, "height": 320})
 
 
@@ -203,7 +203,7 @@ def size_errors(result: dict) -> hv.Overlay:
         data = frame[["n", f"{net}_error"]].rename(columns={f"{net}_error": "test error"})
         color = NETWORK_COLORS[net]
         layers.append(hv.Curve(data, "n", "test error", label=NETWORK_LABELS[net]).opts(color=color, **CURVE))
-        layers.append(hv.Scatter(data, "n", "test error", label=NETWORK_LABELS[net]).opts(color=color, size=7))
+        layers.append(hv.Scatter(data, "n", "test error", label=NETWORK_LABELS[net]).opts(color=color, size=7, **LAYER))
     return hv.Overlay(layers).opts(title="Test error vs network size N", xlabel="N (neurons)", logx=True, logy=True,
                                    xlim=_log_padded(frame["n"], default=(10, 1e4)),
                                    ylim=_log_padded(frame["lif_error"], frame["rate_error"]),
@@ -213,7 +213,7 @@ def size_errors(result: dict) -> hv.Overlay:
 def size_correlation(result: dict) -> hv.Overlay:
     data = _size_rows(result)[["n", "decoder_r"]].rename(columns={"decoder_r": "r"})
     return (hv.Curve(data, "n", "r").opts(color="#4a5568", **CURVE)
-            * hv.Scatter(data, "n", "r").opts(color="#4a5568", size=7)).opts(
+            * hv.Scatter(data, "n", "r").opts(color="#4a5568", size=7, **LAYER)).opts(
         title="Decoder correlation (phi_spike vs phi_rate) vs N", xlabel="N (neurons)", logx=True,
         xlim=_log_padded(data["n"], default=(10, 1e4)), ylim=(-1.05, 1.05), **BASE)
 
@@ -249,11 +249,11 @@ def pca_gains(result: dict, alphas: Sequence[float]) -> hv.Overlay:
             layers.append(hv.Curve((np.arange(1, len(values) + 1), values), "PC", "gain",
                                    label=f"{NETWORK_LABELS[net]} α={alpha:g}").opts(
                 color=SERIES_COLORS[i % len(SERIES_COLORS)], line_dash="solid" if net == "lif" else "dashed",
-                line_width=2))
+                line_width=2, **LAYER))
         p_diag = np.asarray(data.get("p_diag_pc", []), dtype=float)
         layers.append(hv.Scatter((np.arange(1, len(p_diag) + 1), p_diag), "PC", "gain",
                                  label=f"{NETWORK_LABELS[net]} diag(P) (run's α)").opts(
-            color=NETWORK_COLORS[net], size=4, marker="circle" if net == "lif" else "triangle"))
+            color=NETWORK_COLORS[net], size=4, marker="circle" if net == "lif" else "triangle", **LAYER))
     return hv.Overlay(layers).opts(title="RLS gain per PC: α / (1 + α M λ)", logy=True,
                                    legend_position="bottom_left",
                                    xlim=(0.5, max(1, *map(len, shown)) + 0.5), ylim=_log_padded(*shown),

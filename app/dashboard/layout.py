@@ -6,8 +6,8 @@ import html
 
 import panel as pn
 
-PAGES = (("/", "Runs"), ("/compare", "Compare"), ("/coupling", "Coupling sweep"), ("/force", "FORCE"),
-         ("/studies", "Studies"))
+PAGES = (("/", "Runs"), ("/compare", "Compare"), ("/coupling", "Coupling sweep"), ("/whatif", "What-if"),
+         ("/force", "FORCE"), ("/studies", "Studies"))
 STYLESHEET = "/assets/spikeboard.css"
 
 

@@ -280,9 +280,11 @@ def create(services: Services, feed: LiveFeed) -> pn.Column:
     try:
         run = services.jobs.get_run(run_id or "")
     except JobsError:
+        pick = 'Pick one on the <a href="/">Runs</a> page (click its id).'
+        if not run_id:  # /run as typed or bookmarked: nothing went wrong, no run was named
+            return layout.page("Run", "", layout.section("Which run?", pn.pane.HTML(f"<p>{pick}</p>")))
         return layout.page("Run not found", "", layout.section(
-            "Nothing here", pn.pane.HTML(f"<p>There is no run <code>{html.escape(run_id or '')}</code>. "
-                                         f'Pick one on the <a href="/">Runs</a> page.</p>')))
+            "Nothing here", pn.pane.HTML(f"<p>There is no run <code>{html.escape(run_id)}</code>. {pick}</p>")))
     if run.kind is RunKind.FORCE:
         return force_page.create(services, feed)  # the same ?id= names the run there
     if run.kind is not RunKind.TRAIN:

@@ -19,8 +19,19 @@ MAX_ROWS = 5000  # newest first; older runs stay reachable through the API's pag
 COLUMNS = ["id", "kind", "state", "progress", "epochs", "arch", "seed", "tier", "size", "test_acc",
            "rate_e_hz", "created", "sweep", "detail"]
 # with these the table fits beside the form on a 1500-px-wide window; detail takes the rest
-COLUMN_WIDTHS = {"id": 105, "kind": 62, "state": 80, "progress": 70, "epochs": 58, "arch": 50, "seed": 46,
-                 "tier": 58, "size": 56, "test_acc": 62, "rate_e_hz": 62, "created": 100, "sweep": 70}
+COLUMN_WIDTHS = {"id": 103, "kind": 58, "state": 74, "progress": 74, "epochs": 64, "arch": 50, "seed": 50,
+                 "tier": 54, "size": 56, "test_acc": 64, "rate_e_hz": 62, "created": 100, "sweep": 70}
+# Tabulator keeps 25 px right of a sortable header's title for its arrow: at these widths
+# "progress", "epochs", "arch", "seed", "acc (%)" and "E (Hz)" showed as "pr…", "e…", "a…",
+# "s…", "a…", "E …". A smaller arrow and title let every header read in full.
+# (:host outranks the theme's sheet, which Panel links after this one)
+COMPACT_HEADERS = """
+:host .tabulator .tabulator-header { font-size: 12px; }
+:host .tabulator .tabulator-header .tabulator-col.tabulator-sortable .tabulator-col-title { padding-right: 13px; }
+:host .tabulator .tabulator-header .tabulator-col .tabulator-col-content .tabulator-col-sorter { right: 2px; }
+:host .tabulator .tabulator-header .tabulator-col .tabulator-col-content .tabulator-col-sorter .tabulator-arrow {
+  border-left-width: 4px; border-right-width: 4px; }
+"""
 
 
 def run_row(run: Run, last: dict | None) -> dict:
@@ -28,7 +39,14 @@ def run_row(run: Run, last: dict | None) -> dict:
     train = run.kind is RunKind.TRAIN
     size = f"{config.get('n_e')}/{config.get('n_i')}" if train else ""
     error = (run.error or "").strip().splitlines()
-    detail = error[0][:100] if error else ("" if train else f"{config.get('name', '')} of {run.source_run_id}")
+    if error:
+        detail = error[0][:100]
+    elif run.kind is RunKind.ANALYSIS:
+        detail = f"{config.get('name', '')} of {run.source_run_id}"
+    elif run.kind is RunKind.FORCE:  # no name, no source run: its row read "of None"
+        detail = f"FORCE {config.get('experiment', '')}"
+    else:
+        detail = ""
     return {
         "id": run.id, "kind": run.kind.value, "state": run.state.value,
         "progress": round(100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress or 0.0)),
@@ -64,7 +82,12 @@ class RunsPage(param.Parameterized):
                         "test_acc": NumberFormatter(format="0.0", nan_format="", null_format=""),
                         "rate_e_hz": NumberFormatter(format="0.0", nan_format="", null_format="")},
             titles={"test_acc": "acc (%)", "rate_e_hz": "E (Hz)", "size": "E/I"},
-            configuration={"columnDefaults": {"tooltip": True}})  # a cut cell shows in full on hover
+            # a cut cell shows in full on hover; "acc (%)" may take two lines rather than an ellipsis
+            configuration={"columnDefaults": {"tooltip": True, "headerWordWrap": True},
+                           # an empty store showed a blank table
+                           "placeholder": "No runs to show: launch one with the form on the left "
+                                          "(or widen the filters)."},
+            stylesheets=[COMPACT_HEADERS])
         self.table.add_filter(pn.bind(self._filter, state=self.param.state, kind=self.param.kind,
                                       text=self.param.text))
         self.sweeps = pn.widgets.Tabulator(self._sweeps_frame(), show_index=False, disabled=True,

@@ -341,7 +341,7 @@ class WhatIfPage:
         grid = pn.GridBox(pn.pane.Bokeh(self.rates), pn.pane.Bokeh(self.spectrum), pn.pane.Bokeh(self.histogram),
                           pn.pane.Bokeh(self.plane), ncols=2, sizing_mode="stretch_width")
         return layout.page(
-            f"What-if: run {rid}", "",
+            f"What-if: run {rid}", "/whatif",
             layout.section("Network", pn.pane.HTML(source),
                            pn.Row(controls, pn.Column(self.summary, pn.pane.Bokeh(self.raster),
                                                       sizing_mode="stretch_width"), sizing_mode="stretch_width")),
@@ -425,5 +425,8 @@ def create(services: Services, feed=None) -> pn.Column:
         runs, _ = services.jobs.list_runs(kind=RunKind.TRAIN, state=RunState.SUCCEEDED, limit=200)
         links = "".join(f'<li><a href="/whatif?run={r.id}">{r.id}</a> · {r.config.get("arch")} seed '
                         f'{r.config.get("seed")} · {r.n_epochs} epochs</li>' for r in runs)
-        return layout.page("What-if", "", layout.section("Which run?", pn.pane.HTML(
-            f"<p>{html.escape(str(exc)) if run_id else 'Pick a trained run'}:</p><ul>{links}</ul>")))
+        problem = f"<p>{html.escape(str(exc))}.</p>" if run_id else ""
+        # an empty store said "Pick a trained run:" above an empty list
+        body = f"<p>Pick a trained run:</p><ul>{links}</ul>" if runs else \
+            '<p>No finished training run yet: launch one on the <a href="/">Runs</a> page.</p>'
+        return layout.page("What-if", "/whatif", layout.section("Which run?", pn.pane.HTML(problem + body)))

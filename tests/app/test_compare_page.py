@@ -63,3 +63,17 @@ def test_runs_of_one_recipe_keep_short_labels(jobs):
     ping, coba = _run(jobs, 1), _run(jobs, 1, arch="coba")
     page = ComparePage(_Services(jobs), feed=None, runs=[ping, coba])
     assert "recipe" not in page._label(ping) and list(page._seed_frame()["recipe"]) == ["canonical"] * 2
+
+
+def test_the_seed_table_says_why_a_short_run_has_no_convergence_flag(jobs):
+    """The flags need the slopes' 10 epochs: a 3-epoch run's cells stood blank."""
+    short, long_, fresh = _run(jobs, 3), _run(jobs, 12, seed=43), _run(jobs, 0, seed=44)
+    table = ComparePage(_Services(jobs), feed=None, runs=[short, long_, fresh])._seed_frame()
+    assert list(table["converged_acc"]) == ["n/a (3 of 10 ep)", "still moving", ""]
+    assert list(table["converged_rate_e"]) == ["n/a (3 of 10 ep)", "converged", ""]
+
+
+def test_the_title_counts_one_run_as_one_run(jobs):
+    """/compare?runs=ID of one run was titled "Compare 1 runs"."""
+    page = ComparePage(_Services(jobs), feed=None, runs=[_run(jobs, 1)]).view()
+    assert "<h1>Compare 1 run</h1>" in page[1].object

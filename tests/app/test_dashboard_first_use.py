@@ -18,6 +18,15 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
 
 
+# per header title: its text's rendered width and the room inside its box
+HEADER_TEXT_JS = """t => [...t.querySelectorAll('.tabulator-col-title')].filter(e => e.textContent.trim()).map(e => {
+    const text = document.createRange(); text.selectNodeContents(e);
+    const style = getComputedStyle(e), box = e.getBoundingClientRect();
+    return [e.textContent.trim(), text.getBoundingClientRect().width,
+            box.width - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight)];
+})"""
+
+
 @pytest.fixture(scope="module")
 def fresh_server(tmp_path_factory):
     server = start_server(tmp_path_factory.mktemp("first-use") / "data", workers=1, dashboard=True)
@@ -54,6 +63,25 @@ def server_log(server) -> str:
     return (server.data_dir / "server.log").read_text()
 
 
+def test_every_page_of_an_empty_store_says_where_to_start(fresh_server, page):
+    """Before the first run (this module's first test): the runs table was blank, /run said
+    "There is no run ." and /whatif "Pick a trained run:" above an empty list; What-if was in no menu."""
+    assert httpx.get(fresh_server.url + "/api/runs").json()["count"] == 0
+    page.goto(fresh_server.url + "/")  # the runs table was a blank box
+    page.get_by_text("No runs to show: launch one with the form on the left").wait_for(timeout=60_000)
+    page.goto(fresh_server.url + "/run")
+    page.get_by_text("Which run?").wait_for(timeout=60_000)
+    assert page.get_by_text("There is no run").count() == 0
+    page.get_by_text("Pick one on the Runs page").wait_for(timeout=10_000)
+    for path in ("/whatif", "/coupling"):
+        page.goto(fresh_server.url + path)
+        page.get_by_text("No finished training run yet: launch one on the Runs page.").wait_for(timeout=60_000)
+        assert page.get_by_text("Pick a trained run").count() == 0
+    page.locator(".sb-header nav a", has_text="What-if").click()
+    page.wait_for_url(re.compile(r".*/whatif$"), timeout=30_000)
+    page.locator(".sb-header nav a.active", has_text="What-if").wait_for(timeout=60_000)
+
+
 def test_the_first_runs_appear_in_an_empty_runs_table_without_a_reload(fresh_server, first_runs, page):
     page.goto(fresh_server.url + "/")
     page.get_by_text("Launch a run or a sweep").wait_for(timeout=60_000)
@@ -81,7 +109,7 @@ def test_compare_selected_opens_the_compare_page(fresh_server, first_runs, page)
     page.get_by_text("Compare 2 runs").wait_for(timeout=60_000)
 
 
-def test_the_runs_table_shows_seeds_as_integers_no_nan_and_fits_its_panel(fresh_server, first_runs, page):
+def test_the_runs_table_shows_integer_seeds_no_nan_and_readable_headers_and_fits(fresh_server, first_runs, page):
     with fresh_server.client() as client:  # a row without seed, accuracy or rate
         client.analyse(first_runs["a"], "coupling_sweep", {"factors": [1.0], "samples": 5})
     page.goto(fresh_server.url + "/")
@@ -94,6 +122,9 @@ def test_the_runs_table_shows_seeds_as_integers_no_nan_and_fits_its_panel(fresh_
     widths = holder.evaluate("h => [h.scrollWidth, h.clientWidth]")
     assert widths[0] <= widths[1] + 1, f"the table scrolls sideways: {widths}"
     assert table.locator(".tabulator-col[tabulator-field=detail]").is_visible()
+    # each header's title fits its room (9 of 14 showed as "pr…", "a…", "s…", "E …", ...)
+    clipped = [(title, width, room) for title, width, room in table.evaluate(HEADER_TEXT_JS) if width > room + 0.5]
+    assert clipped == [], clipped
 
 
 def test_docs_render_with_the_network_blocked(fresh_server, browser):  # noqa: F811

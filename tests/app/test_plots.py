@@ -153,3 +153,30 @@ def test_an_exported_figure_keeps_the_pages_colours_and_title():
     assert plots._image(lambda: study_plots.spike_budget([]), "png").getvalue().startswith(b"\x89PNG")
     heatmap = plots._image(lambda: plots.coupling_heatmap(CELLS, [0.0, 1.0, 2.0], "rate_total_hz"), "svg").getvalue()
     assert b"27.0" in heatmap and b"W_ei multiplier" in heatmap  # the (2, 2) cell's label, the page's axis title
+
+
+def test_the_live_force_decoder_scatter_fits_decoders_that_arrive_after_the_page():
+    """A FORCE page opened while its run learned kept the empty figure's -1..1 axes, so
+    the 200 decoder entries (about 1e-3 each) drew as one dot at 0 until a reload."""
+    from app.dashboard import force_plots
+
+    rng = np.random.default_rng(0)
+    lif = rng.normal(0.0, 5e-4, size=(200, 1))
+    decoders = {"phi_lif": lif, "phi_rate": 0.6 * lif + rng.normal(0.0, 3e-4, size=(200, 1))}
+    page, plot = live_plot(force_plots.decoder_scatter, None)
+    page.data = decoders
+    x, y = plot.handles["x_range"], plot.handles["y_range"]
+    assert x.start <= lif.min() and x.end >= lif.max() and x.end - x.start < 0.1, (x.start, x.end)
+    assert y.start <= decoders["phi_rate"].min() and y.end - y.start < 0.1, (y.start, y.end)
+
+
+def test_the_live_force_traces_rescale_to_an_output_beyond_the_target():
+    from app.dashboard import force_plots
+
+    t = np.arange(0, 1.0, 1e-3)
+    data = {"t_s": t, "target": np.sin(2 * np.pi * 5 * t)[:, None], "output": 3 * np.sin(2 * np.pi * 5 * t)[:, None]}
+    phases = {"warmup_s": 0.5, "learn_s": 0.5, "test_s": 0.0}
+    page, plot = live_plot(lambda d: force_plots.traces(d, "lif", phases), None)
+    page.data = data
+    y = plot.handles["y_range"]
+    assert y.start <= -3.0 and y.end >= 3.0, (y.start, y.end)

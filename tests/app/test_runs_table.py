@@ -1,0 +1,27 @@
+"""The Runs table's rows (app/dashboard/runs_page.run_row) for each kind of run, in Python."""
+
+from __future__ import annotations
+
+import time
+
+from app.dashboard.runs_page import run_row
+from jobs.models import Run, RunKind, RunState
+
+
+def a_run(kind: RunKind, config: dict, source_run_id: str | None = None, error: str | None = None) -> Run:
+    return Run(id="abc123def456", kind=kind, config=config, state=RunState.SUCCEEDED, created_at=time.time(),
+               started_at=None, finished_at=None, progress=1.0, error=error, code_version=None, sweep_id=None,
+               source_run_id=source_run_id, attempt=1, heartbeat_at=None, worker_pid=None,
+               cancel_requested=False, resumed_from_epoch=None, n_epochs=0)
+
+
+def test_each_kind_of_run_says_what_it_is_in_the_detail_column():
+    # a FORCE experiment has neither a name nor a source run: its row read "of None"
+    force = run_row(a_run(RunKind.FORCE, {"experiment": "grid", "params": {}}), None)
+    assert force["detail"] == "FORCE grid"
+    analysis = run_row(a_run(RunKind.ANALYSIS, {"name": "coupling_sweep"}, source_run_id="0123456789ab"), None)
+    assert analysis["detail"] == "coupling_sweep of 0123456789ab"
+    train = run_row(a_run(RunKind.TRAIN, {"arch": "ping", "seed": 42, "n_e": 40, "n_i": 10, "epochs": 3}), None)
+    assert train["detail"] == "" and train["seed"] == "42" and train["size"] == "40/10"
+    failed = run_row(a_run(RunKind.FORCE, {"experiment": "train"}, error="ValueError: n must be > 0\n"), None)
+    assert failed["detail"] == "ValueError: n must be > 0"
