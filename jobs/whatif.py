@@ -105,8 +105,17 @@ class WhatIfService:
 
     def network(self, run_id: str):
         """(config, weights, test split) of a run, cached until its weights file changes."""
+        return self._entry(run_id)[:3]
+
+    def weights_source(self, run_id: str) -> tuple[str, int | None]:
+        """Which weights a what-if of this run simulates: ("final" or "last", the epoch they
+        are from). A run still training answers with its latest checkpoint, which moves on."""
+        return self._entry(run_id)[3]
+
+    def _entry(self, run_id: str) -> tuple:
         from engine.data import load_tier
         from engine.inspect import load_run
+        from engine.rundir import RunDir
 
         weights, mtime = self._weights_file(run_id)
         key = (run_id, weights, mtime)
@@ -114,11 +123,16 @@ class WhatIfService:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
+        run_dir = self.jobs.data.run_dir(run_id)
         try:
-            config, w = load_run(self.jobs.data.run_dir(run_id), weights)
+            config, w = load_run(run_dir, weights)
             config = config.replace(device="cpu")
-            entry = (config, {k: v.cpu() for k, v in w.items()}, load_tier(config.tier).test)
-        except (OSError, RuntimeError, ValueError, KeyError) as exc:  # unreadable files, tier unavailable
+            # the final weights follow the last recorded epoch; a checkpoint names its own
+            # (read once per checkpoint file: the cache key holds its mtime)
+            epoch = (len(RunDir(run_dir).read_metrics()) if weights == "final"
+                     else int(RunDir(run_dir).load_checkpoint()["epoch"]))
+            entry = (config, {k: v.cpu() for k, v in w.items()}, load_tier(config.tier).test, (weights, epoch or None))
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:  # unreadable files, tier unavailable
             raise Conflict(f"run {run_id} cannot be simulated here: {exc}") from exc
         with self._cache_lock:
             self._cache[key] = entry

@@ -95,9 +95,12 @@ class WhatIfPublic(BaseModel):
     spectrum: SpectrumPublic | None = Field(description="E population rate over the N images; null: trial too short")
     gamma_peak_hz: float | None = Field(description="null without a peak")
     timings_s: dict[str, float]
+    weights: str = Field("final", description="'final': the finished run's weights; 'last': the latest "
+                                              "checkpoint of a run still training")
+    weights_epoch: int | None = Field(None, description="the epoch the simulated weights are from")
 
     @classmethod
-    def of(cls, r: WhatIfResult, raster: bool) -> WhatIfPublic:
+    def of(cls, r: WhatIfResult, raster: bool, source: tuple[str, int | None] = ("final", None)) -> WhatIfPublic:
         events = RasterEvents(e_steps=r.raster_e.step.tolist(), e_cells=r.raster_e.cell.tolist(),
                               i_steps=r.raster_i.step.tolist(), i_cells=r.raster_i.cell.tolist()) if raster else None
         (e_edges, e_counts), (i_edges, i_counts) = rate_histogram(r.cell_rates_e_hz), rate_histogram(r.cell_rates_i_hz)
@@ -111,20 +114,23 @@ class WhatIfPublic(BaseModel):
                    accuracy_pct=r.accuracy_pct, accuracy_stderr_pct=r.accuracy_stderr_pct,
                    accuracy_ci95_pct=r.accuracy_ci95_pct,
                    spectrum=SpectrumPublic(**r.spectrum.to_dict()) if r.spectrum else None,
-                   gamma_peak_hz=r.gamma_peak_hz, timings_s=r.timings_s)
+                   gamma_peak_hz=r.gamma_peak_hz, timings_s=r.timings_s,
+                   weights=source[0], weights_epoch=source[1])
 
 
 @router.post("/{run_id}/whatif", responses={
     404: {"description": "no such run"}, 409: {"description": "not a train run, or no weights yet"},
     503: {"description": "every what-if slot stayed busy; retry"}})
 def what_if(run_id: str, body: WhatIfRequest, services: Annotated[Services, Depends(get_services)]) -> WhatIfPublic:
-    """Re-simulate a train run's weights (final, else its last checkpoint) at a
+    """Re-simulate a train run's weights (final, else its last checkpoint: `weights`,
+    `weights_epoch` say which) at a
     slider position: the picked test image's population rates (and spikes with
     `raster`), and over `n_images` test images the mean and per-cell rates, the
     E-rate spectrum with its gamma peak, and accuracy with its standard error."""
     knobs = knobs_of(body.model_dump(exclude={"raster"}))
+    source = services.whatif.weights_source(run_id)  # before: a training run's checkpoint moves on
     try:
         result = services.whatif.compute(run_id, knobs, wait_s=WAIT_S)
     except Busy as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "1"}) from exc
-    return WhatIfPublic.of(result, body.raster)
+    return WhatIfPublic.of(result, body.raster, source)

@@ -332,8 +332,12 @@ class WhatIfPage:
     # --- view ----------------------------------------------------------------------------
     def view(self) -> pn.Column:
         rid, c = self.run.id, self.config
+        weights, epoch = self.whatif.weights_source(rid)
+        # a run still training is simulated at its latest checkpoint, which moves on
+        at = (f", weights of epoch {epoch}" if weights == "final" else
+              f", still training: its latest checkpoint, epoch {epoch} (reload for a newer one)") if epoch else ""
         source = (f'<p>Trained run <a href="/run?id={rid}">{rid}</a> ({html.escape(str(c.arch).upper())}, '
-                  f'{c.n_e} E / {c.n_i} I, {c.t_ms:g} ms trials, seed {c.seed}) · '
+                  f'{c.n_e} E / {c.n_i} I, {c.t_ms:g} ms trials, seed {c.seed}{at}) · '
                   f'<a href="/coupling?run={rid}">coupling sweep</a>. Slider ticks start at the trained values '
                   f"(multipliers 1, max rate {c.max_rate_hz:g} Hz, τ_GABA {c.tau_gaba_ms:g} ms).</p>")
         controls = pn.Column(*self.sliders.values(), pn.Row(self.sample, self.n_images),

@@ -85,6 +85,22 @@ def test_trained_point_answers_with_rates_spectrum_and_accuracy(trained):
     assert low <= r["accuracy_pct"] <= high and high - low > 10  # 8 images: a wide interval, never 0
     assert r["rate_e_hz"] > 0 and r["spectrum"]["peak_hz"] == r["gamma_peak_hz"]
     assert r["correct"] == (r["label"] == r["predicted"])
+    assert (r["weights"], r["weights_epoch"]) == ("final", 1)  # which weights: the finished run's
+
+
+def test_a_run_still_training_answers_with_its_latest_checkpoint_and_says_which(trained, tmp_path_factory):
+    """A run without final weights (still training) is simulated at its last checkpoint; the
+    answer names the epoch, as an analysis of `weights=last` does."""
+    import shutil
+
+    http, run = trained
+    data = next(tmp_path_factory.getbasetemp().glob("whatif*/data"))
+    training = http.post("/api/runs", json={"config": small_config(**PING_200)}).json()
+    shutil.copytree(data / "runs" / run.id, data / "runs" / training["id"], dirs_exist_ok=True)
+    (data / "runs" / training["id"] / "artifacts" / "weights_final.npz").unlink()
+    r = post(http, training["id"], n_images=2).json()
+    assert (r["weights"], r["weights_epoch"]) == ("last", 1) and r["rate_e_hz"] > 0
+    http.post(f"/api/runs/{training['id']}/cancel")
 
 
 def test_raster_comes_as_event_lists_on_request(trained):

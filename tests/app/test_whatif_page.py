@@ -89,6 +89,7 @@ def test_couplings_move_the_figures_the_way_physics_says(served_run, page):
     page.goto(f"{server.url}/whatif?run={run_id}")
     trained = wait_for(page)
     assert trained["knobs"]["w_ie_scale"] == 1.0 and trained["rate_e_hz"] > 0 and trained["rate_i_hz"] > 0
+    page.get_by_text("weights of epoch 1)").wait_for()  # which weights the page simulates
     assert trained["gamma_peak_hz"] is not None
     drawn = page.evaluate(SOURCE_LENGTHS_JS)
     assert drawn["raster_e"] > 0 and drawn["raster_i"] > 0 and drawn["spectrum"] > 0
