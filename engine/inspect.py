@@ -18,12 +18,26 @@ from engine.weights import Weights
 
 def load_run(run_dir: str | Path, weights: str = "final") -> tuple[Config, Weights]:
     """The run's config and its `final`, `init` or `last` (checkpoint) weights."""
+    run, config = _run_folder(run_dir)
+    return config, _on_device(run.load_weights(weights), config)
+
+
+def load_run_at(run_dir: str | Path, weights: str = "final") -> tuple[Config, Weights, int | None]:
+    """`load_run` and the epoch the weights are from (RunDir.load_weights_at)."""
+    run, config = _run_folder(run_dir)
+    loaded, epoch = run.load_weights_at(weights)
+    return config, _on_device(loaded, config), epoch
+
+
+def _run_folder(run_dir: str | Path) -> tuple[RunDir, Config]:
     run = RunDir(run_dir)
     if not run.config_path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.json)")
-    config = run.read_config()
-    loaded = run.load_weights(weights)
-    return config, {k: v.to(config.torch_device, config.torch_dtype) for k, v in loaded.items()}
+    return run, run.read_config()
+
+
+def _on_device(loaded: dict, config: Config) -> Weights:
+    return {k: v.to(config.torch_device, config.torch_dtype) for k, v in loaded.items()}
 
 
 def test_subset(config: Config, samples: int | None = None) -> Split:

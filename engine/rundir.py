@@ -79,12 +79,19 @@ class RunDir:
     def load_weights(self, which: str = "final") -> dict[str, torch.Tensor]:
         """Weights from artifacts (`init` / `final`), or the last checkpoint (`last`)."""
         if which == "last":
-            checkpoint = self.load_checkpoint()
-            if checkpoint is None:
-                raise FileNotFoundError(f"no checkpoint in {self.root}")
-            return checkpoint["weights"]
+            return self.load_weights_at("last")[0]
         with np.load(self.artifacts / f"weights_{which}.npz") as data:
             return {name: torch.from_numpy(data[name]) for name in data.files}
+
+    def load_weights_at(self, which: str = "final") -> tuple[dict[str, torch.Tensor], int | None]:
+        """The weights and the epoch they are from: the checkpoint's own (`last`, read once),
+        the last recorded epoch (`final`), 0 (`init`); None when no epoch is recorded."""
+        if which != "last":
+            return self.load_weights(which), 0 if which == "init" else (len(self.read_metrics()) or None)
+        checkpoint = self.load_checkpoint()
+        if checkpoint is None:
+            raise FileNotFoundError(f"no checkpoint in {self.root}")
+        return checkpoint["weights"], int(checkpoint["epoch"])
 
     # --- artifacts and summary ----------------------------------------------------
     def save_arrays(self, name: str, arrays: dict[str, np.ndarray]) -> Path:

@@ -114,8 +114,7 @@ class WhatIfService:
 
     def _entry(self, run_id: str) -> tuple:
         from engine.data import load_tier
-        from engine.inspect import load_run
-        from engine.rundir import RunDir
+        from engine.inspect import load_run_at
 
         weights, mtime = self._weights_file(run_id)
         key = (run_id, weights, mtime)
@@ -123,16 +122,11 @@ class WhatIfService:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        run_dir = self.jobs.data.run_dir(run_id)
         try:
-            config, w = load_run(run_dir, weights)
+            config, w, epoch = load_run_at(self.jobs.data.run_dir(run_id), weights)
             config = config.replace(device="cpu")
-            # the final weights follow the last recorded epoch; a checkpoint names its own
-            # (read once per checkpoint file: the cache key holds its mtime)
-            epoch = (len(RunDir(run_dir).read_metrics()) if weights == "final"
-                     else int(RunDir(run_dir).load_checkpoint()["epoch"]))
-            entry = (config, {k: v.cpu() for k, v in w.items()}, load_tier(config.tier).test, (weights, epoch or None))
-        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:  # unreadable files, tier unavailable
+            entry = (config, {k: v.cpu() for k, v in w.items()}, load_tier(config.tier).test, (weights, epoch))
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:  # unreadable files, tier unavailable
             raise Conflict(f"run {run_id} cannot be simulated here: {exc}") from exc
         with self._cache_lock:
             self._cache[key] = entry

@@ -235,12 +235,17 @@ MPL_DASH = {"dotdash": "dashdot"}
 COLOR_OPTIONS = {"color", "line_color", "fill_color"}
 
 
+def _bokeh_options(element: hv.Element, group: str) -> dict:
+    """The options an element was given for the page (Bokeh), of one group ("style", "plot")."""
+    return hv.Store.lookup_options("bokeh", element, group).kwargs
+
+
 def _carry_style(element: hv.Element) -> hv.Element:
     """The element with its Bokeh style options set for matplotlib too (those that
     backend knows for the element; colours only when they are colours, not columns)."""
     from matplotlib.colors import is_color_like
 
-    style = hv.Store.lookup_options("bokeh", element, "style").kwargs
+    style = _bokeh_options(element, "style")
     allowed = hv.Store.options(backend="matplotlib")[type(element).__name__].groups["style"].allowed_keywords
     carried = {}
     for bokeh_name, mpl_name in MPL_STYLE.items():
@@ -259,7 +264,7 @@ def for_matplotlib(figure: hv.Element) -> hv.Element:
     and I swapped colours between the page and the PNG."""
     import holoviews.plotting.mpl  # noqa: F401 (registers the backend; the page's stays Bokeh)
 
-    plot = hv.Store.lookup_options("bokeh", figure, "plot").kwargs
+    plot = _bokeh_options(figure, "plot")
     carried = {k: plot[k] for k in ("title", "logy", "logx") if plot.get(k)}
     styled = figure.map(_carry_style, [hv.Curve, hv.Scatter, hv.Histogram, hv.Bars, hv.Area])
     return styled.opts(backend="matplotlib", aspect=1.7, fig_size=150, **carried)
@@ -275,8 +280,8 @@ def _heatmap_image(figure: hv.Overlay, buffer: io.BytesIO, fmt: str) -> None:
     frame = heat.dframe()
     xs, ys = list(dict.fromkeys(frame[x])), list(dict.fromkeys(frame[y]))
     grid = frame.pivot(index=y, columns=x, values=value).loc[ys, xs]
-    style = hv.Store.lookup_options("bokeh", heat, "style").kwargs
-    plot = hv.Store.lookup_options("bokeh", heat, "plot").kwargs
+    style = _bokeh_options(heat, "style")
+    plot = _bokeh_options(heat, "plot")
     out = Figure(figsize=(10, 7.5))
     axes = out.add_subplot()
     image = axes.imshow(grid.to_numpy(dtype=float), origin="lower", aspect="auto", cmap=style.get("cmap", "inferno"))
@@ -290,7 +295,7 @@ def _heatmap_image(figure: hv.Overlay, buffer: io.BytesIO, fmt: str) -> None:
             axes.text(xs.index(row[x]), ys.index(row[y]), row["text"], ha="center", va="center", fontsize=7,
                       color=row.get("ink", "white"))
     out.colorbar(image, label=plot.get("clabel", value))
-    axes.set_title(hv.Store.lookup_options("bokeh", figure, "plot").kwargs.get("title", ""))
+    axes.set_title(_bokeh_options(figure, "plot").get("title", ""))
     out.savefig(buffer, format=fmt, dpi=120, bbox_inches="tight")
 
 
@@ -308,7 +313,7 @@ def _image(build: Callable[[], hv.Element], fmt: str) -> io.BytesIO:
 
         buffer = io.BytesIO()
         placeholder = Figure(figsize=(6, 3.5))
-        title = hv.Store.lookup_options("bokeh", figure, "plot").kwargs.get("title", "")
+        title = _bokeh_options(figure, "plot").get("title", "")
         placeholder.text(0.5, 0.5, f"{title}\nnothing to draw yet", ha="center", va="center")
         placeholder.savefig(buffer, format=fmt)
     buffer.seek(0)
