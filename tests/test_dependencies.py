@@ -62,12 +62,32 @@ def test_packages_whose_internals_the_code_uses_are_bounded():
 
 
 def test_the_quick_start_installs_torchs_cpu_build_of_the_pinned_version_first():
-    """PyPI's Linux torch is the CUDA build, whose Triton pin conflicts with the gpu extra's
-    (the test extra pulls it): the quick start's `pip install -e '.[test]'` could not resolve
-    on a fresh CPU machine. Its first command installs the CPU build of the version pinned here."""
+    """PyPI's Linux torch is the CUDA build (multi-GB) that a CPU machine cannot use: the quick
+    start's first command installs the CPU build of the version pinned here."""
     (torch,) = [r for r in declared()["runtime"].values() if _name(r) == "torch"]
     version = torch.split("==")[1].strip()
     quick_start = (REPO / "README.md").read_text().split("## Quick start")[1].split("\n## ")[0]
     commands = [line.strip() for line in quick_start.splitlines() if line.startswith("    ")]
     assert commands[0] == f"pip install torch=={version} --index-url https://download.pytorch.org/whl/cpu", commands
     assert commands[1].startswith("pip install -e . "), commands
+
+
+# The Triton that PyPI's CUDA build of the pinned torch requires (its wheel metadata:
+# "triton==3.7.1"); change it with the torch pin.
+CUDA_TORCH_TRITON = {"2.13.0": "3.7.1"}
+
+
+def test_the_test_extra_installs_beside_the_cuda_build_of_torch():
+    """`pip install -e '.[test]'` on a GPU machine: the test extra pulls the gpu extra, whose Triton
+    range must take the version the CUDA torch pins, or pip cannot resolve the two together."""
+    (torch,) = [r for r in declared()["runtime"].values() if _name(r) == "torch"]
+    pinned = CUDA_TORCH_TRITON[torch.split("==")[1].strip()]
+    triton = declared()["gpu"]["triton"]
+    version = lambda text: tuple(int(part) for part in text.split("."))
+    for bound in triton.removeprefix("triton").split(","):
+        operator, limit = re.fullmatch(r"\s*(>=|<|<=|==)\s*([\d.]+)\s*", bound).groups()
+        holds = {">=": version(pinned) >= version(limit), "<": version(pinned) < version(limit),
+                 "<=": version(pinned) <= version(limit), "==": version(pinned) == version(limit)}[operator]
+        assert holds, (triton, pinned)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "spikeboard[gpu]" in project["optional-dependencies"]["test"]
