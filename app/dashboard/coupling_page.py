@@ -16,7 +16,8 @@ import param
 from app.api.deps import Services
 from app.dashboard import layout, plots
 from app.dashboard.live import LiveFeed, News
-from engine.analyses.coupling import DEFAULT_FACTORS
+from engine.analyses.coupling import DEFAULT_FACTORS, unstable_cells
+from engine.stability import UNSTABLE_STEP_FACTOR
 from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
 
 ANALYSIS = "coupling_sweep"
@@ -40,8 +41,9 @@ class CouplingPage(param.Parameterized):
         self.launch_button = pn.widgets.Button(label="Run coupling sweep", button_type="primary", align="end")
         self.launch_button.on_click(self.launch)
         self._load()
-        if analysis is not None:  # the field shows the sweep on screen, not the defaults
+        if analysis is not None:  # the fields show the sweep on screen, not the defaults
             self.factors.value = ", ".join(f"{f:g}" for f in self._factors())
+            self.samples.value = analysis.config.get("params", {}).get("samples") or 0
         if pn.state.curdoc:
             key = feed.subscribe(pn.state.curdoc, self._on_news)
             pn.state.on_session_destroyed(lambda _ctx: feed.unsubscribe(key))
@@ -64,7 +66,8 @@ class CouplingPage(param.Parameterized):
         epoch = self.result.get("weights_epoch")
         weights = f", weights of epoch {epoch} (latest checkpoint)" if epoch is not None else ""
         self.progress.object = (f"<p>Sweep <a href=\"/run?id={self.analysis.id}\">{self.analysis.id}</a>: "
-                                f"<b>{self.analysis.state.value}</b>, {done} of {total} cells{weights}</p>")
+                                f"<b>{self.analysis.state.value}</b>, {done} of {total} cells{weights}</p>"
+                                + unstable_note(self.result))
 
     def _on_news(self, news: News) -> None:
         if self.analysis is not None and self.analysis.id in news.runs:
@@ -189,6 +192,21 @@ class CouplingPage(param.Parameterized):
     def _rate_frame(self) -> pd.DataFrame:
         r = self.cell_raster or {"rate_time_ms": [], "population_rate_hz": []}
         return pd.DataFrame({"time_ms": r["rate_time_ms"], "rate_hz": r["population_rate_hz"]})
+
+
+def unstable_note(result: dict) -> str:
+    """A warning when forward Euler left its stable range in some cells (engine.stability):
+    their rates are the integrator's runaway, not the network's, and must not be read."""
+    unstable = unstable_cells(result.get("cells", []))
+    if not unstable:
+        return ""
+    worst = max(c["euler_step_max"] for c in unstable)
+    samples = result.get("euler_check", {}).get("samples", "the first")
+    return (f'<p class="warning-note"><b>Forward Euler is unstable in {len(unstable)} of '
+            f'{len(result["cells"])} cells</b> (crossed): dt·g/C reached {worst:.1f} there (stable below '
+            f'{UNSTABLE_STEP_FACTOR:g}, on {samples} test images), so their rates come from the integrator, '
+            "not from the network. Integrated with the exponential Euler (config integrator "
+            "\"exponential_euler\", the seed recipe's), a network is stable at any coupling.</p>")
 
 
 def field_message(exc: InvalidRequest) -> str:

@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import panel as pn
 
+from engine.stability import UNSTABLE_STEP_FACTOR
 from jobs.service import flatten
 
 E_COLOR, I_COLOR, TOTAL_COLOR, ACC_COLOR = "#2b6cb0", "#c53030", "#4a5568", "#2f855a"
+UNSTABLE_COLOR = "#00a3c4"  # cyan: seen on inferno's bright (high-rate) end and on viridis
 SERIES_COLORS = ("#2b6cb0", "#c53030", "#2f855a", "#b7791f", "#6b46c1", "#2c7a7b", "#97266d", "#4a5568")
 # column titles of engine.studies.report.seed_row's rows
 SEED_TABLE_TITLES = {"final_acc_pct": "final acc (%)", "final_rate_e_hz": "final E rate (Hz)",
@@ -157,6 +159,11 @@ COUPLING_METRICS = {"rate_total_hz": "total rate (Hz)", "rate_e_hz": "E rate (Hz
                     "rate_i_hz": "I rate (Hz)", "test_acc": "accuracy (%)"}
 
 
+# forward Euler's largest step factor dt g_tot / C in a cell (engine.stability); >= 2: unstable
+EULER = "euler_step_max"
+EULER_DIMENSION = hv.Dimension(EULER, label="forward Euler max dt·g/C")
+
+
 def factor_label(factor: float) -> str:
     return f"{factor:g}"
 
@@ -167,16 +174,18 @@ def coupling_grid(cells: list[dict], factors: Sequence[float]) -> pd.DataFrame:
     done = {(c["ei_factor"], c["ie_factor"]): c for c in cells}
     rows = [done.get((ei, ie), {"ei_factor": ei, "ie_factor": ie, **{m: np.nan for m in COUPLING_METRICS}})
             for ie in factors for ei in factors]
-    frame = pd.DataFrame(rows, columns=["ei_factor", "ie_factor", *COUPLING_METRICS]).astype(float)
+    # euler_step_max: None (NaN here) under the exponential Euler and in sweeps made before the check
+    frame = pd.DataFrame(rows, columns=["ei_factor", "ie_factor", *COUPLING_METRICS, EULER]).astype(float)
     return frame.assign(W_ei=[factor_label(f) for f in frame["ei_factor"]],
                         W_ie=[factor_label(f) for f in frame["ie_factor"]])
 
 
 def coupling_heatmap(cells: list[dict], factors: Sequence[float], metric: str) -> hv.Overlay:
     """W_ei multiplier across, W_ie multiplier up; each cell labelled
-    "total (E | I)"; a star on the trained point (1, 1)."""
+    "total (E | I)"; a star on the trained point (1, 1); a red cross on each cell
+    where forward Euler left its stable range (its rates are the integrator's)."""
     frame = coupling_grid(cells, factors)
-    vdims = [metric] + [m for m in COUPLING_METRICS if m != metric]
+    vdims = [metric] + [m for m in COUPLING_METRICS if m != metric] + [EULER_DIMENSION]
     heat = hv.HeatMap(frame, ["W_ei", "W_ie"], vdims).opts(
         cmap="viridis" if metric == "test_acc" else "inferno", colorbar=True, clabel=COUPLING_METRICS[metric],
         tools=["hover", "tap"], xlabel="W_ei multiplier (E→I)", ylabel="W_ie multiplier (I→E)",
@@ -188,10 +197,15 @@ def coupling_heatmap(cells: list[dict], factors: Sequence[float], metric: str) -
     trained = [("1", "1")] if 1.0 in factors else []
     star = hv.Points(trained, ["W_ei", "W_ie"]).opts(marker="star", size=22, fill_color="#f6e05e",
                                                      line_color="black", fill_alpha=0.9)
+    unstable = frame[frame[EULER] >= UNSTABLE_STEP_FACTOR]
+    crosses = hv.Points(unstable[["W_ei", "W_ie"]], ["W_ei", "W_ie"], label="forward Euler unstable").opts(
+        marker="x", size=30, line_width=3, color=UNSTABLE_COLOR)
+    note = " · ×: forward Euler unstable" if len(unstable) else ""
     # toolbar above: on the right it covers the colour bar's tick labels
-    return hv.Overlay([heat, cell_labels, star]).opts(
-        title=f"Coupling sweep: {COUPLING_METRICS[metric]} (labels: total (E | I) Hz)",
-        responsive=True, height=520, framewise=True, toolbar="above")
+    # the crosses under the labels, which stay readable
+    return hv.Overlay([heat, crosses, cell_labels, star]).opts(
+        title=f"Coupling sweep: {COUPLING_METRICS[metric]} (labels: total (E | I) Hz){note}",
+        responsive=True, height=520, framewise=True, toolbar="above", show_legend=False)
 
 
 def label_ink(values: pd.Series) -> list[str]:

@@ -90,13 +90,18 @@ def conditions(fractions: list[float]) -> list[tuple[str, float]]:
 
 @torch.no_grad()
 def drop_add_spikes(weights: Weights, config: Config, split: Split, fractions: list[float],
-                    on_batch: Callable[[list[dict]], None]) -> None:
-    """Accumulates per-condition sums over the test batches; `on_batch` gets them after each."""
+                    on_batch: Callable[[list[dict], int], None], resume: dict | None = None) -> None:
+    """Accumulates per-condition sums over the test batches; `on_batch(sums, batches done)` gets
+    them after each. `resume` ({"sums", "batches"}, what an earlier on_batch got) goes on from there:
+    each batch's draws are keyed on the batch, so the sums end as an uninterrupted run's."""
     trial_s = config.n_steps * config.dt_ms / 1000.0
-    sums = [{"mode": m, "fraction": f, "samples": 0, "spikes_e": 0.0, "delivered_e": 0.0, "spikes_i": 0.0,
-             "changed_e": 0.0, "pattern_change": 0.0, "correct": 0, "kept": []}
-            for m, f in conditions(fractions)]
+    sums = resume["sums"] if resume else [
+        {"mode": m, "fraction": f, "samples": 0, "spikes_e": 0.0, "delivered_e": 0.0, "spikes_i": 0.0,
+         "changed_e": 0.0, "pattern_change": 0.0, "correct": 0, "kept": []} for m, f in conditions(fractions)]
+    skip = resume["batches"] if resume else 0
     for b, index in enumerate(batches(len(split.labels), config.batch_size)):
+        if b < skip:
+            continue
         x = test_input_events(split.images[index], split.image_ids(index), config).to_dense()
         labels = split.labels[index].to(config.torch_device)
         base = run_perturbed(weights, x, config, None)
@@ -118,7 +123,7 @@ def drop_add_spikes(weights: Weights, config: Config, split: Split, fractions: l
             room = SPECTRUM_SAMPLES - sum(t.shape[1] for t in acc["kept"])
             if room > 0:
                 acc["kept"].append(out["delivered"][:, :room].cpu())
-        on_batch(sums)
+        on_batch(sums, b + 1)
 
 
 def pattern_change(delivered: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -167,17 +172,18 @@ def survives(cell: dict, base: dict) -> bool | None:
     return close and cell["gamma_prominence"] >= 0.5 * base["gamma_prominence"]
 
 
-def run(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
+def run(source_run: Path, params: dict, report: Callable[..., None], resume: dict | None = None) -> dict:
     config, weights = load_run(source_run, params["weights"])
     split = test_subset(config, params["samples"])
     total = len(batches(len(split.labels), config.batch_size))
     result = {"name": "drop_add_spikes", "samples": len(split.labels), "cells": [], "done": 0, "total": total}
 
-    def on_batch(sums: list[dict]) -> None:
-        result["done"] += 1
+    def on_batch(sums: list[dict], done: int) -> None:
+        result["done"] = done
         result["cells"] = summarise(sums, config)
         result["summary"] = {"curves": curves(result["cells"])}
-        report(result)
+        report(result, state={"sums": sums, "batches": done})  # the sums: a restart goes on from here
 
-    drop_add_spikes(weights, config, split, params["fractions"], on_batch)
+    state = resume["state"] if resume else None
+    drop_add_spikes(weights, config, split, params["fractions"], on_batch, resume=state)
     return result

@@ -11,6 +11,13 @@ Every result has the same outer shape: `name`, `samples` (test images used),
 dt, a batch), `total` (units in all), an optional `summary` (figures derived
 from the cells), then `params` and `complete` added here. Each module's
 docstring defines its cells.
+
+A stopped analysis (a server restart, a cancel and retry) resumes where it stopped
+if it is `resumable`: run again into the same folder with the same parameters on the
+same weights, its execute gets `resume`, what the stopped attempt reported last (its
+partial result and the state it saved beside it), and skips the units done. Each
+unit's input spikes and random draws are keyed on the unit, so a resumed result is
+the one an uninterrupted run gives.
 """
 
 from __future__ import annotations
@@ -21,11 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from engine.analyses import dt_audit, fi_curve, gamma, loop_transfer, perturb, phase_shuffle
-from engine.analyses.coupling import DEFAULT_FACTORS, coupling_sweep, diagonal
+from engine.analyses.coupling import DEFAULT_FACTORS, coupling_sweep, diagonal, unstable_cells
 from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common, number_list
 from engine.inspect import load_run, test_subset
+from engine.reference import network_params
 from engine.rundir import RunDir
+from engine.stability import CHECK_SAMPLES, UNSTABLE_STEP_FACTOR
 
 __all__ = ["ANALYSES", "AnalysisCancelled", "AnalysisError", "AnalysisSpec", "run_analysis"]
 
@@ -41,6 +52,7 @@ class AnalysisSpec:
     defaults: dict[str, Any]
     check: Callable[[dict], dict]
     execute: Callable[..., dict]
+    resumable: bool = False  # execute takes resume= (see the module docstring)
 
     def validate(self, params: dict[str, Any] | None) -> dict[str, Any]:
         params = dict(params or {})
@@ -54,18 +66,27 @@ def _check_coupling(params: dict) -> dict:
     return {**common(params), "factors": number_list(params, "factors", 0.0, 100.0, 20)}
 
 
-def _run_coupling(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
+def _run_coupling(source_run: Path, params: dict, report: Callable[..., None], resume: dict | None = None) -> dict:
     config, weights = load_run(source_run, params["weights"])
     split = test_subset(config, params["samples"])
+    done = resume["result"]["cells"] if resume else []
+    integrator = network_params(config).e.integrator
     result = {"name": "coupling_sweep", "factors": params["factors"], "samples": len(split.labels),
-              "cells": [], "total": len(params["factors"]) ** 2, "summary": {"diagonal": []}}
+              "cells": [], "total": len(params["factors"]) ** 2,
+              "summary": {"diagonal": [], "euler_unstable_cells": 0},
+              # what each cell's euler_* fields mean (None: the integrator is stable at any h)
+              "euler_check": {"integrator": integrator, "unstable_at": UNSTABLE_STEP_FACTOR,
+                              "samples": min(CHECK_SAMPLES, len(split.labels))
+                              if integrator == "forward_euler" else 0}}
 
     def on_cell(cell: dict) -> None:
         result["cells"].append(cell)
-        result["summary"] = {"diagonal": diagonal(result["cells"])}
+        result["summary"] = {"diagonal": diagonal(result["cells"]),
+                             "euler_unstable_cells": len(unstable_cells(result["cells"]))}
         report(result)
 
-    coupling_sweep(weights, config, split, params["factors"], on_cell)
+    result["cells"] = list(done)
+    coupling_sweep(weights, config, split, params["factors"], on_cell, done=done)
     return result
 
 
@@ -76,6 +97,7 @@ ANALYSES: dict[str, AnalysisSpec] = {
         defaults={"factors": list(DEFAULT_FACTORS), **COMMON_DEFAULTS},
         check=_check_coupling,
         execute=_run_coupling,
+        resumable=True,
     ),
     "rate_vs_gamma": AnalysisSpec(
         name="rate_vs_gamma",
@@ -88,7 +110,7 @@ ANALYSES: dict[str, AnalysisSpec] = {
     "drop_add_spikes": AnalysisSpec(
         name="drop_add_spikes",
         description="nb037: drop or add E spikes inside the loop: accuracy, rates, does the cycle survive",
-        defaults=perturb.DEFAULTS, check=perturb.check, execute=perturb.run),
+        defaults=perturb.DEFAULTS, check=perturb.check, execute=perturb.run, resumable=True),
     "fi_curve": AnalysisSpec(
         name="fi_curve",
         description="nb038: E and I rates against input-rate scale, I->E cut (open) and intact (closed)",
@@ -120,7 +142,13 @@ def run_analysis(name: str, source_run: str | Path, params: dict[str, Any] | Non
     checkpoint = RunDir(source_run).load_checkpoint() if params.get("weights") == "last" else None
     provenance = {"weights_epoch": int(checkpoint["epoch"])} if checkpoint else {}
 
-    def report(partial: dict) -> None:
+    def report(partial: dict, state: Any = None) -> None:
+        """Write the partial result (and the state a resume needs, first: a result on disk
+        always has its state beside it); progress; stop here if asked."""
+        if state is not None:
+            tmp = out / (RESUME_STATE + ".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, out / RESUME_STATE)
         _write_json(out / "result.json", {**partial, "params": params, **provenance, "complete": False})
         done = partial.get("done", len(partial["cells"]))
         if on_progress:
@@ -128,9 +156,33 @@ def run_analysis(name: str, source_run: str | Path, params: dict[str, Any] | Non
         if should_stop and should_stop():
             raise AnalysisCancelled(f"{name} stopped after {done} of {partial['total']} units")
 
-    result = {**spec.execute(Path(source_run), params, report), "params": params, **provenance, "complete": True}
+    resume = _stopped_attempt(out, name, params, provenance) if spec.resumable else None
+    extra = {"resume": resume} if spec.resumable else {}
+    result = {**spec.execute(Path(source_run), params, report, **extra), "params": params, **provenance,
+              "complete": True}
     _write_json(out / "result.json", result)
+    (out / RESUME_STATE).unlink(missing_ok=True)
     return result
+
+
+RESUME_STATE = "resume_state.pt"
+
+
+def _stopped_attempt(out: Path, name: str, params: dict, provenance: dict) -> dict | None:
+    """What an unfinished attempt of this analysis left in `out`: {"result": its partial result,
+    "state": what it saved with it (None if nothing)}; None when there is nothing to resume: no
+    result, a finished one, another analysis, other parameters or other weights (a `last`
+    checkpoint that has moved on)."""
+    try:
+        partial = json.loads((out / "result.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = (partial.get("name") == name and partial.get("params") == json.loads(json.dumps(params))
+            and partial.get("weights_epoch") == provenance.get("weights_epoch"))
+    if partial.get("complete") or not same or not partial.get("cells"):
+        return None
+    state_path = out / RESUME_STATE
+    return {"result": partial, "state": torch.load(state_path) if state_path.exists() else None}
 
 
 def _write_json(path: Path, data: dict) -> None:

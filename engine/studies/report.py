@@ -34,9 +34,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from engine.analyses.coupling import unstable_cells
 from engine.analyses.gamma import affine_fit
 from engine.convergence import summarise
 from engine.rundir import RunDir
+from engine.stability import UNSTABLE_STEP_FACTOR
 from engine.studies.presets import PRESETS, run_label
 from engine.studies.local import SOURCE_LABEL
 
@@ -288,6 +290,11 @@ def report_markdown(report: dict[str, Any]) -> str:
                   "## Cliff per E->I strength\n", markdown_table(grid["cliffs"])]
     if "coupling" in report:
         parts += ["## Coupling diagonal\n", markdown_table(report["coupling"]["diagonal"])]
+        unstable = unstable_cells(report["coupling"]["cells"])
+        if unstable:
+            parts.append(f"Forward Euler left its stable range (euler_step_max = dt g/C >= {UNSTABLE_STEP_FACTOR:g}) "
+                         f"in {len(unstable)} of {len(report['coupling']['cells'])} cells: their rates are the "
+                         "integrator's, not the network's.\n")
     if "seed_table" not in report:  # an inference study: each analysis in full
         for analysis in report["analyses"]:
             parts.append(f"## {analysis['name']} on the source run{'' if analysis['complete'] else ' (partial)'}\n")

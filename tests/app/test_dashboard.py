@@ -36,6 +36,10 @@ EPOCHS_JS = """() => Math.max(0, ...Bokeh.documents.flatMap(d => [...d.all_model
 RASTER_SPIKES_JS = """() => Math.max(0, ...Bokeh.documents.flatMap(d => [...d.all_models])
                  .filter(m => m.data && m.data['time (ms)'] && m.data.cell).map(m => m.data.cell.length))"""
 # the axis ranges of the figures whose title starts with a prefix
+# the (W_ei, W_ie) cells under the heatmap's crosses (forward Euler unstable)
+CROSSES_JS = """() => Bokeh.documents.flatMap(d => [...d.all_models])
+                 .filter(m => m.glyph && JSON.stringify(m.glyph.marker ?? null).includes('"x"'))
+                 .flatMap(m => m.data_source.data.W_ei.map((x, i) => [x, m.data_source.data.W_ie[i]]))"""
 RANGES_JS = """(prefix) => Bokeh.documents.flatMap(d => [...d.all_models])
                  .filter(m => m.x_range && m.title && m.title.text && m.title.text.startsWith(prefix))
                  .map(m => ({x: [m.x_range.start, m.x_range.end], y: [m.y_range.start, m.y_range.end],
@@ -190,6 +194,19 @@ def test_a_small_coupling_sweep_fills_in_and_a_cell_opens(server, finished_run, 
     page.reload()
     page.get_by_text("9 of 9 cells").wait_for(timeout=60_000)
     assert field(page, "multipliers (both axes)").input_value() == "0, 1, 2"
+    assert field(page, "test images (0: all)").input_value() == "20"
+    assert page.evaluate(CROSSES_JS) == []  # a stable sweep: no cell crossed, no warning
+    assert page.get_by_text("Forward Euler is unstable").count() == 0
+    # 100 x the trained coupling leaves forward Euler's stable range: the cells say so
+    field(page, "multipliers (both axes)").fill("1, 100")
+    field(page, "multipliers (both axes)").press("Tab")
+    field(page, "test images (0: all)").fill("4")
+    field(page, "test images (0: all)").press("Tab")
+    page.get_by_role("button", name="Run coupling sweep").click()
+    page.get_by_text("4 of 4 cells").wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"Forward Euler is unstable in [1-4] of 4 cells")).wait_for(timeout=30_000)
+    page.wait_for_function(f"() => ({CROSSES_JS})().length > 0", timeout=30_000, polling=500)
+    assert ["100", "100"] in page.evaluate(CROSSES_JS) and ["1", "1"] not in page.evaluate(CROSSES_JS)
 
 
 def test_compare_page_overlays_runs_and_tabulates_seeds(server, finished_run, page):

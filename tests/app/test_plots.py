@@ -180,3 +180,24 @@ def test_the_live_force_traces_rescale_to_an_output_beyond_the_target():
     page.data = data
     y = plot.handles["y_range"]
     assert y.start <= -3.0 and y.end >= 3.0, (y.start, y.end)
+
+
+def test_cells_past_forward_eulers_stable_range_are_crossed():
+    """A cell whose dt g/C reached 2 ran away numerically: a cross on it in the rendered
+    figure, and a note in the title; none where the sweep stayed stable (or has no check)."""
+    from bokeh.models import GlyphRenderer, Scatter
+
+    checked = [dict(c, euler_step_max=20.0 if c["ei_factor"] == c["ie_factor"] == 2.0 else 0.3) for c in CELLS]
+
+    def crosses(cells):
+        figure = hv.render(plots.coupling_heatmap(cells, [0.0, 1.0, 2.0], "rate_total_hz"))
+        marked = [r for r in figure.renderers if isinstance(r, GlyphRenderer) and isinstance(r.glyph, Scatter)
+                  and r.glyph.marker == "x"]
+        points = [list(zip(r.data_source.data["W_ei"], r.data_source.data["W_ie"])) for r in marked]
+        return figure.title.text, sum(points, [])
+
+    title, points = crosses(checked)
+    assert points == [("2", "2")] and title.endswith("×: forward Euler unstable")
+    for stable in (CELLS, [dict(c, euler_step_max=1.9) for c in CELLS], [dict(c, euler_step_max=None) for c in CELLS]):
+        title, points = crosses(stable)
+        assert points == [] and "unstable" not in title

@@ -7,6 +7,7 @@ from engine.analyses.registry import ANALYSES, AnalysisCancelled, AnalysisError,
 from engine.evaluate import evaluate
 from engine.inspect import test_subset as subset_of
 from engine.rundir import RunDir
+from engine.stability import forward_euler_check
 
 
 @pytest.fixture
@@ -39,6 +40,19 @@ def test_open_loop_edges_have_no_effective_inhibition(untrained_run, tmp_path):
     assert cells[(1.0, 1.0)]["rate_i_hz"] == pytest.approx(plain.rate_i_hz) and plain.rate_i_hz > 0
     assert cells[(1.0, 1.0)]["test_acc"] == plain.accuracy_pct
     assert json.loads((tmp_path / "out" / "result.json").read_text())["cells"] == result["cells"]
+    # forward Euler (the canonical integrator): each cell says how close it came to instability
+    assert result["euler_check"] == {"integrator": "forward_euler", "unstable_at": 2.0, "samples": 2}
+    check = forward_euler_check(run.load_weights("final"), subset_of(config, 10), config)
+    assert cells[(1.0, 1.0)]["euler_step_max"] == check.step_factor_max
+    assert all(0 < c["euler_step_max"] < 2 and c["euler_unstable_share"] == 0 for c in cells.values())
+    assert result["summary"]["euler_unstable_cells"] == 0
+
+
+def test_cells_past_forward_eulers_stable_range_are_counted(untrained_run, tmp_path):
+    result = run_analysis("coupling_sweep", untrained_run, {"factors": [1, 100], "samples": 2}, tmp_path / "out")
+    flagged = {(c["ei_factor"], c["ie_factor"]) for c in result["cells"] if c["euler_step_max"] >= 2}
+    assert (100.0, 100.0) in flagged and (1.0, 1.0) not in flagged
+    assert result["summary"]["euler_unstable_cells"] == len(flagged)
 
 
 def test_partial_result_survives_a_stop(untrained_run, tmp_path):
@@ -62,3 +76,42 @@ def test_bad_parameters_name_the_field(params, field):
 def test_unknown_analysis_is_an_error(tmp_path):
     with pytest.raises(AnalysisError, match="name must be one of"):
         run_analysis("nope", tmp_path, {}, tmp_path / "out")
+
+
+def test_a_stopped_sweep_resumes_where_it_stopped(untrained_run, tmp_path):
+    """A server restart used to run a stopped analysis from its first cell again."""
+    params = {"factors": [0, 1], "samples": 4}
+    with pytest.raises(AnalysisCancelled):  # stops after its first cell
+        run_analysis("coupling_sweep", untrained_run, params, tmp_path / "out", should_stop=lambda: True)
+    progress = []
+    resumed = run_analysis("coupling_sweep", untrained_run, params, tmp_path / "out",
+                           on_progress=lambda done, total: progress.append(done))
+    assert progress == [2, 3, 4]  # the first cell was not run again
+    whole = run_analysis("coupling_sweep", untrained_run, params, tmp_path / "whole")
+    assert resumed["cells"] == whole["cells"] and resumed["complete"]
+    # other parameters into the same folder: nothing is taken from the stopped sweep
+    with pytest.raises(AnalysisCancelled):
+        run_analysis("coupling_sweep", untrained_run, params, tmp_path / "other", should_stop=lambda: True)
+    progress.clear()
+    other = run_analysis("coupling_sweep", untrained_run, {"factors": [0, 2], "samples": 4}, tmp_path / "other",
+                         on_progress=lambda done, total: progress.append(done))
+    assert progress == [1, 2, 3, 4] and {c["ei_factor"] for c in other["cells"]} == {0.0, 2.0}
+
+
+def test_a_stopped_drop_add_analysis_resumes_from_its_sums(tmp_path):
+    """nb037 sums over test batches: a resume starts from the saved sums at the next batch."""
+    config = Config(n_e=100, n_i=25, t_ms=50.0, ei_strength=0.2, tier="smoke", batch_size=4)
+    run = RunDir(tmp_path / "run")
+    run.create(config)
+    run.save_arrays("weights_final", {k: v.numpy() for k, v in init_weights(config).items()})
+    params = {"fractions": [0.5], "samples": 12}
+    with pytest.raises(AnalysisCancelled):  # after the first of 3 batches
+        run_analysis("drop_add_spikes", run.root, params, tmp_path / "out", should_stop=lambda: True)
+    assert (tmp_path / "out" / "resume_state.pt").exists()
+    progress = []
+    resumed = run_analysis("drop_add_spikes", run.root, params, tmp_path / "out",
+                           on_progress=lambda done, total: progress.append((done, total)))
+    assert progress == [(2, 3), (3, 3)]
+    whole = run_analysis("drop_add_spikes", run.root, params, tmp_path / "whole")
+    assert resumed["cells"] == whole["cells"] and resumed["done"] == 3
+    assert not (tmp_path / "out" / "resume_state.pt").exists()  # finished: nothing left to resume

@@ -271,3 +271,12 @@ def test_presets_run_their_recipe_on_a_backend_that_has_it():
     assert {r.config["backend"] for r in expand("nb024", {"recipe": "canonical"}).runs} == {"fast"}
     assert {r.config["backend"] for r in expand("nb024", {"device": "cuda"}).runs} == {"fast"}
     assert {r.config["backend"] for r in expand("nb024", {"backend": "reference"}).runs} == {"reference"}
+
+
+def test_the_report_says_where_forward_euler_was_unstable():
+    cells = [{"ei_factor": s, "ie_factor": s, "rate_e_hz": 1.0, "euler_step_max": h} for s, h in ((1.0, 0.2), (8.0, 20.6))]
+    report = {"name": "coupling", "title": "t", "overrides": {}, "runs": [], "analyses": [],
+              "coupling": {"cells": cells, "diagonal": cells}}
+    assert "in 1 of 2 cells: their rates are the integrator's" in report_markdown(report)
+    report["coupling"]["cells"] = cells[:1]
+    assert "integrator's" not in report_markdown(report)
