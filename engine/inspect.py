@@ -16,6 +16,10 @@ from engine.rundir import RunDir
 from engine.weights import Weights
 
 
+# a run's config and the weights an analysis runs on (registry.run_analysis loads them once)
+LoadedRun = tuple[Config, Weights]
+
+
 def load_run(run_dir: str | Path, weights: str = "final") -> tuple[Config, Weights]:
     """The run's config and its `final`, `init` or `last` (checkpoint) weights."""
     run, config = _run_folder(run_dir)

@@ -12,6 +12,7 @@ import contextlib
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from panel.io.fastapi import add_applications
@@ -51,6 +52,11 @@ def mount_dashboard(app: FastAPI, services: Services) -> None:
                                "/whatif": "What-if · spikeboard"},
         unused_session_lifetime_milliseconds=UNUSED_SESSION_MS,
         check_unused_sessions_milliseconds=CHECK_UNUSED_MS)
+    # the pages are HTML for browsers, not API operations: a client generated from the
+    # OpenAPI should not get them (they were listed under "default" in /docs)
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path in pages:
+            route.include_in_schema = False
     # Bokeh's own /static holds BokehJS; ours lives under /assets
     app.mount("/assets", StaticFiles(directory=STATIC_DIR), name="assets")
 

@@ -40,9 +40,9 @@ def _flag(converged, window) -> str:
 class ComparePage(param.Parameterized):
     version = param.Integer(default=0, doc="bumped when any compared run gains epochs")
 
-    def __init__(self, services: Services, feed: LiveFeed, runs: list[Run], **params):
+    def __init__(self, services: Services, feed: LiveFeed, runs: list[Run], skipped: list[str] = (), **params):
         super().__init__(**params)
-        self.jobs, self.runs = services.jobs, runs
+        self.jobs, self.runs, self.skipped = services.jobs, runs, list(skipped)
         # the canonical and the seed's recipe side by side: each label says which
         self.recipes_differ = len({run.config.get("recipe") for run in runs}) > 1
         self.records = {run.id: self.jobs.metrics(run.id) for run in runs}
@@ -169,7 +169,7 @@ class ComparePage(param.Parameterized):
         links = " · ".join(f'<a href="/run?id={r.id}">{html.escape(self._label(r))}</a>' for r in self.runs)
         return layout.page(
             f"Compare {len(self.runs)} run{'s' if len(self.runs) != 1 else ''}", "/compare",
-            layout.section("Runs", pn.pane.HTML(f"<p>{links}</p>"), self.seed_table),
+            layout.section("Runs", pn.pane.HTML(f"<p>{links}</p>{skipped_note(self.skipped)}"), self.seed_table),
             layout.section("Trajectories", grid(
                 f(self.accuracy, "compare-accuracy", trajectories), f(self.loss, "compare-loss", trajectories),
                 f(self.rate_e, "compare-rate-e", trajectories), f(self.rate_i, "compare-rate-i", trajectories))),
@@ -179,18 +179,33 @@ class ComparePage(param.Parameterized):
                 f(self.budget, "compare-spike-budget", self._budget_frame)))
 
 
-def create(services: Services, feed: LiveFeed) -> pn.Column:
-    wanted = [i for i in (layout.query_param("runs") or "").split(",") if i][:MAX_RUNS]
-    runs = []
+def pick_runs(services: Services, wanted: list[str]) -> tuple[list[Run], list[str]]:
+    """The training runs among `wanted`, and a sentence per id left out, saying why."""
+    runs, skipped = [], []
     for run_id in wanted:
         try:
             run = services.jobs.get_run(run_id)
         except JobsError:
+            skipped.append(f"{run_id} (no such run)")
             continue
         if run.kind is RunKind.TRAIN:
             runs.append(run)
+        else:
+            what = {RunKind.ANALYSIS: "an analysis", RunKind.FORCE: "a FORCE experiment"}[run.kind]
+            skipped.append(f"{run_id} ({what}, not a training run)")
+    return runs, skipped
+
+
+def skipped_note(skipped: list[str]) -> str:
+    return f'<p class="muted">Left out: {html.escape(", ".join(skipped))}.</p>' if skipped else ""
+
+
+def create(services: Services, feed: LiveFeed) -> pn.Column:
+    wanted = [i for i in (layout.query_param("runs") or "").split(",") if i][:MAX_RUNS]
+    runs, skipped = pick_runs(services, wanted)
     if not runs:
         return layout.page("Compare runs", "/compare", layout.section("Pick runs first", pn.pane.HTML(
+            skipped_note(skipped) +
             '<p>Tick two or more runs on the <a href="/">Runs</a> page and press <b>Compare selected</b> '
             "(or open <code>/compare?runs=ID,ID,...</code>).</p>")))
-    return ComparePage(services, feed, runs).view()
+    return ComparePage(services, feed, runs, skipped=skipped).view()

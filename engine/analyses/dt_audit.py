@@ -9,14 +9,13 @@ on each.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 from engine.analyses.measure import measure
 from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common, number_list
 from engine.config import Config
 from engine.data import Split
-from engine.inspect import load_run, test_subset
+from engine.inspect import LoadedRun, test_subset
 from engine.weights import Weights
 
 DEFAULTS = {"dts_ms": [0.05, 0.1, 0.25, 0.5], **COMMON_DEFAULTS}
@@ -37,8 +36,8 @@ def dt_audit(weights: Weights, config: Config, split: Split, dts_ms: list[float]
                  **measure(weights, at_dt, split)})
 
 
-def run(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
-    config, weights = load_run(source_run, params["weights"])
+def run(source: LoadedRun, params: dict, report: Callable[[dict], None]) -> dict:
+    config, weights = source
     split = test_subset(config, params["samples"])
     result = {"name": "dt_audit", "samples": len(split.labels), "trained_dt_ms": config.dt_ms,
               "cells": [], "total": len(params["dts_ms"])}

@@ -18,14 +18,13 @@ is engine.analyses.loop_transfer.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 from engine.analyses.measure import measure
 from engine.analyses.params import COMMON_DEFAULTS, common, number_list
 from engine.config import Config
 from engine.data import Split
-from engine.inspect import load_run, test_subset
+from engine.inspect import LoadedRun, test_subset
 from engine.weights import Weights
 
 DEFAULTS = {"input_scales": [0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0], **COMMON_DEFAULTS}
@@ -70,8 +69,8 @@ def recruitment_cliff(cells: list[dict], threshold_hz: float = RECRUITED_I_HZ) -
     return None
 
 
-def run(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
-    config, weights = load_run(source_run, params["weights"])
+def run(source: LoadedRun, params: dict, report: Callable[[dict], None]) -> dict:
+    config, weights = source
     split = test_subset(config, params["samples"])
     result = {"name": "fi_curve", "samples": len(split.labels), "base_rate_hz": config.max_rate_hz,
               "cells": [], "total": len(LOOPS) * len(params["input_scales"]), "summary": {"suppression": []}}

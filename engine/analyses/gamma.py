@@ -12,7 +12,6 @@ rate_e = intercept + slope * gamma_peak over the scales that have a peak.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -21,7 +20,7 @@ from engine.analyses.measure import measure
 from engine.analyses.params import COMMON_DEFAULTS, common, number_list
 from engine.config import Config
 from engine.data import Split
-from engine.inspect import load_run, test_subset
+from engine.inspect import LoadedRun, test_subset
 from engine.weights import Weights
 
 DEFAULTS = {"tau_gaba_scales": [0.5, 0.75, 1.0, 1.5, 2.0], **COMMON_DEFAULTS}
@@ -54,8 +53,8 @@ def affine_fit(xs: list[float | None], ys: list[float]) -> dict[str, Any] | None
     return {"slope_hz_per_hz": float(slope), "intercept_hz": float(intercept), "r2": r2, "points": len(points)}
 
 
-def run(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
-    config, weights = load_run(source_run, params["weights"])
+def run(source: LoadedRun, params: dict, report: Callable[[dict], None]) -> dict:
+    config, weights = source
     split = test_subset(config, params["samples"])
     result = {"name": "rate_vs_gamma", "samples": len(split.labels), "cells": [],
               "total": len(params["tau_gaba_scales"]), "summary": {"fit": None}}

@@ -26,7 +26,6 @@ the smallest scale at which a rhythm shows (prominence at or above
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 from engine.analyses.fi_curve import RECRUITED_I_HZ
@@ -34,7 +33,7 @@ from engine.analyses.measure import measure
 from engine.analyses.params import COMMON_DEFAULTS, common, number_list
 from engine.config import Config
 from engine.data import Split
-from engine.inspect import load_run, test_subset
+from engine.inspect import LoadedRun, test_subset
 from engine.weights import Weights, init_weights
 
 DEFAULTS = {"loop_scales": [round(0.1 * i, 1) for i in range(11)], **COMMON_DEFAULTS}  # the seed's 0..1
@@ -98,8 +97,8 @@ def summarise(cells: list[dict]) -> dict:
     }
 
 
-def run(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
-    config, weights = load_run(source_run, params["weights"])
+def run(source: LoadedRun, params: dict, report: Callable[[dict], None]) -> dict:
+    config, weights = source
     split = test_subset(config, params["samples"])
     ei, ie = ping_strengths(config)
     result = {"name": "loop_transfer", "samples": len(split.labels), "source_arch": config.arch,

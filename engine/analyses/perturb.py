@@ -24,7 +24,6 @@ reference speed whatever the config's backend.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -35,7 +34,7 @@ from engine.config import Config
 from engine.data import Split
 from engine.encoding import test_input_events
 from engine.evaluate import batches
-from engine.inspect import load_run, test_subset
+from engine.inspect import LoadedRun, test_subset
 from engine.reference import forward_weights, initial_state, network_params, network_step
 from engine.seeding import batch_generator
 from engine.weights import Weights
@@ -172,8 +171,8 @@ def survives(cell: dict, base: dict) -> bool | None:
     return close and cell["gamma_prominence"] >= 0.5 * base["gamma_prominence"]
 
 
-def run(source_run: Path, params: dict, report: Callable[..., None], resume: dict | None = None) -> dict:
-    config, weights = load_run(source_run, params["weights"])
+def run(source: LoadedRun, params: dict, report: Callable[..., None], resume: dict | None = None) -> dict:
+    config, weights = source
     split = test_subset(config, params["samples"])
     total = len(batches(len(split.labels), config.batch_size))
     result = {"name": "drop_add_spikes", "samples": len(split.labels), "cells": [], "done": 0, "total": total}

@@ -39,7 +39,6 @@ Replaying the unshuffled train either way reproduces the closed loop's E spikes
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -49,7 +48,7 @@ from engine.config import Config
 from engine.data import Split
 from engine.encoding import test_input_events
 from engine.evaluate import batches
-from engine.inspect import load_run, test_subset
+from engine.inspect import LoadedRun, test_subset
 from engine.reference import forward_weights, initial_state, network_params, network_step
 from engine.seeding import batch_generator
 from engine.simulate import simulate
@@ -187,8 +186,8 @@ def summarise(cells: list[dict], config: Config) -> dict:
     }
 
 
-def run(source_run: Path, params: dict, report: Callable[[dict], None]) -> dict:
-    config, weights = load_run(source_run, params["weights"])
+def run(source: LoadedRun, params: dict, report: Callable[[dict], None]) -> dict:
+    config, weights = source
     split = test_subset(config, params["samples"])
     total = len(batches(len(split.labels), config.batch_size))
     result = {"name": "phase_shuffle", "samples": len(split.labels), "cells": [], "total": total, "summary": {}}

@@ -33,9 +33,8 @@ import torch
 from engine.analyses import dt_audit, fi_curve, gamma, loop_transfer, perturb, phase_shuffle
 from engine.analyses.coupling import DEFAULT_FACTORS, coupling_sweep, diagonal, unstable_cells
 from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common, number_list
-from engine.inspect import load_run, test_subset
+from engine.inspect import LoadedRun, load_run_at, test_subset
 from engine.reference import network_params
-from engine.rundir import RunDir
 from engine.stability import CHECK_SAMPLES, UNSTABLE_STEP_FACTOR
 
 __all__ = ["ANALYSES", "AnalysisCancelled", "AnalysisError", "AnalysisSpec", "run_analysis"]
@@ -66,8 +65,8 @@ def _check_coupling(params: dict) -> dict:
     return {**common(params), "factors": number_list(params, "factors", 0.0, 100.0, 20)}
 
 
-def _run_coupling(source_run: Path, params: dict, report: Callable[..., None], resume: dict | None = None) -> dict:
-    config, weights = load_run(source_run, params["weights"])
+def _run_coupling(source: LoadedRun, params: dict, report: Callable[..., None], resume: dict | None = None) -> dict:
+    config, weights = source
     split = test_subset(config, params["samples"])
     done = resume["result"]["cells"] if resume else []
     integrator = network_params(config).e.integrator
@@ -137,10 +136,10 @@ def run_analysis(name: str, source_run: str | Path, params: dict[str, Any] | Non
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    # a run's latest checkpoint moves on while it trains: say which epoch was analysed
-    # (read just before the analysis loads it: an epoch ends every few minutes)
-    checkpoint = RunDir(source_run).load_checkpoint() if params.get("weights") == "last" else None
-    provenance = {"weights_epoch": int(checkpoint["epoch"])} if checkpoint else {}
+    # a run's latest checkpoint moves on while it trains: say which epoch was analysed,
+    # from the same read as the weights (two reads could straddle an epoch's end)
+    config, weights, epoch = load_run_at(source_run, params["weights"])
+    provenance = {"weights_epoch": epoch} if params.get("weights") == "last" else {}
 
     def report(partial: dict, state: Any = None) -> None:
         """Write the partial result (and the state a resume needs, first: a result on disk
@@ -158,7 +157,7 @@ def run_analysis(name: str, source_run: str | Path, params: dict[str, Any] | Non
 
     resume = _stopped_attempt(out, name, params, provenance) if spec.resumable else None
     extra = {"resume": resume} if spec.resumable else {}
-    result = {**spec.execute(Path(source_run), params, report, **extra), "params": params, **provenance,
+    result = {**spec.execute((config, weights), params, report, **extra), "params": params, **provenance,
               "complete": True}
     _write_json(out / "result.json", result)
     (out / RESUME_STATE).unlink(missing_ok=True)

@@ -6,6 +6,7 @@ per-cell histograms are empty."""
 from __future__ import annotations
 
 import holoviews as hv
+import panel as pn
 import pytest
 
 import engine
@@ -77,3 +78,19 @@ def test_the_title_counts_one_run_as_one_run(jobs):
     """/compare?runs=ID of one run was titled "Compare 1 runs"."""
     page = ComparePage(_Services(jobs), feed=None, runs=[_run(jobs, 1)]).view()
     assert "<h1>Compare 1 run</h1>" in page[1].object
+
+
+def test_ids_left_out_are_named_with_the_reason(jobs):
+    """/compare?runs=<unknown> showed the page without saying which ids it had dropped."""
+    from app.dashboard.compare_page import pick_runs
+
+    trained = _run(jobs, 2)
+    analysis = jobs.store.create_run(RunKind.ANALYSIS, {"name": "coupling_sweep"}, source_run_id=trained.id)
+    runs, skipped = pick_runs(_Services(jobs), [trained.id, "feedbeef0000", analysis.id])
+    assert [r.id for r in runs] == [trained.id]
+    assert skipped == ["feedbeef0000 (no such run)", f"{analysis.id} (an analysis, not a training run)"]
+    page = ComparePage(_Services(jobs), feed=None, runs=runs, skipped=skipped).view()
+    texts = [pane.object for pane in page.select(pn.pane.HTML)]
+    assert any("Left out: feedbeef0000 (no such run), " in text for text in texts)
+    clean = ComparePage(_Services(jobs), feed=None, runs=runs).view()
+    assert not any("Left out" in pane.object for pane in clean.select(pn.pane.HTML))

@@ -314,3 +314,20 @@ def test_a_websocket_from_another_origin_is_refused(tmp_path):
             with client.websocket_connect("/ws", headers={"origin": "http://evil.example"}):
                 pass
         assert refused.value.code == 1008
+
+
+def test_the_pages_are_served_but_not_listed_as_api_operations(tmp_path):
+    """/docs listed the dashboard's HTML pages under "default", and a client generated from
+    the OpenAPI got a method per page."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    app = create_app(Settings(data_dir=tmp_path / "data", workers=0))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        paths = client.get("/openapi.json").json()["paths"]
+        assert not {"/", "/run", "/compare", "/coupling", "/force", "/studies", "/whatif"} & set(paths)
+        untagged = [(p, m) for p, ops in paths.items() for m, op in ops.items() if not op.get("tags")]
+        assert untagged == [] and "/api/runs" in paths
+        assert client.get("/compare").status_code == 200  # still a page
