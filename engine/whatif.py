@@ -10,9 +10,11 @@ population rates, the E-rate spectrum over the N images with its gamma peak
 (`engine.analyses.spectrum`), mean and per-cell rates over the N images, and
 accuracy on them with its binomial standard error.
 
-Every call with the same knobs sees the same input spikes: the picked image's
-and the N images' Poisson input come from generators keyed on (run seed, image),
-so moving a slider changes the network, not the draw. Inference always runs the
+Every call with the same knobs sees the same input spikes: each image's Poisson
+input comes from the generator the evaluation uses for it (`engine.encoding.
+test_input_events`, keyed on run seed and image), so moving a slider changes the
+network, not the draw, and an image here gets the spikes it gets on the Run and
+Coupling pages (its raster at multipliers 1 is theirs). Inference always runs the
 fast backend (spikes equal to the reference's in float64), on the device the
 caller gives.
 """
@@ -31,12 +33,11 @@ from engine.analyses.coupling import scaled_weights
 from engine.analyses.spectrum import Spectrum, gamma_spectrum, population_rate
 from engine.config import Config, ConfigError
 from engine.data import Split
-from engine.encoding import InputEvents, poisson_events
+from engine.encoding import InputEvents, test_input_events
 from engine.fast.common import check_supported, fast_params, input_events, recurrence
 from engine.fast.cpu import run_summary
 from engine.fast.network import lif_readout_logits
 from engine.reference import network_params
-from engine.seeding import batch_generator
 from engine.simulate import simulate
 from engine.weights import Weights
 
@@ -173,9 +174,9 @@ def what_if(weights: Weights, config: Config, test: Split, knobs: Knobs, device:
         w = {name: t.to(device=cfg.torch_device, dtype=cfg.torch_dtype) for name, t in w.items()}
         w["W_in"] = w["W_in"] * knobs.w_in_scale
         index = _subset_index(n_test, knobs.n_images)
-        picked = poisson_events(test.images[knobs.sample:knobs.sample + 1], cfg,
-                                batch_generator(cfg.seed, "whatif-image", knobs.sample, 0))
-        subset = poisson_events(test.images[index], cfg, batch_generator(cfg.seed, "whatif-subset", len(index), 0))
+        one = torch.tensor([knobs.sample])
+        picked = test_input_events(test.images[one], test.image_ids(one), cfg)
+        subset = test_input_events(test.images[index], test.image_ids(index), cfg)
         events = _merged(picked, subset).to(cfg.torch_device)
         out = _simulate(w, events, cfg, threads)
         simulated = time.perf_counter()

@@ -84,3 +84,21 @@ def test_the_accuracy_interval_is_wilsons_and_never_zero_wide():
     assert low == 0.0 and high == pytest.approx(19.36, abs=0.01)
     low, high = wilson_interval_pct(8, 16)
     assert (low + high) / 2 == pytest.approx(50.0) and high - low == pytest.approx(44.0, abs=0.01)
+
+
+def test_an_image_has_the_spikes_here_that_the_run_page_draws_for_it(tmp_path):
+    """The What-if drew its own Poisson input: "image 3" at multipliers 1 had another raster
+    than the Run and Coupling pages' image 3. Both now use the evaluation's draw."""
+    from engine.inspect import spike_raster
+    from engine.rundir import RunDir
+
+    config = Config.from_dict(small_config(t_ms=60.0, ei_strength=0.2, ie_strength=4.0, dtype="float64"))
+    weights = init_weights(config)
+    run = RunDir(tmp_path / "run")
+    run.create(config)
+    run.save_arrays("weights_final", {k: v.numpy() for k, v in weights.items()})
+    page = spike_raster(run.root, sample=3)
+    here = what_if(weights, config, load_tier(config.tier).test, Knobs(sample=3, n_images=5))
+    assert len(page["e_cells"]) > 0
+    assert here.raster_e.cell.tolist() == page["e_cells"] and here.raster_i.cell.tolist() == page["i_cells"]
+    assert (here.raster_e.step * config.dt_ms).tolist() == pytest.approx(page["e_times_ms"])
