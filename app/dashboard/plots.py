@@ -229,15 +229,29 @@ def coupling_diagonal_rates(cells: list[dict], factors: Sequence[float]) -> hv.O
         data = frame[["multiplier", column]].rename(columns={column: "rate (Hz)"})
         layers.append(hv.Curve(data, "multiplier", "rate (Hz)", label=label).opts(color=color, **CURVE))
         layers.append(hv.Scatter(data, "multiplier", "rate (Hz)", label=label).opts(color=color, size=6, **LAYER))
-    return hv.Overlay(layers).opts(title="Diagonal (W_ei = W_ie multiplier): rates", legend_position="top_left",
-                                   **BASE)
+    layers.append(_unstable_marks(frame, "rate_total_hz", "rate (Hz)"))
+    return hv.Overlay(layers).opts(title="Diagonal (W_ei = W_ie multiplier): rates" + _unstable_note(frame),
+                                   legend_position="top_left", **BASE)
+
+
+def _unstable_marks(frame: pd.DataFrame, column: str, label: str) -> hv.Scatter:
+    """The heatmap's cross on the diagonal's points where forward Euler was unstable."""
+    data = frame[frame[EULER] >= UNSTABLE_STEP_FACTOR][["multiplier", column]].rename(columns={column: label})
+    return hv.Scatter(data, "multiplier", label).opts(
+        marker="x", size=16, line_width=3, color=UNSTABLE_COLOR, **LAYER)
+
+
+def _unstable_note(frame: pd.DataFrame) -> str:
+    return " · ×: forward Euler unstable" if (frame[EULER] >= UNSTABLE_STEP_FACTOR).any() else ""
 
 
 def coupling_diagonal_accuracy(cells: list[dict], factors: Sequence[float]) -> hv.Overlay:
-    data = _diagonal(cells, factors)[["multiplier", "test_acc"]].rename(columns={"test_acc": "accuracy (%)"})
+    frame = _diagonal(cells, factors)
+    data = frame[["multiplier", "test_acc"]].rename(columns={"test_acc": "accuracy (%)"})
     return (hv.Curve(data, "multiplier", "accuracy (%)").opts(color=ACC_COLOR, **CURVE)
-            * hv.Scatter(data, "multiplier", "accuracy (%)").opts(color=ACC_COLOR, size=6, **LAYER)).opts(
-        title="Diagonal (W_ei = W_ie multiplier): accuracy", **BASE)
+            * hv.Scatter(data, "multiplier", "accuracy (%)").opts(color=ACC_COLOR, size=6, **LAYER)
+            * _unstable_marks(frame, "test_acc", "accuracy (%)")).opts(
+        title="Diagonal (W_ei = W_ie multiplier): accuracy" + _unstable_note(frame), show_legend=False, **BASE)
 
 
 # --- exports -------------------------------------------------------------------------------
@@ -246,6 +260,7 @@ def coupling_diagonal_accuracy(cells: list[dict], factors: Sequence[float]) -> h
 MPL_STYLE = {"color": "color", "line_color": "edgecolor", "fill_color": "facecolor", "line_width": "linewidth",
              "fill_alpha": "alpha", "line_dash": "linestyle", "marker": "marker", "cmap": "cmap"}
 MPL_DASH = {"dotdash": "dashdot"}
+MPL_MARKERS = {"star": "*", "x": "x", "circle": "o", "square": "s", "triangle": "^"}
 COLOR_OPTIONS = {"color", "line_color", "fill_color"}
 
 
@@ -303,11 +318,20 @@ def _heatmap_image(figure: hv.Overlay, buffer: io.BytesIO, fmt: str) -> None:
     axes.set_yticks(range(len(ys)), ys)
     axes.set_xlabel(plot.get("xlabel", x))
     axes.set_ylabel(plot.get("ylabel", y))
+    # the page's markers (the trained point's star, the unstable cells' crosses), under the labels
+    for points in (e for e in figure if isinstance(e, hv.Points) and len(e)):
+        style, data = _bokeh_options(points, "style"), points.dframe()
+        color = style.get("fill_color", style.get("color", "black"))
+        axes.scatter([xs.index(v) for v in data[x]], [ys.index(v) for v in data[y]], zorder=2,
+                     marker=MPL_MARKERS.get(style.get("marker"), "o"), s=0.35 * style.get("size", 10) ** 2, c=color,
+                     **({"edgecolors": style["line_color"]} if style.get("marker") != "x" and "line_color" in style
+                        else {}), linewidths=style.get("line_width", 1))
     for labels in (e for e in figure if isinstance(e, hv.Labels)):
         for row in labels.dframe().itertuples(index=False):
             row = row._asdict()
-            axes.text(xs.index(row[x]), ys.index(row[y]), row["text"], ha="center", va="center", fontsize=7,
-                      color=row.get("ink", "white"))
+            # smaller on a wide grid: "(123.5 | 251.7)" ran into its neighbours at 9 columns
+            axes.text(xs.index(row[x]), ys.index(row[y]), row["text"], ha="center", va="center", zorder=3,
+                      fontsize=min(7.0, 56.0 / len(xs)), color=row.get("ink", "white"))
     out.colorbar(image, label=plot.get("clabel", value))
     axes.set_title(_bokeh_options(figure, "plot").get("title", ""))
     out.savefig(buffer, format=fmt, dpi=120, bbox_inches="tight")

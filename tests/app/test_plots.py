@@ -201,3 +201,26 @@ def test_cells_past_forward_eulers_stable_range_are_crossed():
     for stable in (CELLS, [dict(c, euler_step_max=1.9) for c in CELLS], [dict(c, euler_step_max=None) for c in CELLS]):
         title, points = crosses(stable)
         assert points == [] and "unstable" not in title
+
+
+def test_the_diagonal_marks_its_unstable_points_too():
+    from bokeh.models import GlyphRenderer, Scatter
+
+    checked = [dict(c, euler_step_max=20.0 if c["ei_factor"] == c["ie_factor"] == 2.0 else 0.3) for c in CELLS]
+    for build in (plots.coupling_diagonal_rates, plots.coupling_diagonal_accuracy):
+        figure = hv.render(build(checked, [0.0, 1.0, 2.0]))
+        crosses = [r for r in figure.renderers if isinstance(r, GlyphRenderer) and isinstance(r.glyph, Scatter)
+                   and r.glyph.marker == "x"]
+        assert [list(r.data_source.data["multiplier"]) for r in crosses] == [[2.0]], build.__name__
+        assert figure.title.text.endswith("×: forward Euler unstable")
+        plain = hv.render(build(CELLS, [0.0, 1.0, 2.0]))
+        assert "unstable" not in plain.title.text
+
+
+def test_the_heatmap_export_draws_the_pages_markers():
+    """The PNG/SVG export drew the grid and its labels only: no star, no crosses."""
+    checked = [dict(c, euler_step_max=20.0 if c["ei_factor"] == c["ie_factor"] == 2.0 else 0.3) for c in CELLS]
+    svg = plots._image(lambda: plots.coupling_heatmap(checked, [0.0, 1.0, 2.0], "rate_total_hz"), "svg").getvalue()
+    assert plots.UNSTABLE_COLOR.encode() in svg and b"#f6e05e" in svg  # the crosses' and the star's colours
+    stable = plots._image(lambda: plots.coupling_heatmap(CELLS, [0.0, 1.0, 2.0], "rate_total_hz"), "svg").getvalue()
+    assert plots.UNSTABLE_COLOR.encode() not in stable and b"#f6e05e" in stable
