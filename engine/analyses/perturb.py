@@ -40,6 +40,7 @@ from engine.seeding import batch_generator
 from engine.weights import Weights
 
 DEFAULTS = {"fractions": [0.1, 0.25, 0.5], **COMMON_DEFAULTS}
+STATE_FORMAT = 2  # of the saved state (1 kept the E trains themselves)
 CURVE_KEYS = ("test_acc", "rate_e_hz", "rate_e_delivered_hz", "rate_i_hz", "gamma_prominence", "cycle_survives")
 MODES = ("drop", "add")
 Perturb = Callable[[torch.Tensor], torch.Tensor]
@@ -120,9 +121,17 @@ def drop_add_spikes(weights: Weights, config: Config, split: Split, fractions: l
             acc["pattern_change"] += float(pattern_change(out["delivered"], base["delivered"]).sum())
             acc["correct"] += int((out["logits"].argmax(-1) == labels).sum())
             room = SPECTRUM_SAMPLES - sum(t.shape[1] for t in acc["kept"])
-            if room > 0:
-                acc["kept"].append(out["delivered"][:, :room].cpu())
+            if room > 0:  # the spectrum needs E's population count per step, not the cells' trains
+                acc["kept"].append(population_count(out["delivered"][:, :room]))
         on_batch(sums, b + 1)
+
+
+def population_count(spikes: torch.Tensor) -> torch.Tensor:
+    """Spikes [T, B, N] -> [T, B, 1]: the population's spike count per step (float64, exact),
+    all the gamma spectrum uses of them. It scales the population rate by N, which moves
+    neither the spectrum's peak nor its prominence (a ratio of powers); the trains of 32
+    samples x 21 conditions took GBs of memory, and as much again in a saved state."""
+    return spikes.to(torch.float64).sum(-1, keepdim=True).cpu()
 
 
 def pattern_change(delivered: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -181,8 +190,11 @@ def run(source: LoadedRun, params: dict, report: Callable[..., None], resume: di
         result["done"] = done
         result["cells"] = summarise(sums, config)
         result["summary"] = {"curves": curves(result["cells"])}
-        report(result, state={"sums": sums, "batches": done})  # the sums: a restart goes on from here
+        # the sums: a restart goes on from here
+        report(result, state={"format": STATE_FORMAT, "sums": sums, "batches": done})
 
     state = resume["state"] if resume else None
+    if state is not None and state.get("format") != STATE_FORMAT:
+        state = None  # saved by an older version of this analysis: start over
     drop_add_spikes(weights, config, split, params["fractions"], on_batch, resume=state)
     return result

@@ -38,8 +38,12 @@ RASTER_SPIKES_JS = """() => Math.max(0, ...Bokeh.documents.flatMap(d => [...d.al
 # the axis ranges of the figures whose title starts with a prefix
 # the (W_ei, W_ie) cells under the heatmap's crosses (forward Euler unstable)
 CROSSES_JS = """() => Bokeh.documents.flatMap(d => [...d.all_models])
-                 .filter(m => m.glyph && JSON.stringify(m.glyph.marker ?? null).includes('"x"'))
+                 .filter(m => m.glyph && JSON.stringify(m.glyph.marker ?? null).includes('"x"') && m.data_source.data.W_ei)
                  .flatMap(m => m.data_source.data.W_ei.map((x, i) => [x, m.data_source.data.W_ie[i]]))"""
+# the multipliers under the diagonal charts' crosses
+DIAGONAL_CROSSES_JS = """() => Bokeh.documents.flatMap(d => [...d.all_models])
+                 .filter(m => m.glyph && JSON.stringify(m.glyph.marker ?? null).includes('"x"') && m.data_source.data.multiplier)
+                 .flatMap(m => [...m.data_source.data.multiplier])"""
 RANGES_JS = """(prefix) => Bokeh.documents.flatMap(d => [...d.all_models])
                  .filter(m => m.x_range && m.title && m.title.text && m.title.text.startsWith(prefix))
                  .map(m => ({x: [m.x_range.start, m.x_range.end], y: [m.y_range.start, m.y_range.end],
@@ -207,6 +211,7 @@ def test_a_small_coupling_sweep_fills_in_and_a_cell_opens(server, finished_run, 
     page.get_by_text(re.compile(r"Forward Euler is unstable in [1-4] of 4 cells")).wait_for(timeout=30_000)
     page.wait_for_function(f"() => ({CROSSES_JS})().length > 0", timeout=30_000, polling=500)
     assert ["100", "100"] in page.evaluate(CROSSES_JS) and ["1", "1"] not in page.evaluate(CROSSES_JS)
+    assert sorted(set(page.evaluate(DIAGONAL_CROSSES_JS))) == [100]  # on both diagonal charts, at x100 only
 
 
 def test_compare_page_overlays_runs_and_tabulates_seeds(server, finished_run, page):

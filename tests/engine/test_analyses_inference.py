@@ -4,6 +4,7 @@ and the physics that holds at any size."""
 import json
 
 import pytest
+import torch
 
 from engine import Config, init_weights
 from engine.analyses.registry import ANALYSES, AnalysisCancelled, AnalysisError, run_analysis
@@ -291,3 +292,17 @@ def test_drop_add_curves_run_from_the_unperturbed_point():
     assert [(p["fraction"], p["rate_e_hz"]) for p in out["add"]] == [(0.0, 9.0), (0.5, 12.0)]
     # the nb037 preset sweeps the seed's 0..1 range
     assert expand("nb037").analyses[0].params["fractions"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+
+def test_the_population_count_gives_the_trains_gamma_peak():
+    """nb037 keeps each condition's per-step population count for its spectrum, not the trains."""
+    from engine.analyses.measure import gamma_peak
+    from engine.analyses.perturb import population_count
+
+    generator = torch.Generator().manual_seed(3)
+    steps = torch.arange(2000)
+    drive = 0.02 + 0.02 * torch.sin(2 * torch.pi * 40.0 * steps * 1e-4)  # a 40 Hz rhythm at dt 0.1 ms
+    spikes = (torch.rand(2000, 6, 200, generator=generator) < drive[:, None, None]).float()
+    trains, counts = gamma_peak(spikes, 0.1), gamma_peak(population_count(spikes), 0.1)
+    assert counts["gamma_peak_hz"] == trains["gamma_peak_hz"] == pytest.approx(40.0, abs=7)
+    assert counts["gamma_prominence"] == pytest.approx(trains["gamma_prominence"], rel=1e-12)
