@@ -13,8 +13,12 @@ from engine.stability import forward_euler_check
 @pytest.fixture
 def untrained_run(tmp_path):
     """A run folder whose 'final' weights are the initial ones (no training needed)."""
-    config = Config(n_e=100, n_i=25, t_ms=100.0, ei_strength=0.2, tier="smoke")
-    run = RunDir(tmp_path / "run")
+    return untrained(tmp_path / "run", Config(n_e=100, n_i=25, t_ms=100.0, ei_strength=0.2, tier="smoke"))
+
+
+def untrained(folder, config: Config):
+    """A run folder of `config` whose final weights are its initial ones."""
+    run = RunDir(folder)
     run.create(config)
     run.save_arrays("weights_final", {k: v.numpy() for k, v in init_weights(config).items()})
     return run.root
@@ -100,20 +104,17 @@ def test_a_stopped_sweep_resumes_where_it_stopped(untrained_run, tmp_path):
 
 def test_a_stopped_drop_add_analysis_resumes_from_its_sums(tmp_path):
     """nb037 sums over test batches: a resume starts from the saved sums at the next batch."""
-    config = Config(n_e=100, n_i=25, t_ms=50.0, ei_strength=0.2, tier="smoke", batch_size=4)
-    run = RunDir(tmp_path / "run")
-    run.create(config)
-    run.save_arrays("weights_final", {k: v.numpy() for k, v in init_weights(config).items()})
+    run = untrained(tmp_path / "run", Config(n_e=100, n_i=25, t_ms=50.0, ei_strength=0.2, tier="smoke", batch_size=4))
     params = {"fractions": [0.5], "samples": 12}
     with pytest.raises(AnalysisCancelled):  # after the first of 3 batches
-        run_analysis("drop_add_spikes", run.root, params, tmp_path / "out", should_stop=lambda: True)
+        run_analysis("drop_add_spikes", run, params, tmp_path / "out", should_stop=lambda: True)
     state = tmp_path / "out" / "resume_state.pt"
     assert 0 < state.stat().st_size < 1_000_000  # population counts, not trains (those were 7 MB here)
     progress = []
-    resumed = run_analysis("drop_add_spikes", run.root, params, tmp_path / "out",
+    resumed = run_analysis("drop_add_spikes", run, params, tmp_path / "out",
                            on_progress=lambda done, total: progress.append((done, total)))
     assert progress == [(2, 3), (3, 3)]
-    whole = run_analysis("drop_add_spikes", run.root, params, tmp_path / "whole")
+    whole = run_analysis("drop_add_spikes", run, params, tmp_path / "whole")
     assert resumed["cells"] == whole["cells"] and resumed["done"] == 3
     assert not (tmp_path / "out" / "resume_state.pt").exists()  # finished: nothing left to resume
 
@@ -121,15 +122,12 @@ def test_a_stopped_drop_add_analysis_resumes_from_its_sums(tmp_path):
 def test_a_state_saved_by_an_older_version_is_not_resumed(tmp_path):
     import torch
 
-    config = Config(n_e=60, n_i=15, t_ms=50.0, ei_strength=0.2, tier="smoke", batch_size=4)
-    run = RunDir(tmp_path / "run")
-    run.create(config)
-    run.save_arrays("weights_final", {k: v.numpy() for k, v in init_weights(config).items()})
+    run = untrained(tmp_path / "run", Config(n_e=60, n_i=15, t_ms=50.0, ei_strength=0.2, tier="smoke", batch_size=4))
     params = {"fractions": [0.5], "samples": 8}
     with pytest.raises(AnalysisCancelled):
-        run_analysis("drop_add_spikes", run.root, params, tmp_path / "out", should_stop=lambda: True)
+        run_analysis("drop_add_spikes", run, params, tmp_path / "out", should_stop=lambda: True)
     state = torch.load(tmp_path / "out" / "resume_state.pt")
     torch.save({"sums": state["sums"], "batches": state["batches"]}, tmp_path / "out" / "resume_state.pt")  # format 1
     progress = []
-    run_analysis("drop_add_spikes", run.root, params, tmp_path / "out", on_progress=lambda d, n: progress.append(d))
+    run_analysis("drop_add_spikes", run, params, tmp_path / "out", on_progress=lambda d, n: progress.append(d))
     assert progress == [1, 2]  # from the first batch again
