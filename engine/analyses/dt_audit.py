@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from engine.analyses.measure import measure
-from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common, number_list
+from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common, number_list, resumed_cells
 from engine.config import Config
 from engine.data import Split
 from engine.inspect import LoadedRun, test_subset
@@ -29,22 +29,23 @@ def check(params: dict) -> dict:
 
 
 def dt_audit(weights: Weights, config: Config, split: Split, dts_ms: list[float],
-             on_cell: Callable[[dict], None]) -> None:
-    for dt in dts_ms:
+             on_cell: Callable[[dict], None], skip: int = 0) -> None:
+    """One cell per dt, in order; the first `skip` (a stopped run's) are not run."""
+    for dt in dts_ms[skip:]:
         at_dt = config.replace(dt_ms=dt)
         on_cell({"dt_ms": dt, "steps": at_dt.n_steps, "trained_dt_ms": config.dt_ms,
                  **measure(weights, at_dt, split)})
 
 
-def run(source: LoadedRun, params: dict, report: Callable[[dict], None]) -> dict:
+def run(source: LoadedRun, params: dict, report: Callable[[dict], None], resume: dict | None = None) -> dict:
     config, weights = source
     split = test_subset(config, params["samples"])
     result = {"name": "dt_audit", "samples": len(split.labels), "trained_dt_ms": config.dt_ms,
-              "cells": [], "total": len(params["dts_ms"])}
+              "cells": resumed_cells(resume), "total": len(params["dts_ms"])}
 
     def on_cell(cell: dict) -> None:
         result["cells"].append(cell)
         report(result)
 
-    dt_audit(weights, config, split, params["dts_ms"], on_cell)
+    dt_audit(weights, config, split, params["dts_ms"], on_cell, skip=len(result["cells"]))
     return result

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 from engine.analyses.measure import measure
-from engine.analyses.params import COMMON_DEFAULTS, common, number_list
+from engine.analyses.params import COMMON_DEFAULTS, common, number_list, resumed_cells
 from engine.config import Config
 from engine.data import Split
 from engine.inspect import LoadedRun, test_subset
@@ -41,13 +41,12 @@ def loop_weights(weights: Weights, loop: str) -> Weights:
 
 
 def fi_curve(weights: Weights, config: Config, split: Split, scales: list[float],
-             on_cell: Callable[[dict], None]) -> None:
-    for loop in LOOPS:
-        w = loop_weights(weights, loop)
-        for scale in scales:
-            rate = config.max_rate_hz * scale
-            on_cell({"loop": loop, "input_scale": scale, "input_rate_hz": rate,
-                     **measure(w, config.replace(max_rate_hz=rate), split)})
+             on_cell: Callable[[dict], None], skip: int = 0) -> None:
+    """One cell per (loop, scale), in that order; the first `skip` (a stopped run's) are not run."""
+    for loop, scale in [(loop, scale) for loop in LOOPS for scale in scales][skip:]:
+        rate = config.max_rate_hz * scale
+        on_cell({"loop": loop, "input_scale": scale, "input_rate_hz": rate,
+                 **measure(loop_weights(weights, loop), config.replace(max_rate_hz=rate), split)})
 
 
 def suppression(cells: list[dict]) -> list[dict]:
@@ -69,19 +68,23 @@ def recruitment_cliff(cells: list[dict], threshold_hz: float = RECRUITED_I_HZ) -
     return None
 
 
-def run(source: LoadedRun, params: dict, report: Callable[[dict], None]) -> dict:
+def run(source: LoadedRun, params: dict, report: Callable[[dict], None], resume: dict | None = None) -> dict:
     config, weights = source
     split = test_subset(config, params["samples"])
     result = {"name": "fi_curve", "samples": len(split.labels), "base_rate_hz": config.max_rate_hz,
-              "cells": [], "total": len(LOOPS) * len(params["input_scales"]), "summary": {"suppression": []}}
+              "cells": resumed_cells(resume), "total": len(LOOPS) * len(params["input_scales"])}
 
-    def on_cell(cell: dict) -> None:
-        result["cells"].append(cell)
+    def summarise() -> None:
         result["summary"] = {"suppression": suppression(result["cells"]),
                              "recruitment_cliff_scale": (cliff := recruitment_cliff(result["cells"])),
                              "recruitment_cliff_input_rate_hz": None if cliff is None else cliff * config.max_rate_hz,
                              "recruited_i_hz": RECRUITED_I_HZ}
+
+    def on_cell(cell: dict) -> None:
+        result["cells"].append(cell)
+        summarise()
         report(result)
 
-    fi_curve(weights, config, split, params["input_scales"], on_cell)
+    summarise()
+    fi_curve(weights, config, split, params["input_scales"], on_cell, skip=len(result["cells"]))
     return result

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from engine.analyses.measure import measure
-from engine.analyses.params import COMMON_DEFAULTS, common, number_list
+from engine.analyses.params import COMMON_DEFAULTS, common, number_list, resumed_cells
 from engine.config import Config
 from engine.data import Split
 from engine.inspect import LoadedRun, test_subset
@@ -31,8 +31,9 @@ def check(params: dict) -> dict:
 
 
 def rate_vs_gamma(weights: Weights, config: Config, split: Split, scales: list[float],
-                  on_cell: Callable[[dict], None]) -> None:
-    for scale in scales:
+                  on_cell: Callable[[dict], None], skip: int = 0) -> None:
+    """One cell per scale, in order; the first `skip` (a stopped run's) are not run."""
+    for scale in scales[skip:]:
         tau = config.tau_gaba_ms * scale
         cell = {"tau_gaba_scale": scale, "tau_gaba_ms": tau,
                 **measure(weights, config.replace(tau_gaba_ms=tau), split)}
@@ -53,17 +54,21 @@ def affine_fit(xs: list[float | None], ys: list[float]) -> dict[str, Any] | None
     return {"slope_hz_per_hz": float(slope), "intercept_hz": float(intercept), "r2": r2, "points": len(points)}
 
 
-def run(source: LoadedRun, params: dict, report: Callable[[dict], None]) -> dict:
+def run(source: LoadedRun, params: dict, report: Callable[[dict], None], resume: dict | None = None) -> dict:
     config, weights = source
     split = test_subset(config, params["samples"])
-    result = {"name": "rate_vs_gamma", "samples": len(split.labels), "cells": [],
-              "total": len(params["tau_gaba_scales"]), "summary": {"fit": None}}
+    result = {"name": "rate_vs_gamma", "samples": len(split.labels), "cells": resumed_cells(resume),
+              "total": len(params["tau_gaba_scales"])}
+
+    def summarise() -> None:
+        result["summary"] = {"fit": affine_fit([c["gamma_peak_hz"] for c in result["cells"]],
+                                               [c["rate_e_hz"] for c in result["cells"]])}
 
     def on_cell(cell: dict) -> None:
         result["cells"].append(cell)
-        result["summary"] = {"fit": affine_fit([c["gamma_peak_hz"] for c in result["cells"]],
-                                               [c["rate_e_hz"] for c in result["cells"]])}
+        summarise()
         report(result)
 
-    rate_vs_gamma(weights, config, split, params["tau_gaba_scales"], on_cell)
+    summarise()
+    rate_vs_gamma(weights, config, split, params["tau_gaba_scales"], on_cell, skip=len(result["cells"]))
     return result

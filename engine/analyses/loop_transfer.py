@@ -30,7 +30,7 @@ from typing import Callable
 
 from engine.analyses.fi_curve import RECRUITED_I_HZ
 from engine.analyses.measure import measure
-from engine.analyses.params import COMMON_DEFAULTS, common, number_list
+from engine.analyses.params import COMMON_DEFAULTS, common, number_list, resumed_cells
 from engine.config import Config
 from engine.data import Split
 from engine.inspect import LoadedRun, test_subset
@@ -61,9 +61,10 @@ def transferred(weights: Weights, config: Config, scale: float) -> tuple[Weights
 
 
 def loop_transfer(weights: Weights, config: Config, split: Split, scales: list[float],
-                  on_cell: Callable[[dict], None]) -> None:
+                  on_cell: Callable[[dict], None], skip: int = 0) -> None:
+    """One cell per scale, in order; the first `skip` (a stopped run's) are not run."""
     ei, ie = ping_strengths(config)
-    for scale in scales:
+    for scale in scales[skip:]:
         w, loop_config = transferred(weights, config, scale)
         on_cell({"loop_scale": scale, "ei_strength": scale * ei, "ie_strength": scale * ie,
                  **measure(w, loop_config, split)})
@@ -97,18 +98,19 @@ def summarise(cells: list[dict]) -> dict:
     }
 
 
-def run(source: LoadedRun, params: dict, report: Callable[[dict], None]) -> dict:
+def run(source: LoadedRun, params: dict, report: Callable[[dict], None], resume: dict | None = None) -> dict:
     config, weights = source
     split = test_subset(config, params["samples"])
     ei, ie = ping_strengths(config)
+    cells = resumed_cells(resume)
     result = {"name": "loop_transfer", "samples": len(split.labels), "source_arch": config.arch,
-              "ping_ei_strength": ei, "ping_ie_strength": ie, "cells": [],
-              "total": len(params["loop_scales"]), "summary": {}}
+              "ping_ei_strength": ei, "ping_ie_strength": ie, "cells": cells,
+              "total": len(params["loop_scales"]), "summary": summarise(cells)}
 
     def on_cell(cell: dict) -> None:
         result["cells"].append(cell)
         result["summary"] = summarise(result["cells"])
         report(result)
 
-    loop_transfer(weights, config, split, params["loop_scales"], on_cell)
+    loop_transfer(weights, config, split, params["loop_scales"], on_cell, skip=len(cells))
     return result

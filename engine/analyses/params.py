@@ -42,3 +42,9 @@ def common(params: dict) -> dict[str, Any]:
 
 
 COMMON_DEFAULTS = {"samples": None, "weights": "final"}
+
+
+def resumed_cells(resume: dict | None) -> list[dict]:
+    """The cells a stopped attempt finished, in their order (registry.run_analysis's `resume`:
+    an analysis whose cells come in a fixed order skips that many and goes on)."""
+    return list(resume["result"]["cells"]) if resume else []

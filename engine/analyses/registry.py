@@ -32,7 +32,7 @@ import torch
 
 from engine.analyses import dt_audit, fi_curve, gamma, loop_transfer, perturb, phase_shuffle
 from engine.analyses.coupling import DEFAULT_FACTORS, coupling_sweep, diagonal, unstable_cells
-from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common, number_list
+from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common, number_list, resumed_cells
 from engine.inspect import LoadedRun, load_run_at, test_subset
 from engine.reference import network_params
 from engine.stability import CHECK_SAMPLES, UNSTABLE_STEP_FACTOR
@@ -68,7 +68,7 @@ def _check_coupling(params: dict) -> dict:
 def _run_coupling(source: LoadedRun, params: dict, report: Callable[..., None], resume: dict | None = None) -> dict:
     config, weights = source
     split = test_subset(config, params["samples"])
-    done = resume["result"]["cells"] if resume else []
+    done = resumed_cells(resume)
     integrator = network_params(config).e.integrator
     result = {"name": "coupling_sweep", "factors": params["factors"], "samples": len(split.labels),
               "cells": [], "total": len(params["factors"]) ** 2,
@@ -101,7 +101,7 @@ ANALYSES: dict[str, AnalysisSpec] = {
     "rate_vs_gamma": AnalysisSpec(
         name="rate_vs_gamma",
         description="nb041: GABA decay scaled on a trained run: E rate against gamma peak, affine fit",
-        defaults=gamma.DEFAULTS, check=gamma.check, execute=gamma.run),
+        defaults=gamma.DEFAULTS, check=gamma.check, execute=gamma.run, resumable=True),
     "phase_shuffle": AnalysisSpec(
         name="phase_shuffle",
         description="nb042: I->E inhibition time-shuffled (same mean): the E-rate release factor",
@@ -113,16 +113,16 @@ ANALYSES: dict[str, AnalysisSpec] = {
     "fi_curve": AnalysisSpec(
         name="fi_curve",
         description="nb038: E and I rates against input-rate scale, I->E cut (open) and intact (closed)",
-        defaults=fi_curve.DEFAULTS, check=fi_curve.check, execute=fi_curve.run),
+        defaults=fi_curve.DEFAULTS, check=fi_curve.check, execute=fi_curve.run, resumable=True),
     "loop_transfer": AnalysisSpec(
         name="loop_transfer",
         description="nb038: a fresh E->I->E loop installed at test time (0..1 x the PING strengths) "
                     "in a trained run: accuracy, rates, where I is recruited and a rhythm appears",
-        defaults=loop_transfer.DEFAULTS, check=loop_transfer.check, execute=loop_transfer.run),
+        defaults=loop_transfer.DEFAULTS, check=loop_transfer.check, execute=loop_transfer.run, resumable=True),
     "dt_audit": AnalysisSpec(
         name="dt_audit",
         description="nb044: a trained run evaluated at dt 0.05 / 0.1 / 0.25 / 0.5 ms: rates, accuracy, cycle",
-        defaults=dt_audit.DEFAULTS, check=dt_audit.check, execute=dt_audit.run),
+        defaults=dt_audit.DEFAULTS, check=dt_audit.check, execute=dt_audit.run, resumable=True),
 }
 
 

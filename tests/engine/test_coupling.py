@@ -131,3 +131,21 @@ def test_a_state_saved_by_an_older_version_is_not_resumed(tmp_path):
     progress = []
     run_analysis("drop_add_spikes", run, params, tmp_path / "out", on_progress=lambda d, n: progress.append(d))
     assert progress == [1, 2]  # from the first batch again
+
+
+@pytest.mark.parametrize("name, params", [
+    ("fi_curve", {"input_scales": [0.5, 1.0]}),
+    ("loop_transfer", {"loop_scales": [0.0, 0.5, 1.0]}),
+    ("rate_vs_gamma", {"tau_gaba_scales": [0.5, 1.0, 2.0]}),
+    ("dt_audit", {"dts_ms": [0.1, 0.2, 0.25]}),
+])
+def test_analyses_with_ordered_cells_resume_at_the_next_cell(untrained_run, tmp_path, name, params):
+    params = {**params, "samples": 4}
+    with pytest.raises(AnalysisCancelled):  # stops after its first cell
+        run_analysis(name, untrained_run, params, tmp_path / "out", should_stop=lambda: True)
+    progress = []
+    resumed = run_analysis(name, untrained_run, params, tmp_path / "out",
+                           on_progress=lambda done, total: progress.append(done))
+    assert progress[0] == 2  # the first cell was not run again
+    whole = run_analysis(name, untrained_run, params, tmp_path / "whole")
+    assert resumed["cells"] == whole["cells"] and resumed.get("summary") == whole.get("summary")
