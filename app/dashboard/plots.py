@@ -200,11 +200,10 @@ def coupling_heatmap(cells: list[dict], factors: Sequence[float], metric: str) -
     unstable = frame[frame[EULER] >= UNSTABLE_STEP_FACTOR]
     crosses = hv.Points(unstable[["W_ei", "W_ie"]], ["W_ei", "W_ie"], label="forward Euler unstable").opts(
         marker="x", size=30, line_width=3, color=UNSTABLE_COLOR)
-    note = " · ×: forward Euler unstable" if len(unstable) else ""
     # toolbar above: on the right it covers the colour bar's tick labels
     # the crosses under the labels, which stay readable
     return hv.Overlay([heat, crosses, cell_labels, star]).opts(
-        title=f"Coupling sweep: {COUPLING_METRICS[metric]} (labels: total (E | I) Hz){note}",
+        title=f"Coupling sweep: {COUPLING_METRICS[metric]} (labels: total (E | I) Hz){_unstable_note(frame)}",
         responsive=True, height=520, framewise=True, toolbar="above", show_legend=False)
 
 

@@ -72,19 +72,22 @@ def _run_coupling(source: LoadedRun, params: dict, report: Callable[..., None], 
     integrator = network_params(config).e.integrator
     result = {"name": "coupling_sweep", "factors": params["factors"], "samples": len(split.labels),
               "cells": [], "total": len(params["factors"]) ** 2,
-              "summary": {"diagonal": [], "euler_unstable_cells": 0},
               # what each cell's euler_* fields mean (None: the integrator is stable at any h)
               "euler_check": {"integrator": integrator, "unstable_at": UNSTABLE_STEP_FACTOR,
                               "samples": min(CHECK_SAMPLES, len(split.labels))
                               if integrator == "forward_euler" else 0}}
 
-    def on_cell(cell: dict) -> None:
-        result["cells"].append(cell)
+    def summarise() -> None:
         result["summary"] = {"diagonal": diagonal(result["cells"]),
                              "euler_unstable_cells": len(unstable_cells(result["cells"]))}
+
+    def on_cell(cell: dict) -> None:
+        result["cells"].append(cell)
+        summarise()
         report(result)
 
     result["cells"] = list(done)
+    summarise()  # a resume with every cell done reports none: its summary is the stopped attempt's cells'
     coupling_sweep(weights, config, split, params["factors"], on_cell, done=done)
     return result
 
