@@ -142,6 +142,8 @@ def run_analysis(name: str, source_run: str | Path, params: dict[str, Any] | Non
     # a run's latest checkpoint moves on while it trains: say which epoch was analysed,
     # from the same read as the weights (two reads could straddle an epoch's end)
     config, weights, epoch = load_run_at(source_run, params["weights"])
+    if params.get("weights") == "last" and spec.resumable:
+        weights, epoch = _pinned_weights(out, name, params, weights, epoch)
     provenance = {"weights_epoch": epoch} if params.get("weights") == "last" else {}
 
     def report(partial: dict, state: Any = None) -> None:
@@ -164,27 +166,52 @@ def run_analysis(name: str, source_run: str | Path, params: dict[str, Any] | Non
               "complete": True}
     _write_json(out / "result.json", result)
     (out / RESUME_STATE).unlink(missing_ok=True)
+    (out / PINNED_WEIGHTS).unlink(missing_ok=True)
     return result
 
 
 RESUME_STATE = "resume_state.pt"
+# The `last` checkpoint an unfinished analysis started on. The run may train on while the
+# analysis is stopped (nb037 on a 100-epoch run spans server restarts); its resume goes on
+# with the weights it began with, or it could never finish while the run trains.
+PINNED_WEIGHTS = "analysed_weights.pt"
+
+
+def _pinned_weights(out: Path, name: str, params: dict, latest: dict, epoch: int | None):
+    """The weights and epoch a stopped attempt of this analysis pinned, if it left cells to go
+    on from; else pin the latest checkpoint's (they stay until the analysis completes)."""
+    pinned = out / PINNED_WEIGHTS
+    if pinned.exists():
+        saved = torch.load(pinned, map_location="cpu", weights_only=True)
+        if _stopped_result(out, name, params, {"weights_epoch": saved["epoch"]}) is not None:
+            device, dtype = next(iter(latest.values())).device, next(iter(latest.values())).dtype
+            return {k: v.to(device, dtype) for k, v in saved["weights"].items()}, saved["epoch"]
+    tmp = out / (PINNED_WEIGHTS + ".tmp")
+    torch.save({"weights": {k: v.cpu() for k, v in latest.items()}, "epoch": epoch}, tmp)
+    os.replace(tmp, pinned)
+    return latest, epoch
 
 
 def _stopped_attempt(out: Path, name: str, params: dict, provenance: dict) -> dict | None:
     """What an unfinished attempt of this analysis left in `out`: {"result": its partial result,
-    "state": what it saved with it (None if nothing)}; None when there is nothing to resume: no
-    result, a finished one, another analysis, other parameters or other weights (a `last`
-    checkpoint that has moved on)."""
+    "state": what it saved with it (None if nothing)}; None when there is nothing to resume."""
+    partial = _stopped_result(out, name, params, provenance)
+    if partial is None:
+        return None
+    state_path = out / RESUME_STATE
+    return {"result": partial, "state": torch.load(state_path) if state_path.exists() else None}
+
+
+def _stopped_result(out: Path, name: str, params: dict, provenance: dict) -> dict | None:
+    """The partial result an unfinished attempt left in `out`; None if there is none, it is
+    finished or empty, or it is another analysis, other parameters or other weights."""
     try:
         partial = json.loads((out / "result.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
     same = (partial.get("name") == name and partial.get("params") == json.loads(json.dumps(params))
             and partial.get("weights_epoch") == provenance.get("weights_epoch"))
-    if partial.get("complete") or not same or not partial.get("cells"):
-        return None
-    state_path = out / RESUME_STATE
-    return {"result": partial, "state": torch.load(state_path) if state_path.exists() else None}
+    return partial if same and not partial.get("complete") and partial.get("cells") else None
 
 
 def _write_json(path: Path, data: dict) -> None:

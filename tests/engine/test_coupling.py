@@ -149,3 +149,27 @@ def test_analyses_with_ordered_cells_resume_at_the_next_cell(untrained_run, tmp_
     assert progress[0] == 2  # the first cell was not run again
     whole = run_analysis(name, untrained_run, params, tmp_path / "whole")
     assert resumed["cells"] == whole["cells"] and resumed.get("summary") == whole.get("summary")
+
+
+def test_a_stopped_analysis_of_a_training_run_resumes_on_the_weights_it_began_with(untrained_run, tmp_path):
+    """`weights=last` of a run that trains on: the next attempt used to find a newer checkpoint,
+    start over on it, and so never finish while the run trained (nb037 on the study's runs)."""
+    import torch
+
+    run = RunDir(untrained_run)
+    weights = run.load_weights("final")
+    run.save_checkpoint({"weights": weights, "epoch": 3})
+    params = {"factors": [0, 1], "samples": 4, "weights": "last"}
+    with pytest.raises(AnalysisCancelled):  # stops after its first cell, on epoch 3
+        run_analysis("coupling_sweep", untrained_run, params, tmp_path / "out", should_stop=lambda: True)
+    run.save_checkpoint({"weights": {k: 2 * v for k, v in weights.items()}, "epoch": 4})  # trained on meanwhile
+    progress = []
+    resumed = run_analysis("coupling_sweep", untrained_run, params, tmp_path / "out",
+                           on_progress=lambda done, total: progress.append(done))
+    assert progress == [2, 3, 4] and resumed["weights_epoch"] == 3
+    whole = run_analysis("coupling_sweep", untrained_run, {**params, "weights": "final"}, tmp_path / "whole")
+    assert resumed["cells"] == whole["cells"]  # epoch 3's weights throughout
+    assert not (tmp_path / "out" / "analysed_weights.pt").exists()  # finished: the pin is let go
+    # the next analysis into the same folder takes the latest checkpoint
+    again = run_analysis("coupling_sweep", untrained_run, params, tmp_path / "out")
+    assert again["weights_epoch"] == 4 and again["cells"] != whole["cells"]
