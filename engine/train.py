@@ -193,6 +193,8 @@ class Trainee:
         record["divergence"] = "; ".join(diverged) or None  # flagged, not failed: the numbers are finite
         self.run.append_metrics(record)
         self.run.save_checkpoint(_checkpoint(config, weights, self.optimizer, epoch))
+        # every epoch, not only at the end: a 100-epoch run's per-cell rates are seen while it trains
+        self.run.save_arrays("rates", _cell_rates(test, epoch))
         if self.on_epoch:
             self.on_epoch(record)
         return record
@@ -200,7 +202,8 @@ class Trainee:
     def finish(self) -> dict[str, Any]:
         """The final weights and rates, and the summary."""
         # a run resumed after its last epoch (killed before this point) finishes here
-        _finish(self.run, self.weights, self.test or evaluate(self.weights, self.dataset.test, self.config))
+        test = self.test or evaluate(self.weights, self.dataset.test, self.config)
+        _finish(self.run, self.weights, _cell_rates(test, self.epoch))
         return _summary(self.run)
 
 
@@ -318,9 +321,14 @@ def _checkpoint(config: Config, weights, optimizer, epoch: int) -> dict[str, Any
     }
 
 
-def _finish(run: RunDir, weights, test) -> None:
+def _cell_rates(test, epoch: int) -> dict[str, np.ndarray]:
+    """artifacts/rates.npz: each cell's rate on the test set after `epoch`."""
+    return {"rate_e_hz": test.cell_rates_e_hz, "rate_i_hz": test.cell_rates_i_hz, "epoch": np.array(epoch)}
+
+
+def _finish(run: RunDir, weights, rates: dict[str, np.ndarray]) -> None:
     run.save_arrays("weights_final", {k: v.detach().cpu().numpy() for k, v in weights.items()})
-    run.save_arrays("rates", {"rate_e_hz": test.cell_rates_e_hz, "rate_i_hz": test.cell_rates_i_hz})
+    run.save_arrays("rates", rates)
 
 
 def _summary(run: RunDir) -> dict[str, Any]:

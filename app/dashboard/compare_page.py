@@ -16,7 +16,7 @@ from app.dashboard import layout, plots
 from app.dashboard.live import LiveFeed, News
 from engine.convergence import WINDOW_EPOCHS
 from engine.studies.report import seed_row, spike_budget
-from jobs.models import JobsError, Run, RunKind
+from jobs.models import JobsError, Run, RunKind, RunState
 
 MAX_RUNS = 24
 ARCH_COLORS = {"ping": plots.E_COLOR, "coba": "#dd6b20"}
@@ -137,20 +137,36 @@ class ComparePage(param.Parameterized):
     def loss(self):
         return self._overlay("test_loss", "test loss", "Test loss")
 
-    def _cell_rates(self, population: str) -> dict[str, np.ndarray]:
-        samples = {}
+    def _latest_rates(self) -> list[tuple[str, dict[str, np.ndarray] | None]]:
+        """(legend label, artifacts/rates.npz or None) per run. The file is rewritten after
+        every epoch, so an unfinished run's label says which epoch its rates are from."""
+        out = []
         for run in self.runs:
             try:
                 with np.load(self.jobs.artifact_path(run.id, "artifacts/rates.npz")) as data:
-                    samples[self._label(run)] = data[f"rate_{population.lower()}_hz"]
-            except JobsError:
-                continue  # unfinished runs have no per-cell rates yet
-        return samples
+                    rates = {k: data[k] for k in data.files}
+            except JobsError:  # no epoch has ended yet
+                out.append((self._label(run), None))
+                continue
+            unfinished = run.state is not RunState.SUCCEEDED and "epoch" in rates
+            out.append((self._label(run) + (f" · epoch {int(rates['epoch'])}" if unfinished else ""), rates))
+        return out
+
+    def _cell_rates(self, population: str) -> dict[str, np.ndarray]:
+        return {label: rates[f"rate_{population.lower()}_hz"] for label, rates in self._latest_rates() if rates}
 
     def cell_rates(self, population: str):
-        return plots.histograms(self._cell_rates(population), [self._label(r) for r in self.runs],
-                                title=f"Per-cell {population} rates (final)", xlabel="rate (Hz)", bins=30,
-                                missing="none until it finishes")
+        labels = [label for label, _ in self._latest_rates()]
+        return plots.histograms(self._cell_rates(population), labels, title=f"Per-cell {population} rates (last epoch)",
+                                xlabel="rate (Hz)", bins=30, missing="none before its first epoch ends")
+
+    @param.depends("version")
+    def cell_rates_e(self):
+        return self.cell_rates("E")
+
+    @param.depends("version")
+    def cell_rates_i(self):
+        return self.cell_rates("I")
 
     @param.depends("version")
     def budget(self):
@@ -164,7 +180,6 @@ class ComparePage(param.Parameterized):
         f = lambda method, name, frame: plots.figure_panel(hv.DynamicMap(method), method, frame, name)  # noqa: E731
         trajectories = self._trajectory_frame
         grid = lambda *items: pn.GridBox(*items, ncols=2, sizing_mode="stretch_width")  # noqa: E731
-        rates = {p: (lambda p=p: self.cell_rates(p)) for p in ("E", "I")}
         hist_frame = {p: (lambda p=p: plots.histogram_frame(self._cell_rates(p))) for p in ("E", "I")}
         links = " · ".join(f'<a href="/run?id={r.id}">{html.escape(self._label(r))}</a>' for r in self.runs)
         return layout.page(
@@ -174,8 +189,8 @@ class ComparePage(param.Parameterized):
                 f(self.accuracy, "compare-accuracy", trajectories), f(self.loss, "compare-loss", trajectories),
                 f(self.rate_e, "compare-rate-e", trajectories), f(self.rate_i, "compare-rate-i", trajectories))),
             layout.section("Rates and spike budget", grid(
-                plots.figure_panel(rates["E"](), rates["E"], hist_frame["E"], "compare-cell-rates-e"),
-                plots.figure_panel(rates["I"](), rates["I"], hist_frame["I"], "compare-cell-rates-i")),
+                f(self.cell_rates_e, "compare-cell-rates-e", hist_frame["E"]),
+                f(self.cell_rates_i, "compare-cell-rates-i", hist_frame["I"])),
                 f(self.budget, "compare-spike-budget", self._budget_frame)))
 
 

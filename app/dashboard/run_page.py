@@ -151,15 +151,22 @@ class RunPage(param.Parameterized):
             return "written when the run finishes"
         return f"none: the run {self.run.state.value} before its final evaluation"
 
-    @param.depends("artifacts_version")
-    def cell_rates_e(self):
-        return plots.histograms(self._cell_rates("E"), ["E"], title="Per-cell E rates (test set, final)",
-                                xlabel="rate (Hz)", colors=(plots.E_COLOR,), missing=self._final_missing())
+    def _cell_rates_figure(self, population: str, color: str):
+        """Rewritten after every epoch: a long run's per-cell rates are seen while it trains."""
+        rates = self._npz("rates")
+        when = "final" if self.run.state is RunState.SUCCEEDED or rates is None or "epoch" not in rates \
+            else f"epoch {int(rates['epoch'])}"
+        missing = "written after its first epoch" if not self.run.state.finished else self._final_missing()
+        return plots.histograms(self._cell_rates(population), [population], xlabel="rate (Hz)", colors=(color,),
+                                title=f"Per-cell {population} rates (test set, {when})", missing=missing)
 
-    @param.depends("artifacts_version")
+    @param.depends("records", "artifacts_version")
+    def cell_rates_e(self):
+        return self._cell_rates_figure("E", plots.E_COLOR)
+
+    @param.depends("records", "artifacts_version")
     def cell_rates_i(self):
-        return plots.histograms(self._cell_rates("I"), ["I"], title="Per-cell I rates (test set, final)",
-                                xlabel="rate (Hz)", colors=(plots.I_COLOR,), missing=self._final_missing())
+        return self._cell_rates_figure("I", plots.I_COLOR)
 
     def _weights(self, name: str) -> dict[str, np.ndarray]:
         series = {}

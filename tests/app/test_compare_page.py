@@ -6,12 +6,13 @@ per-cell histograms are empty."""
 from __future__ import annotations
 
 import holoviews as hv
+import numpy as np
 import panel as pn
 import pytest
 
 import engine
 from app.dashboard.compare_page import ComparePage
-from jobs.models import RunKind
+from jobs.models import RunKind, RunState
 from jobs.paths import DataDir
 from jobs.service import JobService
 from jobs.store import RunStore
@@ -54,10 +55,26 @@ def test_runs_of_both_recipes_are_told_apart_and_unfinished_ones_say_why(jobs):
     labels = [page._label(r) for r in (canonical, seed)]
     assert labels[0].startswith("PING seed 42 · canonical recipe") and "seed recipe" in labels[1]
     assert len(set(page._budget_frame()["run"])) == 2  # the budget's bars are two runs, not one name
-    histogram = page.cell_rates("E")  # neither run has finished: no rates.npz yet
-    assert [e.label for e in histogram if isinstance(e, hv.Histogram)] == [f"{l} (none until it finishes)"
-                                                                          for l in labels]
-    assert [e.text for e in histogram if isinstance(e, hv.Text)] == ["none until it finishes"]
+    histogram = page.cell_rates("E")  # neither run has ended an epoch in a run folder: no rates.npz yet
+    assert [e.label for e in histogram if isinstance(e, hv.Histogram)] == [
+        f"{l} (none before its first epoch ends)" for l in labels]
+    assert [e.text for e in histogram if isinstance(e, hv.Text)] == ["none before its first epoch ends"]
+
+
+def test_a_run_still_training_shows_its_latest_per_cell_rates(jobs):
+    """The per-cell histograms stood empty for the whole of a 100-epoch run (rates.npz was
+    written when it finished); training writes it after every epoch, with the epoch."""
+    training, finished = _run(jobs, 2, seed=42), _run(jobs, 3, seed=43)
+    for run, epoch in ((training, 2), (finished, 3)):
+        folder = jobs.data.run_dir(run.id) / "artifacts"
+        folder.mkdir(parents=True)
+        np.savez(folder / "rates.npz", rate_e_hz=np.full(8, 5.0 + epoch), rate_i_hz=np.ones(2), epoch=np.array(epoch))
+    jobs.store.claim(finished.id)
+    jobs.store.transition(finished.id, RunState.SUCCEEDED)
+    page = ComparePage(_Services(jobs), feed=None, runs=[jobs.get_run(training.id), jobs.get_run(finished.id)])
+    bars = {e.label: e for e in page.cell_rates("E") if isinstance(e, hv.Histogram)}
+    assert set(bars) == {page._label(training) + " · epoch 2", page._label(finished)}
+    assert all(sum(h.dimension_values("count")) == 8 for h in bars.values())
 
 
 def test_runs_of_one_recipe_keep_short_labels(jobs):

@@ -2,6 +2,7 @@ import importlib
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +55,9 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
 
     with pytest.raises(TrainingCancelled):
         train(config, interrupted, on_epoch=seen.append, should_stop=stop_in_epoch_two)
+    # per-cell rates are written after every epoch, not only at the end (a long run's are seen while it trains)
+    with np.load(RunDir(interrupted).artifacts / "rates.npz") as rates:
+        assert int(rates["epoch"]) == 1 and rates["rate_e_hz"].mean() == pytest.approx(seen[0]["rate_e_hz"])
     replayed = []
     train(config, interrupted, on_epoch=replayed.append)
     assert [r["epoch"] for r in replayed] == [1, 2, 3]  # epoch 1 replayed from the folder
@@ -64,6 +68,8 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
     assert without_time(RunDir(interrupted).read_metrics()) == without_time(RunDir(straight).read_metrics())
     assert torch.equal(RunDir(interrupted).load_weights("final")["W_in"],
                        RunDir(straight).load_weights("final")["W_in"])
+    with np.load(RunDir(interrupted).artifacts / "rates.npz") as rates:
+        assert int(rates["epoch"]) == 3
 
 
 def test_nan_loss_fails_with_reason_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
