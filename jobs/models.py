@@ -115,12 +115,12 @@ class Run:
     resumed_from_epoch: int | None
     n_epochs: int
     restarts: int = 0  # requeues by a server stop or restart: not counted as crashes
-    priority: int = 0  # queued runs are served highest first, then oldest first (jobs.schema)
+    priority: int = 0  # queued runs are served highest first, then oldest first (after resumed ones; jobs.schema)
 
     @property
     def queue_key(self) -> tuple:
         """Sorts queued runs in the order the store serves them (jobs.schema.QUEUE_ORDER)."""
-        return -self.priority, self.created_at, self.id
+        return self.attempt == 0, -self.priority, self.created_at, self.id
 
     @property
     def crashes(self) -> int:

@@ -80,9 +80,10 @@ class Scheduler:
                 self.settle(exited)
         for run_id in self.store.reap_stale(now, self.stale_after_s):
             log.warning("run %s: heartbeat lapsed, requeued", run_id)
-        self._start_queued(self.executor, None, now)
+        # the reserved slot first: an analysis takes its own slot before a general one
         if self.reserved is not None:
             self._start_queued(self.reserved, self.reserved_kinds, now)
+        self._start_queued(self.executor, None, now)
 
     def _start_queued(self, executor: Executor, kinds: frozenset[RunKind] | None, now: float) -> None:
         while executor.free_slots() > 0:

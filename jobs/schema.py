@@ -84,7 +84,9 @@ CREATE TABLE IF NOT EXISTS run_credentials (
 ADDED_RUN_COLUMNS = {"restarts": "INTEGER NOT NULL DEFAULT 0", "priority": "INTEGER NOT NULL DEFAULT 0"}
 
 # The order queued runs are served in (jobs.packing sorts its pack-mates the same way).
-QUEUE_ORDER = "priority DESC, created_at, id"
+# Runs that have run before (a server stop requeued them, or a crash) come first: a restart
+# gives their slots back to them, not to runs queued or moved to the front meanwhile.
+QUEUE_ORDER = "attempt > 0 DESC, priority DESC, created_at, id"
 
 # Every read of a run goes through this projection, so `Run.from_row` sees one shape.
 RUN_COLUMNS = """

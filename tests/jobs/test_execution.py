@@ -216,6 +216,24 @@ def test_analyses_have_their_own_slot_and_never_wait_behind_training(tmp_path, d
     assert store.get_run(training[0].id).state is RunState.QUEUED  # given back to resume later
 
 
+def test_an_analysis_takes_its_own_slot_before_a_general_one(tmp_path, data):
+    """Analyses moved to the front took the general slots too (the shared executor claimed
+    first), and the study's training runs waited behind them after a restart."""
+    import asyncio
+
+    store = RunStore(data.db_path)
+    training = store.create_run(RunKind.TRAIN, {})
+    analysis = store.create_run(RunKind.ANALYSIS, {})
+    store.move_to_front(analysis.id)
+    python = _fake_python(tmp_path, "trap 'exit 0' TERM\nsleep 60 & wait")
+    shared = LocalExecutor(data.root, slots=1, use_gpus=False, python=python)
+    reserved = LocalExecutor(data.root, slots=1, use_gpus=False, python=python)
+    scheduler = Scheduler(store, shared, reserved=reserved, grace_s=2)
+    scheduler.tick()
+    assert reserved.is_alive(analysis.id) and shared.is_alive(training.id)
+    asyncio.run(scheduler.stop())
+
+
 def test_claim_next_can_take_only_some_kinds(data):
     store = RunStore(data.db_path)
     train = store.create_run(RunKind.TRAIN, {})

@@ -86,6 +86,24 @@ def test_a_run_moved_to_the_front_is_claimed_next(store):
         store.move_to_front("nope")
 
 
+def test_runs_a_restart_requeued_are_claimed_before_runs_moved_to_the_front(store):
+    """The study's restart: two training runs and an analysis were running, seven analyses
+    had been moved to the front meanwhile, and the restart gave the training runs' slots to
+    those (each restart then cost the interrupted runs their place until the others ended)."""
+    running = [store.create_run(RunKind.TRAIN, {"seed": i}) for i in range(2)]
+    waiting = store.create_run(RunKind.TRAIN, {"seed": 9})
+    for run in running:
+        store.claim(run.id)
+    fronted = store.create_run(RunKind.ANALYSIS, {})
+    store.move_to_front(fronted.id)
+    for run in running:  # the server stops: its workers give their runs back
+        assert store.requeue(run.id, 1, restart=True)
+    queued = [store.get_run(r.id) for r in (waiting, fronted, *running)]
+    by_key = [r.id for r in sorted(queued, key=lambda r: r.queue_key)]  # the order packing sorts by
+    claimed = [store.claim_next().id for _ in range(4)]
+    assert claimed == [running[0].id, running[1].id, fronted.id, waiting.id] == by_key
+
+
 def test_a_store_file_from_before_priorities_is_upgraded(tmp_path):
     """A data dir written before the priority column (the study's, kept across
     releases) opens, keeps its queue order and can move runs to the front."""
