@@ -20,7 +20,7 @@ COLUMNS = ["id", "kind", "state", "progress", "epochs", "arch", "seed", "tier", 
            "rate_e_hz", "created", "sweep", "detail"]
 # with these the table fits beside the form on a 1500-px-wide window; detail takes the rest
 COLUMN_WIDTHS = {"id": 103, "kind": 58, "state": 74, "progress": 74, "epochs": 64, "arch": 50, "seed": 50,
-                 "tier": 54, "size": 56, "test_acc": 64, "rate_e_hz": 62, "created": 100, "sweep": 70}
+                 "tier": 54, "size": 56, "test_acc": 64, "rate_e_hz": 62, "created": 122, "sweep": 70}
 # Tabulator keeps 25 px right of a sortable header's title for its arrow: at these widths
 # "progress", "epochs", "arch", "seed", "acc (%)" and "E (Hz)" showed as "pr…", "e…", "a…",
 # "s…", "a…", "E …". A smaller arrow and title let every header read in full.
@@ -56,7 +56,7 @@ def run_row(run: Run, last: dict | None) -> dict:
         "arch": config.get("arch", ""), "seed": "" if config.get("seed") is None else str(config["seed"]),
         "tier": config.get("tier", ""),
         "size": size, "test_acc": (last or {}).get("test_acc"), "rate_e_hz": (last or {}).get("rate_e_hz"),
-        "created": dt.datetime.fromtimestamp(run.created_at).strftime("%y-%m-%d %H:%M"),
+        "created": dt.datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M"),  # "26-12-07" read as a day
         "sweep": run.sweep_id or "", "detail": detail,
     }
 

@@ -25,3 +25,12 @@ def test_each_kind_of_run_says_what_it_is_in_the_detail_column():
     assert train["detail"] == "" and train["seed"] == "42" and train["size"] == "40/10"
     failed = run_row(a_run(RunKind.FORCE, {"experiment": "train"}, error="ValueError: n must be > 0\n"), None)
     assert failed["detail"] == "ValueError: n must be > 0"
+
+
+def test_the_created_column_gives_the_year_in_full():
+    """"26-12-07" could be read as the 26th; the year comes whole, first."""
+    import datetime as dt
+
+    run = a_run(RunKind.TRAIN, {"arch": "ping"})
+    expected = dt.datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M")
+    assert run_row(run, None)["created"] == expected and len(expected.split("-")[0]) == 4
