@@ -20,7 +20,7 @@ COLUMNS = ["id", "kind", "state", "progress", "epochs", "arch", "seed", "tier", 
            "rate_e_hz", "created", "sweep", "detail"]
 # with these the table fits beside the form on a 1500-px-wide window; detail takes the rest
 COLUMN_WIDTHS = {"id": 103, "kind": 58, "state": 74, "progress": 74, "epochs": 64, "arch": 50, "seed": 50,
-                 "tier": 54, "size": 56, "test_acc": 64, "rate_e_hz": 62, "created": 122, "sweep": 70}
+                 "tier": 54, "size": 56, "test_acc": 64, "rate_e_hz": 62, "created": 118, "sweep": 62}
 # Tabulator keeps 25 px right of a sortable header's title for its arrow: at these widths
 # "progress", "epochs", "arch", "seed", "acc (%)" and "E (Hz)" showed as "pr…", "e…", "a…",
 # "s…", "a…", "E …". A smaller arrow and title let every header read in full.

@@ -122,6 +122,8 @@ def test_the_runs_table_shows_integer_seeds_no_nan_and_readable_headers_and_fits
     widths = holder.evaluate("h => [h.scrollWidth, h.clientWidth]")
     assert widths[0] <= widths[1] + 1, f"the table scrolls sideways: {widths}"
     assert table.locator(".tabulator-col[tabulator-field=detail]").is_visible()
+    created = table.locator(".tabulator-cell[tabulator-field=created]").first.evaluate("c => [c.scrollWidth, c.clientWidth]")
+    assert created[0] <= created[1], f"the date is cut short: {created}"  # it has the year in full now
     # each header's title fits its room (9 of 14 showed as "pr…", "a…", "s…", "E …", ...)
     clipped = [(title, width, room) for title, width, room in table.evaluate(HEADER_TEXT_JS) if width > room + 0.5]
     assert clipped == [], clipped
