@@ -25,7 +25,9 @@ def token_server(tmp_path_factory):
 def test_train_follow_wait_metrics_download_rerun_cancel_delete(token_server, tmp_path, capsys):
     with Client(token_server.url, token=TOKEN) as client:
         run = client.submit_run(small_config(epochs=1), seed=7)
-        assert isinstance(run, RunPublic) and run.state is RunState.QUEUED and run.config["seed"] == 7
+        # a free slot may claim it before the answer is written (seen under load)
+        assert isinstance(run, RunPublic) and run.state in (RunState.QUEUED, RunState.RUNNING)
+        assert run.config["seed"] == 7
 
         events = list(client.follow(run, timeout_s=120))
         assert all(isinstance(e, Event) for e in events) and events[-1].name == "end"
