@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import html
 import json
+from collections import Counter
 from typing import Any
 
 import holoviews as hv
@@ -30,6 +31,16 @@ MAX_STUDIES = 200
 MAX_HISTOGRAM_RUNS = len(plots.SERIES_COLORS)  # one colour per overlaid run
 FINAL_MISSING = "when its run finishes"  # the final-weights figures read a succeeded run's files
 STUDY_COLUMNS = ["study", "preset", "state", "progress", "runs", "created", "source", "report"]
+
+
+def _member_counts(study) -> str:
+    """"6 of 6 runs launched: 2 running, 4 queued" (it read "6 of 6 runs queued" with two running)."""
+    states = Counter(m.state.value if m.state else "deleted" for m in study.members)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items(), key=lambda kv: STATE_ORDER.get(kv[0], 9)))
+    return f"{len(study.members)} of {study.expected_runs} runs launched" + (f": {counts}" if counts else "")
+
+
+STATE_ORDER = {"running": 0, "queued": 1, "succeeded": 2, "failed": 3, "cancelled": 4, "deleted": 5}
 
 
 def _link(href: str, text: str) -> str:
@@ -317,8 +328,7 @@ class StudyPage(param.Parameterized):
             links.insert(0, _link("/compare?runs=" + ",".join(trained[:24]), f"Compare the {len(trained)} "
                                   "training runs →"))
         facts = [("preset", f"{study.name} · {preset.title}"), ("state", study.state.value),
-                 ("progress", f"{100 * study.progress:.0f} % ({len(study.members)} of {study.expected_runs} "
-                              "runs queued)"),
+                 ("progress", f"{100 * study.progress:.0f} % ({_member_counts(study)})"),
                  ("created", dt.datetime.fromtimestamp(study.created_at).strftime("%Y-%m-%d %H:%M:%S")),
                  ("overrides", json.dumps(self.plan["overrides"]) or "none")]
         if study.source_run_id:
@@ -359,6 +369,12 @@ class StudyPage(param.Parameterized):
                                      colors=self.colors, logy=logy)
         return element.opts(show_legend=len(self.labels) <= MAX_HISTOGRAM_RUNS, legend_position="right")
 
+    def _budget_rows(self) -> tuple[list[dict], bool]:
+        """The spike budget's rows, and whether they are the study's so far (runs still training)."""
+        if "spike_budget_so_far" in self.report:
+            return self.report["spike_budget_so_far"], True
+        return self.report.get("spike_budget", []), False
+
     def _training_sections(self) -> list:
         f, grid = self._figure, _grid
         wide = lambda column: (lambda: study_plots.wide_frame(self.metrics, column))  # noqa: E731
@@ -370,8 +386,8 @@ class StudyPage(param.Parameterized):
                   [(f"grad_ratio.{n}", f"||grad|| / ||{n}||", "ratio", True) for n in trainable]
         figure = lambda c, t, y, log: f(lambda: self._trajectory(c, t, y, log), wide(c),  # noqa: E731
                                         c.replace(".", "-"), "metrics")
-        budget = f(lambda: study_plots.spike_budget(self.report.get("spike_budget", [])),
-                   lambda: study_plots.spike_budget_frame(self.report.get("spike_budget", [])), "spike-budget")
+        budget = f(lambda: study_plots.spike_budget(*self._budget_rows()),
+                   lambda: study_plots.spike_budget_frame(self._budget_rows()[0]), "spike-budget")
         return [
             layout.section("Seed table (final epoch; slopes over the last 10 epochs)", self.seed_table,
                            grid(budget, f(lambda: study_plots.accuracy_vs_rate_runs(self.metrics, self.colors),

@@ -75,11 +75,15 @@ def spike_budget_frame(rows: list[dict]) -> pd.DataFrame:
                         columns=["group", "arch", "measure", "rate (Hz)"])
 
 
-def spike_budget(rows: list[dict]) -> hv.Bars:
-    """Per grid point, final epoch, mean over its seeds (MODEL.md "Spike budget").
-    Before any run has finished there are no rows: empty bars, said in the title
-    (colouring by arch needs at least one bar)."""
+def spike_budget(rows: list[dict], so_far: bool = False) -> hv.Bars:
+    """Per grid point, final epoch, mean over its seeds (MODEL.md "Spike budget"); `so_far`:
+    each run's latest epoch while the study trains (the title says which epochs). Before
+    any run has an epoch there are no rows: empty bars, said in the title (colouring by
+    arch needs at least one bar)."""
     title = "Spike budget (final epoch, mean over seeds)"
+    if so_far and rows:
+        epochs = "; ".join(f"{str(r.get('group') or r['arch']).upper()} {r['epochs']}" for r in rows)
+        title = f"Spike budget so far (latest epochs: {epochs})"
     if not rows:
         return hv.Bars(spike_budget_frame(rows), ["measure", "group"], ["rate (Hz)", "arch"]).opts(
             title=f"{title}: when a run finishes", show_legend=False, **BASE)

@@ -78,7 +78,12 @@ def build_report(plan: dict[str, Any], entries: list[dict[str, Any]]) -> dict[st
     trained = [e for e in entries if e["metrics"] and e["state"] == "succeeded"]
     if plan["runs"]:
         report["seed_table"] = [{**seed_row(e), "state": e["state"]} for e in entries if e["metrics"]]
-        report["spike_budget"] = spike_budget(trained, [k for k in plan["grid"] if k != "seed"])
+        axes = [k for k in plan["grid"] if k != "seed"]
+        report["spike_budget"] = spike_budget(trained, axes)
+        if any(e["metrics"] and e["state"] != "succeeded" for e in entries):
+            # a study at the seed's scale trains for days: until every run has finished,
+            # the budget of each run's latest epoch (rows say which epochs they pool)
+            report["spike_budget_so_far"] = spike_budget([e for e in entries if e["metrics"]], axes)
         report["trajectories"] = {e["label"]: [{k: r[k] for k in ("epoch", "test_acc", "rate_e_hz")}
                                                for r in e["metrics"]] for e in entries}
     report["analyses"] = [{"label": e["label"], "name": name, "complete": bool(r and r.get("complete")),
@@ -127,6 +132,7 @@ def spike_budget(trained: list[dict[str, Any]], axes: list[str] | None = None) -
         rate_i = sum(f["rate_i_hz"] for f in finals) / len(finals)
         point = dict(zip(axes, key))
         rows.append({"group": run_label(point), "arch": runs[0]["config"]["arch"], **point, "runs": len(runs),
+                     "epochs": ", ".join(str(len(e["metrics"])) for e in runs),
                      "n_e": n_e, "n_i": n_i, "rate_e_hz": rate_e,
                      "rate_i_hz": rate_i, "rate_e_plus_i_hz": rate_e + rate_i,
                      "per_cell_total_hz": (n_e * rate_e + n_i * rate_i) / (n_e + n_i)})
@@ -272,6 +278,9 @@ def report_markdown(report: dict[str, Any]) -> str:
         parts += ["## Seed table\n", markdown_table(report["seed_table"]),
                   "## Spike budget (final epoch, mean over seeds per grid point)\n",
                   markdown_table(report["spike_budget"])]
+        if "spike_budget_so_far" in report:
+            parts += ["## Spike budget so far (each run's latest epoch; `epochs` per run)\n",
+                      markdown_table(report["spike_budget_so_far"])]
     if "rate_vs_gamma" in report:
         parts += ["## E rate against gamma frequency\n", markdown_table(report["rate_vs_gamma"]["rows"]),
                   f"Affine fit, all runs: `{json.dumps(report['rate_vs_gamma']['fit'])}`\n",

@@ -88,6 +88,32 @@ def test_the_spike_budget_of_a_study_without_finished_runs_renders_empty():
     assert figure.title.text.endswith("when a run finishes")
 
 
+def test_the_spike_budget_so_far_says_which_epochs_it_pools():
+    """A study at the seed's scale trains for days; its budget so far comes from each
+    run's latest epoch, and the title says which (the bars stood empty until then)."""
+    from app.dashboard import study_plots
+
+    rows = [{"group": "ping", "arch": "ping", "epochs": "65, 7", "rate_e_hz": 8.0, "rate_i_hz": 36.0,
+             "rate_e_plus_i_hz": 44.0, "per_cell_total_hz": 13.6},
+            {"group": "coba", "arch": "coba", "epochs": "55", "rate_e_hz": 69.6, "rate_i_hz": 0.0,
+             "rate_e_plus_i_hz": 69.6, "per_cell_total_hz": 55.7}]
+    figure = hv.render(study_plots.spike_budget(rows, so_far=True))
+    assert figure.title.text == "Spike budget so far (latest epochs: PING 65, 7; COBA 55)"
+    assert hv.render(study_plots.spike_budget(rows)).title.text == "Spike budget (final epoch, mean over seeds)"
+
+
+def test_a_studys_progress_counts_its_runs_by_state():
+    """It read "6 of 6 runs queued" while two of them were running."""
+    from types import SimpleNamespace
+
+    from app.dashboard.studies_page import _member_counts
+    from jobs.models import RunState
+
+    members = [SimpleNamespace(state=s) for s in (RunState.QUEUED, RunState.RUNNING, RunState.QUEUED, None)]
+    study = SimpleNamespace(members=members, expected_runs=6)
+    assert _member_counts(study) == "4 of 6 runs launched: 1 running, 2 queued, 1 deleted"
+
+
 def test_the_heatmap_draws_each_label_in_its_own_ink():
     """The rendered Bokeh figure maps the label glyph's colour to the per-cell ink
     column (not one colour for all), so dark text sits on the bright cells."""

@@ -184,7 +184,7 @@ def test_spike_budget_pools_seeds_not_grid_points():
 
 def test_a_study_in_progress_tabulates_its_runs_so_far():
     """100-epoch runs train for hours: the seed table shows each run's latest epoch
-    and its state; the spike budget waits for finished runs."""
+    and its state; the spike budget of finished runs waits for them, the one so far does not."""
     metrics = [{"epoch": n, "test_acc": 50.0 + n, "rate_e_hz": 9.0, "rate_i_hz": 30.0, "train_acc": 0, "train_loss": 0,
                 "test_loss": 0, "active_frac_e": 1, "active_frac_i": 1} for n in (1, 2, 3)]
     plan = {"name": "nb024", "overrides": {}, "runs": [{"label": "ping-seed42"}, {"label": "ping-seed43"}],
@@ -198,6 +198,13 @@ def test_a_study_in_progress_tabulates_its_runs_so_far():
         ("ping-seed42", 3, 53.0, "running")]
     assert report["spike_budget"] == []
     assert "running" in report_csv(report)
+    # until every run has finished, the budget of each run's latest epoch stands beside it
+    so_far = report["spike_budget_so_far"]
+    assert [(r["group"], r["runs"], r["epochs"], r["rate_e_hz"], r["rate_i_hz"]) for r in so_far] == [
+        ("ping", 1, "3", 9.0, 30.0)]
+    assert "## Spike budget so far" in report_markdown(report)
+    finished = build_report(plan, [dict(running, state="succeeded")])
+    assert "spike_budget_so_far" not in finished and finished["spike_budget"][0]["epochs"] == "3"
 
 
 def test_converged_flags_follow_the_last_ten_epoch_slopes():
