@@ -172,7 +172,7 @@ class ComparePage(param.Parameterized):
     def budget(self):
         frame = self._budget_frame()
         return hv.Bars(frame, ["measure", "run"], "rate (Hz)").opts(
-            title="Spike budget (final epoch, test set)", tools=["hover"], multi_level=True,
+            title="Spike budget (each run's last epoch, test set)", tools=["hover"], multi_level=True,
             xrotation=30, cmap=self._run_colors(), color="run", show_legend=False, **{**plots.BASE, "height": 320})
 
     # --- view --------------------------------------------------------------------------
