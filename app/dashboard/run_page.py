@@ -100,8 +100,9 @@ class RunPage(param.Parameterized):
                 return f'<span class="muted">{html.escape(s["convergence"])}</span>'
             return '<span class="ok">converged</span>' if ok else '<span class="no">still moving</span>'
 
-        rows = [("final test accuracy", f"{s['final']['test_acc']:.2f} %"),
-                ("final E | I rate", f"{s['final']['rate_e_hz']:.2f} | {s['final']['rate_i_hz']:.2f} Hz"),
+        which = "final" if self.run.state is RunState.SUCCEEDED else f"epoch {s['epochs']}"  # still training
+        rows = [(f"{which} test accuracy", f"{s['final']['test_acc']:.2f} %"),
+                (f"{which} E | I rate", f"{s['final']['rate_e_hz']:.2f} | {s['final']['rate_i_hz']:.2f} Hz"),
                 (f"accuracy slope (last {s['slopes']['window']} epochs)",
                  f"{s['slopes']['test_acc_pp_per_epoch']:+.3f} pp/epoch {flag(s['converged']['test_acc'])}"),
                 (f"E-rate slope (last {s['slopes']['window']} epochs)",

@@ -1,0 +1,28 @@
+"""The Run page of a run still training, in Python on a real SQLite store: its summary and
+per-cell histograms say which epoch they are from (they said "final" for days)."""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+
+from app.dashboard.run_page import RunPage
+from jobs.models import RunState
+from tests.app.test_compare_page import _Services, _run, jobs  # noqa: F401  (jobs: the store fixture)
+
+
+def test_a_run_still_training_says_which_epoch_its_figures_are_from(jobs):  # noqa: F811
+    run = _run(jobs, 2, seed=42)
+    jobs.store.claim(run.id)
+    folder = jobs.data.run_dir(run.id) / "artifacts"
+    folder.mkdir(parents=True)
+    np.savez(folder / "rates.npz", rate_e_hz=np.full(8, 7.0), rate_i_hz=np.full(2, 30.0), epoch=np.array(2))
+    page = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
+    assert "epoch 2 test accuracy" in page.summary.object and "final" not in page.summary.object
+    histogram = page.cell_rates_e()
+    assert histogram.opts.get().kwargs["title"] == "Per-cell E rates (test set, epoch 2)"
+    assert sum(next(e for e in histogram if isinstance(e, hv.Histogram)).dimension_values("count")) == 8
+    jobs.store.transition(run.id, RunState.SUCCEEDED)
+    done = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
+    assert "final test accuracy" in done.summary.object
+    assert done.cell_rates_i().opts.get().kwargs["title"] == "Per-cell I rates (test set, final)"
