@@ -11,6 +11,7 @@ import holoviews as hv
 import numpy as np
 import panel as pn
 import param
+import torch
 
 from app.api.deps import Services
 from app.dashboard import force_page, layout, plots
@@ -31,6 +32,7 @@ class RunPage(param.Parameterized):
         super().__init__(**params)
         self.jobs, self.feed, self.run = services.jobs, feed, run
         self._frame_cache: tuple = (None, None)
+        self._checkpoint_cache: tuple = (None, None)  # (epochs seen, (label, weights))
         self.status = layout.status_line()
         self.header = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 20))
         self.summary = pn.pane.HTML(sizing_mode="stretch_width")
@@ -146,10 +148,11 @@ class RunPage(param.Parameterized):
         rates = self._npz("rates")
         return {population: rates[f"rate_{population.lower()}_hz"]} if rates else {}
 
-    def _final_missing(self) -> str:
-        """Why a figure of the run's final files is (partly) empty."""
+    def _missing(self) -> str:
+        """Why a per-cell or weight figure is (partly) empty: these files are written after
+        every epoch, the final ones when the run finishes."""
         if not self.run.state.finished:
-            return "written when the run finishes"
+            return "written after its first epoch"
         return f"none: the run {self.run.state.value} before its final evaluation"
 
     def _cell_rates_figure(self, population: str, color: str):
@@ -157,9 +160,8 @@ class RunPage(param.Parameterized):
         rates = self._npz("rates")
         when = "final" if self.run.state is RunState.SUCCEEDED or rates is None or "epoch" not in rates \
             else f"epoch {int(rates['epoch'])}"
-        missing = "written after its first epoch" if not self.run.state.finished else self._final_missing()
         return plots.histograms(self._cell_rates(population), [population], xlabel="rate (Hz)", colors=(color,),
-                                title=f"Per-cell {population} rates (test set, {when})", missing=missing)
+                                title=f"Per-cell {population} rates (test set, {when})", missing=self._missing())
 
     @param.depends("records", "artifacts_version")
     def cell_rates_e(self):
@@ -169,24 +171,42 @@ class RunPage(param.Parameterized):
     def cell_rates_i(self):
         return self._cell_rates_figure("I", plots.I_COLOR)
 
-    def _weights(self, name: str) -> dict[str, np.ndarray]:
+    def _end_weights(self) -> tuple[str, dict[str, np.ndarray] | None]:
+        """The "end" series' label and weights: the final ones or, while the run trains, its
+        latest checkpoint's (a 100-epoch run's histograms stood empty for days)."""
+        final = self._npz("weights_final")
+        if final is not None or self.run.state.finished:
+            return "end", final
+        if self._checkpoint_cache[0] != len(self.records):  # W_in and W_out read it once per epoch
+            try:
+                path = self.jobs.artifact_path(self.run.id, "checkpoints/last.pt")
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+                loaded = (f"epoch {checkpoint['epoch']}", {k: v.numpy() for k, v in checkpoint["weights"].items()})
+            except JobsError:  # no epoch has ended yet
+                loaded = ("end", None)
+            self._checkpoint_cache = (len(self.records), loaded)
+        return self._checkpoint_cache[1]
+
+    def _weights(self, name: str) -> tuple[dict[str, np.ndarray], str]:
+        end_label, end = self._end_weights()
         series = {}
-        for label, file in (("init", "weights_init"), ("end", "weights_final")):
-            arrays = self._npz(file)
+        for label, arrays in (("init", self._npz("weights_init")), (end_label, end)):
             if arrays and name in arrays:
                 values = arrays[name].ravel()
                 series[label] = values[values != 0] if name == "W_in" else values  # W_in: existing synapses
-        return series
+        return series, end_label
 
     def _weight_histogram(self, name: str):
-        return plots.histograms(self._weights(name), ["init", "end"], title=f"{name} values, init vs end", xlabel="weight",
-                                bins=40, logy=True, colors=("#a0aec0", plots.E_COLOR), missing=self._final_missing())
+        series, end_label = self._weights(name)
+        return plots.histograms(series, ["init", end_label], title=f"{name} values, init vs {end_label}",
+                                xlabel="weight", bins=40, logy=True, colors=("#a0aec0", plots.E_COLOR),
+                                missing=self._missing())
 
-    @param.depends("artifacts_version")
+    @param.depends("records", "artifacts_version")
     def w_in_values(self):
         return self._weight_histogram("W_in")
 
-    @param.depends("artifacts_version")
+    @param.depends("records", "artifacts_version")
     def w_out_values(self):
         return self._weight_histogram("W_out")
 
@@ -240,8 +260,8 @@ class RunPage(param.Parameterized):
             layout.section("Cells and weights", grid(
                 f(self.cell_rates_e, f"{rid}-cell-rates-e", histogram_csv(lambda: self._cell_rates("E"))),
                 f(self.cell_rates_i, f"{rid}-cell-rates-i", histogram_csv(lambda: self._cell_rates("I"))),
-                f(self.w_in_values, f"{rid}-w-in", histogram_csv(lambda: self._weights("W_in"))),
-                f(self.w_out_values, f"{rid}-w-out", histogram_csv(lambda: self._weights("W_out"))))),
+                f(self.w_in_values, f"{rid}-w-in", histogram_csv(lambda: self._weights("W_in")[0])),
+                f(self.w_out_values, f"{rid}-w-out", histogram_csv(lambda: self._weights("W_out")[0])))),
             layout.section("Spikes", pn.Row(sample, self.simulate_button),
                            f(self.raster_plot, f"{rid}-raster", lambda: plots.raster_frame(self.raster)),
                            grid(f(self.population_rate, f"{rid}-population-rate",

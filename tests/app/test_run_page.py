@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import holoviews as hv
 import numpy as np
+import torch
 
 from app.dashboard.run_page import RunPage
 from jobs.models import RunState
@@ -22,6 +23,15 @@ def test_a_run_still_training_says_which_epoch_its_figures_are_from(jobs):  # no
     histogram = page.cell_rates_e()
     assert histogram.opts.get().kwargs["title"] == "Per-cell E rates (test set, epoch 2)"
     assert sum(next(e for e in histogram if isinstance(e, hv.Histogram)).dimension_values("count")) == 8
+    # the weights' "end" is the latest checkpoint's while it trains
+    np.savez(folder / "weights_init.npz", W_in=np.ones((4, 3)), W_out=np.ones((3, 2)))
+    (folder.parent / "checkpoints").mkdir()
+    torch.save({"epoch": 2, "weights": {"W_in": torch.ones(4, 3), "W_out": torch.full((3, 2), 0.5)}},
+               folder.parent / "checkpoints" / "last.pt")
+    page = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
+    weights = page.w_out_values()
+    assert weights.opts.get().kwargs["title"] == "W_out values, init vs epoch 2"
+    assert [e.label for e in weights] == ["init", "epoch 2"] and page._weights("W_in")[0]["epoch 2"].size == 12
     jobs.store.transition(run.id, RunState.SUCCEEDED)
     done = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
     assert "final test accuracy" in done.summary.object
