@@ -201,8 +201,8 @@ def coupling_heatmap(cells: list[dict], factors: Sequence[float], metric: str) -
     crosses = hv.Points(unstable[["W_ei", "W_ie"]], ["W_ei", "W_ie"], label="forward Euler unstable").opts(
         marker="x", size=30, line_width=3, color=UNSTABLE_COLOR)
     # toolbar above: on the right it covers the colour bar's tick labels
-    # the crosses under the labels, which stay readable
-    return hv.Overlay([heat, crosses, cell_labels, star]).opts(
+    # the crosses and the star under the labels, which stay readable (as in the export)
+    return hv.Overlay([heat, crosses, star, cell_labels]).opts(
         title=f"Coupling sweep: {COUPLING_METRICS[metric]} (labels: total (E | I) Hz){_unstable_note(frame)}",
         responsive=True, height=520, framewise=True, toolbar="above", show_legend=False)
 

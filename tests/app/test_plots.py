@@ -243,6 +243,16 @@ def test_the_diagonal_marks_its_unstable_points_too():
         assert "unstable" not in plain.title.text
 
 
+def test_the_trained_points_star_lies_under_its_cells_label():
+    """The star hid part of the trained cell's numbers on the page (the export drew it under them)."""
+    from bokeh.models import Scatter, Text
+
+    figure = hv.render(plots.coupling_heatmap(CELLS, [0.0, 1.0, 2.0], "rate_total_hz"))
+    glyphs = [r.glyph for r in figure.renderers]
+    star = next(i for i, g in enumerate(glyphs) if isinstance(g, Scatter) and g.marker == "star")
+    assert star < next(i for i, g in enumerate(glyphs) if isinstance(g, Text))  # drawn first: below
+
+
 def test_the_heatmap_export_draws_the_pages_markers():
     """The PNG/SVG export drew the grid and its labels only: no star, no crosses."""
     checked = [dict(c, euler_step_max=20.0 if c["ei_factor"] == c["ie_factor"] == 2.0 else 0.3) for c in CELLS]
