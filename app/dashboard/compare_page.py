@@ -139,7 +139,7 @@ class ComparePage(param.Parameterized):
 
     def _latest_rates(self) -> list[tuple[str, dict[str, np.ndarray] | None]]:
         """(legend label, artifacts/rates.npz or None) per run. The file is rewritten after
-        every epoch, so an unfinished run's label says which epoch its rates are from."""
+        every epoch; the title says which epoch a run still training is at."""
         out = []
         for run in self.runs:
             try:
@@ -148,16 +148,24 @@ class ComparePage(param.Parameterized):
             except JobsError:  # no epoch has ended yet
                 out.append((self._label(run), None))
                 continue
-            unfinished = run.state is not RunState.SUCCEEDED and "epoch" in rates
-            out.append((self._label(run) + (f" · epoch {int(rates['epoch'])}" if unfinished else ""), rates))
+            out.append((self._label(run), rates))
         return out
+
+    def _rates_epochs(self, latest) -> str:
+        """Which epoch the rates of runs still training are from (in the title: a live plot
+        whose layer labels change between updates drew nothing)."""
+        epochs = [f"{run.id[:6]} at epoch {int(rates['epoch'])}" for run, (_, rates) in zip(self.runs, latest)
+                  if rates and run.state is not RunState.SUCCEEDED and "epoch" in rates]
+        return f"; {', '.join(epochs)}" if epochs else ""
 
     def _cell_rates(self, population: str) -> dict[str, np.ndarray]:
         return {label: rates[f"rate_{population.lower()}_hz"] for label, rates in self._latest_rates() if rates}
 
     def cell_rates(self, population: str):
-        labels = [label for label, _ in self._latest_rates()]
-        return plots.histograms(self._cell_rates(population), labels, title=f"Per-cell {population} rates (last epoch)",
+        latest = self._latest_rates()
+        labels = [label for label, _ in latest]
+        samples = {label: rates[f"rate_{population.lower()}_hz"] for label, rates in latest if rates}
+        return plots.histograms(samples, labels, title=f"Per-cell {population} rates (last epoch{self._rates_epochs(latest)})",
                                 xlabel="rate (Hz)", bins=30, missing="none before its first epoch ends")
 
     @param.depends("version")

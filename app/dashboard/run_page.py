@@ -11,12 +11,12 @@ import holoviews as hv
 import numpy as np
 import panel as pn
 import param
-import torch
 
 from app.api.deps import Services
 from app.dashboard import force_page, layout, plots
 from app.dashboard.live import LiveFeed, News
 from engine.convergence import summarise
+from engine.rundir import RunDir
 from jobs.models import JobsError, Run, RunKind, RunState
 
 WEIGHT_HISTOGRAMS = ("W_in", "W_out")
@@ -160,7 +160,8 @@ class RunPage(param.Parameterized):
         rates = self._npz("rates")
         when = "final" if self.run.state is RunState.SUCCEEDED or rates is None or "epoch" not in rates \
             else f"epoch {int(rates['epoch'])}"
-        return plots.histograms(self._cell_rates(population), [population], xlabel="rate (Hz)", colors=(color,),
+        samples = {population: rates[f"rate_{population.lower()}_hz"]} if rates else {}  # the one read above
+        return plots.histograms(samples, [population], xlabel="rate (Hz)", colors=(color,),
                                 title=f"Per-cell {population} rates (test set, {when})", missing=self._missing())
 
     @param.depends("records", "artifacts_version")
@@ -179,18 +180,19 @@ class RunPage(param.Parameterized):
             return "end", final
         if self._checkpoint_cache[0] != len(self.records):  # W_in and W_out read it once per epoch
             try:
-                path = self.jobs.artifact_path(self.run.id, "checkpoints/last.pt")
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-                loaded = (f"epoch {checkpoint['epoch']}", {k: v.numpy() for k, v in checkpoint["weights"].items()})
-            except JobsError:  # no epoch has ended yet
+                weights, epoch = RunDir(self.jobs.data.run_dir(self.run.id)).load_weights_at("last")
+                loaded = (f"epoch {epoch}", {k: v.numpy() for k, v in weights.items()})
+            except FileNotFoundError:  # no epoch has ended yet
                 loaded = ("end", None)
             self._checkpoint_cache = (len(self.records), loaded)
         return self._checkpoint_cache[1]
 
     def _weights(self, name: str) -> tuple[dict[str, np.ndarray], str]:
+        # the layers keep their labels ("init", "end"): a live plot whose layer labels change
+        # between updates drew nothing; the title says which epoch "end" is
         end_label, end = self._end_weights()
         series = {}
-        for label, arrays in (("init", self._npz("weights_init")), (end_label, end)):
+        for label, arrays in (("init", self._npz("weights_init")), ("end", end)):
             if arrays and name in arrays:
                 values = arrays[name].ravel()
                 series[label] = values[values != 0] if name == "W_in" else values  # W_in: existing synapses
@@ -198,7 +200,7 @@ class RunPage(param.Parameterized):
 
     def _weight_histogram(self, name: str):
         series, end_label = self._weights(name)
-        return plots.histograms(series, ["init", end_label], title=f"{name} values, init vs {end_label}",
+        return plots.histograms(series, ["init", "end"], title=f"{name} values, init vs {end_label}",
                                 xlabel="weight", bins=40, logy=True, colors=("#a0aec0", plots.E_COLOR),
                                 missing=self._missing())
 

@@ -72,8 +72,10 @@ def test_a_run_still_training_shows_its_latest_per_cell_rates(jobs):
     jobs.store.claim(finished.id)
     jobs.store.transition(finished.id, RunState.SUCCEEDED)
     page = ComparePage(_Services(jobs), feed=None, runs=[jobs.get_run(training.id), jobs.get_run(finished.id)])
-    bars = {e.label: e for e in page.cell_rates("E") if isinstance(e, hv.Histogram)}
-    assert set(bars) == {page._label(training) + " · epoch 2", page._label(finished)}
+    figure = page.cell_rates("E")
+    bars = {e.label: e for e in figure if isinstance(e, hv.Histogram)}
+    assert set(bars) == {page._label(training), page._label(finished)}  # labels stay put from epoch to epoch
+    assert figure.opts.get().kwargs["title"] == f"Per-cell E rates (last epoch; {training.id[:6]} at epoch 2)"
     assert all(sum(h.dimension_values("count")) == 8 for h in bars.values())
 
 

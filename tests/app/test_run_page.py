@@ -31,7 +31,7 @@ def test_a_run_still_training_says_which_epoch_its_figures_are_from(jobs):  # no
     page = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
     weights = page.w_out_values()
     assert weights.opts.get().kwargs["title"] == "W_out values, init vs epoch 2"
-    assert [e.label for e in weights] == ["init", "epoch 2"] and page._weights("W_in")[0]["epoch 2"].size == 12
+    assert [e.label for e in weights] == ["init", "end"] and page._weights("W_in")[0]["end"].size == 12
     jobs.store.transition(run.id, RunState.SUCCEEDED)
     done = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
     assert "final test accuracy" in done.summary.object
