@@ -114,6 +114,8 @@ def _train(run: Assignment, run_dir, transport: Transport, on_progress, stop: th
             transport.record_epoch(int(record["epoch"]), record)
         except LeaseLost:
             stop.set()  # a newer attempt owns the run: stop at the next batch, record nothing
+        else:
+            stop_if_cancelled(transport, stop)
 
     engine.train(config, run_dir, resume=True, on_epoch=on_epoch, should_stop=stop.is_set,
                  on_progress=on_progress)
@@ -134,6 +136,18 @@ def _force(run: Assignment, run_dir, on_progress, stop: threading.Event) -> None
 
     run_experiment(run.config["experiment"], run.config["params"], run_dir, on_progress=on_progress,
                    should_stop=stop.is_set)
+
+
+def stop_if_cancelled(transport: Transport, stop: threading.Event) -> None:
+    """Asked at each stored epoch, not only by the heartbeat: a heartbeat can come late
+    on a loaded machine (or be starved by the training thread), and a run of a pack
+    gets no SIGTERM, so a cancel requested during epoch e would otherwise race the
+    rest of the run. With this, the run never trains past the epoch after the cancel."""
+    try:
+        if transport.cancel_requested():
+            stop.set()
+    except Exception:  # the store or server is busy: the heartbeat asks again
+        log.exception("could not read the cancel flag")
 
 
 def record_outcome(transport: Transport, stop: threading.Event, exc: BaseException | None) -> RunState | None:
@@ -322,6 +336,8 @@ def _train_pack(members: list[PackMember], finish) -> None:
             members[k].transport.record_epoch(int(record["epoch"]), record)
         except LeaseLost:
             members[k].stop.set()  # a newer attempt owns the run: it leaves the pack at the next batch
+        else:
+            stop_if_cancelled(members[k].transport, members[k].stop)
 
     def on_progress(k: int, done: int, total: int) -> None:
         members[k].beat.progress = done / total if total else None

@@ -152,6 +152,26 @@ def test_heartbeat_sets_stop_on_cancel_flag(data):
     assert stop.is_set()
 
 
+def test_a_cancel_is_seen_at_the_next_stored_epoch_without_a_heartbeat(data):
+    """A pack's runs get no SIGTERM and a heartbeat can come late on a loaded machine
+    (CI once trained a cancelled packed run to its end): the worker also reads the
+    cancel flag each time it stores an epoch."""
+    store = RunStore(data.db_path)
+    run = _claimed(store, small_config(epochs=3))
+
+    class CancelAfterFirstEpoch(StoreTransport):
+        def record_epoch(self, epoch, record):
+            super().record_epoch(epoch, record)
+            store.request_cancel(run.id)  # no heartbeat runs here to pass it on
+
+    transport = CancelAfterFirstEpoch(data, run.id, run.attempt)
+    stop = threading.Event()
+    with pytest.raises(engine.TrainingCancelled):
+        worker._train(Assignment.of(run), transport.run_dir(), transport, lambda done, total: None, stop)
+    assert [r["epoch"] for r in store.metrics(run.id)] == [1]
+    assert worker.record_outcome(transport, stop, engine.TrainingCancelled("")) is RunState.CANCELLED
+
+
 def test_one_slot_per_gpu_with_its_device_visible(data, monkeypatch):
     import torch
 

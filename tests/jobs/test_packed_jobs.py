@@ -68,9 +68,11 @@ def test_only_gpu_runs_pack_unless_told(store):
 
 def test_a_pack_trains_its_runs_and_one_cancel_stops_only_that_run(tmp_path, data):
     store = RunStore(data.db_path)
-    # four epochs: the cancel (heartbeat, then the next batch) lands well before the last
-    configs = [{**TINY, "epochs": 4}, {**TINY, "epochs": 4, "arch": "coba", "seed": 2},
-               {**TINY, "epochs": 4, "seed": 3, "lr": 3e-3}]
+    # The worker reads the cancel flag as it stores each epoch, so a cancel asked before
+    # epoch e is stored stops the run before epoch e + 2 begins, heartbeat or not
+    # (a heartbeat alone came too late once on CI). Five epochs leave room for a slow poll.
+    configs = [{**TINY, "epochs": 5}, {**TINY, "epochs": 5, "arch": "coba", "seed": 2},
+               {**TINY, "epochs": 5, "seed": 3, "lr": 3e-3}]
     runs = _queue(store, *configs)
     scheduler = _packing_scheduler(store, data, pack_runs=3)
     scheduler.tick()
@@ -84,6 +86,7 @@ def test_a_pack_trains_its_runs_and_one_cancel_stops_only_that_run(tmp_path, dat
     tick_until(scheduler, lambda: len(store.metrics(cancelled.id)) >= 1, 120)
     store.request_cancel(cancelled.id)
     scheduler.cancel(cancelled.id)
+    assert len(store.metrics(cancelled.id)) <= 3, "the test asked for the cancel too late to see it work"
     tick_until(scheduler, lambda: store.get_run(cancelled.id).state.finished, 30)
     assert store.get_run(cancelled.id).state is RunState.CANCELLED
 
