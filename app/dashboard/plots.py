@@ -75,10 +75,15 @@ def histograms(samples: dict[str, np.ndarray], labels: Sequence[str], *, title: 
                bins: int = 30, logy: bool = False, colors: Sequence[str] = SERIES_COLORS,
                missing: str | None = None) -> hv.Overlay:
     """Overlaid histograms on shared bin edges, one layer per label (empty when
-    `samples` lacks it, so a live plot keeps its shape). Log y draws step
-    outlines: bars cannot start at a log axis's zero. `missing` says why a label
-    has no values (e.g. a run still training): it follows that label in the
-    legend, and stands in the middle of the plot when no label has any."""
+    `samples` lacks it). Log y draws step outlines: bars cannot start at a log
+    axis's zero. `missing` says why a label has no values (e.g. a run still
+    training): in the title when some labels have values, in the middle of the
+    plot when none has.
+
+    A live plot (a DynamicMap) keeps the structure of its first frame: every frame
+    has the same layers with the same labels (a layer whose label changed was drawn
+    as a new, unranged glyph: a run's weight histograms stayed blank until a reload),
+    the note included, empty once there is data."""
     finite = {k: np.asarray(v, dtype=float)[np.isfinite(v)] for k, v in samples.items()}
     values = np.concatenate(list(finite.values())) if finite else np.array([])
     low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
@@ -86,18 +91,24 @@ def histograms(samples: dict[str, np.ndarray], labels: Sequence[str], *, title: 
     layers = []
     for label, color in zip(labels, colors):
         counts = np.histogram(finite[label], edges)[0].astype(float) if label in finite else np.zeros(bins)
-        shown = label if label in finite or not missing else f"{label} ({missing})"
         if logy:
             centers = (edges[:-1] + edges[1:]) / 2
-            layers.append(hv.Curve((centers, np.where(counts > 0, counts, np.nan)), xlabel, "count", label=shown)
-                          .opts(interpolation="steps-mid", color=color, line_width=2, tools=["hover"]))
+            layers.append(hv.Curve((centers, np.where(counts > 0, counts, np.nan)), xlabel, "count", label=label)
+                          .opts(interpolation="steps-mid", color=color, line_width=2, tools=["hover"], **LAYER))
         else:
-            layers.append(hv.Histogram((edges, counts), kdims=[xlabel], vdims=["count"], label=shown).opts(
+            layers.append(hv.Histogram((edges, counts), kdims=[xlabel], vdims=["count"], label=label).opts(
                 fill_color=color, fill_alpha=0.45, line_color=color, tools=["hover"], **LAYER))
-    if missing and not finite:
-        layers.append(hv.Text((low + edges[-1]) / 2, 1 if logy else -0.5, missing).opts(  # below the legend
-            color="#718096", text_font_size="11pt"))
-    return hv.Overlay(layers).opts(title=title, logy=logy, legend_position="top_right", **BASE)
+    absent = [label for label in labels if label not in finite]
+    note = missing if missing and not finite else ""
+    if missing and finite and absent:
+        title = f"{title}; {', '.join(absent)}: {missing}"
+    # below the legend; once empty, at a height inside the bars' range (not below zero)
+    layers.append(hv.Text((low + edges[-1]) / 2, 1 if logy else (-0.5 if note else 0), note).opts(
+        color="#718096", text_font_size="11pt"))
+    overlay = hv.Overlay(layers)
+    if logy and not finite:  # a log axis over no counts has no range: give the note one
+        overlay = overlay.redim.range(count=(0.1, 10))
+    return overlay.opts(title=title, logy=logy, legend_position="top_right", **BASE)
 
 
 def histogram_frame(samples: dict[str, np.ndarray]) -> pd.DataFrame:

@@ -158,11 +158,15 @@ class RunPage(param.Parameterized):
     def _cell_rates_figure(self, population: str, color: str):
         """Rewritten after every epoch: a long run's per-cell rates are seen while it trains."""
         rates = self._npz("rates")
-        when = "final" if self.run.state is RunState.SUCCEEDED or rates is None or "epoch" not in rates \
-            else f"epoch {int(rates['epoch'])}"
+        if rates is None:
+            when = "test set"  # none yet, or none ever (the run stopped first): the note says which
+        elif self.run.state is RunState.SUCCEEDED or "epoch" not in rates:
+            when = "test set, final"
+        else:
+            when = f"test set, epoch {int(rates['epoch'])}"
         samples = {population: rates[f"rate_{population.lower()}_hz"]} if rates else {}  # the one read above
         return plots.histograms(samples, [population], xlabel="rate (Hz)", colors=(color,),
-                                title=f"Per-cell {population} rates (test set, {when})", missing=self._missing())
+                                title=f"Per-cell {population} rates ({when})", missing=self._missing())
 
     @param.depends("records", "artifacts_version")
     def cell_rates_e(self):

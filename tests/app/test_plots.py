@@ -144,20 +144,48 @@ def test_the_loop_transfer_figures_draw_partial_and_full_sweeps():
 
 
 def test_histograms_say_why_a_series_is_empty():
-    """A run still training has no per-cell rates: its legend entry says so, and an
-    all-empty plot says it in the middle instead of drawing a bare zero line."""
+    """A run still training has no per-cell rates: an all-empty plot says why in its
+    middle instead of drawing a bare zero line; a plot with some series says in its
+    title which are missing and why. The layer labels never change."""
     renderer = hv.renderer("bokeh")
     empty = plots.histograms({}, ["E"], title="Per-cell E rates", xlabel="rate (Hz)", missing="written when done")
-    texts = [e for e in empty if isinstance(e, hv.Text)]
-    assert [t.text for t in texts] == ["written when done"]
-    assert [e.label for e in empty if isinstance(e, hv.Histogram)] == ["E (written when done)"]
+    assert [t.text for t in empty if isinstance(t, hv.Text)] == ["written when done"]
+    assert [e.label for e in empty if isinstance(e, hv.Histogram)] == ["E"]
     renderer.get_plot(empty)
     partial = plots.histograms({"a": np.array([1.0, 2.0, 2.5])}, ["a", "b"], title="t", xlabel="x", logy=True,
                                missing="pending")
-    assert [e.label for e in partial] == ["a", "b (pending)"]  # no middle note: one series has values
+    assert [e.label for e in partial if isinstance(e, hv.Curve)] == ["a", "b"]
+    assert [t.text for t in partial if isinstance(t, hv.Text)] == [""]  # no middle note: one series has values
+    assert partial.opts.get().kwargs["title"] == "t; b: pending"
     renderer.get_plot(partial)
     plain = plots.histograms({}, ["E"], title="t", xlabel="x")
-    assert [e.label for e in plain] == ["E"]
+    assert [e.label for e in plain if isinstance(e, hv.Histogram)] == ["E"]
+
+
+@pytest.mark.parametrize("logy", [True, False])
+def test_a_live_histogram_draws_its_first_data_into_the_same_glyphs(logy):
+    """The Run page's weight histograms (log y) opened before the run's first checkpoint
+    stayed blank as the data arrived: the legend label changed from "end (written
+    after ...)" to "end", so HoloViews added new glyphs outside the axes it kept."""
+    rng = np.random.default_rng(0)
+    samples = {}
+    stream = hv.streams.Counter()
+    live = hv.DynamicMap(lambda counter: plots.histograms(samples, ["init", "end"], title="W", xlabel="w", logy=logy,
+                                                          bins=20, missing="written after its first epoch"),
+                         streams=[stream])
+    plot = hv.renderer("bokeh").get_plot(live)
+    figure = plot.state
+    glyphs = list(figure.renderers)
+    if logy:  # the empty plot's note needs a log range to stand on (0..1 drew nothing)
+        assert 0 < figure.y_range.start < 1 < figure.y_range.end
+    samples.update(init=rng.normal(size=500), end=3.0 * rng.normal(size=500))
+    stream.event(counter=1)
+    assert list(figure.renderers) == glyphs  # the same glyphs, now holding the data
+    counts = [np.nansum(np.asarray(r.data_source.data["count"], dtype=float)) for r in glyphs[:2]]
+    assert all(c > 0 for c in counts)
+    assert figure.x_range.start < -5 and figure.x_range.end > 5  # the axes follow the data
+    assert figure.y_range.end > 10
+    assert list(glyphs[2].data_source.data["text"]) == [""]  # the note is gone
 
 
 def test_an_exported_figure_keeps_the_pages_colours_and_title():

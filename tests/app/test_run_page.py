@@ -15,6 +15,9 @@ from tests.app.test_compare_page import _Services, _run, jobs  # noqa: F401  (jo
 def test_a_run_still_training_says_which_epoch_its_figures_are_from(jobs):  # noqa: F811
     run = _run(jobs, 2, seed=42)
     jobs.store.claim(run.id)
+    before = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id)).cell_rates_e()  # no rates.npz yet
+    assert before.opts.get().kwargs["title"] == "Per-cell E rates (test set)"  # not "final"
+    assert [t.text for t in before if isinstance(t, hv.Text)] == ["written after its first epoch"]
     folder = jobs.data.run_dir(run.id) / "artifacts"
     folder.mkdir(parents=True)
     np.savez(folder / "rates.npz", rate_e_hz=np.full(8, 7.0), rate_i_hz=np.full(2, 30.0), epoch=np.array(2))
@@ -31,7 +34,7 @@ def test_a_run_still_training_says_which_epoch_its_figures_are_from(jobs):  # no
     page = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
     weights = page.w_out_values()
     assert weights.opts.get().kwargs["title"] == "W_out values, init vs epoch 2"
-    assert [e.label for e in weights] == ["init", "end"] and page._weights("W_in")[0]["end"].size == 12
+    assert [e.label for e in weights if isinstance(e, hv.Curve)] == ["init", "end"] and page._weights("W_in")[0]["end"].size == 12
     jobs.store.transition(run.id, RunState.SUCCEEDED)
     done = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
     assert "final test accuracy" in done.summary.object
