@@ -43,7 +43,7 @@ from typing import Callable
 
 import torch
 
-from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common
+from engine.analyses.params import COMMON_DEFAULTS, AnalysisError, common, resumed_cells
 from engine.config import Config
 from engine.data import Split
 from engine.encoding import test_input_events
@@ -145,11 +145,14 @@ def _replayer(weights: Weights, config: Config) -> Callable[[torch.Tensor, torch
 
 
 @torch.no_grad()
-def phase_shuffle(weights: Weights, config: Config, split: Split, on_batch: Callable[[dict], None]) -> None:
-    """Per test batch: E spikes and correct answers closed-loop, replayed and shuffled."""
+def phase_shuffle(weights: Weights, config: Config, split: Split, on_batch: Callable[[dict], None],
+                  skip: int = 0) -> None:
+    """Per test batch: E spikes and correct answers closed-loop, replayed and shuffled.
+    The first `skip` batches (a stopped attempt's) are not run: each batch's shuffles
+    draw from a generator keyed on the batch, so the rest come out as in one go."""
     replay = _replayer(weights, config)
     gap = max(1, int(round(VOLLEY_GAP_MS / config.dt_ms)))
-    for b, index in enumerate(batches(len(split.labels), config.batch_size)):
+    for b, index in list(enumerate(batches(len(split.labels), config.batch_size)))[skip:]:
         x = test_input_events(split.images[index], split.image_ids(index), config).to_dense()
         labels = split.labels[index].to(config.torch_device)
         closed = simulate(weights, x, config)
@@ -186,16 +189,18 @@ def summarise(cells: list[dict], config: Config) -> dict:
     }
 
 
-def run(source: LoadedRun, params: dict, report: Callable[[dict], None]) -> dict:
+def run(source: LoadedRun, params: dict, report: Callable[[dict], None], resume: dict | None = None) -> dict:
     config, weights = source
     split = test_subset(config, params["samples"])
     total = len(batches(len(split.labels), config.batch_size))
-    result = {"name": "phase_shuffle", "samples": len(split.labels), "cells": [], "total": total, "summary": {}}
+    cells = resumed_cells(resume)
+    result = {"name": "phase_shuffle", "samples": len(split.labels), "cells": cells, "total": total,
+              "summary": summarise(cells, config) if cells else {}}
 
     def on_batch(cell: dict) -> None:
         result["cells"].append(cell)
         result["summary"] = summarise(result["cells"], config)
         report(result)
 
-    phase_shuffle(weights, config, split, on_batch)
+    phase_shuffle(weights, config, split, on_batch, skip=len(cells))
     return result

@@ -108,7 +108,8 @@ ANALYSES: dict[str, AnalysisSpec] = {
     "phase_shuffle": AnalysisSpec(
         name="phase_shuffle",
         description="nb042: I->E inhibition time-shuffled (same mean): the E-rate release factor",
-        defaults=phase_shuffle.DEFAULTS, check=phase_shuffle.check, execute=phase_shuffle.run),
+        defaults=phase_shuffle.DEFAULTS, check=phase_shuffle.check, execute=phase_shuffle.run,
+        resumable=True),
     "drop_add_spikes": AnalysisSpec(
         name="drop_add_spikes",
         description="nb037: drop or add E spikes inside the loop: accuracy, rates, does the cycle survive",

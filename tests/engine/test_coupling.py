@@ -151,6 +151,21 @@ def test_analyses_with_ordered_cells_resume_at_the_next_cell(untrained_run, tmp_
     assert resumed["cells"] == whole["cells"] and resumed.get("summary") == whole.get("summary")
 
 
+def test_a_stopped_phase_shuffle_resumes_at_the_next_batch(tmp_path):
+    """nb042 ran from its first batch again after every server restart (hours on a 100-epoch
+    seed run); its shuffles draw per batch, so a resumed result equals an uninterrupted one."""
+    run = untrained(tmp_path / "run", Config(n_e=60, n_i=15, t_ms=50.0, ei_strength=0.2, tier="smoke", batch_size=4))
+    params = {"samples": 12}
+    with pytest.raises(AnalysisCancelled):  # after the first of 3 batches
+        run_analysis("phase_shuffle", run, params, tmp_path / "out", should_stop=lambda: True)
+    progress = []
+    resumed = run_analysis("phase_shuffle", run, params, tmp_path / "out",
+                           on_progress=lambda done, total: progress.append((done, total)))
+    assert progress == [(2, 3), (3, 3)]
+    whole = run_analysis("phase_shuffle", run, params, tmp_path / "whole")
+    assert resumed["cells"] == whole["cells"] and resumed["summary"] == whole["summary"]
+
+
 def test_a_stopped_analysis_of_a_training_run_resumes_on_the_weights_it_began_with(untrained_run, tmp_path):
     """`weights=last` of a run that trains on: the next attempt used to find a newer checkpoint,
     start over on it, and so never finish while the run trained (nb037 on the study's runs)."""
