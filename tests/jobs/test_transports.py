@@ -254,3 +254,47 @@ def test_a_remote_fine_tune_starts_from_the_source_weights_the_server_holds(serv
             np.load(folder.run_dir(run.id) / "artifacts" / "weights_init.npz") as start:
         np.testing.assert_array_equal(start["W_ie"], (trained["W_ie"].astype(np.float64) * 2.0).astype(np.float32))
         np.testing.assert_array_equal(start["W_in"], trained["W_in"])
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_analysis_puts_each_cell_on_the_server_and_a_next_attempt_resumes_after_them(
+        transport, server, store, launch):
+    """A remote analysis sent its result only when it finished: its coupling heatmap stayed
+    empty while it ran, and a killed worker's next attempt began at the first cell again."""
+    import json
+
+    from tests.engine.test_coupling import untrained
+
+    config = engine.Config.from_dict(small_config(n_e=60, n_i=15, t_ms=50.0, ei_strength=0.2))
+    source = store.create_run(RunKind.TRAIN, config.to_dict())
+    untrained(DataDir.at(server.data_dir).run_dir(source.id), config)
+    params = {"factors": [0, 0.5, 1, 2], "samples": 8}  # 16 cells
+    analysis = store.create_run(RunKind.ANALYSIS, {"name": "coupling_sweep", "params": params},
+                                source_run_id=source.id)
+    claimed = store.claim_next(kinds=[RunKind.ANALYSIS])
+    assert claimed.id == analysis.id
+    result = DataDir.at(server.data_dir).run_dir(analysis.id) / "result.json"
+
+    def cells_on_server() -> list[dict]:
+        try:
+            return json.loads(result.read_text())["cells"]
+        except (OSError, ValueError, KeyError):  # not there yet
+            return []
+
+    first = launch(transport, analysis.id)
+    _wait_for(lambda: len(cells_on_server()) >= 2)  # while the worker still runs
+    os.kill(first.process.pid, signal.SIGKILL)
+    first.wait()
+    partial = json.loads(result.read_text())
+    assert not partial["complete"] and len(partial["cells"]) < 16
+    held = len(partial["cells"])
+    partial["cells"][0]["marker"] = "from the first attempt"  # a cell run again would not carry it
+    result.write_text(json.dumps(partial))
+    assert store.requeue(analysis.id, claimed.attempt)
+    assert store.claim_next(kinds=[RunKind.ANALYSIS]).attempt == 2
+    assert launch(transport, analysis.id).wait() == 0
+    done = store.get_run(analysis.id)
+    assert done.state is RunState.SUCCEEDED, done.error
+    resumed = json.loads(result.read_text())  # equal to an uninterrupted sweep: tests/engine/test_coupling.py
+    assert resumed["complete"] and resumed["cells"][0]["marker"] == "from the first attempt"
+    assert len(resumed["cells"]) == 16 and "marker" not in resumed["cells"][held]
