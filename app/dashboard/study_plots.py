@@ -77,16 +77,17 @@ def spike_budget_frame(rows: list[dict]) -> pd.DataFrame:
 
 def spike_budget(rows: list[dict], so_far: bool = False) -> hv.Bars:
     """Per grid point, final epoch, mean over its seeds (MODEL.md "Spike budget"); `so_far`:
-    each run's latest epoch while the study trains (the title says which epochs). Before
-    any run has an epoch there are no rows: empty bars, said in the title (colouring by
-    arch needs at least one bar)."""
+    while the study trains, the seeds begun at every grid point at the epoch they share
+    (engine.studies.report.spike_budget_so_far; the title says which). Without rows the
+    bars are empty and the title says when they come (colouring by arch needs a bar)."""
     title = "Spike budget (final epoch, mean over seeds)"
     if so_far and rows:
-        epochs = "; ".join(f"{str(r.get('group') or r['arch']).upper()} {r['epochs']}" for r in rows)
-        title = f"Spike budget so far (latest epochs: {epochs})"
+        seeds = rows[0]["seeds"]
+        title = f"Spike budget so far (epoch {rows[0]['at_epoch']}, seed{'s' if ',' in seeds else ''} {seeds})"
     if not rows:
+        when = "when a seed has an epoch at every grid point" if so_far else "when a run finishes"
         return hv.Bars(spike_budget_frame(rows), ["measure", "group"], ["rate (Hz)", "arch"]).opts(
-            title=f"{title}: when a run finishes", show_legend=False, **BASE)
+            title=f"{'Spike budget so far' if so_far else title}: {when}", show_legend=False, **BASE)
     return hv.Bars(spike_budget_frame(rows), ["measure", "group"], ["rate (Hz)", "arch"]).opts(
         title=title, tools=["hover"], multi_level=True,
         color="arch", cmap={a.upper(): c for a, c in ARCH_COLORS.items()}, show_legend=False, **BASE)

@@ -82,8 +82,8 @@ def build_report(plan: dict[str, Any], entries: list[dict[str, Any]]) -> dict[st
         report["spike_budget"] = spike_budget(trained, axes)
         if any(e["metrics"] and e["state"] != "succeeded" for e in entries):
             # a study at the seed's scale trains for days: until every run has finished,
-            # the budget of each run's latest epoch (rows say which epochs they pool)
-            report["spike_budget_so_far"] = spike_budget([e for e in entries if e["metrics"]], axes)
+            # the budget at the latest epoch that matched runs share
+            report["spike_budget_so_far"] = spike_budget_so_far(entries, axes)
         report["trajectories"] = {e["label"]: [{k: r[k] for k in ("epoch", "test_acc", "rate_e_hz")}
                                                for r in e["metrics"]] for e in entries}
     report["analyses"] = [{"label": e["label"], "name": name, "complete": bool(r and r.get("complete")),
@@ -137,6 +137,31 @@ def spike_budget(trained: list[dict[str, Any]], axes: list[str] | None = None) -
                      "rate_i_hz": rate_i, "rate_e_plus_i_hz": rate_e + rate_i,
                      "per_cell_total_hz": (n_e * rate_e + n_i * rate_i) / (n_e + n_i)})
     return rows
+
+
+def spike_budget_so_far(entries: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any]]:
+    """The budget of a study still training, matched: only the seeds that have begun a
+    run at every grid point on `axes`, each run at the epoch all of those have reached.
+    (Pooling each run's latest epoch compared one seed's epoch 85 with another's epoch 7:
+    a learning curve read as a difference between networks.) Rows carry the `seeds`
+    and the epoch (`at_epoch`); none until some seed has a run with an epoch everywhere."""
+    axes = list(axes) if axes else ["arch"]
+
+    def point(e: dict[str, Any]) -> tuple:
+        return tuple(e["point"].get(k, e["config"].get(k) if e["config"] else None) for k in axes)
+
+    points = {point(e) for e in entries}
+    by_seed: dict[Any, dict[tuple, dict[str, Any]]] = {}
+    for e in entries:
+        if e["metrics"]:
+            by_seed.setdefault(e["point"].get("seed", e["config"].get("seed")), {})[point(e)] = e
+    matched = {seed: runs for seed, runs in by_seed.items() if set(runs) == points}
+    if not matched:
+        return []
+    epoch = min(len(e["metrics"]) for runs in matched.values() for e in runs.values())
+    at_epoch = [{**e, "metrics": e["metrics"][:epoch]} for runs in matched.values() for e in runs.values()]
+    seeds = ", ".join(str(seed) for seed in sorted(matched, key=str))
+    return [{**row, "seeds": seeds, "at_epoch": epoch} for row in spike_budget(at_epoch, axes)]
 
 
 def _per_run_cell(entry: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -279,7 +304,7 @@ def report_markdown(report: dict[str, Any]) -> str:
                   "## Spike budget (final epoch, mean over seeds per grid point)\n",
                   markdown_table(report["spike_budget"])]
         if "spike_budget_so_far" in report:
-            parts += ["## Spike budget so far (each run's latest epoch; `epochs` per run)\n",
+            parts += ["## Spike budget so far (the seeds with a run at every grid point, at the epoch they share)\n",
                       markdown_table(report["spike_budget_so_far"])]
     if "rate_vs_gamma" in report:
         parts += ["## E rate against gamma frequency\n", markdown_table(report["rate_vs_gamma"]["rows"]),

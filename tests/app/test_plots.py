@@ -88,18 +88,22 @@ def test_the_spike_budget_of_a_study_without_finished_runs_renders_empty():
     assert figure.title.text.endswith("when a run finishes")
 
 
-def test_the_spike_budget_so_far_says_which_epochs_it_pools():
-    """A study at the seed's scale trains for days; its budget so far comes from each
-    run's latest epoch, and the title says which (the bars stood empty until then)."""
+def test_the_spike_budget_so_far_says_which_seeds_and_epoch_it_compares():
+    """A study at the seed's scale trains for days; its budget so far compares the seeds
+    begun at every grid point at the epoch they share, and the title says which."""
     from app.dashboard import study_plots
 
-    rows = [{"group": "ping", "arch": "ping", "epochs": "65, 7", "rate_e_hz": 8.0, "rate_i_hz": 36.0,
-             "rate_e_plus_i_hz": 44.0, "per_cell_total_hz": 13.6},
+    rows = [{"group": "ping", "arch": "ping", "epochs": "55", "rate_e_hz": 8.0, "rate_i_hz": 36.0,
+             "rate_e_plus_i_hz": 44.0, "per_cell_total_hz": 13.6, "seeds": "42", "at_epoch": 55},
             {"group": "coba", "arch": "coba", "epochs": "55", "rate_e_hz": 69.6, "rate_i_hz": 0.0,
-             "rate_e_plus_i_hz": 69.6, "per_cell_total_hz": 55.7}]
+             "rate_e_plus_i_hz": 69.6, "per_cell_total_hz": 55.7, "seeds": "42", "at_epoch": 55}]
     figure = hv.render(study_plots.spike_budget(rows, so_far=True))
-    assert figure.title.text == "Spike budget so far (latest epochs: PING 65, 7; COBA 55)"
+    assert figure.title.text == "Spike budget so far (epoch 55, seed 42)"
     assert hv.render(study_plots.spike_budget(rows)).title.text == "Spike budget (final epoch, mean over seeds)"
+    both = [dict(r, seeds="42, 43") for r in rows]
+    assert hv.render(study_plots.spike_budget(both, so_far=True)).title.text == "Spike budget so far (epoch 55, seeds 42, 43)"
+    none_yet = hv.render(study_plots.spike_budget([], so_far=True)).title.text
+    assert none_yet == "Spike budget so far: when a seed has an epoch at every grid point"
 
 
 def test_a_studys_progress_counts_its_runs_by_state():

@@ -13,7 +13,8 @@ from engine.rundir import RunDir
 from engine.studies import PRESETS, StudyError, expand, list_presets
 from engine.studies.local import run_study_local
 from engine.studies.report import (build_report, classify, entries_from_folder, rate_vs_gamma_section, report_csv,
-                                   report_markdown, seed_row, spike_budget)
+                                   report_markdown, seed_row, spike_budget,
+                                   spike_budget_so_far)
 
 TINY = {"tier": "smoke", "epochs": 1, "n_e": 40, "n_i": 10, "t_ms": 20.0, "batch_size": 200}
 # grids cut to two points per axis, analyses to a few images
@@ -200,11 +201,33 @@ def test_a_study_in_progress_tabulates_its_runs_so_far():
     assert "running" in report_csv(report)
     # until every run has finished, the budget of each run's latest epoch stands beside it
     so_far = report["spike_budget_so_far"]
-    assert [(r["group"], r["runs"], r["epochs"], r["rate_e_hz"], r["rate_i_hz"]) for r in so_far] == [
-        ("ping", 1, "3", 9.0, 30.0)]
+    assert [(r["group"], r["runs"], r["epochs"], r["rate_e_hz"], r["rate_i_hz"], r["seeds"], r["at_epoch"])
+            for r in so_far] == [("ping", 1, "3", 9.0, 30.0, "42", 3)]
     assert "## Spike budget so far" in report_markdown(report)
     finished = build_report(plan, [dict(running, state="succeeded")])
     assert "spike_budget_so_far" not in finished and finished["spike_budget"][0]["epochs"] == "3"
+
+
+def test_the_budget_so_far_compares_seeds_begun_everywhere_at_the_epoch_they_share():
+    """nb024 at scale: PING 42 at epoch 5, COBA 42 at 3, PING 43 at 2, COBA 43 queued. The
+    budget so far pooled each run's latest epoch (PING 42's 5th with PING 43's 2nd against
+    COBA's 3rd); now seed 42 alone, both archs at epoch 3."""
+    def metrics(n, rate_e):  # rate_e + epoch, so the epoch read shows in the rate
+        return [{"epoch": k, "rate_e_hz": rate_e + k, "rate_i_hz": 10.0 * k} for k in range(1, n + 1)]
+
+    def entry(arch, seed, n, rate_e):
+        return dict(_run_entry({"arch": arch, "seed": seed}, {"arch": arch, "seed": seed, "n_e": 80, "n_i": 20},
+                               metrics(n, rate_e)), state="running" if n else "queued")
+
+    entries = [entry("ping", 42, 5, 8.0), entry("coba", 42, 3, 70.0), entry("ping", 43, 2, 6.0),
+               entry("coba", 43, 0, 60.0)]
+    rows = {r["arch"]: r for r in spike_budget_so_far(entries, ["arch"])}
+    assert {a: (r["runs"], r["rate_e_hz"], r["rate_i_hz"], r["seeds"], r["at_epoch"]) for a, r in rows.items()} == {
+        "ping": (1, 11.0, 30.0, "42", 3), "coba": (1, 73.0, 30.0, "42", 3)}
+    entries[3] = entry("coba", 43, 1, 60.0)  # seed 43 has begun both: both seeds, at epoch 1
+    rows = {r["arch"]: r for r in spike_budget_so_far(entries, ["arch"])}
+    assert (rows["ping"]["runs"], rows["ping"]["rate_e_hz"], rows["ping"]["seeds"]) == (2, 8.0, "42, 43")
+    assert spike_budget_so_far([entry("ping", 42, 5, 8.0), entry("coba", 42, 0, 70.0)], ["arch"]) == []
 
 
 def test_converged_flags_follow_the_last_ten_epoch_slopes():
