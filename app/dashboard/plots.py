@@ -240,8 +240,10 @@ def coupling_diagonal_rates(cells: list[dict], factors: Sequence[float]) -> hv.O
         layers.append(hv.Curve(data, "multiplier", "rate (Hz)", label=label).opts(color=color, **CURVE))
         layers.append(hv.Scatter(data, "multiplier", "rate (Hz)", label=label).opts(color=color, size=6, **LAYER))
     layers.append(_unstable_marks(frame, "rate_total_hz", "rate (Hz)"))
+    # the legend beside the plot: inside, any corner covers a study's points (the open loop's
+    # high rates at the left, forward Euler's runaway at the right)
     return hv.Overlay(layers).opts(title="Diagonal (W_ei = W_ie multiplier): rates" + _unstable_note(frame),
-                                   legend_position="top_left", **BASE)
+                                   legend_position="right", **BASE)
 
 
 def _unstable_marks(frame: pd.DataFrame, column: str, label: str) -> hv.Scatter:

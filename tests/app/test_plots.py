@@ -31,6 +31,15 @@ def live_plot(build, empty):
     return page, hv.renderer("bokeh").get_plot(hv.DynamicMap(page.figure))
 
 
+def test_the_diagonal_legend_stands_beside_the_plot():
+    """Inside, at the top left, it covered the open loop's points (the seed run's 113 Hz)."""
+    from bokeh.models import Legend
+
+    figure = hv.render(plots.coupling_diagonal_rates(CELLS, [0.0, 1.0, 2.0]))
+    assert [type(x) for x in figure.right if isinstance(x, Legend)] == [Legend]
+    assert not [x for x in figure.center if isinstance(x, Legend)]
+
+
 @pytest.mark.parametrize("data", [None, RASTER])
 def test_every_figure_renders_empty_and_filled(data):
     renderer = hv.renderer("bokeh")
