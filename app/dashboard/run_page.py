@@ -15,6 +15,7 @@ import param
 from app.api.deps import Services
 from app.dashboard import force_page, layout, plots
 from app.dashboard.live import LiveFeed, News
+from app.dashboard.runs_page import STARTING_NOTE, starting
 from engine.convergence import summarise
 from engine.rundir import RunDir
 from jobs.models import JobsError, Run, RunKind, RunState
@@ -81,7 +82,8 @@ class RunPage(param.Parameterized):
     def _render_header(self) -> None:
         run, config = self.run, self.run.config
         facts = [("state", run.state.value), ("epochs", f"{run.n_epochs} / {config.get('epochs')}"),
-                 ("progress", f"{100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress):.0f} %"),
+                 ("progress", f"{100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress):.0f} %"
+                              + (f" · {STARTING_NOTE}" if starting(run) else "")),
                  ("recipe", config.get("recipe", "canonical")),  # runs stored before recipes: canonical
                  ("arch", config.get("arch")), ("seed", config.get("seed")), ("tier", config.get("tier")),
                  ("E / I cells", f"{config.get('n_e')} / {config.get('n_i')}"),

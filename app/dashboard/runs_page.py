@@ -34,6 +34,18 @@ COMPACT_HEADERS = """
 """
 
 
+# A run's progress sits at 0 until its first batch (an analysis: its first unit) ends, and
+# on a machine's first run that includes compiling the fast backend's kernels (numba on
+# CPU, Triton on a GPU: about a minute here), which read as a stuck run.
+STARTING_NOTE = "starting: a machine's first run compiles the kernels first (about a minute)"
+STARTING = "starting"  # the state column's word for it; the state filter counts it as running
+
+
+def starting(run: Run) -> bool:
+    """Running, and nothing done yet (no progress, no epoch)."""
+    return run.state is RunState.RUNNING and not run.progress and run.n_epochs == 0
+
+
 def run_row(run: Run, last: dict | None) -> dict:
     config = run.config
     train = run.kind is RunKind.TRAIN
@@ -47,8 +59,10 @@ def run_row(run: Run, last: dict | None) -> dict:
         detail = f"FORCE {config.get('experiment', '')}"
     else:
         detail = ""
+    if starting(run) and not error:
+        detail = f"{detail} · {STARTING_NOTE}" if detail else STARTING_NOTE
     return {
-        "id": run.id, "kind": run.kind.value, "state": run.state.value,
+        "id": run.id, "kind": run.kind.value, "state": STARTING if starting(run) else run.state.value,
         "progress": round(100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress or 0.0)),
         "epochs": f"{run.n_epochs}/{config.get('epochs', '')}" if train else "",
         # seed as text: FORCE and analysis rows have none, and a column of ints and None
@@ -117,7 +131,7 @@ class RunsPage(param.Parameterized):
     def _filter(frame: pd.DataFrame, state: str, kind: str, text: str) -> pd.DataFrame:
         keep = pd.Series(True, index=frame.index)
         if state != "all":
-            keep &= frame["state"] == state
+            keep &= frame["state"].replace(STARTING, RunState.RUNNING.value) == state
         if kind != "all":
             keep &= frame["kind"] == kind
         if text.strip():

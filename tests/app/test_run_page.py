@@ -3,13 +3,15 @@ per-cell histograms say which epoch they are from (they said "final" for days)."
 
 from __future__ import annotations
 
+import html
+
 import holoviews as hv
 import numpy as np
 import torch
 
 from app.dashboard.run_page import RunPage
 from jobs.models import RunState
-from tests.app.test_compare_page import _Services, _run, jobs  # noqa: F401  (jobs: the store fixture)
+from tests.app.test_compare_page import _record, _Services, _run, jobs  # noqa: F401  (jobs: the store fixture)
 
 
 def test_a_run_still_training_says_which_epoch_its_figures_are_from(jobs):  # noqa: F811
@@ -39,3 +41,15 @@ def test_a_run_still_training_says_which_epoch_its_figures_are_from(jobs):  # no
     done = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
     assert "final test accuracy" in done.summary.object
     assert done.cell_rates_i().opts.get().kwargs["title"] == "Per-cell I rates (test set, final)"
+
+
+def test_a_run_that_has_done_nothing_yet_says_it_is_starting(jobs):  # noqa: F811
+    from app.dashboard.runs_page import STARTING_NOTE
+
+    run = _run(jobs, 0, seed=42)
+    jobs.store.claim(run.id)
+    page = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
+    assert f"0 % · {STARTING_NOTE}" in html.unescape(page.header.object)
+    jobs.store.record_epoch(run.id, 1, _record(1))
+    page = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
+    assert STARTING_NOTE not in html.unescape(page.header.object)

@@ -34,3 +34,27 @@ def test_the_created_column_gives_the_year_in_full():
     run = a_run(RunKind.TRAIN, {"arch": "ping"})
     expected = dt.datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M")
     assert run_row(run, None)["created"] == expected and len(expected.split("-")[0]) == 4
+
+
+def test_a_run_that_has_done_nothing_yet_says_it_is_starting():
+    """A fresh install's first run sat at 0 % for about a minute (compiling the kernels) with
+    nothing said: it read as stuck."""
+    import dataclasses
+
+    import pandas as pd
+
+    from app.dashboard.runs_page import STARTING_NOTE, RunsPage
+
+    fresh = dataclasses.replace(a_run(RunKind.TRAIN, {"arch": "ping", "epochs": 3}), state=RunState.RUNNING,
+                                progress=0.0)
+    row = run_row(fresh, None)
+    assert (row["state"], row["detail"]) == ("starting", STARTING_NOTE) and "compiles the kernels" in STARTING_NOTE
+    frame = pd.DataFrame([row, run_row(a_run(RunKind.TRAIN, {"arch": "coba"}), None)])
+    assert list(RunsPage._filter(frame, "running", "all", "")["id"]) == [fresh.id]  # the filter counts it
+    going = dataclasses.replace(fresh, progress=0.01)
+    assert (run_row(going, None)["state"], run_row(going, None)["detail"]) == ("running", "")
+    resumed = dataclasses.replace(fresh, n_epochs=4)  # a resumed run is past that
+    assert run_row(resumed, None)["detail"] == ""
+    analysis = dataclasses.replace(a_run(RunKind.ANALYSIS, {"name": "fi_curve"}, source_run_id="0123456789ab"),
+                                   state=RunState.RUNNING, progress=0.0)
+    assert run_row(analysis, None)["detail"] == f"fi_curve of 0123456789ab · {STARTING_NOTE}"
