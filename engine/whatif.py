@@ -39,6 +39,7 @@ from engine.fast.cpu import run_summary
 from engine.fast.network import lif_readout_logits
 from engine.reference import network_params
 from engine.simulate import simulate
+from engine.stability import EulerCheck, forward_euler_check
 from engine.weights import Weights
 
 MAX_SCALE = 100.0  # the coupling sweep's and the raster endpoint's bound on a multiplier
@@ -170,9 +171,7 @@ def what_if(weights: Weights, config: Config, test: Split, knobs: Knobs, device:
     started = time.perf_counter()
     cfg = simulation_config(config, knobs, device)
     with _torch_threads(1):
-        w = scaled_weights(weights, knobs.w_ei_scale, knobs.w_ie_scale)
-        w = {name: t.to(device=cfg.torch_device, dtype=cfg.torch_dtype) for name, t in w.items()}
-        w["W_in"] = w["W_in"] * knobs.w_in_scale
+        w = weights_at(weights, knobs, cfg)
         index = _subset_index(n_test, knobs.n_images)
         one = torch.tensor([knobs.sample])
         picked = test_input_events(test.images[one], test.image_ids(one), cfg)
@@ -183,6 +182,31 @@ def what_if(weights: Weights, config: Config, test: Split, knobs: Knobs, device:
         analysed = _analyse(out, cfg, test, knobs, index)
     return WhatIfResult(**analysed, knobs=knobs.resolved(config),
                         timings_s={"simulate": simulated - started, "analyse": time.perf_counter() - simulated})
+
+
+def weights_at(weights: Weights, knobs: Knobs, cfg: Config) -> dict[str, torch.Tensor]:
+    """The run's weights at the slider position, on `cfg`'s device and dtype."""
+    w = scaled_weights(weights, knobs.w_ei_scale, knobs.w_ie_scale)
+    w = {name: t.to(device=cfg.torch_device, dtype=cfg.torch_dtype) for name, t in w.items()}
+    w["W_in"] = w["W_in"] * knobs.w_in_scale
+    return w
+
+
+@torch.no_grad()
+def euler_check(weights: Weights, config: Config, test: Split, knobs: Knobs, threads: int = 1) -> EulerCheck | None:
+    """Forward Euler's step factor h = dt g/C on the picked test image at the slider position
+    (engine.stability; None where the run does not integrate with forward Euler). A strong
+    coupling or input drives h past 2, where the membrane update overshoots and the rates
+    are the integrator's: the coupling sweep marks such cells, and the What-if page says it.
+    The reference loop over one image: about a second per 200 ms trial, so it is asked for
+    apart from `what_if`, which stays interactive."""
+    if knobs.sample >= len(test.labels):
+        raise ConfigError("sample", f"must be in [0, {len(test.labels) - 1}], got {knobs.sample}")
+    cfg = simulation_config(config, knobs)
+    one = torch.tensor([knobs.sample])
+    picked = Split(test.images[one], test.labels[one], test.image_ids(one))
+    with _torch_threads(threads):
+        return forward_euler_check(weights_at(weights, knobs, cfg), picked, cfg, samples=1)
 
 
 @contextmanager

@@ -43,7 +43,8 @@ from typing import Any
 import torch
 
 from engine.config import ConfigError
-from engine.whatif import Knobs, WhatIfResult, what_if
+from engine.stability import EulerCheck
+from engine.whatif import Knobs, WhatIfResult, euler_check, what_if
 from jobs.models import Conflict, InvalidRequest, RunKind, RunState
 from jobs.service import JobService
 
@@ -147,6 +148,20 @@ class WhatIfService:
             raise Busy(f"all {self.slots} what-if slots are busy; try again")
         try:
             return what_if(weights, config, test, knobs, threads=self.threads())
+        except ConfigError as exc:
+            raise InvalidRequest(exc.field, exc.message) from exc
+        finally:
+            self._slots.release()
+
+
+    def euler_check(self, run_id: str, knobs: Knobs, wait_s: float | None = None) -> EulerCheck | None:
+        """Forward Euler's step factor at `knobs` on the picked image (engine.whatif.euler_check),
+        inside the same cap as `compute`."""
+        config, weights, test = self.network(run_id)
+        if not self._slots.acquire(timeout=wait_s):
+            raise Busy(f"all {self.slots} what-if slots are busy; try again")
+        try:
+            return euler_check(weights, config, test, knobs, threads=self.threads())
         except ConfigError as exc:
             raise InvalidRequest(exc.field, exc.message) from exc
         finally:

@@ -25,6 +25,7 @@ from engine.whatif import (
     WhatIfResult,
     rate_histogram,
 )
+from engine.stability import UNSTABLE_STEP_FACTOR
 from jobs.whatif import Busy, knobs_of
 
 router = APIRouter(prefix="/runs", tags=["what-if"])
@@ -134,3 +135,46 @@ def what_if(run_id: str, body: WhatIfRequest, services: Annotated[Services, Depe
     except Busy as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "1"}) from exc
     return WhatIfPublic.of(result, body.raster, source)
+
+
+class EulerCheckRequest(BaseModel):
+    """A slider position, as for the what-if itself (the check runs on the picked image)."""
+    model_config = STRICT
+    w_ei_scale: Scale = Field(1.0, description="E->I coupling multiplier")
+    w_ie_scale: Scale = Field(1.0, description="I->E coupling multiplier")
+    w_in_scale: Scale = Field(1.0, description="input weight multiplier")
+    max_rate_hz: float | None = Field(None, ge=0.0, le=MAX_RATE_HZ, description="Poisson rate of a white pixel")
+    tau_gaba_ms: float | None = Field(None, gt=0.0, le=MAX_TAU_GABA_MS, description="GABA decay time")
+    sample: int = Field(0, ge=0, le=100_000, description="the test image simulated")
+
+
+class EulerCheckPublic(BaseModel):
+    """Forward Euler's step factor h = dt (g_L + g_AMPA + g_GABA) / C over the picked image's
+    cells and steps. From h = 2 on, the membrane update overshoots: rates there are the
+    integrator's, not the network's."""
+    applies: bool = Field(description="false: the run does not integrate with forward Euler (no check)")
+    step_factor_max: float | None = Field(description="largest h")
+    unstable_share: float | None = Field(description="share of (cell, step) with h >= unstable_from")
+    unstable: bool | None = Field(description="step_factor_max >= unstable_from")
+    unstable_from: float = Field(description="the h at which forward Euler's error grows every step")
+
+
+@router.post("/{run_id}/whatif/euler-check", responses={
+    404: {"description": "no such run"}, 409: {"description": "not a train run, or no weights yet"},
+    503: {"description": "every what-if slot stayed busy; retry"}})
+def euler_check(run_id: str, body: EulerCheckRequest,
+                services: Annotated[Services, Depends(get_services)]) -> EulerCheckPublic:
+    """Whether forward Euler stays stable at a slider position: its step factor on the
+    picked test image (the reference loop: about a second per 200 ms trial, so apart
+    from the what-if). The coupling sweep's cells carry the same check."""
+    knobs = knobs_of(body.model_dump())
+    try:
+        check = services.whatif.euler_check(run_id, knobs, wait_s=WAIT_S)
+    except Busy as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc), headers={"Retry-After": "1"}) from exc
+    if check is None:
+        return EulerCheckPublic(applies=False, step_factor_max=None, unstable_share=None, unstable=None,
+                                unstable_from=UNSTABLE_STEP_FACTOR)
+    return EulerCheckPublic(applies=True, step_factor_max=check.step_factor_max,
+                            unstable_share=check.unstable_share, unstable=check.unstable,
+                            unstable_from=UNSTABLE_STEP_FACTOR)

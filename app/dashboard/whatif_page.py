@@ -40,6 +40,7 @@ from app.api.deps import Services
 from app.dashboard import layout
 from app.dashboard.plots import E_COLOR, I_COLOR
 from engine.config import Config
+from engine.stability import UNSTABLE_STEP_FACTOR
 from engine.studies.report import PING_PROMINENCE
 from engine.whatif import Knobs, WhatIfResult
 from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
@@ -108,9 +109,14 @@ class WhatIfPage:
         self.save_button = pn.widgets.Button(name="Save as run…", button_type="primary")
         self.save_button.on_click(self.show_save_form)
         self.summary = pn.pane.HTML(sizing_mode="stretch_width", css_classes=["whatif-summary"])
+        self.euler = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["whatif-euler"])
         self.save_form = pn.Column(pn.pane.HTML(""), visible=False, sizing_mode="stretch_width")
         self._build_figures()
         self.latest = Latest(self._compute, self._deliver)
+        # forward Euler's check runs the reference loop (about a second per trial): after
+        # each frame, in a queue of its own, so the sliders stay as quick as before
+        self.euler_latest = Latest(partial(self.whatif.euler_check, run.id), self._deliver_euler)
+        self._euler_task: asyncio.Task | None = None
         if self.doc is not None:
             pn.state.onload(partial(self.request_now, "load"))
 
@@ -215,6 +221,30 @@ class WhatIfPage:
             self.doc.add_next_tick_callback(partial(layout.say, self.status, f"Not simulated: {message}", "danger"))
             return
         self.doc.add_next_tick_callback(partial(self._apply, *outcome))
+        knobs = outcome[0].knobs
+        self.doc.add_next_tick_callback(partial(self._say_euler, "checking forward Euler on the picked image…"))
+        self._euler_task = asyncio.ensure_future(self.euler_latest.request(knobs))
+
+    async def _deliver_euler(self, knobs: Knobs, outcome) -> None:
+        if isinstance(outcome, Exception):
+            text = f"forward Euler not checked: {outcome}"
+        elif outcome is None:
+            text = "forward Euler: not used by this run (its integrator is exact for held conductances)"
+        elif outcome.unstable:
+            text = (f"<b>forward Euler unstable here</b>: its step factor dt·g/C reaches "
+                    f"{outcome.step_factor_max:.2f} (from {UNSTABLE_STEP_FACTOR:g} on, the membrane update "
+                    f"overshoots) on {100 * outcome.unstable_share:.1f} % of the picked image's cell-steps. "
+                    "The rates here are the integrator's, not the network's (the coupling sweep crosses "
+                    "such cells).")
+        else:
+            text = (f"forward Euler stable on the picked image: step factor dt·g/C at most "
+                    f"{outcome.step_factor_max:.2f} (unstable from {UNSTABLE_STEP_FACTOR:g})")
+        unstable = not isinstance(outcome, Exception) and outcome is not None and outcome.unstable
+        self.doc.add_next_tick_callback(partial(self._say_euler, text, unstable))
+
+    def _say_euler(self, text: str, unstable: bool = False) -> None:
+        colour = "#c53030" if unstable else "#4a5568"
+        self.euler.object = f'<p style="color: {colour}; margin: 2px 0">{text}</p>'
 
     # --- one frame -----------------------------------------------------------------------
     def _frame_data(self, r: WhatIfResult) -> dict:
@@ -347,7 +377,7 @@ class WhatIfPage:
         return layout.page(
             f"What-if: run {rid}", "/whatif",
             layout.section("Network", pn.pane.HTML(source),
-                           pn.Row(controls, pn.Column(self.summary, pn.pane.Bokeh(self.raster),
+                           pn.Row(controls, pn.Column(self.summary, self.euler, pn.pane.Bokeh(self.raster),
                                                       sizing_mode="stretch_width"), sizing_mode="stretch_width")),
             layout.section("Answer", grid), self.save_form, status=self.status)
 

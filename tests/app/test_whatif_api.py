@@ -191,3 +191,21 @@ def test_a_fine_tune_is_launched_from_a_finished_run_only(trained):
     assert fine_tune.status_code == 201, fine_tune.text
     assert fine_tune.json()["config"]["init_run"] == run.id and fine_tune.json()["config"]["init_w_ie_scale"] == 0.5
     http.post(f"/api/runs/{fine_tune.json()['id']}/cancel")
+
+
+def test_the_euler_check_says_where_forward_euler_stops_being_stable(trained):
+    """POST .../whatif/euler-check: the coupling sweep's forward-Euler check at a slider position."""
+    http, run = trained
+    trained_point = http.post(f"/api/runs/{run.id}/whatif/euler-check", json={"sample": 2})
+    assert trained_point.status_code == 200, trained_point.text
+    body = trained_point.json()
+    assert body["applies"] and not body["unstable"] and 0 < body["step_factor_max"] < body["unstable_from"] == 2.0
+    strong = http.post(f"/api/runs/{run.id}/whatif/euler-check",
+                       json={"w_ei_scale": 100.0, "w_ie_scale": 100.0, "sample": 2}).json()
+    assert strong["unstable"] and strong["step_factor_max"] >= 2.0 and strong["unstable_share"] > 0
+    bad = http.post(f"/api/runs/{run.id}/whatif/euler-check", json={"n_images": 4})  # not a field of the check
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "n_images"]
+    assert http.post("/api/runs/nope/whatif/euler-check", json={}).status_code == 404
+    beyond = http.post(f"/api/runs/{run.id}/whatif/euler-check", json={"sample": 99_999})
+    assert beyond.status_code == 422 and beyond.json()["detail"][0]["loc"] == ["body", "sample"]
+    assert "/api/runs/{run_id}/whatif/euler-check" in http.get("/openapi.json").json()["paths"]

@@ -113,6 +113,15 @@ def test_couplings_move_the_figures_the_way_physics_says(served_run, page):
     assert silent_i["rate_e_hz"] == pytest.approx(free["rate_e_hz"])
     assert page.evaluate(SOURCE_LENGTHS_JS)["raster_i"] == 0
 
+    # far past the trained couplings forward Euler overshoots: the page says so, after the frame
+    set_slider(page, "w_ei_scale", 100)
+    set_slider(page, "w_ie_scale", 100)
+    wait_for(page, w_ei_scale=100, w_ie_scale=100)
+    page.get_by_text("forward Euler unstable here").wait_for()
+    page.get_by_role("button", name="Reset to trained").click()
+    wait_for(page, w_ei_scale=1, w_ie_scale=1)
+    page.get_by_text("forward Euler stable on the picked image").wait_for()
+
 
 def test_save_as_run_opens_a_prefilled_form(served_run, page):
     server, run_id = served_run

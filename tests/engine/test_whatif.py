@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.config import Config
+from engine.config import Config, ConfigError
 from engine.data import load_tier
 from engine.encoding import poisson_events
 from engine.seeding import batch_generator
@@ -102,3 +102,28 @@ def test_an_image_has_the_spikes_here_that_the_run_page_draws_for_it(tmp_path):
     assert len(page["e_cells"]) > 0
     assert here.raster_e.cell.tolist() == page["e_cells"] and here.raster_i.cell.tolist() == page["i_cells"]
     assert (here.raster_e.step * config.dt_ms).tolist() == pytest.approx(page["e_times_ms"])
+
+
+def test_the_euler_check_is_the_coupling_sweeps_on_the_picked_image():
+    """The What-if page's forward-Euler check: the sweep's check (engine.stability) on the
+    network at the slider position and the picked image's input spikes; a strong
+    coupling crosses h = 2 where the trained one does not."""
+    from engine.analyses.coupling import scaled_weights
+    from engine.data import Split
+    from engine.stability import forward_euler_check
+    from engine.whatif import euler_check
+
+    config = Config.from_dict(small_config(t_ms=50.0, ei_strength=0.2, ie_strength=4.0))
+    weights, test = init_weights(config), load_tier(config.tier).test
+    trained = euler_check(weights, config, test, Knobs(sample=5))
+    strong = euler_check(weights, config, test, Knobs(w_ei_scale=100.0, w_ie_scale=100.0, sample=5))
+    assert not trained.unstable and strong.unstable and strong.unstable_share > 0
+    assert trained.samples == strong.samples == 1
+    picked = Split(test.images[5:6], test.labels[5:6], torch.tensor([5]))
+    direct = forward_euler_check(scaled_weights(weights, 100.0, 100.0), picked, simulation_config(config, Knobs()),
+                                 samples=1)
+    assert strong == direct
+    with pytest.raises(ConfigError, match="sample"):
+        euler_check(weights, config, test, Knobs(sample=len(test.labels)))
+    exponential = config.replace(integrator="exponential_euler")  # exact for held conductances: no check
+    assert euler_check(weights, exponential, test, Knobs()) is None
