@@ -33,8 +33,8 @@ WAIT_S = 20.0
 Scale = Annotated[float, Field(ge=0.0, le=MAX_SCALE)]
 
 
-class WhatIfRequest(BaseModel):
-    """A slider position. Omitted fields keep the trained values (multipliers 1,
+class SliderPosition(BaseModel):
+    """The knobs of a what-if. Omitted fields keep the trained values (multipliers 1,
     the run's own max rate and GABA decay)."""
     model_config = STRICT
     w_ei_scale: Scale = Field(1.0, description="E->I coupling multiplier")
@@ -42,7 +42,13 @@ class WhatIfRequest(BaseModel):
     w_in_scale: Scale = Field(1.0, description="input weight multiplier")
     max_rate_hz: float | None = Field(None, ge=0.0, le=MAX_RATE_HZ, description="Poisson rate of a white pixel")
     tau_gaba_ms: float | None = Field(None, gt=0.0, le=MAX_TAU_GABA_MS, description="GABA decay time")
-    sample: int = Field(0, ge=0, le=100_000, description="test image whose spikes and rates are returned")
+    sample: int = Field(0, ge=0, le=100_000, description="the picked test image (its spikes and rates, "
+                                                         "the Euler check's input)")
+
+
+class WhatIfRequest(SliderPosition):
+    """A slider position. Omitted fields keep the trained values (multipliers 1,
+    the run's own max rate and GABA decay)."""
     n_images: int = Field(16, ge=1, le=MAX_IMAGES, description="test images behind rates, spectrum, accuracy")
     raster: bool = Field(False, description="also return the picked image's spikes as event lists")
 
@@ -137,15 +143,8 @@ def what_if(run_id: str, body: WhatIfRequest, services: Annotated[Services, Depe
     return WhatIfPublic.of(result, body.raster, source)
 
 
-class EulerCheckRequest(BaseModel):
+class EulerCheckRequest(SliderPosition):
     """A slider position, as for the what-if itself (the check runs on the picked image)."""
-    model_config = STRICT
-    w_ei_scale: Scale = Field(1.0, description="E->I coupling multiplier")
-    w_ie_scale: Scale = Field(1.0, description="I->E coupling multiplier")
-    w_in_scale: Scale = Field(1.0, description="input weight multiplier")
-    max_rate_hz: float | None = Field(None, ge=0.0, le=MAX_RATE_HZ, description="Poisson rate of a white pixel")
-    tau_gaba_ms: float | None = Field(None, gt=0.0, le=MAX_TAU_GABA_MS, description="GABA decay time")
-    sample: int = Field(0, ge=0, le=100_000, description="the test image simulated")
 
 
 class EulerCheckPublic(BaseModel):
