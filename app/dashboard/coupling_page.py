@@ -96,6 +96,9 @@ class CouplingPage(param.Parameterized):
                                     "e.g. 0, 0.5, 1, 2.", "danger")
             return
         params = {"factors": factors, "samples": self.samples.value or None}
+        run = self.jobs.get_run(self.run.id)
+        if run.state is not RunState.SUCCEEDED:  # still training: its latest checkpoint (the sweep pins it)
+            params["weights"] = "last"
         try:
             self.analysis = self.jobs.submit_analysis(self.run.id, ANALYSIS, params)
         except InvalidRequest as exc:
@@ -224,12 +227,31 @@ def _latest_sweep(services: Services, run_id: str) -> Run | None:
 
 
 def _picker(services: Services) -> pn.Column:
-    runs, _ = services.jobs.list_runs(kind=RunKind.TRAIN, state=RunState.SUCCEEDED, limit=200)
-    links = "".join(f'<li><a href="/coupling?run={r.id}">{r.id}</a> · {r.config.get("arch")} seed '
-                    f'{r.config.get("seed")} · {r.n_epochs} epochs</li>' for r in runs)
-    body = f"<p>Pick a finished training run:</p><ul>{links}</ul>" if runs else \
-        '<p>No finished training run yet: launch one on the <a href="/">Runs</a> page.</p>'
-    return layout.page("Coupling sweep", "/coupling", layout.section("Which run?", pn.pane.HTML(body)))
+    return layout.page("Coupling sweep", "/coupling", layout.section("Which run?", pn.pane.HTML(picker_html(services))))
+
+
+def picker_html(services: Services) -> str:
+    """The runs a sweep can take: finished ones, then those still training with an epoch done
+    (their sweep takes the latest checkpoint; a 100-epoch study's runs train for days), each
+    with its recipe (a study holds PING seed 42 in both)."""
+    finished, _ = services.jobs.list_runs(kind=RunKind.TRAIN, state=RunState.SUCCEEDED, limit=200)
+    running, _ = services.jobs.list_runs(kind=RunKind.TRAIN, state=RunState.RUNNING, limit=200)
+
+    def item(r: Run, when: str) -> str:
+        c = r.config
+        return (f'<li><a href="/coupling?run={r.id}">{r.id}</a> · {html.escape(str(c.get("arch")))} seed '
+                f'{c.get("seed")} · {html.escape(str(c.get("recipe", "canonical")))} recipe · {when}</li>')
+
+    parts = []
+    if finished:
+        parts.append("<p>Pick a finished training run:</p><ul>"
+                     + "".join(item(r, f"{r.n_epochs} epochs") for r in finished) + "</ul>")
+    training = [r for r in running if r.n_epochs]
+    if training:
+        parts.append("<p>Or one still training (its sweep takes the latest checkpoint):</p><ul>"
+                     + "".join(item(r, f"epoch {r.n_epochs} of {r.config.get('epochs')}") for r in training)
+                     + "</ul>")
+    return "".join(parts) or '<p>No finished training run yet: launch one on the <a href="/">Runs</a> page.</p>'
 
 
 def create(services: Services, feed: LiveFeed) -> pn.Column:

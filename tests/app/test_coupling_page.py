@@ -1,0 +1,33 @@
+"""The Coupling page in Python on a real SQLite store: which runs it offers, and a sweep
+launched on a run still training (a 100-epoch study's runs train for days)."""
+
+from __future__ import annotations
+
+import torch
+
+from app.dashboard.coupling_page import CouplingPage, picker_html
+from engine.rundir import RunDir
+from tests.app.test_compare_page import _Services, _run, jobs  # noqa: F401  (jobs: the store fixture)
+
+
+def test_a_run_still_training_is_offered_and_swept_at_its_latest_checkpoint(jobs):  # noqa: F811
+    training = _run(jobs, 2, seed=42, recipe="seed")
+    jobs.store.claim(training.id)
+    services = _Services(jobs)
+    offered = picker_html(services)
+    assert f'/coupling?run={training.id}' in offered and f"epoch 2 of {training.config['epochs']}" in offered and "seed recipe" in offered
+    folder = RunDir(jobs.data.run_dir(training.id))
+    folder.checkpoint_path.parent.mkdir(parents=True)
+    folder.save_checkpoint(
+        {"weights": {"W_in": torch.ones(2, 2)}, "epoch": 2})
+    page = CouplingPage(services, None, jobs.get_run(training.id), None)
+    page.samples.value = 4
+    page.launch()  # it asked for final weights, which a training run has not: 409 on the page
+    assert page.analysis is not None, page.status.object
+    assert page.analysis.config["params"]["weights"] == "last"
+
+
+def test_with_nothing_trained_the_page_says_where_to_begin(jobs):  # noqa: F811
+    queued = _run(jobs, 0, seed=42)
+    assert "No finished training run yet" in picker_html(_Services(jobs)) and queued.id not in picker_html(
+        _Services(jobs))
