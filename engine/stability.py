@@ -20,6 +20,7 @@ reports the largest h and the share of (image, cell, step) triples at h >= 2.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 
@@ -54,11 +55,16 @@ def step_factor(g_ampa: torch.Tensor, g_gaba: torch.Tensor, p) -> torch.Tensor:
     return p.dt_ms * (p.g_l + (g_ampa + g_gaba)) / p.capacitance
 
 
+class CheckStopped(Exception):
+    """`should_stop` ended a check before its last step (nothing to report)."""
+
+
 @torch.no_grad()
 def forward_euler_check(weights: Weights, split: Split, config: Config, samples: int = CHECK_SAMPLES,
-                        tag: str = "test") -> EulerCheck | None:
+                        tag: str = "test", should_stop: Callable[[], bool] | None = None) -> EulerCheck | None:
     """h over the first `samples` images of `split` (their evaluation spikes); None where the
-    run does not integrate with forward Euler or the split is empty."""
+    run does not integrate with forward Euler or the split is empty. `should_stop`, asked
+    every step, ends it early with CheckStopped (the What-if page's slider moved on)."""
     p = network_params(config)
     count = min(samples, len(split.labels))
     if p.e.integrator != "forward_euler" or count == 0:
@@ -71,6 +77,8 @@ def forward_euler_check(weights: Weights, split: Split, config: Config, samples:
     largest = torch.zeros((), dtype=torch.float64, device=x.device)
     unstable = torch.zeros((), dtype=torch.int64, device=x.device)
     for x_t in x.unbind(0):
+        if should_stop is not None and should_stop():
+            raise CheckStopped("stopped before the trial's end")
         _, _, state = network_step(state, x_t, w, p)
         for cells, params in ((state.e, p.e), (state.i, p.i)):
             h = step_factor(cells.g_ampa, cells.g_gaba, params)

@@ -25,6 +25,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from typing import Callable
 
 import numpy as np
 import torch
@@ -193,20 +194,22 @@ def weights_at(weights: Weights, knobs: Knobs, cfg: Config) -> dict[str, torch.T
 
 
 @torch.no_grad()
-def euler_check(weights: Weights, config: Config, test: Split, knobs: Knobs, threads: int = 1) -> EulerCheck | None:
+def euler_check(weights: Weights, config: Config, test: Split, knobs: Knobs, threads: int = 1,
+                should_stop: Callable[[], bool] | None = None) -> EulerCheck | None:
     """Forward Euler's step factor h = dt g/C on the picked test image at the slider position
     (engine.stability; None where the run does not integrate with forward Euler). A strong
     coupling or input drives h past 2, where the membrane update overshoots and the rates
     are the integrator's: the coupling sweep marks such cells, and the What-if page says it.
     The reference loop over one image: about a second per 200 ms trial, so it is asked for
-    apart from `what_if`, which stays interactive."""
+    apart from `what_if`, which stays interactive; `should_stop` ends it early
+    (engine.stability.CheckStopped) when the slider moves on."""
     if knobs.sample >= len(test.labels):
         raise ConfigError("sample", f"must be in [0, {len(test.labels) - 1}], got {knobs.sample}")
     cfg = simulation_config(config, knobs)
     one = torch.tensor([knobs.sample])
     picked = Split(test.images[one], test.labels[one], test.image_ids(one))
     with _torch_threads(threads):
-        return forward_euler_check(weights_at(weights, knobs, cfg), picked, cfg, samples=1)
+        return forward_euler_check(weights_at(weights, knobs, cfg), picked, cfg, samples=1, should_stop=should_stop)
 
 
 @contextmanager

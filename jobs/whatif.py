@@ -154,14 +154,15 @@ class WhatIfService:
             self._slots.release()
 
 
-    def euler_check(self, run_id: str, knobs: Knobs, wait_s: float | None = None) -> EulerCheck | None:
+    def euler_check(self, run_id: str, knobs: Knobs, wait_s: float | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> EulerCheck | None:
         """Forward Euler's step factor at `knobs` on the picked image (engine.whatif.euler_check),
         inside the same cap as `compute`."""
         config, weights, test = self.network(run_id)
         if not self._slots.acquire(timeout=wait_s):
             raise Busy(f"all {self.slots} what-if slots are busy; try again")
         try:
-            return euler_check(weights, config, test, knobs, threads=self.threads())
+            return euler_check(weights, config, test, knobs, threads=self.threads(), should_stop=should_stop)
         except ConfigError as exc:
             raise InvalidRequest(exc.field, exc.message) from exc
         finally:

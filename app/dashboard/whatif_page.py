@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import threading
 import time
 from functools import partial
 from typing import ClassVar
@@ -40,13 +41,14 @@ from app.api.deps import Services
 from app.dashboard import layout
 from app.dashboard.plots import E_COLOR, I_COLOR
 from engine.config import Config
-from engine.stability import UNSTABLE_STEP_FACTOR
+from engine.stability import UNSTABLE_STEP_FACTOR, CheckStopped
 from engine.studies.report import PING_PROMINENCE
 from engine.whatif import Knobs, WhatIfResult
 from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
 from jobs.whatif import Latest
 
 DEBOUNCE_S = 0.15
+EULER_DELAY_S = 0.5  # the Euler check waits this long after a frame for the sliders to rest
 HEIGHT = 240
 SWEEP = "coupling_sweep"
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
@@ -115,8 +117,13 @@ class WhatIfPage:
         self.latest = Latest(self._compute, self._deliver)
         # forward Euler's check runs the reference loop (about a second per trial): after
         # each frame, in a queue of its own, so the sliders stay as quick as before
-        self.euler_latest = Latest(partial(self.whatif.euler_check, run.id), self._deliver_euler)
-        self._euler_task: asyncio.Task | None = None
+        # it waits for the sliders to rest (EULER_DELAY_S) and stops when a new frame is asked
+        # for, so that with one what-if slot a frame never waits behind a check
+        self._euler_stop = threading.Event()
+        self.euler_latest = Latest(lambda knobs: self.whatif.euler_check(run.id, knobs,
+                                                                         should_stop=self._euler_stop.is_set),
+                                   self._deliver_euler)
+        self._euler_ticket, self._euler_task = 0, None
         if self.doc is not None:
             pn.state.onload(partial(self.request_now, "load"))
 
@@ -203,6 +210,8 @@ class WhatIfPage:
         if knobs == self._asked:
             return
         self._asked = knobs
+        self._euler_stop.set()  # a running check gives the slot back to this frame
+        self._euler_ticket += 1
         await self.latest.request((knobs, time.time()))
 
     def _compute(self, asked: tuple[Knobs, float]) -> tuple[WhatIfResult, dict, float, dict]:
@@ -221,11 +230,18 @@ class WhatIfPage:
             self.doc.add_next_tick_callback(partial(layout.say, self.status, f"Not simulated: {message}", "danger"))
             return
         self.doc.add_next_tick_callback(partial(self._apply, *outcome))
-        knobs = outcome[0].knobs
         self.doc.add_next_tick_callback(partial(self._say_euler, "checking forward Euler on the picked image…"))
-        self._euler_task = asyncio.ensure_future(self.euler_latest.request(knobs))
+        self._euler_task = asyncio.ensure_future(self._check_euler(outcome[0].knobs, self._euler_ticket))
+
+    async def _check_euler(self, knobs: Knobs, ticket: int) -> None:
+        await asyncio.sleep(EULER_DELAY_S)
+        if ticket == self._euler_ticket:  # no frame asked for since: the sliders rest
+            self._euler_stop.clear()
+            await self.euler_latest.request(knobs)
 
     async def _deliver_euler(self, knobs: Knobs, outcome) -> None:
+        if isinstance(outcome, CheckStopped):
+            return  # a newer frame asked for the slot; its own check follows it
         if isinstance(outcome, Exception):
             text = f"forward Euler not checked: {outcome}"
         elif outcome is None:

@@ -110,7 +110,7 @@ def test_the_euler_check_is_the_coupling_sweeps_on_the_picked_image():
     coupling crosses h = 2 where the trained one does not."""
     from engine.analyses.coupling import scaled_weights
     from engine.data import Split
-    from engine.stability import forward_euler_check
+    from engine.stability import CheckStopped, forward_euler_check
     from engine.whatif import euler_check
 
     config = Config.from_dict(small_config(t_ms=50.0, ei_strength=0.2, ie_strength=4.0))
@@ -125,5 +125,9 @@ def test_the_euler_check_is_the_coupling_sweeps_on_the_picked_image():
     assert strong == direct
     with pytest.raises(ConfigError, match="sample"):
         euler_check(weights, config, test, Knobs(sample=len(test.labels)))
+    steps = []  # the page stops a check when the slider moves on: it gives the slot back at once
+    with pytest.raises(CheckStopped):
+        euler_check(weights, config, test, Knobs(sample=5), should_stop=lambda: steps.append(1) or len(steps) > 3)
+    assert len(steps) == 4
     exponential = config.replace(integrator="exponential_euler")  # exact for held conductances: no check
     assert euler_check(weights, exponential, test, Knobs()) is None
