@@ -21,6 +21,15 @@ from jobs.models import JobsError, Run, RunKind, RunState
 MAX_RUNS = 24
 ARCH_COLORS = {"ping": plots.E_COLOR, "coba": "#dd6b20"}
 DASHES = ("solid", "dashed", "dotted", "dotdash", "dashdot")
+# a further run of the same arch: its colour mixed toward white (> 0) or black (< 0)
+SHADES = (0.0, 0.45, -0.35, 0.7, -0.6)
+
+
+def _shade(color: str, amount: float) -> str:
+    """`color` (#rrggbb) mixed toward white (amount > 0) or black (amount < 0)."""
+    rgb = [int(color[i:i + 2], 16) for i in (1, 3, 5)]
+    target = 255 if amount > 0 else 0
+    return "#" + "".join(f"{round(c + (target - c) * abs(amount)):02x}" for c in rgb)
 
 
 def run_label(run: Run, with_recipe: bool = False) -> str:
@@ -64,10 +73,20 @@ class ComparePage(param.Parameterized):
             self.version += 1
             self.seed_table.value = self._seed_frame()
 
+    def _color(self, index: int) -> str:
+        """Run `index`'s colour in every figure of the page: its arch's colour, a lighter or
+        darker shade of it for each further run of that arch (the trajectories drew PING's
+        runs all in blue while the histograms and bars gave the same runs other colours)."""
+        run = self.runs[index]
+        base = ARCH_COLORS.get(run.config.get("arch"))
+        if base is None:
+            return plots.SERIES_COLORS[index % len(plots.SERIES_COLORS)]
+        same_arch = sum(r.config.get("arch") == run.config.get("arch") for r in self.runs[:index])
+        return _shade(base, SHADES[same_arch % len(SHADES)])
+
     def _style(self, index: int, run: Run) -> dict:
         same_arch = [r for r in self.runs[:index] if r.config.get("arch") == run.config.get("arch")]
-        color = ARCH_COLORS.get(run.config.get("arch"), plots.SERIES_COLORS[index % len(plots.SERIES_COLORS)])
-        return {"color": color, "line_dash": DASHES[len(same_arch) % len(DASHES)]}
+        return {"color": self._color(index), "line_dash": DASHES[len(same_arch) % len(DASHES)]}
 
     # --- tables ------------------------------------------------------------------------
     def _label(self, run: Run) -> str:
@@ -103,9 +122,8 @@ class ComparePage(param.Parameterized):
         return f"{run.config.get('arch', '?').upper()} s{run.config.get('seed')}{recipe} {run.id[:4]}"
 
     def _run_colors(self) -> dict[str, str]:
-        """Each run's colour in the histograms and the budget bars (one run, one colour)."""
-        palette = plots.SERIES_COLORS
-        return {self._bar_name(run): palette[i % len(palette)] for i, run in enumerate(self.runs)}
+        """Each run's colour in the budget bars, by bar name (as in the other figures)."""
+        return {self._bar_name(run): self._color(i) for i, run in enumerate(self.runs)}
 
     def _trajectory_frame(self) -> pd.DataFrame:
         frames = [plots.metrics_frame(self.records[run.id]).assign(run=run.id) for run in self.runs]
@@ -166,7 +184,8 @@ class ComparePage(param.Parameterized):
         labels = [label for label, _ in latest]
         samples = {label: rates[f"rate_{population.lower()}_hz"] for label, rates in latest if rates}
         return plots.histograms(samples, labels, title=f"Per-cell {population} rates (last epoch{self._rates_epochs(latest)})",
-                                xlabel="rate (Hz)", bins=30, missing="none before its first epoch ends")
+                                xlabel="rate (Hz)", bins=30, missing="none before its first epoch ends",
+                                colors=[self._color(i) for i in range(len(self.runs))])
 
     @param.depends("version")
     def cell_rates_e(self):

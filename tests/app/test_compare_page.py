@@ -11,7 +11,7 @@ import panel as pn
 import pytest
 
 import engine
-from app.dashboard.compare_page import ComparePage
+from app.dashboard.compare_page import ARCH_COLORS, ComparePage
 from jobs.models import RunKind, RunState
 from jobs.paths import DataDir
 from jobs.service import JobService
@@ -112,3 +112,25 @@ def test_ids_left_out_are_named_with_the_reason(jobs):
     assert any("Left out: feedbeef0000 (no such run), " in text for text in texts)
     clean = ComparePage(_Services(jobs), feed=None, runs=runs).view()
     assert not any("Left out" in pane.object for pane in clean.select(pn.pane.HTML))
+
+
+def test_a_run_has_one_colour_in_every_figure(jobs):
+    """The trajectories coloured by arch (both PING runs blue) while the histograms and bars
+    gave the same runs the palette's blue, red and green: PING seed 42 was blue in one figure
+    and green in the next. Now each run has its arch's colour, a shade of it per further run."""
+    ping, coba, canonical = _run(jobs, 2, seed=42, recipe="seed"), _run(jobs, 2, seed=42, arch="coba",
+                                                                          recipe="seed"), _run(jobs, 2, seed=42)
+    for run in (ping, coba, canonical):
+        folder = jobs.data.run_dir(run.id) / "artifacts"
+        folder.mkdir(parents=True)
+        np.savez(folder / "rates.npz", rate_e_hz=np.arange(8.0), rate_i_hz=np.ones(2), epoch=np.array(2))
+    page = ComparePage(_Services(jobs), feed=None, runs=[ping, coba, canonical])
+    lines = {c.label: hv.Store.lookup_options("bokeh", c, "style").kwargs["color"] for c in page.accuracy()}
+    bars = {e.label: hv.Store.lookup_options("bokeh", e, "style").kwargs["fill_color"]
+            for e in page.cell_rates("E") if isinstance(e, hv.Histogram)}
+    budget = page._run_colors()
+    for index, run in enumerate((ping, coba, canonical)):
+        label = page._label(run)
+        assert lines[label] == bars[label] == budget[page._bar_name(run)]
+    assert len(set(lines.values())) == 3  # the two PING runs: two shades of one blue
+    assert lines[page._label(ping)] == ARCH_COLORS["ping"] and lines[page._label(coba)] == ARCH_COLORS["coba"]
