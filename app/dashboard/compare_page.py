@@ -21,6 +21,7 @@ from jobs.models import JobsError, Run, RunKind, RunState
 MAX_RUNS = 24
 ARCH_COLORS = {"ping": plots.E_COLOR, "coba": "#dd6b20"}
 DASHES = ("solid", "dashed", "dotted", "dotdash", "dashdot")
+LEGEND_LINE_PX, LEGEND_PAD_PX = 23, 30  # a trajectory legend's line, and its box and margin
 # a further run of the same arch: its colour mixed toward white (> 0) or black (< 0)
 SHADES = (0.0, 0.45, -0.35, 0.7, -0.6)
 
@@ -137,7 +138,11 @@ class ComparePage(param.Parameterized):
             data = frame[["epoch", column]] if column in frame else pd.DataFrame({"epoch": [], column: []})
             layers.append(hv.Curve(data.rename(columns={column: ylabel}), "epoch", ylabel, label=self._label(run))
                           .opts(line_width=2, tools=["hover"], **self._style(index, run)))
-        return hv.Overlay(layers).opts(title=title, legend_position="bottom_right", **plots.BASE)
+        # the legend under the plot, one run a line, the figure taller by its lines: inside,
+        # the long labels ("PING seed 42 · seed recipe · c82fe5") covered the curves
+        height = plots.HEIGHT + LEGEND_LINE_PX * len(self.runs) + LEGEND_PAD_PX
+        return hv.Overlay(layers).opts(title=title, legend_position="bottom", legend_cols=1,
+                                       **{**plots.BASE, "height": height})
 
     @param.depends("version")
     def accuracy(self):

@@ -134,3 +134,14 @@ def test_a_run_has_one_colour_in_every_figure(jobs):
         assert lines[label] == bars[label] == budget[page._bar_name(run)]
     assert len(set(lines.values())) == 3  # the two PING runs: two shades of one blue
     assert lines[page._label(ping)] == ARCH_COLORS["ping"] and lines[page._label(coba)] == ARCH_COLORS["coba"]
+
+
+def test_the_trajectory_legends_stand_under_the_curves(jobs):
+    """Inside the plot the runs' long labels covered the curves of a 100-epoch comparison."""
+    from bokeh.models import Legend
+
+    runs = [_run(jobs, 2, seed=42, recipe="seed"), _run(jobs, 2, seed=42, arch="coba", recipe="seed"), _run(jobs, 2)]
+    figure = hv.render(ComparePage(_Services(jobs), feed=None, runs=runs).accuracy())
+    assert [type(x) for x in figure.below if isinstance(x, Legend)] == [Legend]
+    assert not [x for x in figure.center if isinstance(x, Legend)]
+    assert len(figure.below[-1].items) == 3 and figure.height > 3 * 23  # taller by the legend's lines
