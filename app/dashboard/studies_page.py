@@ -22,6 +22,7 @@ from app.dashboard import estimate, layout, plots, study_plots
 from app.dashboard.live import LiveFeed, News
 from engine.analyses.coupling import DEFAULT_FACTORS
 from engine.config import TIERS
+from engine.rundir import RunDir
 from engine.studies import PRESETS, StudyError, expand
 from jobs.models import InvalidRequest, JobsError, RunKind, RunState
 from jobs.studies import Study
@@ -29,7 +30,7 @@ from jobs.studies import Study
 DEFAULT = "preset's"
 MAX_STUDIES = 200
 MAX_HISTOGRAM_RUNS = len(plots.SERIES_COLORS)  # one colour per overlaid run
-FINAL_MISSING = "when its run finishes"  # the final-weights figures read a succeeded run's files
+NOT_YET = "written after its first epoch"  # why a run's rates or weights are missing
 STUDY_COLUMNS = ["study", "preset", "state", "progress", "runs", "created", "source", "report"]
 
 
@@ -237,7 +238,7 @@ class StudyPage(param.Parameterized):
         self.labels = [r["label"] for r in self.plan["runs"]]
         self.archs = [r["config"]["arch"] for r in self.plan["runs"]]
         self.colors = study_plots.run_colors(self.labels, self.archs)
-        self._arrays: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self._arrays: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}  # (run, file, version)
         self._refreshing, self._again = False, False
         self.header = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 10))
         self.members = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 10))
@@ -302,19 +303,59 @@ class StudyPage(param.Parameterized):
     def _train_members(self) -> dict[str, Any]:
         return {m.label: m for m in self.study.members if m.role == "train"}
 
-    def _npz(self, label: str, name: str) -> dict[str, np.ndarray] | None:
-        """A finished training run's artifacts/NAME.npz (cached: final once it succeeded)."""
+    def _npz(self, label: str, name: str) -> tuple[dict[str, np.ndarray] | None, int | None]:
+        """A member run's artifacts/NAME.npz and the epoch it is from (None: final). A run still
+        training rewrites rates.npz after every epoch (a 100-epoch study's figures stood empty
+        for days); cached per file version."""
         member = self._train_members().get(label)
-        if member is None or member.state is not RunState.SUCCEEDED:
-            return None
-        key = (member.run_id, name)
+        if member is None or member.state not in (RunState.SUCCEEDED, RunState.RUNNING):
+            return None, None
+        try:
+            path = self.jobs.artifact_path(member.run_id, f"artifacts/{name}.npz")
+            key = (member.run_id, name, path.stat().st_mtime_ns)
+        except (JobsError, OSError):
+            return None, None
         if key not in self._arrays:
             try:
-                with np.load(self.jobs.artifact_path(member.run_id, f"artifacts/{name}.npz")) as data:
-                    self._arrays[key] = {k: data[k] for k in data.files}
-            except JobsError:
-                return None
-        return self._arrays[key]
+                with np.load(path) as data:
+                    self._keep(key, {k: data[k] for k in data.files})
+            except (OSError, ValueError):  # rewritten while read: the next update has it
+                return None, None
+        arrays = self._arrays[key]
+        final = member.state is RunState.SUCCEEDED or "epoch" not in arrays
+        return arrays, None if final else int(arrays["epoch"])
+
+    def _end_weights(self, label: str) -> tuple[dict[str, np.ndarray] | None, int | None]:
+        """The run's final weights, or while it trains its latest checkpoint's, with its epoch."""
+        final, _ = self._npz(label, "weights_final")
+        member = self._train_members().get(label)
+        if final is not None or member is None or member.state is not RunState.RUNNING:
+            return final, None
+        run = RunDir(self.jobs.data.run_dir(member.run_id))
+        try:
+            key = (member.run_id, "last", run.checkpoint_path.stat().st_mtime_ns)
+        except OSError:  # no epoch has ended yet
+            return None, None
+        if key not in self._arrays:
+            try:
+                weights, epoch = run.load_weights_at("last")
+            except (OSError, RuntimeError, KeyError):  # replaced while read: the next update has it
+                return None, None
+            self._keep(key, {"epoch": np.array(epoch), **{k: v.numpy() for k, v in weights.items()}})
+        arrays = self._arrays[key]
+        return arrays, int(arrays["epoch"])
+
+    def _keep(self, key: tuple[str, str, int], arrays: dict[str, np.ndarray]) -> None:
+        """Cache the latest version of a file only: a page open for days sees hundreds."""
+        for old in [k for k in self._arrays if k[:2] == key[:2]]:
+            del self._arrays[old]
+        self._arrays[key] = arrays
+
+    @staticmethod
+    def _epochs_note(epochs: dict[str, int | None]) -> str:
+        """"; ping-seed42 at epoch 94" for the runs whose figures are not final yet."""
+        training = [f"{label} at epoch {epoch}" for label, epoch in epochs.items() if epoch is not None]
+        return f"; {', '.join(training)}" if training else ""
 
     # --- header and tables ---------------------------------------------------------------
     def _render_header(self) -> None:
@@ -394,41 +435,53 @@ class StudyPage(param.Parameterized):
                                           wide("rate_e_hz"), "accuracy-vs-rate", "metrics"))),
             layout.section("Trajectories", grid(*(figure(*c) for c in curves))),
             layout.section("Weights", grid(*(figure(*c) for c in weights))),
-            layout.section("Per-cell rates and weight values (final)", grid(*self._histogram_figures())),
+            layout.section("Per-cell rates and weight values (final, or each run's latest epoch)",
+                           grid(*self._histogram_figures())),
         ]
 
     def _histogram_figures(self) -> list:
+        """Per-cell E rates per arch and the first run of each arch's weights: final, or for
+        a run still training its latest epoch (the title says which)."""
         archs = list(dict.fromkeys(self.archs))
         items = []
         for arch in archs:
             labels = [lb for lb, a in zip(self.labels, self.archs) if a == arch][:MAX_HISTOGRAM_RUNS]
-            samples = lambda labels=labels: {lb: d["rate_e_hz"] for lb in labels  # noqa: E731
-                                             if (d := self._npz(lb, "rates")) is not None}
-            build = lambda arch=arch, labels=labels, samples=samples: plots.histograms(  # noqa: E731
-                samples(), labels, title=f"Per-cell E rates, {arch.upper()} (test set, final)", xlabel="rate (Hz)",
-                missing=FINAL_MISSING)
+            read = lambda labels=labels: {lb: self._npz(lb, "rates") for lb in labels}  # noqa: E731
+            samples = lambda read=read: {lb: d["rate_e_hz"] for lb, (d, _) in read().items()  # noqa: E731
+                                         if d is not None}
+
+            def build(arch=arch, labels=labels, read=read):
+                latest = read()
+                when = self._epochs_note({lb: epoch for lb, (d, epoch) in latest.items() if d is not None})
+                return plots.histograms({lb: d["rate_e_hz"] for lb, (d, _) in latest.items() if d is not None},
+                                        labels, title=f"Per-cell E rates, {arch.upper()} (test set{when})",
+                                        xlabel="rate (Hz)", missing=NOT_YET)
             items.append(self._figure(build, lambda samples=samples: plots.histogram_frame(samples()),
                                       f"cell-rates-{arch}"))
         firsts = {arch: next(lb for lb, a in zip(self.labels, self.archs) if a == arch) for arch in archs}
         for weight in ("W_in", "W_out"):
-            def samples(weight=weight) -> dict[str, np.ndarray]:
-                series = {}
+            def read(weight=weight) -> tuple[dict[str, np.ndarray], dict[str, int | None]]:
+                series, epochs = {}, {}
                 for arch, label in firsts.items():
-                    for tag, file in (("init", "weights_init"), ("end", "weights_final")):
-                        arrays = self._npz(label, file)
-                        if arrays is not None and weight in arrays and not (tag == "init" and "init" in series):
+                    init, _ = self._npz(label, "weights_init")
+                    end, epoch = self._end_weights(label)
+                    for name, arrays in (("init", init), (f"{arch.upper()} end", end)):
+                        if arrays is not None and weight in arrays and name not in series:
                             values = arrays[weight].ravel()
                             # W_in is sparse: its histogram is of the existing synapses
-                            values = values[values != 0] if weight == "W_in" else values
-                            series["init" if tag == "init" else f"{arch.upper()} end"] = values
-                return series
+                            series[name] = values[values != 0] if weight == "W_in" else values
+                    if end is not None:
+                        epochs[arch.upper()] = epoch
+                return series, epochs
             labels = ["init", *(f"{a.upper()} end" for a in archs)]
             colors = ["#a0aec0", *(study_plots.ARCH_COLORS.get(a, plots.E_COLOR) for a in archs)]
-            build = lambda weight=weight, samples=samples, labels=labels, colors=colors: plots.histograms(  # noqa: E731
-                samples(), labels, title=f"{weight} values, init vs end (first run of each arch)", xlabel="weight",
-                bins=40, logy=True, colors=colors, missing=FINAL_MISSING)
-            items.append(self._figure(build, lambda samples=samples: plots.histogram_frame(samples()),
-                                      f"{weight}-values"))
+
+            def build(weight=weight, read=read, labels=labels, colors=colors):
+                series, epochs = read()
+                return plots.histograms(series, labels, bins=40, logy=True, colors=colors, missing=NOT_YET,
+                                        xlabel="weight", title=f"{weight} values, init vs end (first run of each "
+                                                               f"arch{self._epochs_note(epochs)})")
+            items.append(self._figure(build, lambda read=read: plots.histogram_frame(read()[0]), f"{weight}-values"))
         return items
 
     def _analysis(self, name: str) -> dict:
