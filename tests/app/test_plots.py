@@ -31,6 +31,18 @@ def live_plot(build, empty):
     return page, hv.renderer("bokeh").get_plot(hv.DynamicMap(page.figure))
 
 
+def test_the_studies_accuracy_vs_rate_legend_stands_beside_the_plot():
+    """Inside, a study's six runs' legend covered COBA's path at its high-rate, high-accuracy end."""
+    from bokeh.models import Legend
+
+    from app.dashboard import study_plots
+
+    metrics = {f"run{i}": [{"rate_e_hz": 10.0 * i + e, "test_acc": 50.0 + e} for e in range(3)] for i in range(6)}
+    figure = hv.render(study_plots.accuracy_vs_rate_runs(metrics, ["#000000"] * 6))
+    assert [type(x) for x in figure.right if isinstance(x, Legend)] == [Legend]
+    assert not [x for x in figure.center if isinstance(x, Legend)]
+
+
 def test_the_diagonal_legend_stands_beside_the_plot():
     """Inside, at the top left, it covered the open loop's points (the seed run's 113 Hz)."""
     from bokeh.models import Legend
