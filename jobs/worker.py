@@ -41,7 +41,7 @@ HEARTBEAT_S = 1.0
 # engine writes is atomic or truncated on resume, and epochs replay idempotently.
 STOP_GRACE_S = 0.75
 THREADS_ENV = "SPIKEBOARD_THREADS"
-SYNC_S = 2.0  # a remote analysis's partial result reaches the server at most this often
+SYNC_S = 2.0  # a remote FORCE run's partial result reaches the server at most this often
 
 
 class Heartbeat(threading.Thread):
@@ -93,29 +93,32 @@ def execute(run: Assignment, transport: Transport, beat: Heartbeat, stop: thread
     def on_progress(done: int, total: int) -> None:
         beat.progress = done / total if total else None
 
-    synced_at = [0.0]
-
-    def on_unit(done: int, total: int) -> None:
+    def synced(every_s: float):
         """Progress of an analysis or FORCE run, whose result.json holds every unit done:
         a remote worker sends it on to the server, so the pages show the units and a next
-        attempt resumes after them (at most every SYNC_S: FORCE reports within units too)."""
-        on_progress(done, total)
-        if time.monotonic() - synced_at[0] < SYNC_S and done < total:
-            return
-        try:
-            transport.sync()
-        except LeaseLost:
-            stop.set()  # a newer attempt owns the run: stop at the next unit
-        synced_at[0] = time.monotonic()
+        attempt resumes after them. An analysis reports once a unit (each is sent); FORCE
+        reports within units too (sent at most every `every_s`)."""
+        synced_at = [0.0]
+
+        def on_unit(done: int, total: int) -> None:
+            on_progress(done, total)
+            if time.monotonic() - synced_at[0] < every_s and done < total:
+                return
+            try:
+                transport.sync()
+            except LeaseLost:
+                stop.set()  # a newer attempt owns the run: stop at the next unit
+            synced_at[0] = time.monotonic()
+        return on_unit
 
     if run.kind is RunKind.TRAIN:
         if run.config.get("init_run"):  # a fine-tune (jobs.finetune): its source's weights, once
             copy_start_weights(transport.source_dir(run.config["init_run"]), run_dir)
         _train(run, run_dir, transport, on_progress, stop)
     elif run.kind is RunKind.FORCE:
-        _force(run, run_dir, on_unit, stop)
+        _force(run, run_dir, synced(SYNC_S), stop)
     else:
-        _analyse(run, transport, on_unit, stop)
+        _analyse(run, transport, synced(0.0), stop)
 
 
 def _train(run: Assignment, run_dir, transport: Transport, on_progress, stop: threading.Event) -> None:

@@ -115,10 +115,9 @@ class WhatIfPage:
         self.save_form = pn.Column(pn.pane.HTML(""), visible=False, sizing_mode="stretch_width")
         self._build_figures()
         self.latest = Latest(self._compute, self._deliver)
-        # forward Euler's check runs the reference loop (about a second per trial): after
-        # each frame, in a queue of its own, so the sliders stay as quick as before
-        # it waits for the sliders to rest (EULER_DELAY_S) and stops when a new frame is asked
-        # for, so that with one what-if slot a frame never waits behind a check
+        # Forward Euler's check runs the reference loop (about a second per trial), after a
+        # frame and in a queue of its own: it waits for the sliders to rest (EULER_DELAY_S)
+        # and stops when a new frame is asked for, so a frame never waits behind a check.
         self._euler_stop = threading.Event()
         self.euler_latest = Latest(lambda knobs: self.whatif.euler_check(run.id, knobs,
                                                                          should_stop=self._euler_stop.is_set),
