@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.dashboard.plots import SERIES_COLORS
+from app.dashboard.compare_page import ARCH_COLORS
 from app.dashboard.sessions import origin_allowed
 from tests.app.conftest import REPO, start_server
 from tests.conftest import small_config
@@ -231,13 +231,13 @@ def test_compare_page_overlays_runs_and_tabulates_seeds(server, finished_run, pa
                      "Spike budget"):
         assert any(t.startswith(expected) for t in titles), (expected, titles)
     assert page.get_by_text("acc slope (pp/ep)").count() >= 1
-    # one run, one colour: the budget's bars take the histograms' colours, in the runs' order
+    # one run, one colour: the budget's bars take the run's colour in every figure, its arch's
     mappers = page.evaluate(BAR_COLORS_JS)
     bars = next(m for m in mappers if any(f.endswith(finished_run[:4]) for f in m["factors"]))
     colors = dict(zip(bars["factors"], bars["palette"]))
-    for index, run_id in enumerate((finished_run, other["id"])):
+    for arch, run_id in (("ping", finished_run), ("coba", other["id"])):
         name = next(f for f in bars["factors"] if f.endswith(run_id[:4]))
-        assert colors[name].lower() == SERIES_COLORS[index].lower(), (name, colors)
+        assert colors[name].lower() == ARCH_COLORS[arch].lower(), (name, colors)
 
 
 def test_closed_tabs_give_their_sessions_back(server, browser):
