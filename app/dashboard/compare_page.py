@@ -78,16 +78,17 @@ class ComparePage(param.Parameterized):
         """Run `index`'s colour in every figure of the page: its arch's colour, a lighter or
         darker shade of it for each further run of that arch (the trajectories drew PING's
         runs all in blue while the histograms and bars gave the same runs other colours)."""
-        run = self.runs[index]
-        base = ARCH_COLORS.get(run.config.get("arch"))
+        base = ARCH_COLORS.get(self.runs[index].config.get("arch"))
         if base is None:
             return plots.SERIES_COLORS[index % len(plots.SERIES_COLORS)]
-        same_arch = sum(r.config.get("arch") == run.config.get("arch") for r in self.runs[:index])
-        return _shade(base, SHADES[same_arch % len(SHADES)])
+        return _shade(base, SHADES[self._same_arch_before(index) % len(SHADES)])
+
+    def _same_arch_before(self, index: int) -> int:
+        arch = self.runs[index].config.get("arch")
+        return sum(r.config.get("arch") == arch for r in self.runs[:index])
 
     def _style(self, index: int, run: Run) -> dict:
-        same_arch = [r for r in self.runs[:index] if r.config.get("arch") == run.config.get("arch")]
-        return {"color": self._color(index), "line_dash": DASHES[len(same_arch) % len(DASHES)]}
+        return {"color": self._color(index), "line_dash": DASHES[self._same_arch_before(index) % len(DASHES)]}
 
     # --- tables ------------------------------------------------------------------------
     def _label(self, run: Run) -> str:

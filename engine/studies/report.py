@@ -122,8 +122,7 @@ def spike_budget(trained: list[dict[str, Any]], axes: list[str] | None = None) -
     axes = list(axes) if axes else ["arch"]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for e in trained:
-        key = tuple(e["point"].get(k, e["config"].get(k)) for k in axes)
-        groups.setdefault(key, []).append(e)
+        groups.setdefault(_grid_point(e, axes), []).append(e)
     rows = []
     for key, runs in groups.items():
         finals = [e["metrics"][-1] for e in runs]
@@ -139,6 +138,11 @@ def spike_budget(trained: list[dict[str, Any]], axes: list[str] | None = None) -
     return rows
 
 
+def _grid_point(entry: dict[str, Any], axes: list[str]) -> tuple:
+    """The entry's values on `axes`: its grid point, else its config (None without one)."""
+    return tuple(entry["point"].get(k, (entry["config"] or {}).get(k)) for k in axes)
+
+
 def spike_budget_so_far(entries: list[dict[str, Any]], axes: list[str]) -> list[dict[str, Any]]:
     """The budget of a study still training, matched: only the seeds that have begun a
     run at every grid point on `axes`, each run at the epoch all of those have reached.
@@ -146,15 +150,11 @@ def spike_budget_so_far(entries: list[dict[str, Any]], axes: list[str]) -> list[
     a learning curve read as a difference between networks.) Rows carry the `seeds`
     and the epoch (`at_epoch`); none until some seed has a run with an epoch everywhere."""
     axes = list(axes) if axes else ["arch"]
-
-    def point(e: dict[str, Any]) -> tuple:
-        return tuple(e["point"].get(k, e["config"].get(k) if e["config"] else None) for k in axes)
-
-    points = {point(e) for e in entries}
+    points = {_grid_point(e, axes) for e in entries}
     by_seed: dict[Any, dict[tuple, dict[str, Any]]] = {}
     for e in entries:
         if e["metrics"]:
-            by_seed.setdefault(e["point"].get("seed", e["config"].get("seed")), {})[point(e)] = e
+            by_seed.setdefault(_grid_point(e, ["seed"])[0], {})[_grid_point(e, axes)] = e
     matched = {seed: runs for seed, runs in by_seed.items() if set(runs) == points}
     if not matched:
         return []
