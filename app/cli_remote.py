@@ -1,10 +1,11 @@
-"""The command line against a server: `--server URL` on train/study/force, and `runs`.
+"""The command line against a server: `--server URL` on train/study/force, `runs` and `queue`.
 
     spikeboard train --server http://gpu-box:8000 --tier smoke --epochs 3   # queue, then show its epochs
     spikeboard runs list|show|follow|cancel|front|download --server http://gpu-box:8000
+    spikeboard queue pause|resume|show --server http://gpu-box:8000   # queue and order runs, then resume
 
 Everything goes through the REST API (`app.client.Client`); nothing opens a data
-directory. The token comes from --token or SPIKEBOARD_TOKEN; `runs` takes the
+directory. The token comes from --token or SPIKEBOARD_TOKEN; `runs` and `queue` take the
 server from --server or SPIKEBOARD_URL (default http://127.0.0.1:8000).
 """
 
@@ -58,6 +59,11 @@ def add_remote_arguments(sub: argparse._SubParsersAction, train: argparse.Argume
     front = verbs.add_parser("front", parents=[server],
                              help="queued runs start next, in the order given (before every run queued so far)")
     front.add_argument("run_ids", nargs="+", metavar="run_id")
+    queue = sub.add_parser("queue", help="pause or resume a server's queue (queue and order runs, then resume)")
+    queue_verbs = queue.add_subparsers(dest="verb", required=True)
+    queue_verbs.add_parser("show", parents=[server], help="paused or serving, and how many runs wait and run")
+    queue_verbs.add_parser("pause", parents=[server], help="no queued run starts until resumed; running runs go on")
+    queue_verbs.add_parser("resume", parents=[server], help="queued runs start again, in queue order")
     download = verbs.add_parser("download", parents=[server], help="files of a run's folder")
     download.add_argument("run_id")
     download.add_argument("names", nargs="*", metavar="NAME",
@@ -69,6 +75,8 @@ def remote_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     """Run `args` through a server and return the exit status; None: a local command."""
     if args.command == "runs":
         return _with_client(args, RUNS[args.verb])
+    if args.command == "queue":
+        return _with_client(args, queue_command)
     if args.command == "train" and not getattr(args, "server", None) and args.out is None:
         parser.error("train: --out is required (or --server URL to queue the run on a server)")
     if args.command in QUEUE and getattr(args, "server", None):
@@ -113,6 +121,7 @@ def queue_train(client: Client, args: argparse.Namespace) -> int:
         return 2
     run = client.submit_run(config_fields(args))
     print(json.dumps({"run_id": run.id, "state": run.state.value, "server": client.url}))
+    warn_if_paused(client)
     if args.detach:
         return 0
     return follow_run(client, run.id)
@@ -130,6 +139,7 @@ def queue_study(client: Client, args: argparse.Namespace) -> int:
         return 2
     study = client.submit_study(args.name, study_overrides(args), args.source)
     print(json.dumps({"study_id": study.id, "runs": len(study.members), "server": client.url}))
+    warn_if_paused(client)
     return 0
 
 
@@ -141,7 +151,15 @@ def queue_force(client: Client, args: argparse.Namespace) -> int:
         return 2
     run = client.submit_force(args.experiment, force_params(args.set or []))
     print(json.dumps({"run_id": run.id, "kind": run.kind.value, "server": client.url}))
+    warn_if_paused(client)
     return 0
+
+
+def warn_if_paused(client: Client) -> None:
+    """A run queued on a paused queue waits: say so, or `train --server` follows it in silence."""
+    if client.queue().paused:
+        print("spikeboard: the server's queue is paused: queued runs wait until "
+              "`spikeboard queue resume`", file=sys.stderr)
 
 
 QUEUE = {"train": queue_train, "study": queue_study, "force": queue_force}
@@ -256,6 +274,17 @@ def _each_run(run_ids: list[str], act: Callable[[str], str], act_order: Callable
         if lines.get(run_id):
             print(lines[run_id])
     return status
+
+
+def queue_command(client: Client, args: argparse.Namespace) -> int:
+    status = {"show": client.queue, "pause": client.pause_queue, "resume": client.resume_queue}[args.verb]()
+    if status.paused:
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(status.paused_at))
+        print(f"paused since {since}: {status.queued} queued run(s) wait, {status.running} running "
+              f"(spikeboard queue resume)")
+    else:
+        print(f"serving: {status.queued} queued, {status.running} running")
+    return 0
 
 
 def runs_download(client: Client, args: argparse.Namespace) -> int:

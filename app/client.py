@@ -25,7 +25,7 @@ import httpx
 from pydantic import BaseModel
 
 from app.api.schemas import (ArtifactPublic, ArtifactsPublic, ForceExperimentsPublic, Health, MetricsPublic,
-                             RunPublic, RunsPublic, StudiesPublic, StudyPresetsPublic, StudyPublic, SweepPublic,
+                             QueuePublic, RunPublic, RunsPublic, StudiesPublic, StudyPresetsPublic, StudyPublic, SweepPublic,
                              SweepsPublic)
 from jobs.client import parse_sse
 from jobs.models import FINISHED_STATES, RunKind, RunState
@@ -149,6 +149,17 @@ class Client:
     # --- server ---------------------------------------------------------------------------
     def health(self) -> Health:
         return self._get(Health, "/api/health")
+
+    # --- the queue ------------------------------------------------------------------------
+    def queue(self) -> QueuePublic:
+        return self._get(QueuePublic, "/api/queue")
+
+    def pause_queue(self) -> QueuePublic:
+        """No queued run starts until `resume_queue()`; running runs go on."""
+        return self._post(QueuePublic, "/api/queue/pause")
+
+    def resume_queue(self) -> QueuePublic:
+        return self._post(QueuePublic, "/api/queue/resume")
 
     # --- runs -----------------------------------------------------------------------------
     def submit_run(self, config: dict[str, Any] | None = None, **fields: Any) -> RunPublic:

@@ -168,3 +168,15 @@ def sweep_state(children: tuple[RunState, ...], cancel_requested: bool) -> RunSt
     if RunState.CANCELLED in children or cancel_requested:
         return RunState.CANCELLED
     return RunState.SUCCEEDED
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """The queue as a whole: paused (since when) or serving, and what it holds."""
+    paused_at: float | None
+    queued: int
+    running: int
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None

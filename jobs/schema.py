@@ -63,6 +63,14 @@ CREATE TABLE IF NOT EXISTS study_runs (
     UNIQUE (study_id, label, role, analysis)
 );
 
+-- The queue's hold: while its one row exists no queued run starts (running runs go on).
+-- A user queueing several runs pauses first, orders them, then resumes. It outlives a
+-- server restart, as the queue itself does.
+CREATE TABLE IF NOT EXISTS queue_pause (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    paused_at REAL NOT NULL
+);
+
 -- The credential of a run's current attempt, issued when the run is dispatched to
 -- a remote worker (jobs.transport.HttpTransport). Only its SHA-256 is kept, and a new
 -- dispatch replaces it, so a worker of an older attempt is locked out.

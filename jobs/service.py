@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from engine.config import Config, ConfigError
-from jobs.models import (Conflict, InvalidRequest, InvalidTransition, Run, RunKind, RunNotFound,
-                         RunState, Sweep)
+from jobs.models import (Conflict, InvalidRequest, InvalidTransition, QueueStatus, Run, RunKind,
+                         RunNotFound, RunState, Sweep)
 from jobs.finetune import check_source
 from jobs.limits import RunLimits
 from jobs.paths import DataDir
@@ -99,6 +99,27 @@ class JobService:
     def move_to_front(self, run_id: str) -> Run:
         """Queued runs only (409 otherwise): the next free slot starts this one."""
         return self.store.move_to_front(run_id)
+
+    # --- the queue as a whole ----------------------------------------------------------
+    def queue_status(self) -> QueueStatus:
+        _, queued = self.store.list_runs(state=RunState.QUEUED, limit=1)
+        _, running = self.store.list_runs(state=RunState.RUNNING, limit=1)
+        return QueueStatus(self.queue_paused_at(), queued, running)
+
+    def queue_paused_at(self) -> float | None:
+        """When the queue was paused; None while it serves runs (one cheap read)."""
+        return self.store.queue_paused_at()
+
+    def pause_queue(self) -> QueueStatus:
+        """No queued run starts until `resume_queue` (running runs go on): queue several
+        runs, order them (`move_to_front`), then resume, and the first queued does not
+        take a free slot before the others are in."""
+        self.store.pause_queue()
+        return self.queue_status()
+
+    def resume_queue(self) -> QueueStatus:
+        self.store.resume_queue()
+        return self.queue_status()
 
     def rerun(self, run_id: str) -> Run:
         """A new queued run with the same config. Its `source_run_id` names the run it

@@ -105,7 +105,8 @@ class RunStore:
 
     def claim_next(self, now: float | None = None, kinds: Iterable[RunKind] | None = None) -> Run | None:
         """Queued -> running for the oldest queued run (of `kinds`, if given), in one
-        statement, so two schedulers can never start the same run."""
+        statement, so two schedulers can never start the same run; none while the queue
+        is paused."""
         now = time.time() if now is None else now
         only = [RunKind(k).value for k in kinds] if kinds is not None else None
         if only == []:
@@ -115,7 +116,9 @@ class RunStore:
             row = conn.execute(
                 "UPDATE runs SET state = 'running', attempt = attempt + 1, heartbeat_at = ?, "
                 "started_at = COALESCE(started_at, ?), worker_pid = NULL "
-                f"WHERE id = (SELECT id FROM runs WHERE state = 'queued' {of_kinds}ORDER BY {QUEUE_ORDER} LIMIT 1) "
+                f"WHERE id = (SELECT id FROM runs WHERE state = 'queued' {of_kinds}"
+                "AND NOT EXISTS (SELECT 1 FROM queue_pause) "
+                f"ORDER BY {QUEUE_ORDER} LIMIT 1) "
                 "AND state = 'queued' RETURNING id", (now, now, *(only or []))).fetchone()
         return None if row is None else self.get_run(row["id"])
 
@@ -127,6 +130,23 @@ class RunStore:
                 raise Conflict(f"run {run_id} is {state.value}; only a queued run can move to the front of the queue")
             conn.execute("UPDATE runs SET priority = 1 + (SELECT MAX(priority) FROM runs) WHERE id = ?", (run_id,))
         return self.get_run(run_id)
+
+    def pause_queue(self, now: float | None = None) -> float:
+        """No queued run starts until `resume_queue`; returns when the pause began (a
+        second pause keeps the first's time)."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            conn.execute("INSERT OR IGNORE INTO queue_pause (id, paused_at) VALUES (1, ?)", (now,))
+            return conn.execute("SELECT paused_at FROM queue_pause").fetchone()[0]
+
+    def resume_queue(self) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM queue_pause")
+
+    def queue_paused_at(self) -> float | None:
+        """When the queue was paused; None while it serves runs."""
+        rows = self._read("SELECT paused_at FROM queue_pause")
+        return rows[0][0] if rows else None
 
     def claim(self, run_id: str, now: float | None = None) -> Run | None:
         """Queued -> running for this run (a pack-mate, jobs.packing); None if it is no

@@ -6,7 +6,7 @@ schema (app/api/responses.py), so a generated client knows each status."""
 from fastapi import APIRouter, Depends
 from fastapi.routing import APIRoute
 
-from app.api import analyses, force, health, runs, studies, sweeps, whatif, worker
+from app.api import analyses, force, health, queue, runs, studies, sweeps, whatif, worker
 from app.api.errors import finite_json_body
 from app.api.responses import ANY_REQUEST
 
@@ -21,6 +21,7 @@ api_router = APIRouter(dependencies=[Depends(finite_json_body)], responses=ANY_R
                        generate_unique_id_function=operation_id)
 api_router.include_router(runs.router)
 api_router.include_router(sweeps.router)
+api_router.include_router(queue.router)
 api_router.include_router(health.router)
 api_router.include_router(analyses.router)
 api_router.include_router(studies.router)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from engine.config import ARCHS, BACKENDS, DTYPES, RECIPES, TIERS, VARIANT_CHOICES, Config
-from jobs.models import Run, RunKind, RunState, Sweep
+from jobs.models import QueueStatus, Run, RunKind, RunState, Sweep
 
 # NaN and Infinity are no JSON numbers (Python's parser takes them): refused as input
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
@@ -203,6 +203,20 @@ class Health(BaseModel):
     version: str
     queued: int
     running: int
+    paused: bool = Field(description="the queue is paused: queued runs wait (POST /api/queue/resume)")
+
+
+class QueuePublic(BaseModel):
+    """The queue as a whole. While paused, no queued run starts; running runs go on."""
+    paused: bool
+    paused_at: float | None = Field(description="when it was paused (Unix time); null while it serves runs")
+    queued: int
+    running: int
+
+    @classmethod
+    def of(cls, status: QueueStatus) -> "QueuePublic":
+        return cls(paused=status.paused, paused_at=status.paused_at, queued=status.queued,
+                   running=status.running)
 
 
 # --- studies -----------------------------------------------------------------------------

@@ -31,9 +31,11 @@ LOOKBACK_S = 15.0
 class News:
     runs: dict[str, Run] = field(default_factory=dict)            # id -> current record
     epochs: dict[str, list[dict]] = field(default_factory=dict)   # id -> new epoch records, in order
+    queue_changed: bool = False          # the queue was paused or resumed (by any client)
+    queue_paused_at: float | None = None  # when it was paused; None while it serves runs
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.epochs)
+        return bool(self.runs or self.epochs or self.queue_changed)
 
 
 Listener = Callable[[News], None]
@@ -47,6 +49,7 @@ class LiveFeed:
         self._since = time.time()
         self._delivered: dict[tuple[str, int], float] = {}
         self._last_runs: dict[str, tuple] = {}
+        self._paused_at = jobs.queue_paused_at()
 
     # --- sessions ------------------------------------------------------------------
     def subscribe(self, doc, listener: Listener) -> int:
@@ -68,7 +71,9 @@ class LiveFeed:
         now = time.time()
         runs, epochs = self.jobs.changes(self._since - LOOKBACK_S)
         self._since = now
-        news = News()
+        paused_at = self.jobs.queue_paused_at()
+        news = News(queue_changed=paused_at != self._paused_at, queue_paused_at=paused_at)
+        self._paused_at = paused_at
         for run in runs:
             visible = (run.state, run.progress, run.n_epochs, run.error)
             if self._last_runs.get(run.id) != visible:

@@ -70,9 +70,9 @@ class RunPage(param.Parameterized):
         fresh = [r for r in news.epochs.get(self.run.id, []) if r["epoch"] > len(self.records)]
         if fresh:
             self.records = self.records + fresh
-        if self.run.id in news.runs:
+        if self.run.id in news.runs or (news.queue_changed and self.run.state is RunState.QUEUED):
             was = self.run.state
-            self.run = news.runs[self.run.id]
+            self.run = news.runs.get(self.run.id, self.run)
             self._render_header()
             if self.run.state is RunState.SUCCEEDED and was is not RunState.SUCCEEDED:
                 self.artifacts_version += 1
@@ -81,7 +81,10 @@ class RunPage(param.Parameterized):
     # --- header --------------------------------------------------------------------------
     def _render_header(self) -> None:
         run, config = self.run, self.run.config
-        facts = [("state", run.state.value), ("epochs", f"{run.n_epochs} / {config.get('epochs')}"),
+        state = run.state.value
+        if run.state is RunState.QUEUED and self.jobs.queue_paused_at() is not None:
+            state += " · the queue is paused: it starts once the queue is resumed (Runs page)"
+        facts = [("state", state), ("epochs", f"{run.n_epochs} / {config.get('epochs')}"),
                  ("progress", f"{100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress):.0f} %"
                               + (f" · {STARTING_NOTE}" if starting(run) else "")),
                  ("recipe", config.get("recipe", "canonical")),  # runs stored before recipes: canonical

@@ -108,6 +108,11 @@ class RunsPage(param.Parameterized):
                                            sizing_mode="stretch_width", height=220, layout="fit_data_stretch",
                                            formatters={"compare": {"type": "link", "target": "_self",
                                                                    "label": "compare"}})
+        self.queue_note = pn.pane.Alert("", alert_type="warning", visible=False, margin=(0, 10),
+                                        sizing_mode="stretch_width")
+        self.queue_button = pn.widgets.Button(label="Pause queue", button_type="default", align="end")
+        self.queue_button.on_click(self.toggle_queue)
+        self._show_queue(self.jobs.queue_paused_at())
         pn.state.curdoc and self._follow()
 
     # --- data --------------------------------------------------------------------------
@@ -146,6 +151,8 @@ class RunsPage(param.Parameterized):
         pn.state.on_session_destroyed(lambda _ctx: self.feed.unsubscribe(key))
 
     def _on_news(self, news: News) -> None:
+        if news.queue_changed:  # paused or resumed here, in another tab or over the API
+            self._show_queue(news.queue_paused_at)
         if not news.runs and not news.epochs:
             return
         frame = self.table.value
@@ -231,6 +238,22 @@ class RunsPage(param.Parameterized):
         # start in the order the table lists them
         self._act("start next", self.jobs.move_to_front, order=reversed)
 
+    def toggle_queue(self, _event=None) -> None:
+        # the banner says it (a status line would go stale when another client resumes)
+        paused = self.jobs.queue_paused_at() is not None
+        status = self.jobs.resume_queue() if paused else self.jobs.pause_queue()
+        self._show_queue(status.paused_at)
+
+    def _show_queue(self, paused_at: float | None) -> None:
+        self.queue_button.label = "Resume queue" if paused_at is not None else "Pause queue"
+        self.queue_button.button_type = "success" if paused_at is not None else "default"
+        self.queue_note.visible = paused_at is not None
+        if paused_at is not None:
+            since = dt.datetime.fromtimestamp(paused_at).strftime("%Y-%m-%d %H:%M")
+            self.queue_note.object = (f"<b>Queue paused</b> since {since}: no queued run starts, running runs "
+                                      "go on. Order the queued runs with <i>Start next</i>, then "
+                                      "<i>Resume queue</i>.")
+
     def delete(self, _event=None) -> None:
         self._act("delete", self.jobs.delete_run)
         self.table.value = self._frame()
@@ -261,7 +284,7 @@ class RunsPage(param.Parameterized):
             pn.widgets.TextInput.from_param(self.param.text, label="search", placeholder="id, arch, sweep...",
                                             width=220))
         runs = layout.section("Runs", pn.Row(filters, pn.Spacer(), actions, sizing_mode="stretch_width"),
-                              self.table)
+                              pn.Row(self.queue_button, self.queue_note, sizing_mode="stretch_width"), self.table)
         sweeps = layout.section("Sweeps", self.sweeps)
         return layout.page("Runs", "/", pn.Row(form, pn.Column(runs, sweeps, sizing_mode="stretch_width"),
                                                sizing_mode="stretch_width"), status=self.status)

@@ -114,3 +114,25 @@ def test_runs_list_show_cancel_follow(server, client, capsys, monkeypatch):
 
     status, out, _ = run_cli(capsys, "runs", "follow", first.id)  # a finished run: its state, then the end
     assert status == 1 and out.split()[-2:] == [first.id, "cancelled"]
+
+
+def test_queue_pause_show_resume(server, client, capsys, monkeypatch):
+    """`spikeboard queue`: paused, runs queued meanwhile wait (and `train` says why), resumed."""
+    monkeypatch.setenv("SPIKEBOARD_TOKEN", TOKEN)
+    status, out, _ = run_cli(capsys, "queue", "pause", "--server", server.url)
+    assert status == 0 and out.startswith("paused since ")
+    try:
+        status, out, err = run_cli(capsys, "train", "--server", server.url, "--detach", "--epochs", "1")
+        assert status == 0 and "queue is paused" in err and "spikeboard queue resume" in err
+        status, out, _ = run_cli(capsys, "queue", "show", "--server", server.url)
+        assert status == 0 and out.startswith("paused since ") and client.health().paused
+    finally:
+        status, out, _ = run_cli(capsys, "queue", "resume", "--server", server.url)
+    assert status == 0 and out.startswith("serving: ")
+    assert client.queue().paused is False and client.queue().paused_at is None
+    status, _, err = run_cli(capsys, "train", "--server", server.url, "--detach", "--epochs", "1")
+    assert status == 0 and "paused" not in err
+    monkeypatch.delenv("SPIKEBOARD_TOKEN")
+    status, _, err = run_cli(capsys, "queue", "pause", "--server", server.url)  # no token: refused
+    assert status == 2 and "token" in err.lower(), err
+    assert client.queue().paused is False

@@ -3,6 +3,7 @@ press "Start next", and the store serves it before the runs queued earlier."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from tests.app.conftest import start_server
@@ -47,5 +48,33 @@ def test_start_next_moves_the_ticked_run_to_the_front(queue_only_server, browser
     page.get_by_text("only a queued run can move to the front").wait_for(timeout=30_000)
     with queue_only_server.client() as client:
         assert client.get(ids[1])["priority"] > priorities[2]
+    context.close()
+    assert page.console.errors == [], page.console.errors
+
+
+def test_pause_queue_shows_the_banner_and_a_resume_elsewhere_clears_it(queue_only_server, browser):  # noqa: F811
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    context.set_default_navigation_timeout(120_000)
+    page = context.new_page()
+    page.console = Console(page)
+    page.goto(queue_only_server.url + "/")
+    try:
+        page.get_by_role("button", name="Pause queue").click()
+        banner = page.get_by_text("Queue paused since")
+        banner.wait_for(timeout=30_000)
+        page.get_by_role("button", name="Resume queue").wait_for(timeout=30_000)
+        assert httpx.get(queue_only_server.url + "/api/queue").json()["paused"] is True
+        with queue_only_server.client() as client:
+            run_id = client.submit(small_config(seed=9))["id"]
+        # the queued run's own page says why it waits
+        run_page = context.new_page()
+        run_page.goto(f"{queue_only_server.url}/run?id={run_id}")
+        run_page.get_by_text("the queue is paused").wait_for(timeout=60_000)
+        httpx.post(queue_only_server.url + "/api/queue/resume")  # another client resumes: both pages follow
+        banner.wait_for(state="hidden", timeout=30_000)
+        page.get_by_role("button", name="Pause queue").wait_for(timeout=30_000)
+        run_page.get_by_text("the queue is paused").wait_for(state="hidden", timeout=30_000)
+    finally:
+        httpx.post(queue_only_server.url + "/api/queue/resume")
     context.close()
     assert page.console.errors == [], page.console.errors

@@ -59,6 +59,22 @@ def test_cancel_a_running_job_within_five_seconds(server_factory):
         _wait_for(lambda: api.get(slot_free["id"])["state"] != "queued", 10)
 
 
+def test_a_paused_queue_lets_running_runs_finish_and_starts_queued_ones_on_resume(server_factory):
+    server = server_factory()
+    with server.client() as api:
+        running = api.submit(small_config(epochs=2))
+        _wait_for(lambda: api.get(running["id"])["state"] == "running", 60)
+        assert httpx.post(f"{server.url}/api/queue/pause").json()["paused"] is True
+        waiting = api.submit(small_config(epochs=1))
+        assert api.wait(running["id"], timeout_s=120)["state"] == "succeeded"  # it went on
+        time.sleep(1.0)  # the scheduler ticks on a free slot and leaves the queued run
+        assert api.get(waiting["id"])["state"] == "queued"
+        assert httpx.get(f"{server.url}/api/health").json()["paused"] is True
+        resumed = httpx.post(f"{server.url}/api/queue/resume").json()
+        assert resumed == {"paused": False, "paused_at": None, "queued": 1, "running": 0}
+        _wait_for(lambda: api.get(waiting["id"])["state"] != "queued", 10)
+
+
 def _kill_mid_run_and_restart(server_factory, tmp_path, kill_worker_too: bool):
     data_dir = tmp_path / "data"
     server = server_factory(data_dir)

@@ -58,3 +58,40 @@ def test_a_run_that_has_done_nothing_yet_says_it_is_starting():
     analysis = dataclasses.replace(a_run(RunKind.ANALYSIS, {"name": "fi_curve"}, source_run_id="0123456789ab"),
                                    state=RunState.RUNNING, progress=0.0)
     assert run_row(analysis, None)["detail"] == f"fi_curve of 0123456789ab · {STARTING_NOTE}"
+
+
+def test_pause_and_resume_from_the_runs_page_and_the_live_feed_tells_every_page(tmp_path):
+    """The button pauses and resumes the store's queue; a pause or resume made elsewhere (the
+    API, another tab) reaches the page through the live feed; a queued run's page says why
+    it waits."""
+    from app.dashboard.live import LiveFeed
+    from app.dashboard.run_page import RunPage
+    from app.dashboard.runs_page import RunsPage
+    from jobs.paths import DataDir
+    from jobs.service import JobService
+    from jobs.store import RunStore
+
+    data = DataDir.at(tmp_path)
+    jobs = JobService(RunStore(data.db_path), data)
+    services = type("Services", (), {"jobs": jobs})()
+    feed = LiveFeed(jobs)
+    page = RunsPage(services, feed)
+    assert (page.queue_button.label, page.queue_note.visible) == ("Pause queue", False)
+    page.toggle_queue()
+    assert jobs.queue_paused_at() is not None
+    assert (page.queue_button.label, page.queue_note.visible) == ("Resume queue", True)
+    assert "Queue paused" in page.queue_note.object
+    news = feed.poll()
+    assert news and news.queue_changed and news.queue_paused_at == jobs.queue_paused_at()
+    assert not feed.poll()  # told once
+
+    run = jobs.submit_run({"tier": "smoke", "epochs": 1})
+    waiting = RunPage(services, feed, run)
+    assert "the queue is paused" in waiting.header.object
+    jobs.resume_queue()  # elsewhere
+    news = feed.poll()
+    assert news.queue_changed and news.queue_paused_at is None
+    page._on_news(news)
+    waiting._on_news(news)
+    assert (page.queue_button.label, page.queue_note.visible) == ("Pause queue", False)
+    assert "the queue is paused" not in waiting.header.object

@@ -86,6 +86,26 @@ def test_a_run_moved_to_the_front_is_claimed_next(store):
         store.move_to_front("nope")
 
 
+def test_a_paused_queue_starts_nothing_until_resumed_and_stays_paused_across_a_restart(tmp_path):
+    """Queue several runs, order them, then resume: while paused, claim_next gives none,
+    however many wait; a restart (a new store on the file) keeps the pause."""
+    store = RunStore(tmp_path / "runs.db")
+    first = store.create_run(RunKind.TRAIN, {"seed": 1})
+    assert store.queue_paused_at() is None
+    assert store.pause_queue(now=100.0) == 100.0
+    assert store.pause_queue(now=200.0) == 100.0  # paused already: the first time stands
+    later = store.create_run(RunKind.ANALYSIS, {})
+    store.move_to_front(later.id)
+    assert store.claim_next() is None and store.claim_next(kinds=[RunKind.ANALYSIS]) is None
+    store.close()
+    store = RunStore(tmp_path / "runs.db")
+    assert store.queue_paused_at() == 100.0 and store.claim_next() is None
+    store.resume_queue()
+    assert store.queue_paused_at() is None
+    assert [store.claim_next().id, store.claim_next().id] == [later.id, first.id]
+    store.close()
+
+
 def test_runs_a_restart_requeued_are_claimed_before_runs_moved_to_the_front(store):
     """The study's restart: two training runs and an analysis were running, seven analyses
     had been moved to the front meanwhile, and the restart gave the training runs' slots to
