@@ -15,9 +15,9 @@ import param
 from app.api.deps import Services
 from app.dashboard import force_page, layout, plots
 from app.dashboard.live import LiveFeed, News
+from app.dashboard.run_files import RunFiles
 from app.dashboard.runs_page import STARTING_NOTE, starting
 from engine.convergence import summarise
-from engine.rundir import RunDir
 from jobs.models import JobsError, Run, RunKind, RunState
 
 WEIGHT_HISTOGRAMS = ("W_in", "W_out")
@@ -33,7 +33,7 @@ class RunPage(param.Parameterized):
         super().__init__(**params)
         self.jobs, self.feed, self.run = services.jobs, feed, run
         self._frame_cache: tuple = (None, None)
-        self._checkpoint_cache: tuple = (None, None)  # (epochs seen, (label, weights))
+        self.files = RunFiles(self.jobs)  # W_in and W_out read a checkpoint once per epoch
         self.status = layout.status_line()
         self.header = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 20))
         self.summary = pn.pane.HTML(sizing_mode="stretch_width")
@@ -56,11 +56,7 @@ class RunPage(param.Parameterized):
         return self._frame_cache[1]
 
     def _npz(self, name: str) -> dict[str, np.ndarray] | None:
-        try:
-            with np.load(self.jobs.artifact_path(self.run.id, f"artifacts/{name}.npz")) as data:
-                return {k: data[k] for k in data.files}
-        except JobsError:
-            return None
+        return self.files.npz(self.run.id, name)
 
     def _has_weights(self) -> bool:
         names = {a["name"] for a in self.jobs.list_artifacts(self.run.id)}
@@ -187,14 +183,8 @@ class RunPage(param.Parameterized):
         final = self._npz("weights_final")
         if final is not None or self.run.state.finished:
             return "end", final
-        if self._checkpoint_cache[0] != len(self.records):  # W_in and W_out read it once per epoch
-            try:
-                weights, epoch = RunDir(self.jobs.data.run_dir(self.run.id)).load_weights_at("last")
-                loaded = (f"epoch {epoch}", {k: v.numpy() for k, v in weights.items()})
-            except FileNotFoundError:  # no epoch has ended yet
-                loaded = ("end", None)
-            self._checkpoint_cache = (len(self.records), loaded)
-        return self._checkpoint_cache[1]
+        latest = self.files.latest_weights(self.run.id)
+        return ("end", None) if latest is None else (f"epoch {latest[1]}", latest[0])
 
     def _weights(self, name: str) -> tuple[dict[str, np.ndarray], str]:
         # the layers keep their labels ("init", "end"): a live plot whose layer labels change

@@ -20,9 +20,9 @@ import param
 from app.api.deps import Services
 from app.dashboard import estimate, layout, plots, study_plots
 from app.dashboard.live import LiveFeed, News
+from app.dashboard.run_files import RunFiles
 from engine.analyses.coupling import DEFAULT_FACTORS
 from engine.config import TIERS
-from engine.rundir import RunDir
 from engine.studies import PRESETS, StudyError, expand
 from jobs.models import InvalidRequest, JobsError, RunKind, RunState
 from jobs.studies import Study
@@ -238,7 +238,7 @@ class StudyPage(param.Parameterized):
         self.labels = [r["label"] for r in self.plan["runs"]]
         self.archs = [r["config"]["arch"] for r in self.plan["runs"]]
         self.colors = study_plots.run_colors(self.labels, self.archs)
-        self._arrays: dict[tuple[str, str, int], dict[str, np.ndarray]] = {}  # (run, file, version)
+        self.files = RunFiles(self.jobs)
         self._refreshing, self._again = False, False
         self.header = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 10))
         self.members = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 10))
@@ -306,22 +306,13 @@ class StudyPage(param.Parameterized):
     def _npz(self, label: str, name: str) -> tuple[dict[str, np.ndarray] | None, int | None]:
         """A member run's artifacts/NAME.npz and the epoch it is from (None: final). A run still
         training rewrites rates.npz after every epoch (a 100-epoch study's figures stood empty
-        for days); cached per file version."""
+        for days)."""
         member = self._train_members().get(label)
         if member is None or member.state not in (RunState.SUCCEEDED, RunState.RUNNING):
             return None, None
-        try:
-            path = self.jobs.artifact_path(member.run_id, f"artifacts/{name}.npz")
-            key = (member.run_id, name, path.stat().st_mtime_ns)
-        except (JobsError, OSError):
+        arrays = self.files.npz(member.run_id, name)
+        if arrays is None:
             return None, None
-        if key not in self._arrays:
-            try:
-                with np.load(path) as data:
-                    self._keep(key, {k: data[k] for k in data.files})
-            except (OSError, ValueError):  # rewritten while read: the next update has it
-                return None, None
-        arrays = self._arrays[key]
         final = member.state is RunState.SUCCEEDED or "epoch" not in arrays
         return arrays, None if final else int(arrays["epoch"])
 
@@ -331,25 +322,8 @@ class StudyPage(param.Parameterized):
         member = self._train_members().get(label)
         if final is not None or member is None or member.state is not RunState.RUNNING:
             return final, None
-        run = RunDir(self.jobs.data.run_dir(member.run_id))
-        try:
-            key = (member.run_id, "last", run.checkpoint_path.stat().st_mtime_ns)
-        except OSError:  # no epoch has ended yet
-            return None, None
-        if key not in self._arrays:
-            try:
-                weights, epoch = run.load_weights_at("last")
-            except (OSError, RuntimeError, KeyError):  # replaced while read: the next update has it
-                return None, None
-            self._keep(key, {"epoch": np.array(epoch), **{k: v.numpy() for k, v in weights.items()}})
-        arrays = self._arrays[key]
-        return arrays, int(arrays["epoch"])
-
-    def _keep(self, key: tuple[str, str, int], arrays: dict[str, np.ndarray]) -> None:
-        """Cache the latest version of a file only: a page open for days sees hundreds."""
-        for old in [k for k in self._arrays if k[:2] == key[:2]]:
-            del self._arrays[old]
-        self._arrays[key] = arrays
+        latest = self.files.latest_weights(member.run_id)
+        return (None, None) if latest is None else latest
 
     @staticmethod
     def _epochs_note(epochs: dict[str, int | None]) -> str:

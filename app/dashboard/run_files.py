@@ -1,0 +1,68 @@
+"""The arrays a page draws from a run's folder, read once per version of each file.
+
+A run still training rewrites artifacts/rates.npz and checkpoints/last.pt after every
+epoch, and a page open on a 100-epoch run redraws its histograms on each: a file is
+read again only when its mtime changes, and only its latest version is kept (a page
+open for days sees hundreds). The Run page and the Studies page share this.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from engine.rundir import RunDir
+from jobs.models import JobsError
+from jobs.service import JobService
+
+Arrays = dict[str, np.ndarray]
+
+
+class RunFiles:
+    def __init__(self, jobs: JobService):
+        self.jobs = jobs
+        self._kept: dict[tuple[str, str], tuple[int, Arrays]] = {}  # (run, file) -> (mtime_ns, arrays)
+        self._lock = threading.Lock()  # the Studies page reads from worker threads
+
+    def npz(self, run_id: str, name: str) -> Arrays | None:
+        """artifacts/NAME.npz of the run; None if it is not there (yet)."""
+        try:
+            path = self.jobs.artifact_path(run_id, f"artifacts/{name}.npz")
+        except JobsError:
+            return None
+
+        def load() -> Arrays:
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+        return self._read(run_id, name, path, load)
+
+    def latest_weights(self, run_id: str) -> tuple[Arrays, int] | None:
+        """The weights of the run's latest checkpoint and the epoch they end; None before
+        its first epoch ends."""
+        path = RunDir(self.jobs.data.run_dir(run_id)).checkpoint_path
+
+        def load() -> Arrays:
+            weights, epoch = RunDir(self.jobs.data.run_dir(run_id)).load_weights_at("last")
+            return {"epoch": np.array(epoch), **{k: v.numpy() for k, v in weights.items()}}
+        arrays = self._read(run_id, "checkpoint", path, load)
+        if arrays is None:
+            return None
+        return {k: v for k, v in arrays.items() if k != "epoch"}, int(arrays["epoch"])
+
+    def _read(self, run_id: str, name: str, path, load) -> Arrays | None:
+        try:
+            version = path.stat().st_mtime_ns
+        except OSError:  # not written yet
+            return None
+        with self._lock:
+            kept = self._kept.get((run_id, name))
+        if kept is not None and kept[0] == version:
+            return kept[1]
+        try:
+            arrays = load()
+        except (OSError, ValueError, RuntimeError, KeyError):  # replaced while read: the next update has it
+            return None
+        with self._lock:
+            self._kept[(run_id, name)] = (version, arrays)
+        return arrays
