@@ -181,7 +181,7 @@ class RunPage(param.Parameterized):
         """The "end" series' label and weights: the final ones or, while the run trains, its
         latest checkpoint's (a 100-epoch run's histograms stood empty for days)."""
         final = self._npz("weights_final")
-        if final is not None or self.run.state.finished:
+        if final is not None:  # else its latest checkpoint's: queued after a restart, cancelled, failed
             return "end", final
         latest = self.files.latest_weights(self.run.id)
         return ("end", None) if latest is None else (f"epoch {latest[1]}", latest[0])
@@ -190,17 +190,13 @@ class RunPage(param.Parameterized):
         # the layers keep their labels ("init", "end"): a live plot whose layer labels change
         # between updates drew nothing; the title says which epoch "end" is
         end_label, end = self._end_weights()
-        series = {}
-        for label, arrays in (("init", self._npz("weights_init")), ("end", end)):
-            if arrays and name in arrays:
-                values = arrays[name].ravel()
-                series[label] = values[values != 0] if name == "W_in" else values  # W_in: existing synapses
-        return series, end_label
+        return plots.weight_series(name, self._npz("weights_init"), end), end_label
 
     def _weight_histogram(self, name: str):
         series, end_label = self._weights(name)
-        return plots.histograms(series, ["init", "end"], title=f"{name} values, init vs {end_label}",
-                                xlabel="weight", bins=40, logy=True, colors=("#a0aec0", plots.E_COLOR),
+        labels = plots.WEIGHT_LABELS if name == "W_in" else plots.WEIGHT_LABELS[:2]
+        return plots.histograms(series, labels, title=f"{name} values, init vs {end_label}",
+                                xlabel="weight", bins=40, logy=True, colors=plots.WEIGHT_COLORS,
                                 missing=self._missing())
 
     @param.depends("records", "artifacts_version")

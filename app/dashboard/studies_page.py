@@ -308,7 +308,7 @@ class StudyPage(param.Parameterized):
         training rewrites rates.npz after every epoch (a 100-epoch study's figures stood empty
         for days)."""
         member = self._train_members().get(label)
-        if member is None or member.state not in (RunState.SUCCEEDED, RunState.RUNNING):
+        if member is None:  # queued, cancelled and failed runs too: a restart requeues a run mid-study
             return None, None
         arrays = self.files.npz(member.run_id, name)
         if arrays is None:
@@ -317,10 +317,10 @@ class StudyPage(param.Parameterized):
         return arrays, None if final else int(arrays["epoch"])
 
     def _end_weights(self, label: str) -> tuple[dict[str, np.ndarray] | None, int | None]:
-        """The run's final weights, or while it trains its latest checkpoint's, with its epoch."""
+        """The run's final weights, or until it has them its latest checkpoint's, with its epoch."""
         final, _ = self._npz(label, "weights_final")
         member = self._train_members().get(label)
-        if final is not None or member is None or member.state is not RunState.RUNNING:
+        if final is not None or member is None:
             return final, None
         latest = self.files.latest_weights(member.run_id)
         return (None, None) if latest is None else latest
@@ -433,29 +433,26 @@ class StudyPage(param.Parameterized):
             items.append(self._figure(build, lambda samples=samples: plots.histogram_frame(samples()),
                                       f"cell-rates-{arch}"))
         firsts = {arch: next(lb for lb, a in zip(self.labels, self.archs) if a == arch) for arch in archs}
+        # one figure per arch: the seed recipe starts PING's and COBA's weights at different
+        # scales (W_in 1.2 vs 0.3, W_out 500 vs 100), so one "init" cannot stand for both
         for weight in ("W_in", "W_out"):
-            def read(weight=weight) -> tuple[dict[str, np.ndarray], dict[str, int | None]]:
-                series, epochs = {}, {}
-                for arch, label in firsts.items():
+            labels = plots.WEIGHT_LABELS if weight == "W_in" else plots.WEIGHT_LABELS[:2]
+            for arch, label in firsts.items():
+                def read(weight=weight, label=label) -> tuple[dict[str, np.ndarray], int | None]:
                     init, _ = self._npz(label, "weights_init")
                     end, epoch = self._end_weights(label)
-                    for name, arrays in (("init", init), (f"{arch.upper()} end", end)):
-                        if arrays is not None and weight in arrays and name not in series:
-                            values = arrays[weight].ravel()
-                            # W_in is sparse: its histogram is of the existing synapses
-                            series[name] = values[values != 0] if weight == "W_in" else values
-                    if end is not None:
-                        epochs[arch.upper()] = epoch
-                return series, epochs
-            labels = ["init", *(f"{a.upper()} end" for a in archs)]
-            colors = ["#a0aec0", *(study_plots.ARCH_COLORS.get(a, plots.E_COLOR) for a in archs)]
+                    return plots.weight_series(weight, init, end), epoch
 
-            def build(weight=weight, read=read, labels=labels, colors=colors):
-                series, epochs = read()
-                return plots.histograms(series, labels, bins=40, logy=True, colors=colors, missing=NOT_YET,
-                                        xlabel="weight", title=f"{weight} values, init vs end (first run of each "
-                                                               f"arch{self._epochs_note(epochs)})")
-            items.append(self._figure(build, lambda read=read: plots.histogram_frame(read()[0]), f"{weight}-values"))
+                def build(weight=weight, arch=arch, label=label, read=read, labels=labels):
+                    series, epoch = read()
+                    when = "" if epoch is None else f" at epoch {epoch}"
+                    colors = (plots.WEIGHT_COLORS[0], study_plots.ARCH_COLORS.get(arch, plots.E_COLOR),
+                              plots.WEIGHT_COLORS[2])
+                    return plots.histograms(series, labels, bins=40, logy=True, colors=colors, missing=NOT_YET,
+                                            xlabel="weight",
+                                            title=f"{weight} values, init vs end, {arch.upper()} ({label}{when})")
+                items.append(self._figure(build, lambda read=read: plots.histogram_frame(read()[0]),
+                                          f"{weight}-values-{arch}"))
         return items
 
     def _analysis(self, name: str) -> dict:

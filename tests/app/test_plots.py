@@ -313,3 +313,18 @@ def test_the_heatmap_export_draws_the_pages_markers():
     assert plots.UNSTABLE_COLOR.encode() in svg and b"#f6e05e" in svg  # the crosses' and the star's colours
     stable = plots._image(lambda: plots.coupling_heatmap(CELLS, [0.0, 1.0, 2.0], "rate_total_hz"), "svg").getvalue()
     assert plots.UNSTABLE_COLOR.encode() not in stable and b"#f6e05e" in stable
+
+
+def test_w_in_end_values_are_split_into_init_synapses_and_entries_grown_from_zero():
+    """W_in is 95 % zeros at init and learns everywhere: pooled, the entries that grew from 0
+    drew a tall first bin that read as a plotting error (seed PING 42 at epoch 100)."""
+    init = np.array([[0.0, 0.03, 0.0], [0.0, 0.0, 0.02]])
+    end = np.array([[0.001, 0.05, 0.0], [0.0, 0.002, 0.04]])
+    series = plots.weight_series("W_in", {"W_in": init}, {"W_in": end})
+    assert {k: v.tolist() for k, v in series.items()} == {
+        "init": [0.03, 0.02], "end": [0.05, 0.04], "grown from 0": [0.001, 0.002]}
+    # W_out is dense: all of it; without an init file (or of another shape), W_in's nonzero entries
+    assert plots.weight_series("W_out", {"W_out": init}, None)["init"].size == 6
+    assert plots.weight_series("W_in", None, {"W_in": end})["end"].tolist() == [0.001, 0.05, 0.002, 0.04]
+    assert set(plots.weight_series("W_in", {"W_in": init[:1]}, {"W_in": end})) == {"init", "end"}
+    assert plots.weight_series("W_in", None, None) == {}

@@ -3,6 +3,7 @@ per-cell histograms say which epoch they are from (they said "final" for days)."
 
 from __future__ import annotations
 
+import dataclasses
 import html
 
 import holoviews as hv
@@ -37,6 +38,10 @@ def test_a_run_still_training_says_which_epoch_its_figures_are_from(jobs):  # no
     weights = page.w_out_values()
     assert weights.opts.get().kwargs["title"] == "W_out values, init vs epoch 2"
     assert [e.label for e in weights if isinstance(e, hv.Curve)] == ["init", "end"] and page._weights("W_in")[0]["end"].size == 12
+    assert [e.label for e in page.w_in_values() if isinstance(e, hv.Curve)] == ["init", "end", "grown from 0"]
+    stopped = dataclasses.replace(jobs.get_run(run.id), state=RunState.CANCELLED)
+    cancelled = RunPage(_Services(jobs), feed=None, run=stopped)
+    assert cancelled.w_out_values().opts.get().kwargs["title"] == "W_out values, init vs epoch 2"  # its last epoch
     jobs.store.transition(run.id, RunState.SUCCEEDED)
     done = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
     assert "final test accuracy" in done.summary.object

@@ -28,21 +28,37 @@ def test_a_study_in_progress_shows_each_runs_latest_rates_and_weights(jobs):  # 
     run.artifacts.mkdir(parents=True)
     run.checkpoint_path.parent.mkdir(parents=True)
     np.savez(run.artifacts / "rates.npz", rate_e_hz=np.full(8, 7.0), rate_i_hz=np.full(2, 30.0), epoch=np.array(3))
-    np.savez(run.artifacts / "weights_init.npz", W_in=np.ones((4, 8)), W_out=np.zeros((8, 2)))
-    run.save_checkpoint({"weights": {"W_in": torch.full((4, 8), 2.0), "W_out": torch.full((8, 2), 0.5)}, "epoch": 3})
+    sparse = np.zeros((4, 8))
+    sparse[0] = 1.0  # 8 synapses at init, 24 entries at 0
+    np.savez(run.artifacts / "weights_init.npz", W_in=sparse, W_out=np.zeros((8, 2)))
+    grown = torch.full((4, 8), 2.0)
+    grown[3] = 0.0  # 16 of the 24 grew from 0
+    run.save_checkpoint({"weights": {"W_in": grown, "W_out": torch.full((8, 2), 0.5)}, "epoch": 3})
 
     page = StudyPage(_Services(jobs), None, jobs.get_study(study.id))
-    rates_ping, rates_coba, w_in, w_out = (_element(f) for f in page._histogram_figures())
+    rates_ping, rates_coba, w_in, w_in_coba, w_out, w_out_coba = (_element(f) for f in page._histogram_figures())
     assert rates_ping.opts.get().kwargs["title"] == "Per-cell E rates, PING (test set; ping-seed42 at epoch 3)"
     bars = {e.label: e for e in rates_ping if isinstance(e, hv.Histogram)}
     assert sum(bars["ping-seed42"].dimension_values("count")) == 8
     assert [t.text for t in rates_coba if isinstance(t, hv.Text)] == ["written after its first epoch"]
-    assert w_out.opts.get().kwargs["title"].startswith("W_out values, init vs end (first run of each arch; PING at "
-                                                       "epoch 3)")
+    # one figure per arch and weight: PING's and COBA's inits differ under the seed recipe
+    assert w_out.opts.get().kwargs["title"] == "W_out values, init vs end, PING (ping-seed42 at epoch 3)"
+    assert w_out_coba.opts.get().kwargs["title"] == "W_out values, init vs end, COBA (coba-seed42)"
     curves = {e.label: e for e in w_out if isinstance(e, hv.Curve)}
-    assert np.nansum(curves["PING end"].dimension_values("count")) == 16  # the checkpoint's W_out
+    assert np.nansum(curves["end"].dimension_values("count")) == 16  # the checkpoint's W_out
     assert np.nansum(curves["init"].dimension_values("count")) == 16
+    assert [t.text for t in w_out_coba if isinstance(t, hv.Text)] == ["written after its first epoch"]
+    # W_in: the init synapses at init and at the end, and the entries that grew from 0
+    curves = {e.label: np.nansum(e.dimension_values("count")) for e in w_in if isinstance(e, hv.Curve)}
+    assert curves == {"init": 8, "end": 8, "grown from 0": 16}
     # a newer epoch is read when its file changes; the page keeps one version of each file
     np.savez(run.artifacts / "rates.npz", rate_e_hz=np.full(8, 9.0), rate_i_hz=np.full(2, 30.0), epoch=np.array(4))
     assert page._npz("ping-seed42", "rates")[1] == 4
     assert page._npz("ping-seed42", "rates")[0] is page._npz("ping-seed42", "rates")[0]  # read once
+    # a restart requeues a run mid-study (or the queue is paused): its figures keep its latest epoch
+    attempt = jobs.get_run(ping).attempt
+    assert jobs.store.requeue(ping, attempt, restart=True)
+    page = StudyPage(_Services(jobs), None, jobs.get_study(study.id))
+    rates_ping, _, w_in, *_ = (_element(f) for f in page._histogram_figures())
+    assert rates_ping.opts.get().kwargs["title"] == "Per-cell E rates, PING (test set; ping-seed42 at epoch 4)"
+    assert w_in.opts.get().kwargs["title"] == "W_in values, init vs end, PING (ping-seed42 at epoch 3)"
