@@ -338,6 +338,10 @@ def for_matplotlib(figure: hv.Element) -> hv.Element:
 
     plot = _bokeh_options(figure, "plot")
     carried = {k: plot[k] for k in ("title", "logy", "logx") if plot.get(k)}
+    # a legend beside the plot: matplotlib's own choice ("best") put a W_in histogram's over
+    # its init peak, and a corner of the small exported figure covers more than the page's
+    if plot.get("show_legend", True) and isinstance(figure, hv.Overlay):
+        carried["legend_position"] = "right"
     styled = figure.map(_carry_style, [hv.Curve, hv.Scatter, hv.Histogram, hv.Bars, hv.Area])
     return styled.opts(backend="matplotlib", aspect=1.7, fig_size=150, **carried)
 

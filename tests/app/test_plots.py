@@ -328,3 +328,11 @@ def test_w_in_end_values_are_split_into_init_synapses_and_entries_grown_from_zer
     assert plots.weight_series("W_in", None, {"W_in": end})["end"].tolist() == [0.001, 0.05, 0.002, 0.04]
     assert set(plots.weight_series("W_in", {"W_in": init[:1]}, {"W_in": end})) == {"init", "end"}
     assert plots.weight_series("W_in", None, None) == {}
+
+
+def test_an_exported_overlay_keeps_its_legend_beside_the_plot():
+    """matplotlib's own choice ("best") put the W_in histogram's legend over its init peak."""
+    figure = plots.histograms({"init": np.array([0.03, 0.031]), "end": np.array([0.01, 0.05])}, ["init", "end"],
+                              title="W_in", xlabel="weight", logy=True)
+    exported = plots.for_matplotlib(figure)
+    assert hv.Store.lookup_options("matplotlib", exported, "plot").kwargs["legend_position"] == "right"
