@@ -157,7 +157,13 @@ def queue_force(client: Client, args: argparse.Namespace) -> int:
 
 def warn_if_paused(client: Client) -> None:
     """A run queued on a paused queue waits: say so, or `train --server` follows it in silence."""
-    if client.queue().paused:
+    from app.client import ClientError
+
+    try:
+        paused = client.queue().paused
+    except (ClientError, ValueError):  # an older server, a blip: the run is queued all the same
+        return
+    if paused:
         print("spikeboard: the server's queue is paused: queued runs wait until "
               "`spikeboard queue resume`", file=sys.stderr)
 

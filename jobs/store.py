@@ -150,13 +150,14 @@ class RunStore:
 
     def claim(self, run_id: str, now: float | None = None) -> Run | None:
         """Queued -> running for this run (a pack-mate, jobs.packing); None if it is no
-        longer queued."""
+        longer queued, or the queue was paused since its pack's first run was claimed."""
         now = time.time() if now is None else now
         with self._tx() as conn:
             row = conn.execute(
                 "UPDATE runs SET state = 'running', attempt = attempt + 1, heartbeat_at = ?, "
                 "started_at = COALESCE(started_at, ?), worker_pid = NULL "
-                "WHERE id = ? AND state = 'queued' RETURNING id", (now, now, run_id)).fetchone()
+                "WHERE id = ? AND state = 'queued' AND NOT EXISTS (SELECT 1 FROM queue_pause) "
+                "RETURNING id", (now, now, run_id)).fetchone()
         return None if row is None else self.get_run(row["id"])
 
     def set_worker_pid(self, run_id: str, attempt: int, pid: int) -> None:

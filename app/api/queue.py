@@ -13,6 +13,7 @@ router = APIRouter(prefix="/queue", tags=["queue"])
 
 @router.get("")
 def get_queue(jobs: JobServiceDep) -> QueuePublic:
+    """Paused (since when) or serving, and how many runs wait and run."""
     return QueuePublic.of(jobs.queue_status())
 
 

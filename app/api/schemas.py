@@ -203,7 +203,8 @@ class Health(BaseModel):
     version: str
     queued: int
     running: int
-    paused: bool = Field(description="the queue is paused: queued runs wait (POST /api/queue/resume)")
+    paused: bool = Field(default=False,  # a client of this version reads an older server's health too
+                         description="the queue is paused: queued runs wait (POST /api/queue/resume)")
 
 
 class QueuePublic(BaseModel):

@@ -2,13 +2,16 @@
 
 A run still training rewrites artifacts/rates.npz and checkpoints/last.pt after every
 epoch, and a page open on a 100-epoch run redraws its histograms on each: a file is
-read again only when its mtime changes, and only its latest version is kept (a page
-open for days sees hundreds). The Run page and the Studies page share this.
+read again only when it was replaced (its inode, size or mtime changed), and only its
+latest version is kept (a page open for days sees hundreds). The Run page and the
+Studies page each hold one.
 """
 
 from __future__ import annotations
 
+import pickle
 import threading
+import zipfile
 
 import numpy as np
 
@@ -22,8 +25,9 @@ Arrays = dict[str, np.ndarray]
 class RunFiles:
     def __init__(self, jobs: JobService):
         self.jobs = jobs
-        self._kept: dict[tuple[str, str], tuple[int, Arrays]] = {}  # (run, file) -> (mtime_ns, arrays)
-        self._lock = threading.Lock()  # the Studies page reads from worker threads
+        self._kept: dict[tuple[str, str], tuple[tuple, Arrays]] = {}  # (run, file) -> (version, arrays)
+        # a figure's build and its CSV download may run at once (Panel's threads, if configured)
+        self._lock = threading.Lock()
 
     def npz(self, run_id: str, name: str) -> Arrays | None:
         """artifacts/NAME.npz of the run; None if it is not there (yet)."""
@@ -52,16 +56,20 @@ class RunFiles:
 
     def _read(self, run_id: str, name: str, path, load) -> Arrays | None:
         try:
-            version = path.stat().st_mtime_ns
+            stat = path.stat()
         except OSError:  # not written yet
             return None
+        # writers replace files (os.replace: a new inode); size and mtime besides, for
+        # filesystems that reuse inodes or stamp coarse times
+        version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
         with self._lock:
             kept = self._kept.get((run_id, name))
         if kept is not None and kept[0] == version:
             return kept[1]
         try:
             arrays = load()
-        except (OSError, ValueError, RuntimeError, KeyError):  # replaced while read: the next update has it
+        except (OSError, ValueError, RuntimeError, KeyError, EOFError, zipfile.BadZipFile,
+                pickle.UnpicklingError):  # replaced while read, or damaged: the next update has it
             return None
         with self._lock:
             self._kept[(run_id, name)] = (version, arrays)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 
 import pandas as pd
 import panel as pn
@@ -239,9 +240,15 @@ class RunsPage(param.Parameterized):
         self._act("start next", self.jobs.move_to_front, order=reversed)
 
     def toggle_queue(self, _event=None) -> None:
-        # the banner says it (a status line would go stale when another client resumes)
-        paused = self.jobs.queue_paused_at() is not None
-        status = self.jobs.resume_queue() if paused else self.jobs.pause_queue()
+        # what the button said, not the store's state now: a pause from another client just
+        # before a click on "Pause queue" (or a double click) must not resume the queue.
+        # The banner says what happened (a status line would go stale when another client resumes).
+        resume = self.queue_button.label == "Resume queue"
+        try:
+            status = self.jobs.resume_queue() if resume else self.jobs.pause_queue()
+        except (JobsError, sqlite3.Error) as exc:
+            layout.say(self.status, f"The queue could not be {'resumed' if resume else 'paused'}: {exc}", "danger")
+            return
         self._show_queue(status.paused_at)
 
     def _show_queue(self, paused_at: float | None) -> None:

@@ -60,14 +60,17 @@ def test_cancel_a_running_job_within_five_seconds(server_factory):
 
 
 def test_a_paused_queue_lets_running_runs_finish_and_starts_queued_ones_on_resume(server_factory):
-    server = server_factory()
+    server = server_factory(workers=2)  # a slot stays free the whole time the queue is paused
     with server.client() as api:
         running = api.submit(small_config(epochs=2))
         _wait_for(lambda: api.get(running["id"])["state"] == "running", 60)
         assert httpx.post(f"{server.url}/api/queue/pause").json()["paused"] is True
         waiting = api.submit(small_config(epochs=1))
+        deadline = time.monotonic() + 2.0  # eight scheduler ticks with a free slot
+        while time.monotonic() < deadline:
+            assert api.get(waiting["id"])["state"] == "queued"
+            time.sleep(0.1)
         assert api.wait(running["id"], timeout_s=120)["state"] == "succeeded"  # it went on
-        time.sleep(1.0)  # the scheduler ticks on a free slot and leaves the queued run
         assert api.get(waiting["id"])["state"] == "queued"
         assert httpx.get(f"{server.url}/api/health").json()["paused"] is True
         resumed = httpx.post(f"{server.url}/api/queue/resume").json()

@@ -38,7 +38,11 @@ def test_a_file_is_read_once_per_version_and_only_its_latest_is_kept(jobs):  # n
     weights, epoch = files.latest_weights(run_id)
     assert epoch == 3 and weights["W_out"].tolist() == [[0.5, 0.5]] * 2 and set(weights) == {"W_out"}
     assert files.latest_weights(run_id)[0]["W_out"] is weights["W_out"]  # cached
-    run.checkpoint_path.write_bytes(b"half a checkpoint")  # caught mid-replace
-    _bump(run.checkpoint_path, 2)
-    assert files.latest_weights(run_id) is None  # the next epoch's update reads it whole
+    for damaged in (b"half a checkpoint", b""):  # caught mid-replace, or a disk that filled up
+        run.checkpoint_path.write_bytes(damaged)
+        _bump(run.checkpoint_path, 2)
+        assert files.latest_weights(run_id) is None  # the next epoch's update reads it whole
+    (run.artifacts / "rates.npz").write_bytes(np.load.__doc__.encode()[:100])  # not a zip
+    _bump(run.artifacts / "rates.npz", 3)
+    assert files.npz(run_id, "rates") is None
     assert files.npz("feedbeef0000", "rates") is None  # an unknown run

@@ -95,3 +95,22 @@ def test_pause_and_resume_from_the_runs_page_and_the_live_feed_tells_every_page(
     waiting._on_news(news)
     assert (page.queue_button.label, page.queue_note.visible) == ("Pause queue", False)
     assert "the queue is paused" not in waiting.header.object
+    # a click acts on what the button said: paused elsewhere just before a click on
+    # "Pause queue" (the page not told yet), the queue stays paused
+    jobs.pause_queue()
+    page.toggle_queue()
+    assert jobs.queue_paused_at() is not None and page.queue_button.label == "Resume queue"
+
+
+def test_queueing_on_a_server_without_a_queue_endpoint_still_succeeds(capsys):
+    """The paused-queue warning is a GET after the run is queued: if it fails (an older
+    server), the command must not exit 2, or the user queues the run again."""
+    from app.cli_remote import warn_if_paused
+    from app.client import ClientError
+
+    class OlderServer:
+        def queue(self):
+            raise ClientError("404: Not Found")
+
+    warn_if_paused(OlderServer())
+    assert capsys.readouterr().err == ""

@@ -10,6 +10,7 @@ import torch
 from app.dashboard.studies_page import StudyPage
 from engine.rundir import RunDir
 from tests.app.test_compare_page import _record, _Services, jobs  # noqa: F401  (jobs: the store fixture)
+from tests.app.test_run_files import _bump
 
 
 def _element(figure):
@@ -53,6 +54,7 @@ def test_a_study_in_progress_shows_each_runs_latest_rates_and_weights(jobs):  # 
     assert curves == {"init": 8, "end": 8, "grown from 0": 16}
     # a newer epoch is read when its file changes; the page keeps one version of each file
     np.savez(run.artifacts / "rates.npz", rate_e_hz=np.full(8, 9.0), rate_i_hz=np.full(2, 30.0), epoch=np.array(4))
+    _bump(run.artifacts / "rates.npz", 1)
     assert page._npz("ping-seed42", "rates")[1] == 4
     assert page._npz("ping-seed42", "rates")[0] is page._npz("ping-seed42", "rates")[0]  # read once
     # a restart requeues a run mid-study (or the queue is paused): its figures keep its latest epoch

@@ -100,6 +100,7 @@ def test_a_paused_queue_starts_nothing_until_resumed_and_stays_paused_across_a_r
     store.close()
     store = RunStore(tmp_path / "runs.db")
     assert store.queue_paused_at() == 100.0 and store.claim_next() is None
+    assert store.claim(first.id) is None  # a pack-mate claimed after the pause waits too
     store.resume_queue()
     assert store.queue_paused_at() is None
     assert [store.claim_next().id, store.claim_next().id] == [later.id, first.id]
