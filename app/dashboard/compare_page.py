@@ -14,6 +14,7 @@ import param
 from app.api.deps import Services
 from app.dashboard import layout, plots
 from app.dashboard.live import LiveFeed, News
+from app.dashboard.run_files import RunFiles
 from engine.convergence import WINDOW_EPOCHS
 from engine.studies.report import seed_row, spike_budget
 from jobs.models import JobsError, Run, RunKind, RunState
@@ -56,6 +57,7 @@ class ComparePage(param.Parameterized):
         # the canonical and the seed's recipe side by side: each label says which
         self.recipes_differ = len({run.config.get("recipe") for run in runs}) > 1
         self.records = {run.id: self.jobs.metrics(run.id) for run in runs}
+        self.files = RunFiles(self.jobs)  # rates.npz read once per epoch, not per figure
         self.seed_table = pn.widgets.Tabulator(self._seed_frame(), show_index=False, disabled=True,
                                                sizing_mode="stretch_width", layout="fit_data_stretch",
                                                titles=plots.SEED_TABLE_TITLES)
@@ -132,6 +134,13 @@ class ComparePage(param.Parameterized):
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     # --- figures -----------------------------------------------------------------------
+    def _legend_below(self, figure: hv.Overlay) -> hv.Overlay:
+        """The legend under the plot, one run a line, the figure taller by its lines: inside,
+        the long labels ("PING seed 42 · seed recipe · c82fe5") covered the curves, and in the
+        per-cell I histogram PING's bars (30-40 Hz, at the right end beside COBA's silent I)."""
+        height = plots.HEIGHT + LEGEND_LINE_PX * len(self.runs) + LEGEND_PAD_PX
+        return figure.opts(legend_position="bottom", legend_cols=1, height=height)
+
     def _overlay(self, column: str, ylabel: str, title: str) -> hv.Overlay:
         layers = []
         for index, run in enumerate(self.runs):
@@ -139,11 +148,7 @@ class ComparePage(param.Parameterized):
             data = frame[["epoch", column]] if column in frame else pd.DataFrame({"epoch": [], column: []})
             layers.append(hv.Curve(data.rename(columns={column: ylabel}), "epoch", ylabel, label=self._label(run))
                           .opts(line_width=2, tools=["hover"], **self._style(index, run)))
-        # the legend under the plot, one run a line, the figure taller by its lines: inside,
-        # the long labels ("PING seed 42 · seed recipe · c82fe5") covered the curves
-        height = plots.HEIGHT + LEGEND_LINE_PX * len(self.runs) + LEGEND_PAD_PX
-        return hv.Overlay(layers).opts(title=title, legend_position="bottom", legend_cols=1,
-                                       **{**plots.BASE, "height": height})
+        return self._legend_below(hv.Overlay(layers).opts(title=title, **plots.BASE))
 
     @param.depends("version")
     def accuracy(self):
@@ -164,16 +169,7 @@ class ComparePage(param.Parameterized):
     def _latest_rates(self) -> list[tuple[str, dict[str, np.ndarray] | None]]:
         """(legend label, artifacts/rates.npz or None) per run. The file is rewritten after
         every epoch; the title says which epoch a run still training is at."""
-        out = []
-        for run in self.runs:
-            try:
-                with np.load(self.jobs.artifact_path(run.id, "artifacts/rates.npz")) as data:
-                    rates = {k: data[k] for k in data.files}
-            except JobsError:  # no epoch has ended yet
-                out.append((self._label(run), None))
-                continue
-            out.append((self._label(run), rates))
-        return out
+        return [(self._label(run), self.files.npz(run.id, "rates")) for run in self.runs]  # None: no epoch yet
 
     def _rates_epochs(self, latest) -> str:
         """Which epoch the rates of runs still training are from (in the title: a live plot
@@ -189,9 +185,10 @@ class ComparePage(param.Parameterized):
         latest = self._latest_rates()
         labels = [label for label, _ in latest]
         samples = {label: rates[f"rate_{population.lower()}_hz"] for label, rates in latest if rates}
-        return plots.histograms(samples, labels, title=f"Per-cell {population} rates (last epoch{self._rates_epochs(latest)})",
-                                xlabel="rate (Hz)", bins=30, missing="none before its first epoch ends",
-                                colors=[self._color(i) for i in range(len(self.runs))])
+        return self._legend_below(plots.histograms(
+            samples, labels, title=f"Per-cell {population} rates (last epoch{self._rates_epochs(latest)})",
+            xlabel="rate (Hz)", bins=30, missing="none before its first epoch ends",
+            colors=[self._color(i) for i in range(len(self.runs))]))
 
     @param.depends("version")
     def cell_rates_e(self):

@@ -3,8 +3,8 @@
 A run still training rewrites artifacts/rates.npz and checkpoints/last.pt after every
 epoch, and a page open on a 100-epoch run redraws its histograms on each: a file is
 read again only when it was replaced (its inode, size or mtime changed), and only its
-latest version is kept (a page open for days sees hundreds). The Run page and the
-Studies page each hold one.
+latest version is kept (a page open for days sees hundreds). The Run, Compare and
+Studies pages each hold one.
 """
 
 from __future__ import annotations

@@ -145,3 +145,11 @@ def test_the_trajectory_legends_stand_under_the_curves(jobs):
     assert [type(x) for x in figure.below if isinstance(x, Legend)] == [Legend]
     assert not [x for x in figure.center if isinstance(x, Legend)]
     assert len(figure.below[-1].items) == 3 and figure.height > 3 * 23  # taller by the legend's lines
+    # and the per-cell histograms': PING's I bars (30-40 Hz) stood under the legend, at the right end
+    for run in runs:
+        folder = jobs.data.run_dir(run.id) / "artifacts"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "rates.npz", rate_e_hz=np.full(8, 7.0), rate_i_hz=np.full(2, 35.0))
+    histogram = hv.render(ComparePage(_Services(jobs), feed=None, runs=runs).cell_rates("I"))
+    assert [type(x) for x in histogram.below if isinstance(x, Legend)] == [Legend]
+    assert not [x for x in histogram.center if isinstance(x, Legend)]
