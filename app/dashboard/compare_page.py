@@ -59,8 +59,7 @@ class ComparePage(param.Parameterized):
         self.records = {run.id: self.jobs.metrics(run.id) for run in runs}
         self.files = RunFiles(self.jobs)  # rates.npz read once per epoch, not per figure
         self.seed_table = pn.widgets.Tabulator(self._seed_frame(), show_index=False, disabled=True,
-                                               sizing_mode="stretch_width", layout="fit_data_stretch",
-                                               titles=plots.SEED_TABLE_TITLES)
+                                               sizing_mode="stretch_width", **plots.SEED_TABLE_LAYOUT)
         if pn.state.curdoc:
             key = feed.subscribe(pn.state.curdoc, self._on_news)
             pn.state.on_session_destroyed(lambda _ctx: feed.unsubscribe(key))

@@ -25,6 +25,10 @@ SEED_TABLE_TITLES = {"final_acc_pct": "final acc (%)", "final_rate_e_hz": "final
                      "final_rate_i_hz": "final I rate (Hz)", "rate_e_slope_hz_per_epoch": "E-rate slope (Hz/ep)",
                      "acc_slope_pp_per_epoch": "acc slope (pp/ep)", "converged_rate_e": "rate converged",
                      "converged_acc": "acc converged"}
+# the columns share the page's width (a long header wraps): laid out by their data, the
+# table ran past a 1500-px window with the recipe column, and "state" read "succeedec"
+SEED_TABLE_LAYOUT = {"layout": "fit_columns", "titles": SEED_TABLE_TITLES,
+                     "configuration": {"columnDefaults": {"headerWordWrap": True, "tooltip": True}}}
 BUDGET_MEASURES = {"rate_e_hz": "E", "rate_i_hz": "I", "rate_e_plus_i_hz": "E + I",
                    "per_cell_total_hz": "per-cell total"}
 HEIGHT = 260

@@ -243,8 +243,7 @@ class StudyPage(param.Parameterized):
         self.header = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 10))
         self.members = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 10))
         self.seed_table = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True,
-                                               sizing_mode="stretch_width", layout="fit_data_stretch",
-                                               titles=plots.SEED_TABLE_TITLES)
+                                               sizing_mode="stretch_width", **plots.SEED_TABLE_LAYOUT)
         self.tables = pn.Column(sizing_mode="stretch_width")
         study, report, metrics = self._read()
         self._apply(study, report, metrics)

@@ -217,20 +217,29 @@ def test_a_small_coupling_sweep_fills_in_and_a_cell_opens(server, finished_run, 
 def test_compare_page_overlays_runs_and_tabulates_seeds(server, finished_run, page):
     with server.client() as client:
         other = client.submit(small_config(arch="coba", t_ms=100.0, epochs=2, lr=1e-2))
+        # the seed's recipe too: the table gains a recipe column
+        seed = client.submit(small_config(recipe="seed", n_i=10, t_ms=40.0, epochs=1))
         assert client.wait(other["id"], timeout_s=300)["state"] == "succeeded"
-    # reached as a user does: tick the two rows, press "Compare selected"
+        assert client.wait(seed["id"], timeout_s=300)["state"] == "succeeded"
+    # reached as a user does: tick the rows, press "Compare selected"
     page.goto(server.url + "/")
-    for run_id in (finished_run, other["id"]):
+    for run_id in (finished_run, other["id"], seed["id"]):
         # the row whose id this is (an analysis row names its source run too)
         page.get_by_role("row", name=re.compile(rf"^Select Row {run_id}\b")).get_by_label("Select Row").check()
     page.get_by_role("button", name="Compare selected").click()
-    page.wait_for_url(re.compile(r".*/compare\?runs=\w+,\w+$"), timeout=30_000)
-    page.get_by_text("Compare 2 runs").wait_for(timeout=60_000)
+    page.wait_for_url(re.compile(r".*/compare\?runs=\w+,\w+,\w+$"), timeout=30_000)
+    page.get_by_text("Compare 3 runs").wait_for(timeout=60_000)
     titles = page.evaluate(TITLES_JS)
     for expected in ("Test accuracy", "E rate", "I rate", "Test loss", "Per-cell E rates", "Per-cell I rates",
                      "Spike budget"):
         assert any(t.startswith(expected) for t in titles), (expected, titles)
     assert page.get_by_text("acc slope (pp/ep)").count() >= 1
+    # every cell of the seed table reads in full in a 1500-px window: laid out by its data,
+    # the last column was cut ("succeedec")
+    table = page.locator(".tabulator", has_text="acc slope").first
+    clipped = table.evaluate("t => [...t.querySelectorAll('.tabulator-cell')].filter(c => "
+                             "c.textContent.trim() && c.scrollWidth > c.clientWidth + 1).map(c => c.textContent)")
+    assert clipped == [], clipped
     # one run, one colour: the budget's bars take the run's colour in every figure, its arch's
     mappers = page.evaluate(BAR_COLORS_JS)
     bars = next(m for m in mappers if any(f.endswith(finished_run[:4]) for f in m["factors"]))
