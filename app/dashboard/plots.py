@@ -324,6 +324,11 @@ def _carry_style(element: hv.Element) -> hv.Element:
     style = _bokeh_options(element, "style")
     allowed = hv.Store.options(backend="matplotlib")[type(element).__name__].groups["style"].allowed_keywords
     carried = {}
+    column, cmap = style.get("color"), style.get("cmap")
+    if isinstance(column, str) and isinstance(cmap, dict) and column in element.dimensions(label="name"):
+        # bars coloured by a column through a {value: colour} map (a run's colour in every
+        # figure): matplotlib took its default palette, so the export's colours were not the page's
+        carried["color"] = hv.dim(column).categorize(cmap)
     for bokeh_name, mpl_name in MPL_STYLE.items():
         value = style.get(bokeh_name)
         if value is None or mpl_name not in allowed or not isinstance(value, str):
@@ -334,6 +339,16 @@ def _carry_style(element: hv.Element) -> hv.Element:
     return element.opts(backend="matplotlib", **carried) if carried else element
 
 
+def _fit_bars(plot, _element) -> None:
+    """The x range around every bar: HoloViews' matplotlib grouped bars cut the outer ones."""
+    axis = plot.handles["axis"]
+    lefts = [patch.get_x() for patch in axis.patches]
+    rights = [patch.get_x() + patch.get_width() for patch in axis.patches]
+    if lefts:
+        pad = 0.05 * (max(rights) - min(lefts))
+        axis.set_xlim(min(lefts) - pad, max(rights) + pad)
+
+
 def for_matplotlib(figure: hv.Element) -> hv.Element:
     """A page figure as matplotlib draws it for export: its colours, dashes, title and
     log axes, landscape. Without this the export used matplotlib's own colours, so E
@@ -341,7 +356,12 @@ def for_matplotlib(figure: hv.Element) -> hv.Element:
     import holoviews.plotting.mpl  # noqa: F401 (registers the backend; the page's stays Bokeh)
 
     plot = _bokeh_options(figure, "plot")
-    carried = {k: plot[k] for k in ("title", "logy", "logx") if plot.get(k)}
+    carried = {k: plot[k] for k in ("title", "logy", "logx", "xrotation") if plot.get(k)}
+    if isinstance(figure, hv.Bars) and plot.get("multi_level") and len(figure.kdims) == 2:
+        # grouped bars (the spike budget): matplotlib wrote each bar's name under it over
+        # the group's, so the names are a legend and the groups the axis
+        carried.update(multi_level=False, show_legend=True, legend_position="right", xrotation=0,
+                       hooks=[_fit_bars])
     # a legend beside the plot: matplotlib's own choice ("best") put a W_in histogram's over
     # its init peak, and a corner of the small exported figure covers more than the page's
     if plot.get("show_legend", True) and isinstance(figure, hv.Overlay):

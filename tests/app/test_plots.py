@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import holoviews as hv
 import numpy as np
+import pandas as pd
 import param
 import pytest
 
@@ -336,3 +337,23 @@ def test_an_exported_overlay_keeps_its_legend_beside_the_plot():
                               title="W_in", xlabel="weight", logy=True)
     exported = plots.for_matplotlib(figure)
     assert hv.Store.lookup_options("matplotlib", exported, "plot").kwargs["legend_position"] == "right"
+
+
+def test_exported_grouped_bars_keep_each_runs_colour_and_name_the_runs_in_a_legend():
+    """The spike budget's PNG took matplotlib's palette (not the runs' colours) and wrote each
+    bar's name under it, over its neighbours' and the group's."""
+    from matplotlib.colors import to_hex
+
+    frame = pd.DataFrame({"measure": ["E", "E", "I", "I"], "run": ["PING c82f", "COBA 3164"] * 2,
+                          "rate (Hz)": [9.0, 75.0, 40.0, 0.5]})
+    colors = {"PING c82f": "#2b6cb0", "COBA 3164": "#dd6b20"}
+    bars = hv.Bars(frame, ["measure", "run"], "rate (Hz)").opts(multi_level=True, xrotation=30, cmap=colors,
+                                                                 color="run", show_legend=False)
+    plot = hv.renderer("matplotlib").get_plot(plots.for_matplotlib(bars))
+    axis = plot.handles["axis"]
+    drawn = {round(p.get_height(), 1): to_hex(p.get_facecolor()) for p in axis.patches if p.get_height() > 0}
+    assert drawn == {9.0: "#2b6cb0", 75.0: "#dd6b20", 40.0: "#2b6cb0", 0.5: "#dd6b20"}
+    assert sorted(t.get_text() for t in axis.get_legend().get_texts()) == ["COBA 3164", "PING c82f"]
+    lefts = min(p.get_x() for p in axis.patches)
+    rights = max(p.get_x() + p.get_width() for p in axis.patches)
+    assert axis.get_xlim()[0] < lefts and axis.get_xlim()[1] > rights  # no bar cut at the edges
