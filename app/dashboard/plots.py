@@ -331,7 +331,10 @@ def _carry_style(element: hv.Element) -> hv.Element:
         carried["color"] = hv.dim(column).categorize(cmap)
     for bokeh_name, mpl_name in MPL_STYLE.items():
         value = style.get(bokeh_name)
-        if value is None or mpl_name not in allowed or not isinstance(value, str):
+        # names and numbers (0.45 alpha, 2 px lines); not dim expressions or arrays. The
+        # numbers were dropped: overlaid histograms exported opaque, hiding each other
+        if value is None or mpl_name not in allowed or isinstance(value, bool) \
+                or not isinstance(value, (str, int, float)):
             continue
         if bokeh_name in COLOR_OPTIONS and not is_color_like(value):
             continue  # a column name: coloured by data

@@ -357,3 +357,12 @@ def test_exported_grouped_bars_keep_each_runs_colour_and_name_the_runs_in_a_lege
     lefts = min(p.get_x() for p in axis.patches)
     rights = max(p.get_x() + p.get_width() for p in axis.patches)
     assert axis.get_xlim()[0] < lefts and axis.get_xlim()[1] > rights  # no bar cut at the edges
+
+
+def test_exported_overlaid_histograms_stay_see_through():
+    """fill_alpha (a number) was not carried to matplotlib: the runs' bars hid each other."""
+    figure = plots.histograms({"a": np.array([1.0, 2.0]), "b": np.array([1.5, 2.5])}, ["a", "b"], title="t",
+                              xlabel="x")
+    plot = hv.renderer("matplotlib").get_plot(plots.for_matplotlib(figure))
+    alphas = {round(p.get_alpha() or 1.0, 2) for p in plot.handles["axis"].patches if p.get_height() > 0}
+    assert alphas == {0.45}
