@@ -147,7 +147,7 @@ class ComparePage(param.Parameterized):
             data = frame[["epoch", column]] if column in frame else pd.DataFrame({"epoch": [], column: []})
             layers.append(hv.Curve(data.rename(columns={column: ylabel}), "epoch", ylabel, label=self._label(run))
                           .opts(line_width=2, tools=["hover"], **self._style(index, run)))
-        return self._legend_below(hv.Overlay(layers).opts(title=title, **plots.BASE))
+        return self._legend_below(hv.Overlay(layers).opts(title=title, **plots.EPOCH_AXIS, **plots.BASE))
 
     @param.depends("version")
     def accuracy(self):

@@ -42,6 +42,16 @@ CURVE = dict(line_width=2, tools=["hover"], **LAYER)
 hv.extension("bokeh", logo=False)
 
 
+def _whole_epochs(plot, _element) -> None:
+    """Epochs are whole: a short run's axis read 1, 1.5, 2, 2.5, 3. Sets the axis's own
+    ticker (a new Bokeh model per update would churn the document)."""
+    plot.handles["xaxis"].ticker.min_interval = 1
+
+
+# the options of a figure with epochs along x
+EPOCH_AXIS = dict(hooks=[_whole_epochs])
+
+
 def metrics_frame(records: Sequence[dict]) -> pd.DataFrame:
     """One row per epoch; nested per-weight values become columns (w_norm.W_in, ...)."""
     return pd.DataFrame([flatten(r) for r in records]) if records else pd.DataFrame({"epoch": []})
@@ -56,7 +66,7 @@ def trajectories(df: pd.DataFrame, columns: dict[str, str], *, title: str, ylabe
         data = data.rename(columns={column: ylabel})
         layers.append(hv.Curve(data, "epoch", ylabel, label=label).opts(color=color, **CURVE))
         layers.append(hv.Scatter(data, "epoch", ylabel, label=label).opts(color=color, size=5, **LAYER))
-    return hv.Overlay(layers).opts(title=title, legend_position="bottom_right", logy=logy, **BASE)
+    return hv.Overlay(layers).opts(title=title, legend_position="bottom_right", logy=logy, **EPOCH_AXIS, **BASE)
 
 
 def accuracy_vs_rate(df: pd.DataFrame) -> hv.Overlay:

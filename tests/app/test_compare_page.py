@@ -145,6 +145,7 @@ def test_the_trajectory_legends_stand_under_the_curves(jobs):
     assert [type(x) for x in figure.below if isinstance(x, Legend)] == [Legend]
     assert not [x for x in figure.center if isinstance(x, Legend)]
     assert len(figure.below[-1].items) == 3 and figure.height > 3 * 23  # taller by the legend's lines
+    assert figure.xaxis[0].ticker.min_interval == 1  # whole epochs (two: it read 1, 1.2, ..., 2)
     # and the per-cell histograms': PING's I bars (30-40 Hz) stood under the legend, at the right end
     for run in runs:
         folder = jobs.data.run_dir(run.id) / "artifacts"

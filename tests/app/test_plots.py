@@ -366,3 +366,10 @@ def test_exported_overlaid_histograms_stay_see_through():
     plot = hv.renderer("matplotlib").get_plot(plots.for_matplotlib(figure))
     alphas = {round(p.get_alpha() or 1.0, 2) for p in plot.handles["axis"].patches if p.get_height() > 0}
     assert alphas == {0.45}
+
+
+def test_epoch_axes_tick_whole_epochs_only():
+    """A three-epoch run's axis read 1, 1.5, 2, 2.5, 3."""
+    frame = pd.DataFrame({"epoch": [1, 2, 3], "test_acc": [60.0, 70.0, 75.0]})
+    figure = hv.render(plots.trajectories(frame, {"test_acc": "test"}, title="Accuracy", ylabel="acc"))
+    assert figure.xaxis[0].ticker.min_interval == 1
