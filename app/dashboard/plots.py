@@ -48,6 +48,13 @@ def _whole_epochs(plot, _element) -> None:
     plot.handles["xaxis"].ticker.min_interval = 1
 
 
+def _whole_epoch_colors(plot, _element) -> None:
+    """The epoch colour bar's ticks, whole as well (the bar is the figure's, not a layer's)."""
+    for item in plot.state.right:
+        if type(item).__name__ == "ColorBar":
+            item.ticker.min_interval = 1
+
+
 # the options of a figure with epochs along x
 EPOCH_AXIS = dict(hooks=[_whole_epochs])
 
@@ -82,7 +89,7 @@ def accuracy_vs_rate(df: pd.DataFrame) -> hv.Overlay:
     last = hv.Scatter(data.iloc[-1:], x, y).opts(marker="star", size=20, color="#d69e2e", line_color="black")
     return (path * points * first * last).opts(
         title="Accuracy vs E rate (○ epoch 1, ★ last)", xlabel="E rate (Hz)", ylabel="test accuracy (%)",
-        show_legend=False, **BASE)
+        show_legend=False, hooks=[_whole_epoch_colors], **BASE)
 
 
 def histograms(samples: dict[str, np.ndarray], labels: Sequence[str], *, title: str, xlabel: str,

@@ -373,3 +373,6 @@ def test_epoch_axes_tick_whole_epochs_only():
     frame = pd.DataFrame({"epoch": [1, 2, 3], "test_acc": [60.0, 70.0, 75.0]})
     figure = hv.render(plots.trajectories(frame, {"test_acc": "test"}, title="Accuracy", ylabel="acc"))
     assert figure.xaxis[0].ticker.min_interval == 1
+    frame["rate_e_hz"] = [12.5, 12.6, 12.4]
+    colorbars = [r for r in hv.render(plots.accuracy_vs_rate(frame)).right if type(r).__name__ == "ColorBar"]
+    assert [c.ticker.min_interval for c in colorbars] == [1]  # the epoch colour bar too
