@@ -13,7 +13,7 @@ import panel as pn
 import param
 
 from app.api.deps import Services
-from app.dashboard import force_page, layout, plots
+from app.dashboard import force_page, layout, plots, time_left
 from app.dashboard.live import LiveFeed, News
 from app.dashboard.run_files import RunFiles
 from app.dashboard.runs_page import STARTING_NOTE, starting
@@ -82,7 +82,9 @@ class RunPage(param.Parameterized):
             state += " · the queue is paused: it starts once the queue is resumed (Runs page)"
         facts = [("state", state), ("epochs", f"{run.n_epochs} / {config.get('epochs')}"),
                  ("progress", f"{100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress):.0f} %"
-                              + (f" · {STARTING_NOTE}" if starting(run) else "")),
+                              + (f" · {STARTING_NOTE}" if starting(run) else "")
+                              + (f" · {left}" if (left := time_left.describe(time_left.seconds_left(run, self.records)))
+                                 else "")),
                  ("recipe", config.get("recipe", "canonical")),  # runs stored before recipes: canonical
                  ("arch", config.get("arch")), ("seed", config.get("seed")), ("tier", config.get("tier")),
                  ("E / I cells", f"{config.get('n_e')} / {config.get('n_i')}"),

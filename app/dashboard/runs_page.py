@@ -11,7 +11,7 @@ import param
 from bokeh.models.widgets.tables import NumberFormatter
 
 from app.api.deps import Services
-from app.dashboard import layout
+from app.dashboard import layout, time_left
 from app.dashboard.config_form import ConfigForm
 from app.dashboard.live import LiveFeed, News
 from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
@@ -62,6 +62,8 @@ def run_row(run: Run, last: dict | None) -> dict:
         detail = ""
     if starting(run) and not error:
         detail = f"{detail} · {STARTING_NOTE}" if detail else STARTING_NOTE
+    elif (left := time_left.describe(time_left.seconds_left(run, [last] if last else []))) and not error:
+        detail = f"{detail} · {left}" if detail else left
     return {
         "id": run.id, "kind": run.kind.value, "state": STARTING if starting(run) else run.state.value,
         "progress": round(100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress or 0.0)),

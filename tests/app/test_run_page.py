@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from app.dashboard.run_page import RunPage
-from jobs.models import RunState
+from jobs.models import RunKind, RunState
 from tests.app.test_compare_page import _record, _Services, _run, jobs  # noqa: F401  (jobs: the store fixture)
 
 
@@ -58,3 +58,13 @@ def test_a_run_that_has_done_nothing_yet_says_it_is_starting(jobs):  # noqa: F81
     jobs.store.record_epoch(run.id, 1, _record(1))
     page = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
     assert STARTING_NOTE not in html.unescape(page.header.object)
+
+
+def test_a_training_runs_page_says_how_long_it_has_left(jobs):  # noqa: F811
+    """A 100-epoch study run said "38 / 100" for days and left the user to do the sum."""
+    run = jobs.store.create_run(RunKind.TRAIN, {**_run(jobs, 0).config, "epochs": 10})
+    jobs.store.claim(run.id)
+    for epoch in (1, 2, 3, 4):
+        jobs.store.record_epoch(run.id, epoch, {**_record(epoch), "epoch_s": 300.0})
+    page = RunPage(_Services(jobs), feed=None, run=jobs.get_run(run.id))
+    assert "about 30 min left" in html.unescape(page.header.object)  # 6 epochs of 300 s
