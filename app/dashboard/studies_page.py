@@ -18,7 +18,7 @@ import panel as pn
 import param
 
 from app.api.deps import Services
-from app.dashboard import estimate, layout, plots, study_plots
+from app.dashboard import estimate, layout, plots, study_plots, time_left
 from app.dashboard.live import LiveFeed, News
 from app.dashboard.run_files import RunFiles
 from engine.analyses.coupling import DEFAULT_FACTORS
@@ -234,6 +234,8 @@ class StudyPage(param.Parameterized):
     def __init__(self, services: Services, feed: LiveFeed, study: Study, **params):
         super().__init__(**params)
         self.jobs, self.study = services.jobs, study
+        settings = getattr(services, "settings", None)  # the general worker slots the runs share
+        self.workers = max(1, settings.workers) if settings is not None else 1
         self.plan = study.plan
         self.labels = [r["label"] for r in self.plan["runs"]]
         self.archs = [r["config"]["arch"] for r in self.plan["runs"]]
@@ -299,6 +301,20 @@ class StudyPage(param.Parameterized):
         finally:
             self._refreshing = False
 
+    def _time_left(self) -> list[tuple[str, str]]:
+        """("time left", ...) while the study's runs train: a 600-epoch study at its own scale
+        said "41 %" for days."""
+        if self.study.state.finished:
+            return []
+        members = self._train_members()
+        runs = [(r["config"], members[r["label"]].state if r["label"] in members else None,
+                 self.metrics.get(r["label"], [])) for r in self.plan["runs"]]
+        seconds = time_left.study_seconds_left(runs, self.workers)
+        if seconds is None:
+            return []
+        return [("time left", f"{time_left.describe(seconds)} for its training at its runs' pace on this server "
+                              f"({self.workers} at once; analyses come on top)")]
+
     def _train_members(self) -> dict[str, Any]:
         return {m.label: m for m in self.study.members if m.role == "train"}
 
@@ -343,6 +359,7 @@ class StudyPage(param.Parameterized):
                                   "training runs →"))
         facts = [("preset", f"{study.name} · {preset.title}"), ("state", study.state.value),
                  ("progress", f"{100 * study.progress:.0f} % ({_member_counts(study)})"),
+                 *self._time_left(),
                  ("created", dt.datetime.fromtimestamp(study.created_at).strftime("%Y-%m-%d %H:%M:%S")),
                  ("overrides", json.dumps(self.plan["overrides"]) or "none")]
         if study.source_run_id:

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
+from app.dashboard.estimate import work_units
 from jobs.models import Run, RunKind, RunState
 
 PACE_EPOCHS = 10  # the latest epochs whose median time is the pace
@@ -27,16 +28,43 @@ def seconds_left(run: Run, records: Sequence[dict], now: float | None = None) ->
     if run.state is not RunState.RUNNING:
         return None
     if run.kind is RunKind.TRAIN:
-        times = [r["epoch_s"] for r in records[-PACE_EPOCHS:] if r.get("epoch_s")]
-        epochs = run.config.get("epochs")
-        if not times or not epochs:
+        pace, epochs = _pace(records), run.config.get("epochs")
+        if pace is None or not epochs:
             return None
-        return statistics.median(times) * max(0, int(epochs) - run.n_epochs)
+        return pace * max(0, int(epochs) - run.n_epochs)
     now = time.time() if now is None else now
     fraction = run.progress or 0.0
     if run.attempt != 1 or run.started_at is None or fraction < MIN_FRACTION:
         return None
     return (now - run.started_at) * (1.0 - fraction) / fraction
+
+
+def _pace(records: Sequence[dict]) -> float | None:
+    """Seconds per epoch: the median of the latest epochs' times."""
+    times = [r["epoch_s"] for r in records[-PACE_EPOCHS:] if r.get("epoch_s")]
+    return statistics.median(times) if times else None
+
+
+def study_seconds_left(runs: Sequence[tuple[dict[str, Any], RunState | None, Sequence[dict]]],
+                       workers: int) -> float | None:
+    """A study's training time left: (config, state, epoch records) of its training runs,
+    `workers` general slots. A run with epochs goes at its own pace; one not started yet at
+    its study-mates' pace per unit of work (images x steps x cells, app/dashboard/estimate);
+    the runs share the slots, and the longest run bounds it from below. None before any
+    run has an epoch."""
+    per_unit = [pace / work_units(config) for config, _, records in runs if (pace := _pace(records))]
+    if not per_unit:
+        return None
+    left = []
+    for config, state, records in runs:
+        if state is not None and state.finished:
+            continue
+        to_go = max(0, int(config["epochs"]) - len(records))
+        pace = _pace(records) or statistics.median(per_unit) * work_units(config)
+        left.append(to_go * pace)
+    if not left:
+        return None
+    return max(sum(left) / max(1, min(workers, len(left))), max(left))
 
 
 def describe(seconds: float | None) -> str:

@@ -64,3 +64,18 @@ def test_a_study_in_progress_shows_each_runs_latest_rates_and_weights(jobs):  # 
     rates_ping, _, w_in, *_ = (_element(f) for f in page._histogram_figures())
     assert rates_ping.opts.get().kwargs["title"] == "Per-cell E rates, PING (test set; ping-seed42 at epoch 4)"
     assert w_in.opts.get().kwargs["title"] == "W_in values, init vs end, PING (ping-seed42 at epoch 3)"
+
+
+def test_a_study_in_progress_says_how_long_its_training_has_left(jobs):  # noqa: F811
+    """A 600-epoch study at its own scale said "41 %" for days."""
+    import html
+
+    study = jobs.submit_study("nb024", {"tier": "smoke", "epochs": 10, "seed": [42], "n_e": 8, "n_i": 2})
+    ping = next(m.run_id for m in study.members if m.label == "ping-seed42")
+    jobs.store.claim(ping)
+    for epoch in (1, 2):
+        jobs.store.record_epoch(ping, epoch, {**_record(epoch), "epoch_s": 60.0})
+    page = StudyPage(_Services(jobs), None, jobs.get_study(study.id))
+    page._apply(*page._read())
+    # PING: 8 epochs to go at 60 s; COBA (same work units, not started): 10 at PING's pace; one slot
+    assert "about 18 min left for its training" in html.unescape(page.header.object)

@@ -47,3 +47,18 @@ def test_the_runs_table_says_how_long_a_training_run_has_left():
     row = run_row(_training(38), {"epoch": 38, "epoch_s": 240.0})
     assert row["detail"] == "about 4 h 08 min left"
     assert run_row(_training(38), None)["detail"] == ""
+
+
+def test_a_study_has_its_runs_time_left_shared_among_the_slots():
+    """nb024 at its own scale: two runs train (at their own paces), two wait; two slots."""
+    ping = {"epochs": 100, "tier": "medium", "t_ms": 200.0, "dt_ms": 0.1, "n_e": 1024, "n_i": 256}
+    coba = dict(ping)
+    runs = [(ping, RunState.RUNNING, [{"epoch_s": 300.0}] * 40),   # 60 to go at 300 s
+            (coba, RunState.RUNNING, [{"epoch_s": 200.0}] * 50),   # 50 to go at 200 s
+            (ping, RunState.QUEUED, []), (coba, RunState.QUEUED, []),  # 100 each at the median pace, 250 s
+            (ping, RunState.SUCCEEDED, [{"epoch_s": 250.0}] * 100)]  # done: it only lends its pace
+    left = time_left.study_seconds_left(runs, workers=2)
+    assert left == (60 * 300 + 50 * 200 + 2 * 100 * 250) / 2
+    assert time_left.study_seconds_left(runs, workers=1) == 60 * 300 + 50 * 200 + 2 * 100 * 250
+    assert time_left.study_seconds_left(runs[2:4], workers=2) is None  # no epoch yet: no pace
+    assert time_left.study_seconds_left(runs[:1], workers=8) == 60 * 300  # the longest run bounds it
