@@ -95,7 +95,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serve(host=args.host, port=args.port, data_dir=args.data_dir, workers=args.workers, token=args.token,
           executor=args.executor, ray_address=args.ray_address, runs_per_gpu=args.runs_per_gpu,
-          public_url=args.public_url, analysis_slots=args.analysis_slots, pack_runs=args.pack_runs)
+          public_url=args.public_url, analysis_slots=args.analysis_slots, pack_runs=args.pack_runs,
+          paused=args.paused)
     return 0
 
 
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--runs-per-gpu", type=int, help=field_help("runs_per_gpu"))
     serve.add_argument("--pack-runs", type=int, help=field_help("pack_runs"))
     serve.add_argument("--public-url", help=field_help("public_url"))
+    serve.add_argument("--paused", action="store_true", default=None, help=field_help("paused"))
 
     from engine.force.names import EXPERIMENT_NAMES as EXPERIMENTS  # no torch: `spikeboard runs` starts fast
     from engine.studies import PRESETS

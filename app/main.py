@@ -24,6 +24,8 @@ from jobs.whatif import WhatIfService
 def build_services(settings: Settings) -> Services:
     data = DataDir.at(settings.data_dir)
     store = RunStore(data.db_path)
+    if settings.paused:  # before the scheduler's first tick: a copy of a data dir is inspected, not run
+        store.pause_queue()
     executor = make_executor(settings.executor, data_dir=data.root, slots=settings.workers,
                              threads_per_run=settings.threads_per_run, grace_s=settings.cancel_grace_s,
                              use_gpus=settings.use_gpus, runs_per_gpu=settings.runs_per_gpu,

@@ -22,11 +22,12 @@ log = logging.getLogger("app.server")
 def serve(host: str | None = None, port: int | None = None, data_dir: str | None = None,
           workers: int | None = None, token: str | None = None, *, executor: str | None = None,
           ray_address: str | None = None, runs_per_gpu: int | None = None, public_url: str | None = None,
-          analysis_slots: int | None = None, pack_runs: int | None = None) -> None:
+          analysis_slots: int | None = None, pack_runs: int | None = None, paused: bool | None = None) -> None:
     """Flags left None fall back to SPIKEBOARD_* variables, then the defaults."""
     settings = Settings.from_env(host=host, port=port, data_dir=data_dir, workers=workers, token=token,
                                  executor=executor, ray_address=ray_address, runs_per_gpu=runs_per_gpu,
-                                 public_url=public_url, analysis_slots=analysis_slots, pack_runs=pack_runs)
+                                 public_url=public_url, analysis_slots=analysis_slots, pack_runs=pack_runs,
+                                 paused=paused)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     check_bind(settings.host, settings.token)  # a public bind needs a token (app/security.py)
     app = create_app(settings)

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
                                                               '"Authorization: Bearer <token>" (8+ characters)')
     cancel_grace_s: float = Field(3.0, gt=0, description="SIGTERM -> SIGKILL")
     stale_after_s: float = Field(30.0, gt=0, description="heartbeat age after which a running run is requeued")
+    paused: bool = Field(False, description="start with the queue paused: no queued run starts until "
+                                            "POST /api/queue/resume (spikeboard queue resume). The pause is "
+                                            "kept in the store: a later start without this flag holds it too")
     use_gpus: bool = True
     dashboard: bool = Field(True, description="serve the Panel pages beside the API (off: API only, faster start)")
     executor: str = Field("local", description='"local" (subprocesses) or "ray" (one Ray task per run)')

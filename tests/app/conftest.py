@@ -50,11 +50,12 @@ class Server:
 
 
 def start_server(data_dir: Path, *, workers: int = 1, token: str | None = None,
-                 port: int | None = None, log_name: str = "server.log", dashboard: bool = False) -> Server:
+                 port: int | None = None, log_name: str = "server.log", dashboard: bool = False,
+                 paused: bool = False) -> Server:
     """API-only unless `dashboard`: Panel's import would add seconds to every start."""
     port = port or free_port()
     args = [sys.executable, "-m", "app.server", "--host", "127.0.0.1", "--port", str(port),
-            "--data-dir", str(data_dir), "--workers", str(workers)]
+            "--data-dir", str(data_dir), "--workers", str(workers)] + (["--paused"] if paused else [])
     if token:
         args += ["--token", token]
     data_dir.mkdir(parents=True, exist_ok=True)

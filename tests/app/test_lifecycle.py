@@ -78,6 +78,21 @@ def test_a_paused_queue_lets_running_runs_finish_and_starts_queued_ones_on_resum
         _wait_for(lambda: api.get(waiting["id"])["state"] != "queued", 10)
 
 
+def test_a_server_started_paused_starts_nothing_until_resumed(server_factory, tmp_path):
+    """`spikeboard serve --paused` on a data dir with queued runs (a copy to inspect, a
+    machine back from maintenance): the queue holds from before the first tick."""
+    data_dir = tmp_path / "data"
+    with server_factory(data_dir, workers=0).client() as api:  # queue only: the runs wait
+        waiting = api.submit(small_config(epochs=1))
+    paused = server_factory(data_dir, workers=1, paused=True, log_name="server2.log")
+    time.sleep(1.0)  # four scheduler ticks with a free slot
+    with paused.client() as api:
+        assert api.get(waiting["id"])["state"] == "queued"
+        assert httpx.get(f"{paused.url}/api/health").json()["paused"] is True
+        httpx.post(f"{paused.url}/api/queue/resume")
+        _wait_for(lambda: api.get(waiting["id"])["state"] != "queued", 10)
+
+
 def _kill_mid_run_and_restart(server_factory, tmp_path, kill_worker_too: bool):
     data_dir = tmp_path / "data"
     server = server_factory(data_dir)
