@@ -342,9 +342,9 @@ def _carry_style(element: hv.Element) -> hv.Element:
     allowed = hv.Store.options(backend="matplotlib")[type(element).__name__].groups["style"].allowed_keywords
     carried = {}
     column, cmap = style.get("color"), style.get("cmap")
-    if isinstance(column, str) and isinstance(cmap, dict) and column in element.dimensions(label="name"):
-        # bars coloured by a column through a {value: colour} map (a run's colour in every
-        # figure): matplotlib took its default palette, so the export's colours were not the page's
+    if _bars_by_inner_key(element) and column == element.kdims[1].name and isinstance(cmap, dict):
+        # bars coloured by their inner key through a {value: colour} map (a run's colour in
+        # every figure): matplotlib took its default palette, so the colours were not the page's
         carried["color"] = hv.dim(column).categorize(cmap)
     for bokeh_name, mpl_name in MPL_STYLE.items():
         value = style.get(bokeh_name)
@@ -355,8 +355,20 @@ def _carry_style(element: hv.Element) -> hv.Element:
             continue
         if bokeh_name in COLOR_OPTIONS and not is_color_like(value):
             continue  # a column name: coloured by data
-        carried[mpl_name] = MPL_DASH.get(value, value) if bokeh_name == "line_dash" else value
+        if bokeh_name == "fill_alpha" and isinstance(element, hv.Scatter):
+            continue  # matplotlib's alpha fades a marker's outline too (below)
+        carried[mpl_name] = {"line_dash": MPL_DASH, "marker": MPL_MARKERS}.get(bokeh_name, {}).get(value, value)
+    if isinstance(element, hv.Scatter) and style.get("fill_alpha") == 0:
+        carried["facecolors"] = "none"  # a hollow marker (the trajectories' "epoch 1" circle)
     return element.opts(backend="matplotlib", **carried) if carried else element
+
+
+def _bars_by_inner_key(element: hv.Element) -> bool:
+    """Grouped bars coloured by their inner key (a run within a measure), whose export names
+    the inner key in a legend."""
+    if not isinstance(element, hv.Bars) or len(element.kdims) != 2:
+        return False
+    return _bokeh_options(element, "style").get("color") == element.kdims[1].name
 
 
 def _fit_bars(plot, _element) -> None:
@@ -377,7 +389,7 @@ def for_matplotlib(figure: hv.Element) -> hv.Element:
 
     plot = _bokeh_options(figure, "plot")
     carried = {k: plot[k] for k in ("title", "logy", "logx", "xrotation") if plot.get(k)}
-    if isinstance(figure, hv.Bars) and plot.get("multi_level") and len(figure.kdims) == 2:
+    if plot.get("multi_level") and _bars_by_inner_key(figure):
         # grouped bars (the spike budget): matplotlib wrote each bar's name under it over
         # the group's, so the names are a legend and the groups the axis
         carried.update(multi_level=False, show_legend=True, legend_position="right", xrotation=0,

@@ -62,6 +62,7 @@ def run_row(run: Run, last: dict | None) -> dict:
         detail = ""
     if starting(run) and not error:
         detail = f"{detail} · {STARTING_NOTE}" if detail else STARTING_NOTE
+    # the table has each run's last epoch only: its pace is that epoch's (the Run page's, the median of ten)
     elif (left := time_left.describe(time_left.seconds_left(run, [last] if last else []))) and not error:
         detail = f"{detail} · {left}" if detail else left
     return {

@@ -235,7 +235,7 @@ class StudyPage(param.Parameterized):
         super().__init__(**params)
         self.jobs, self.study = services.jobs, study
         settings = getattr(services, "settings", None)  # the general worker slots the runs share
-        self.workers = max(1, settings.workers) if settings is not None else 1
+        self.workers = settings.workers if settings is not None else 1
         self.plan = study.plan
         self.labels = [r["label"] for r in self.plan["runs"]]
         self.archs = [r["config"]["arch"] for r in self.plan["runs"]]
@@ -306,8 +306,11 @@ class StudyPage(param.Parameterized):
         said "41 %" for days."""
         if self.study.state.finished:
             return []
+        if self.workers == 0:  # a queue-only server trains nothing
+            return []
         members = self._train_members()
-        runs = [(r["config"], members[r["label"]].state if r["label"] in members else None,
+        # a run not launched yet waits like a queued one; a member whose state is None was deleted
+        runs = [(r["config"], members[r["label"]].state if r["label"] in members else RunState.QUEUED,
                  self.metrics.get(r["label"], [])) for r in self.plan["runs"]]
         seconds = time_left.study_seconds_left(runs, self.workers)
         if seconds is None:

@@ -2,7 +2,7 @@
 
 A training run's epochs take about the same time (`epoch_s`, every epoch's record), so
 its time left is the median of its latest epochs' times, times the epochs to go: a
-median, because an epoch cut by a server restart or slowed by a neighbour is an
+median, because an epoch slowed by a neighbour (a test run, an analysis) is an
 outlier. Other runs (analyses, FORCE) only report a fraction done; their pace is the
 time since they started over that fraction, which a restart would falsify (the first
 attempt's time is not kept), so they get an estimate on their first attempt only.
@@ -47,8 +47,8 @@ def _pace(records: Sequence[dict]) -> float | None:
 
 def study_seconds_left(runs: Sequence[tuple[dict[str, Any], RunState | None, Sequence[dict]]],
                        workers: int) -> float | None:
-    """A study's training time left: (config, state, epoch records) of its training runs,
-    `workers` general slots. A run with epochs goes at its own pace; one not started yet at
+    """A study's training time left: (config, state, epoch records) of its training runs
+    (state None: the run was deleted), `workers` general slots. A run with epochs goes at its own pace; one not started yet at
     its study-mates' pace per unit of work (images x steps x cells, app/dashboard/estimate);
     the runs share the slots, and the longest run bounds it from below. None before any
     run has an epoch."""
@@ -57,7 +57,7 @@ def study_seconds_left(runs: Sequence[tuple[dict[str, Any], RunState | None, Seq
         return None
     left = []
     for config, state, records in runs:
-        if state is not None and state.finished:
+        if state is None or state.finished:  # None: deleted
             continue
         to_go = max(0, int(config["epochs"]) - len(records))
         pace = _pace(records) or statistics.median(per_unit) * work_units(config)

@@ -82,8 +82,10 @@ def test_a_server_started_paused_starts_nothing_until_resumed(server_factory, tm
     """`spikeboard serve --paused` on a data dir with queued runs (a copy to inspect, a
     machine back from maintenance): the queue holds from before the first tick."""
     data_dir = tmp_path / "data"
-    with server_factory(data_dir, workers=0).client() as api:  # queue only: the runs wait
+    queue_only = server_factory(data_dir, workers=0)  # the runs wait
+    with queue_only.client() as api:
         waiting = api.submit(small_config(epochs=1))
+    queue_only.stop()
     paused = server_factory(data_dir, workers=1, paused=True, log_name="server2.log")
     time.sleep(1.0)  # four scheduler ticks with a free slot
     with paused.client() as api:

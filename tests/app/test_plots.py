@@ -376,3 +376,26 @@ def test_epoch_axes_tick_whole_epochs_only():
     frame["rate_e_hz"] = [12.5, 12.6, 12.4]
     colorbars = [r for r in hv.render(plots.accuracy_vs_rate(frame)).right if type(r).__name__ == "ColorBar"]
     assert [c.ticker.min_interval for c in colorbars] == [1]  # the epoch colour bar too
+
+
+def test_the_accuracy_vs_rate_exports_with_its_hollow_first_epoch_circle():
+    """marker="circle" reached matplotlib as is and the export raised; with fill_alpha 0 carried
+    as alpha, the hollow circle would vanish with its outline."""
+    frame = pd.DataFrame({"epoch": [1, 2, 3], "test_acc": [60.0, 70.0, 75.0], "rate_e_hz": [12.5, 12.6, 12.4]})
+    figure = plots.accuracy_vs_rate(frame)
+    assert plots._image(lambda: figure, "png").getvalue()[:4] == b"\x89PNG"
+    first = next(e for e in plots.for_matplotlib(figure) if isinstance(e, hv.Scatter) and len(e) == 1
+                 and hv.Store.lookup_options("matplotlib", e, "style").kwargs.get("marker") == "o")
+    style = hv.Store.lookup_options("matplotlib", first, "style").kwargs
+    assert style["facecolors"] == "none" and style.get("alpha", 1) == 1 and style["edgecolor"] == "black"
+
+
+def test_grouped_bars_coloured_by_something_else_keep_a_colour_per_group():
+    """The study's budget colours by arch, a value column: a grid of PING points would all be
+    PING's colour in one legend; such bars keep their per-group palette in the export."""
+    frame = pd.DataFrame({"measure": ["E", "E"], "group": ["ei=0.5", "ei=1"], "rate (Hz)": [9.0, 7.0],
+                          "arch": ["PING", "PING"]})
+    bars = hv.Bars(frame, ["measure", "group"], ["rate (Hz)", "arch"]).opts(
+        multi_level=True, color="arch", cmap={"PING": "#1a202c"}, show_legend=False)
+    exported = hv.Store.lookup_options("matplotlib", plots.for_matplotlib(bars), "plot").kwargs
+    assert exported.get("multi_level", True) is not False and not exported.get("show_legend")

@@ -17,7 +17,7 @@ def _training(done: int, epochs: int = 100):
 
 
 def test_a_training_run_has_its_latest_epochs_median_time_per_epoch_to_go():
-    # epoch 38 was cut by a server restart (2,500 s): the median ignores it
+    # epoch 38 was slowed by a neighbour (2,500 s): the median ignores it
     records = [{"epoch": e, "epoch_s": 2500.0 if e == 38 else 200.0 + e % 3} for e in range(1, 39)]
     left = time_left.seconds_left(_training(38), records)
     assert left == 201.0 * 62  # the median of epochs 29..38's times, times 62 epochs
@@ -62,3 +62,5 @@ def test_a_study_has_its_runs_time_left_shared_among_the_slots():
     assert time_left.study_seconds_left(runs, workers=1) == 60 * 300 + 50 * 200 + 2 * 100 * 250
     assert time_left.study_seconds_left(runs[2:4], workers=2) is None  # no epoch yet: no pace
     assert time_left.study_seconds_left(runs[:1], workers=8) == 60 * 300  # the longest run bounds it
+    deleted = (ping, None, [])  # a deleted member is no run to wait for
+    assert time_left.study_seconds_left([*runs, deleted], workers=2) == left
