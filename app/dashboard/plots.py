@@ -353,13 +353,20 @@ def _carry_style(element: hv.Element) -> hv.Element:
         if value is None or mpl_name not in allowed or isinstance(value, bool) \
                 or not isinstance(value, (str, int, float)):
             continue
-        if bokeh_name in COLOR_OPTIONS and not is_color_like(value):
-            continue  # a column name: coloured by data
+        if bokeh_name in COLOR_OPTIONS and not is_color_like(value) and not (
+                isinstance(element, hv.Scatter) and value in element.dimensions(label="name")):
+            continue  # a column name: only points take it as is (the epoch colour of the trajectories)
+        if mpl_name in carried:
+            continue  # set above (bars coloured by their inner key)
         if bokeh_name == "fill_alpha" and isinstance(element, hv.Scatter):
             continue  # matplotlib's alpha fades a marker's outline too (below)
         carried[mpl_name] = {"line_dash": MPL_DASH, "marker": MPL_MARKERS}.get(bokeh_name, {}).get(value, value)
     if isinstance(element, hv.Scatter) and style.get("fill_alpha") == 0:
         carried["facecolors"] = "none"  # a hollow marker (the trajectories' "epoch 1" circle)
+    if isinstance(style.get("size"), (int, float)) and "s" in allowed:
+        carried["s"] = 0.35 * style["size"] ** 2  # a diameter in px on the page, an area in pt^2 here
+    if _bokeh_options(element, "plot").get("colorbar"):  # the epoch colour bar of the trajectories
+        element = element.opts(backend="matplotlib", colorbar=True)
     return element.opts(backend="matplotlib", **carried) if carried else element
 
 
@@ -388,7 +395,8 @@ def for_matplotlib(figure: hv.Element) -> hv.Element:
     import holoviews.plotting.mpl  # noqa: F401 (registers the backend; the page's stays Bokeh)
 
     plot = _bokeh_options(figure, "plot")
-    carried = {k: plot[k] for k in ("title", "logy", "logx", "xrotation") if plot.get(k)}
+    carried = {k: plot[k] for k in ("title", "logy", "logx", "xrotation", "xlabel", "ylabel", "clabel")
+               if plot.get(k)}
     if plot.get("multi_level") and _bars_by_inner_key(figure):
         # grouped bars (the spike budget): matplotlib wrote each bar's name under it over
         # the group's, so the names are a legend and the groups the axis
@@ -398,7 +406,7 @@ def for_matplotlib(figure: hv.Element) -> hv.Element:
     # its init peak, and a corner of the small exported figure covers more than the page's
     if plot.get("show_legend", True) and isinstance(figure, hv.Overlay):
         carried["legend_position"] = "right"
-    styled = figure.map(_carry_style, [hv.Curve, hv.Scatter, hv.Histogram, hv.Bars, hv.Area])
+    styled = figure.map(_carry_style, [hv.Curve, hv.Scatter, hv.Histogram, hv.Bars, hv.Area, hv.Path])
     return styled.opts(backend="matplotlib", aspect=1.7, fig_size=150, **carried)
 
 

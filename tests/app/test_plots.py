@@ -388,6 +388,11 @@ def test_the_accuracy_vs_rate_exports_with_its_hollow_first_epoch_circle():
                  and hv.Store.lookup_options("matplotlib", e, "style").kwargs.get("marker") == "o")
     style = hv.Store.lookup_options("matplotlib", first, "style").kwargs
     assert style["facecolors"] == "none" and style.get("alpha", 1) == 1 and style["edgecolor"] == "black"
+    # the page's axis labels and the points' epoch colours (they exported as test_acc, one blue)
+    exported = plots.for_matplotlib(figure)
+    assert hv.Store.lookup_options("matplotlib", exported, "plot").kwargs["xlabel"] == "E rate (Hz)"
+    points = next(e for e in exported if isinstance(e, hv.Scatter) and len(e) == 3)
+    assert hv.Store.lookup_options("matplotlib", points, "style").kwargs["color"] == "epoch"
 
 
 def test_grouped_bars_coloured_by_something_else_keep_a_colour_per_group():
