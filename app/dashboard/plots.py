@@ -341,11 +341,10 @@ def _carry_style(element: hv.Element) -> hv.Element:
     style = _bokeh_options(element, "style")
     allowed = hv.Store.options(backend="matplotlib")[type(element).__name__].groups["style"].allowed_keywords
     carried = {}
-    column, cmap = style.get("color"), style.get("cmap")
-    if _bars_by_inner_key(element) and column == element.kdims[1].name and isinstance(cmap, dict):
+    if _bars_by_inner_key(element) and isinstance(style.get("cmap"), dict):
         # bars coloured by their inner key through a {value: colour} map (a run's colour in
         # every figure): matplotlib took its default palette, so the colours were not the page's
-        carried["color"] = hv.dim(column).categorize(cmap)
+        carried["color"] = hv.dim(style["color"]).categorize(style["cmap"])
     for bokeh_name, mpl_name in MPL_STYLE.items():
         value = style.get(bokeh_name)
         # names and numbers (0.45 alpha, 2 px lines); not dim expressions or arrays. The

@@ -44,12 +44,12 @@ class RunFiles:
     def latest_weights(self, run_id: str) -> tuple[Arrays, int] | None:
         """The weights of the run's latest checkpoint and the epoch they end; None before
         its first epoch ends."""
-        path = RunDir(self.jobs.data.run_dir(run_id)).checkpoint_path
+        run = RunDir(self.jobs.data.run_dir(run_id))
 
         def load() -> Arrays:
-            weights, epoch = RunDir(self.jobs.data.run_dir(run_id)).load_weights_at("last")
+            weights, epoch = run.load_weights_at("last")
             return {"epoch": np.array(epoch), **{k: v.numpy() for k, v in weights.items()}}
-        arrays = self._read(run_id, "checkpoint", path, load)
+        arrays = self._read(run_id, "checkpoint", run.checkpoint_path, load)
         if arrays is None:
             return None
         return {k: v for k, v in arrays.items() if k != "epoch"}, int(arrays["epoch"])

@@ -48,20 +48,21 @@ def _pace(records: Sequence[dict]) -> float | None:
 def study_seconds_left(runs: Sequence[tuple[dict[str, Any], RunState | None, Sequence[dict]]],
                        workers: int) -> float | None:
     """A study's training time left: (config, state, epoch records) of its training runs
-    (state None: the run was deleted), `workers` general slots. A run with epochs goes at its own pace; one not started yet at
-    its study-mates' pace per unit of work (images x steps x cells, app/dashboard/estimate);
+    (state None: the run was deleted), `workers` general slots. A run with epochs goes at its
+    own pace; one not started yet at its study-mates' pace per unit of work (images x steps x
+    cells, app/dashboard/estimate);
     the runs share the slots, and the longest run bounds it from below. None before any
     run has an epoch."""
-    per_unit = [pace / work_units(config) for config, _, records in runs if (pace := _pace(records))]
+    paces = [_pace(records) for _, _, records in runs]
+    per_unit = [pace / work_units(config) for (config, _, _), pace in zip(runs, paces) if pace]
     if not per_unit:
         return None
     left = []
-    for config, state, records in runs:
+    for (config, state, records), pace in zip(runs, paces):
         if state is None or state.finished:  # None: deleted
             continue
         to_go = max(0, int(config["epochs"]) - len(records))
-        pace = _pace(records) or statistics.median(per_unit) * work_units(config)
-        left.append(to_go * pace)
+        left.append(to_go * (pace or statistics.median(per_unit) * work_units(config)))
     if not left:
         return None
     return max(sum(left) / max(1, min(workers, len(left))), max(left))
