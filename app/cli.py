@@ -100,6 +100,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from jobs.backup import backup
+    from jobs.paths import DataDir
+
+    summary = backup(DataDir.at(_data_dir(args)), args.to)
+    print(f"backed up {summary.runs} run(s), {summary.files} file(s), {summary.bytes / 1e6:.1f} MB to {summary.path}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from jobs.backup import restore
+    from jobs.paths import DataDir
+
+    summary = restore(args.archive, DataDir.at(_data_dir(args)))
+    requeued = f"; {len(summary.requeued)} that were running are queued again to resume" if summary.requeued else ""
+    print(f"restored {summary.runs} run(s) into {summary.data_dir}{requeued}; "
+          f"serve it with: spikeboard serve --data-dir {summary.data_dir}")
+    return 0
+
+
 def _data_dir(args: argparse.Namespace) -> str:
     from app.settings import Settings
 
@@ -293,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
     force.add_argument("--out", help="run here into folder OUT (result.json and .npz files) instead of queueing")
     force.add_argument("--data-dir", help="the store to queue into (env SPIKEBOARD_DATA_DIR, default spikeboard-data)")
 
+    backup = sub.add_parser("backup", help="write a data directory to one .tar.gz, also while its server runs",
+                            description="Write the store and every run folder to one .tar.gz: a consistent "
+                                        "snapshot, safe while the server trains (docs/RELIABILITY.md).")
+    backup.add_argument("--to", required=True, metavar="FILE", help="the .tar.gz to write (outside the data dir)")
+    backup.add_argument("--data-dir", help="the data directory (env SPIKEBOARD_DATA_DIR, default spikeboard-data)")
+    restore = sub.add_parser("restore", help="unpack a backup into a new data directory, to serve from",
+                             description="Unpack a `spikeboard backup` into a new or empty data directory. "
+                                         "Runs that were running when it was taken are queued again and "
+                                         "resume from their checkpoints when it is served.")
+    restore.add_argument("archive", help="the .tar.gz written by `spikeboard backup`")
+    restore.add_argument("--data-dir", help="the new data directory (env SPIKEBOARD_DATA_DIR, default spikeboard-data)")
+
     sub.add_parser("bench", help="benchmark reference vs fast engine (see --help after bench); `bench force`: FORCE per grid point", add_help=False)
     from app.cli_remote import add_remote_arguments  # --server on train/study/force, and `runs`
 
@@ -316,6 +348,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if (status := remote_command(parser, args)) is not None:  # through a server's REST API
         return status
+    if args.command in ("backup", "restore"):  # files and SQLite only: no torch
+        from jobs.backup import BackupError
+
+        try:
+            return cmd_backup(args) if args.command == "backup" else cmd_restore(args)
+        except BackupError as exc:
+            print(f"spikeboard: {exc}", file=sys.stderr)
+            return 2
     # torch comes in here, with the local commands: through a server the CLI never needs it
     from engine.data import DataError
     from engine.train import NonFiniteError, TrainingCancelled

@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from jobs.scheduler import pid_alive
 from tests.conftest import small_config
@@ -172,3 +173,32 @@ def test_twenty_concurrent_clients_while_jobs_run(server_factory):
     assert failures == [] and len(requests) == 20 * 10 * 4
     with server.client() as api:
         assert all(api.wait(r["id"], timeout_s=120)["state"] == "succeeded" for r in runs)
+
+
+def test_a_backup_taken_mid_run_is_served_elsewhere_and_the_run_resumes(server_factory, tmp_path):
+    """The machine is lost mid-training: the backup `spikeboard backup` took while the
+    server trained is restored on another data dir, and the run goes on from there."""
+    from app.cli import main as cli_main
+
+    server = server_factory(tmp_path / "data")
+    with server.client() as api:
+        run = api.submit(small_config(epochs=4))
+        _wait_for(lambda: api.get(run["id"])["n_epochs"] >= 1, 120)
+        assert cli_main(["backup", "--data-dir", str(tmp_path / "data"), "--to", str(tmp_path / "b.tar.gz")]) == 0
+        backed_up = api.get(run["id"])
+    server.kill()  # the machine is gone: nothing after the backup survives
+    if backed_up["state"] == "running":  # the backup caught it training (all but always)
+        assert cli_main(["restore", str(tmp_path / "b.tar.gz"), "--data-dir", str(tmp_path / "new")]) == 0
+    else:
+        pytest.skip("the run finished before the backup")
+    elsewhere = server_factory(tmp_path / "new", log_name="server2.log")
+    with elsewhere.client() as api:
+        restored = api.get(run["id"])
+        assert restored["n_epochs"] >= 1 and restored["restarts"] == 1
+        done = api.wait(run["id"], timeout_s=180, poll_s=0.2)
+        metrics = api.metrics(run["id"])
+    assert done["state"] == "succeeded", done["error"]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert done["resumed_from_epoch"] >= 1  # from the copied checkpoint, not from zero
+    jsonl = [json.loads(line)["epoch"] for line in (tmp_path / "new" / "runs" / run["id"] / "metrics.jsonl").open()]
+    assert jsonl == [1, 2, 3, 4]
