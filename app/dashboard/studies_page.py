@@ -24,7 +24,7 @@ from app.dashboard.run_files import RunFiles
 from engine.analyses.coupling import DEFAULT_FACTORS
 from engine.config import TIERS
 from engine.studies import PRESETS, StudyError, expand
-from jobs.models import InvalidRequest, JobsError, RunKind, RunState
+from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
 from jobs.studies import Study
 
 DEFAULT = "preset's"
@@ -247,24 +247,40 @@ class StudyPage(param.Parameterized):
         self.seed_table = pn.widgets.Tabulator(pd.DataFrame(), show_index=False, disabled=True,
                                                sizing_mode="stretch_width", **plots.SEED_TABLE_LAYOUT)
         self.tables = pn.Column(sizing_mode="stretch_width")
-        study, report, metrics = self._read()
-        self._apply(study, report, metrics)
+        self._apply(*self._read())
         if pn.state.curdoc:
             key = feed.subscribe(pn.state.curdoc, self._on_news)
             pn.state.on_session_destroyed(lambda _ctx: feed.unsubscribe(key))
 
     # --- data --------------------------------------------------------------------------
-    def _read(self) -> tuple[Study, dict, dict]:
+    def _read(self) -> tuple[Study, dict, dict, tuple]:
         study = self.jobs.get_study(self.study.id)
         report = self.jobs.study_report(study.id)
         metrics = {m.label: self.jobs.metrics(m.run_id) for m in study.members
                    if m.role == "train" and m.state is not None}
-        return study, report, {label: metrics.get(label, []) for label in self.labels}
+        return study, report, {label: metrics.get(label, []) for label in self.labels}, self._read_queue(study)
 
-    def _apply(self, study: Study, report: dict, metrics: dict) -> None:
+    def _read_queue(self, study: Study) -> tuple[dict[str, Run], list[tuple[Run, list[dict]]]]:
+        """For the time left: the study's unfinished training runs by label, and the server's
+        other training runs that hold a slot or wait for one, with their latest epochs."""
+        if study.state.finished or self.workers == 0:
+            return {}, []
+        labels = {m.run_id: m.label for m in study.members if m.role == "train" and m.state is not None}
+        mine, others = {}, []
+        for state in (RunState.RUNNING, RunState.QUEUED):
+            for run in self.jobs.list_runs(state=state, kind=RunKind.TRAIN, limit=10_000)[0]:
+                if run.id in labels:
+                    mine[labels[run.id]] = run
+                else:
+                    latest = self.jobs.metrics(run.id, after_epoch=max(0, run.n_epochs - time_left.PACE_EPOCHS))
+                    others.append((run, latest))
+        return mine, others
+
+    def _apply(self, study: Study, report: dict, metrics: dict, queue: tuple) -> None:
         self.study = study
         self.metrics = metrics
         self.report = report
+        self.queue = queue
         self._render_header()
         rows = report.get("seed_table")
         if rows is not None:
@@ -309,14 +325,17 @@ class StudyPage(param.Parameterized):
         if self.workers == 0:  # a queue-only server trains nothing
             return []
         members = self._train_members()
-        # a run not launched yet waits like a queued one; a member whose state is None was deleted
-        runs = [(r["config"], members[r["label"]].state if r["label"] in members else RunState.QUEUED,
-                 self.metrics.get(r["label"], [])) for r in self.plan["runs"]]
-        seconds = time_left.study_seconds_left(runs, self.workers)
+        runs, others = self.queue
+        # a run not launched yet waits last; a member whose state is None was deleted
+        entries = time_left.queue_entries(
+            [(r["config"], runs.get(r["label"]), members[r["label"]].state if r["label"] in members
+              else RunState.QUEUED, self.metrics.get(r["label"], [])) for r in self.plan["runs"]], others)
+        seconds = time_left.study_seconds_left(entries, self.workers)
         if seconds is None:
             return []
+        queue = ", in queue order with the server's other training runs" if others else ""
         return [("time left", f"{time_left.describe(seconds)} for its training at its runs' pace on this server "
-                              f"({self.workers} at once; analyses come on top)")]
+                              f"({self.workers} at once{queue}; analyses come on top)")]
 
     def _train_members(self) -> dict[str, Any]:
         return {m.label: m for m in self.study.members if m.role == "train"}

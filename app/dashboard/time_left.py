@@ -11,8 +11,10 @@ A 100-epoch study run said "38 / 100" for days and left the user to do the sum.
 
 from __future__ import annotations
 
+import heapq
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from app.dashboard.estimate import work_units
@@ -45,27 +47,78 @@ def _pace(records: Sequence[dict]) -> float | None:
     return statistics.median(times) if times else None
 
 
-def study_seconds_left(runs: Sequence[tuple[dict[str, Any], RunState | None, Sequence[dict]]],
-                       workers: int) -> float | None:
-    """A study's training time left: (config, state, epoch records) of its training runs
-    (state None: the run was deleted), `workers` general slots. A run with epochs goes at its
-    own pace; one not started yet at its study-mates' pace per unit of work (images x steps x
-    cells, app/dashboard/estimate);
-    the runs share the slots, and the longest run bounds it from below. None before any
-    run has an epoch."""
-    paces = [_pace(records) for _, _, records in runs]
-    per_unit = [pace / work_units(config) for (config, _, _), pace in zip(runs, paces) if pace]
-    if not per_unit:
+@dataclass(frozen=True)
+class QueueEntry:
+    """A training run as the queue sees it: its config, its epoch records (the latest
+    PACE_EPOCHS suffice), its state (None: deleted) and whether it is one of the study's."""
+    config: dict[str, Any]
+    state: RunState | None
+    records: Sequence[dict]
+    member: bool = True
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.records[-1]["epoch"]) if self.records else 0
+
+
+def queue_entries(members: Sequence[tuple[dict[str, Any], Run | None, RunState | None, Sequence[dict]]],
+                  others: Sequence[tuple[Run, Sequence[dict]]]) -> list[QueueEntry]:
+    """The server's training runs in the order they hold or get a slot: running ones, then
+    the queued ones in the store's serving order (`Run.queue_key`), then the study's runs
+    not launched yet. `members`: (config, run or None when not launched, state, records)
+    of the study's runs; `others`: (run, latest records) of the server's other running and
+    queued training runs, whose slots the study's queued runs wait for."""
+    placed = [(run, QueueEntry(config, state, records)) for config, run, state, records in members]
+    placed += [(run, QueueEntry(run.config, run.state, records, member=False)) for run, records in others]
+
+    def order(item: tuple[Run | None, QueueEntry]) -> tuple:
+        run, entry = item
+        if run is None:
+            return (2,)
+        return (0,) if entry.state is RunState.RUNNING else (1, *run.queue_key)
+    return [entry for _, entry in sorted(placed, key=order)]
+
+
+def study_seconds_left(entries: Sequence[QueueEntry], workers: int) -> float | None:
+    """A study's training time left: the server's training runs (`queue_entries`) played
+    through `workers` general slots in queue order, each at its own pace, or, before its
+    first epoch, at the pace per unit of work (images x steps x cells, app/dashboard/estimate)
+    of the runs most like it (same recipe and arch, else same recipe, else any). The study is
+    done when its last run is. None before any run has an epoch. Finished runs only lend
+    their pace. A study queued behind another one waits for it: the first version counted
+    the study's own runs only, and said hours too few while a fronted run trained ahead."""
+    paced = [(e, _pace(e.records)) for e in entries]
+    if not any(pace for _, pace in paced) or workers < 1:
         return None
-    left = []
-    for (config, state, records), pace in zip(runs, paces):
-        if state is None or state.finished:  # None: deleted
+
+    def seconds(entry: QueueEntry, pace: float | None) -> float:
+        to_go = max(0, int(entry.config["epochs"]) - entry.epochs_done)
+        return to_go * (pace or _unit_pace(entry.config, paced) * work_units(entry.config))
+
+    waiting = [(e, p) for e, p in paced if e.state is not None and not e.state.finished]
+    running = sorted((seconds(e, p), e.member) for e, p in waiting if e.state is RunState.RUNNING)
+    # a slot is free when its run ends (more running runs than slots: packed, free when the pack ends)
+    slots = [end for end, _ in running][-workers:] + [0.0] * max(0, workers - len(running))
+    heapq.heapify(slots)
+    ends = [end for end, member in running if member]
+    for entry, pace in waiting:
+        if entry.state is RunState.RUNNING:
             continue
-        to_go = max(0, int(config["epochs"]) - len(records))
-        left.append(to_go * (pace or statistics.median(per_unit) * work_units(config)))
-    if not left:
-        return None
-    return max(sum(left) / max(1, min(workers, len(left))), max(left))
+        end = heapq.heappop(slots) + seconds(entry, pace)
+        heapq.heappush(slots, end)
+        if entry.member:
+            ends.append(end)
+    return max(ends) if ends else None
+
+
+def _unit_pace(config: dict[str, Any], paced: Sequence[tuple[QueueEntry, float | None]]) -> float:
+    """Seconds per unit of work of the runs most like `config` that have a pace."""
+    per_unit = [(e.config, pace / work_units(e.config)) for e, pace in paced if pace]
+    for same in (("recipe", "arch"), ("recipe",), ()):
+        alike = [v for c, v in per_unit if all(c.get(k) == config.get(k) for k in same)]
+        if alike:
+            return statistics.median(alike)
+    raise AssertionError("called with no pace at all")  # study_seconds_left checks first
 
 
 def describe(seconds: float | None) -> str:

@@ -79,3 +79,25 @@ def test_a_study_in_progress_says_how_long_its_training_has_left(jobs):  # noqa:
     page._apply(*page._read())
     # PING: 8 epochs to go at 60 s; COBA (same work units, not started): 10 at PING's pace; one slot
     assert "about 18 min left for its training" in html.unescape(page.header.object)
+
+
+def test_a_study_waits_for_the_other_training_runs_ahead_of_it_in_the_queue(jobs):  # noqa: F811
+    """nb024's seed half said hours too few while a canonical run, moved to the front,
+    trained ahead of it: the time left counted the study's own runs only."""
+    import html
+
+    small = {"tier": "smoke", "epochs": 10, "seed": [42], "n_e": 8, "n_i": 2}
+    study = jobs.submit_study("nb024", small)
+    ping = next(m.run_id for m in study.members if m.label == "ping-seed42")
+    jobs.store.claim(ping)
+    for epoch in (1, 2):
+        jobs.store.record_epoch(ping, epoch, {**_record(epoch), "epoch_s": 60.0})
+    behind = jobs.submit_run({"arch": "coba", "tier": "smoke", "epochs": 10, "n_e": 8, "n_i": 2, "seed": 7})
+    page = StudyPage(_Services(jobs), None, jobs.get_study(study.id))
+    page._apply(*page._read())
+    # one slot: PING's 8 epochs at 60 s, then COBA's 10; a run queued after the study waits behind it
+    assert "about 18 min left for its training" in html.unescape(page.header.object)
+    jobs.move_to_front(behind.id)  # now it takes the slot PING frees: 10 more epochs at the same pace
+    page._apply(*page._read())
+    said = html.unescape(page.header.object)
+    assert "about 28 min left for its training" in said and "with the server's other training runs" in said

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import time
 
 from app.dashboard import time_left
@@ -49,18 +50,60 @@ def test_the_runs_table_says_how_long_a_training_run_has_left():
     assert run_row(_training(38), None)["detail"] == ""
 
 
-def test_a_study_has_its_runs_time_left_shared_among_the_slots():
+def test_a_study_plays_its_runs_through_the_slots_in_queue_order():
     """nb024 at its own scale: two runs train (at their own paces), two wait; two slots."""
     ping = {"epochs": 100, "tier": "medium", "t_ms": 200.0, "dt_ms": 0.1, "n_e": 1024, "n_i": 256}
     coba = dict(ping)
-    runs = [(ping, RunState.RUNNING, [{"epoch_s": 300.0}] * 40),   # 60 to go at 300 s
-            (coba, RunState.RUNNING, [{"epoch_s": 200.0}] * 50),   # 50 to go at 200 s
-            (ping, RunState.QUEUED, []), (coba, RunState.QUEUED, []),  # 100 each at the median pace, 250 s
-            (ping, RunState.SUCCEEDED, [{"epoch_s": 250.0}] * 100)]  # done: it only lends its pace
-    left = time_left.study_seconds_left(runs, workers=2)
-    assert left == (60 * 300 + 50 * 200 + 2 * 100 * 250) / 2
-    assert time_left.study_seconds_left(runs, workers=1) == 60 * 300 + 50 * 200 + 2 * 100 * 250
+    entry = time_left.QueueEntry
+    runs = [entry(ping, RunState.RUNNING, _epochs(40, 300.0)),   # 60 to go at 300 s: ends at 18,000 s
+            entry(coba, RunState.RUNNING, _epochs(50, 200.0)),   # 50 to go at 200 s: ends at 10,000 s
+            entry(ping, RunState.QUEUED, []), entry(coba, RunState.QUEUED, []),  # 100 each at 250 s, the median
+            entry(ping, RunState.SUCCEEDED, _epochs(100, 250.0))]  # done: it only lends its pace
+    # the first queued run takes the slot freed at 10,000 s, the second the one freed at 18,000 s
+    assert time_left.study_seconds_left(runs, workers=2) == 18_000 + 25_000
+    # without the COBA run its pace is gone: 275 s, the median of 300 and 250
+    assert time_left.study_seconds_left([runs[0], *runs[2:]], workers=1) == 18_000 + 2 * 27_500
     assert time_left.study_seconds_left(runs[2:4], workers=2) is None  # no epoch yet: no pace
-    assert time_left.study_seconds_left(runs[:1], workers=8) == 60 * 300  # the longest run bounds it
-    deleted = (ping, None, [])  # a deleted member is no run to wait for
-    assert time_left.study_seconds_left([*runs, deleted], workers=2) == left
+    assert time_left.study_seconds_left(runs[:1], workers=8) == 18_000  # the longest run bounds it
+    deleted = entry(ping, None, [])  # a deleted member is no run to wait for
+    assert time_left.study_seconds_left([*runs, deleted], workers=2) == 18_000 + 25_000
+    # another study's run holds a slot and one waits ahead: the study's queued runs wait for them
+    other = [entry(coba, RunState.RUNNING, _epochs(99, 100.0), member=False),  # 100 s to go
+             entry(coba, RunState.QUEUED, _epochs(90, 100.0), member=False)]  # 1,000 s to go
+    queue = [runs[0], other[0], other[1], *runs[2:]]
+    # not-started runs now go at the median of four paces (the other runs' 100 s epochs too);
+    # slot B: the other runs to 100 s and 1,100 s, then the queued PING; slot A: PING to
+    # 18,000 s, then the queued COBA, which ends last
+    per_run = 100 * statistics.median([300.0, 100.0, 100.0, 250.0])
+    assert time_left.study_seconds_left(queue, workers=2) == 18_000 + per_run
+    assert time_left.study_seconds_left(queue, workers=1) == 18_000 + 1_000 + 2 * per_run  # packed: free when both end
+
+
+def test_a_run_not_started_goes_at_the_pace_of_the_runs_most_like_it():
+    seed = {"epochs": 10, "tier": "medium", "t_ms": 200.0, "dt_ms": 0.1, "n_e": 1024, "n_i": 256, "recipe": "seed"}
+    entry = time_left.QueueEntry
+    runs = [entry({**seed, "arch": "ping"}, RunState.RUNNING, _epochs(5, 100.0)),
+            entry({**seed, "arch": "coba"}, RunState.SUCCEEDED, _epochs(10, 60.0)),
+            entry({**seed, "recipe": "canonical", "arch": "coba"}, RunState.SUCCEEDED, _epochs(10, 20.0), member=False),
+            entry({**seed, "arch": "coba"}, RunState.QUEUED, [])]
+    assert time_left.study_seconds_left(runs, workers=1) == 5 * 100.0 + 10 * 60.0  # COBA's pace, not canonical's
+    runs[1] = entry({**seed, "arch": "coba", "recipe": "x"}, RunState.SUCCEEDED, [])
+    assert time_left.study_seconds_left(runs, workers=1) == 5 * 100.0 + 10 * 100.0  # then the recipe's
+
+
+def test_the_queue_order_is_running_then_served_order_then_not_launched():
+    base = {"arch": "ping", "epochs": 10}
+    late = dataclasses.replace(a_run(RunKind.TRAIN, base), id="late", state=RunState.QUEUED, created_at=2.0)
+    fronted = dataclasses.replace(late, id="fronted", priority=3, created_at=3.0)
+    mine = dataclasses.replace(late, id="mine", created_at=1.0)
+    training = dataclasses.replace(late, id="training", state=RunState.RUNNING)
+    entries = time_left.queue_entries(
+        [({"who": "mine"}, mine, RunState.QUEUED, []), ({"who": "not launched"}, None, RunState.QUEUED, [])],
+        [(late, []), (fronted, []), (training, [])])
+    assert [e.config.get("who", "other") for e in entries] == ["other", "other", "mine", "other", "not launched"]
+    assert [e.member for e in entries] == [False, False, True, False, True]
+    assert entries[1].config is fronted.config and entries[0].state is RunState.RUNNING
+
+
+def _epochs(n: int, seconds: float) -> list[dict]:
+    return [{"epoch": e, "epoch_s": seconds} for e in range(1, n + 1)]
