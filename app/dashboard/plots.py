@@ -59,6 +59,17 @@ def _whole_epoch_colors(plot, _element) -> None:
 EPOCH_AXIS = dict(hooks=[_whole_epochs])
 
 
+def _whole_epochs_exported(plot, _element) -> None:
+    """The exported figure's epoch axis, whole too: matplotlib picks its own ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    plot.handles["axis"].xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+# the page's hooks that have a matplotlib twin for exports (for_matplotlib)
+EXPORTED_HOOKS = {_whole_epochs: _whole_epochs_exported}
+
+
 def metrics_frame(records: Sequence[dict]) -> pd.DataFrame:
     """One row per epoch; nested per-weight values become columns (w_norm.W_in, ...)."""
     return pd.DataFrame([flatten(r) for r in records]) if records else pd.DataFrame({"epoch": []})
@@ -365,7 +376,10 @@ def _carry_style(element: hv.Element) -> hv.Element:
     if isinstance(style.get("size"), (int, float)) and "s" in allowed:
         carried["s"] = 0.35 * style["size"] ** 2  # a diameter in px on the page, an area in pt^2 here
     if _bokeh_options(element, "plot").get("colorbar"):  # the epoch colour bar of the trajectories
-        element = element.opts(backend="matplotlib", colorbar=True)
+        from matplotlib.ticker import MaxNLocator
+
+        whole = {"cbar_ticks": MaxNLocator(integer=True)} if style.get("color") == "epoch" else {}
+        element = element.opts(backend="matplotlib", colorbar=True, **whole)
     return element.opts(backend="matplotlib", **carried) if carried else element
 
 
@@ -396,11 +410,14 @@ def for_matplotlib(figure: hv.Element) -> hv.Element:
     plot = _bokeh_options(figure, "plot")
     carried = {k: plot[k] for k in ("title", "logy", "logx", "xrotation", "xlabel", "ylabel", "clabel")
                if plot.get(k)}
+    hooks = [EXPORTED_HOOKS[hook] for hook in plot.get("hooks", []) if hook in EXPORTED_HOOKS]
     if plot.get("multi_level") and _bars_by_inner_key(figure):
         # grouped bars (the spike budget): matplotlib wrote each bar's name under it over
         # the group's, so the names are a legend and the groups the axis
-        carried.update(multi_level=False, show_legend=True, legend_position="right", xrotation=0,
-                       hooks=[_fit_bars])
+        carried.update(multi_level=False, show_legend=True, legend_position="right", xrotation=0)
+        hooks.append(_fit_bars)
+    if hooks:
+        carried["hooks"] = hooks
     # a legend beside the plot: matplotlib's own choice ("best") put a W_in histogram's over
     # its init peak, and a corner of the small exported figure covers more than the page's
     if plot.get("show_legend", True) and isinstance(figure, hv.Overlay):

@@ -404,3 +404,16 @@ def test_grouped_bars_coloured_by_something_else_keep_a_colour_per_group():
         multi_level=True, color="arch", cmap={"PING": "#1a202c"}, show_legend=False)
     exported = hv.Store.lookup_options("matplotlib", plots.for_matplotlib(bars), "plot").kwargs
     assert exported.get("multi_level", True) is not False and not exported.get("show_legend")
+
+
+def test_exported_epoch_axes_tick_whole_epochs_only():
+    """The page's axes were whole since session 8; the PNG of a 3-epoch run still read 1.5, 2.5."""
+    frame = pd.DataFrame({"epoch": [1, 2, 3], "test_acc": [60.0, 70.0, 75.0], "rate_e_hz": [12.5, 12.6, 12.4]})
+    plot = hv.renderer("matplotlib").get_plot(
+        plots.for_matplotlib(plots.trajectories(frame, {"test_acc": "test"}, title="Accuracy", ylabel="acc")))
+    ticks = plot.handles["axis"].get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+    plot = hv.renderer("matplotlib").get_plot(plots.for_matplotlib(plots.accuracy_vs_rate(frame)))
+    (colorbar,) = [p.handles["cbar"] for p in plot.subplots.values() if "cbar" in p.handles]
+    ticks = colorbar.get_ticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)  # the epoch colour bar too
