@@ -109,8 +109,8 @@ def histograms(samples: dict[str, np.ndarray], labels: Sequence[str], *, title: 
     """Overlaid histograms on shared bin edges, one layer per label (empty when
     `samples` lacks it). Log y draws step outlines: bars cannot start at a log
     axis's zero. `missing` says why a label has no values (e.g. a run still
-    training): in the title when some labels have values, in the middle of the
-    plot when none has.
+    training): on a line of the title of its own when some labels have values (on the
+    title's line it ran past the plot), in the middle of the plot when none has.
 
     A live plot (a DynamicMap) keeps the structure of its first frame: every frame
     has the same layers with the same labels (a layer whose label changed was drawn
@@ -133,7 +133,7 @@ def histograms(samples: dict[str, np.ndarray], labels: Sequence[str], *, title: 
     absent = [label for label in labels if label not in finite]
     note = missing if missing and not finite else ""
     if missing and finite and absent:
-        title = f"{title}; {', '.join(absent)}: {missing}"
+        title = f"{title}\n{', '.join(absent)}: {missing}"
     # below the legend; once empty, at a height inside the bars' range (not below zero)
     layers.append(hv.Text((low + edges[-1]) / 2, 1 if logy else (-0.5 if note else 0), note).opts(
         color="#718096", text_font_size="11pt"))

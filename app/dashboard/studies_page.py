@@ -364,9 +364,10 @@ class StudyPage(param.Parameterized):
 
     @staticmethod
     def _epochs_note(epochs: dict[str, int | None]) -> str:
-        """"; ping-seed42 at epoch 94" for the runs whose figures are not final yet."""
+        """A title's second line, "ping-seed42 at epoch 94", for the runs whose figures are not
+        final yet (on one line with the title, three seeds ran past the plot's width)."""
         training = [f"{label} at epoch {epoch}" for label, epoch in epochs.items() if epoch is not None]
-        return f"; {', '.join(training)}" if training else ""
+        return f"\n{', '.join(training)}" if training else ""
 
     # --- header and tables ---------------------------------------------------------------
     def _render_header(self) -> None:
@@ -466,7 +467,7 @@ class StudyPage(param.Parameterized):
                 latest = read()
                 when = self._epochs_note({lb: epoch for lb, (d, epoch) in latest.items() if d is not None})
                 return plots.histograms({lb: d["rate_e_hz"] for lb, (d, _) in latest.items() if d is not None},
-                                        labels, title=f"Per-cell E rates, {arch.upper()} (test set{when})",
+                                        labels, title=f"Per-cell E rates, {arch.upper()} (test set){when}",
                                         xlabel="rate (Hz)", missing=NOT_YET)
             items.append(self._figure(build, lambda samples=samples: plots.histogram_frame(samples()),
                                       f"cell-rates-{arch}"))

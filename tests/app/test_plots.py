@@ -172,7 +172,7 @@ def test_the_loop_transfer_figures_draw_partial_and_full_sweeps():
 def test_histograms_say_why_a_series_is_empty():
     """A run still training has no per-cell rates: an all-empty plot says why in its
     middle instead of drawing a bare zero line; a plot with some series says in its
-    title which are missing and why. The layer labels never change."""
+    title (a line of its own) which are missing and why. The layer labels never change."""
     renderer = hv.renderer("bokeh")
     empty = plots.histograms({}, ["E"], title="Per-cell E rates", xlabel="rate (Hz)", missing="written when done")
     assert [t.text for t in empty if isinstance(t, hv.Text)] == ["written when done"]
@@ -182,7 +182,7 @@ def test_histograms_say_why_a_series_is_empty():
                                missing="pending")
     assert [e.label for e in partial if isinstance(e, hv.Curve)] == ["a", "b"]
     assert [t.text for t in partial if isinstance(t, hv.Text)] == [""]  # no middle note: one series has values
-    assert partial.opts.get().kwargs["title"] == "t; b: pending"
+    assert partial.opts.get().kwargs["title"] == "t\nb: pending"  # a line of its own
     renderer.get_plot(partial)
     plain = plots.histograms({}, ["E"], title="t", xlabel="x")
     assert [e.label for e in plain if isinstance(e, hv.Histogram)] == ["E"]

@@ -38,7 +38,7 @@ def test_a_study_in_progress_shows_each_runs_latest_rates_and_weights(jobs):  # 
 
     page = StudyPage(_Services(jobs), None, jobs.get_study(study.id))
     rates_ping, rates_coba, w_in, w_in_coba, w_out, w_out_coba = (_element(f) for f in page._histogram_figures())
-    assert rates_ping.opts.get().kwargs["title"] == "Per-cell E rates, PING (test set; ping-seed42 at epoch 3)"
+    assert rates_ping.opts.get().kwargs["title"] == "Per-cell E rates, PING (test set)\nping-seed42 at epoch 3"
     bars = {e.label: e for e in rates_ping if isinstance(e, hv.Histogram)}
     assert sum(bars["ping-seed42"].dimension_values("count")) == 8
     assert [t.text for t in rates_coba if isinstance(t, hv.Text)] == ["written after its first epoch"]
@@ -62,7 +62,7 @@ def test_a_study_in_progress_shows_each_runs_latest_rates_and_weights(jobs):  # 
     assert jobs.store.requeue(ping, attempt, restart=True)
     page = StudyPage(_Services(jobs), None, jobs.get_study(study.id))
     rates_ping, _, w_in, *_ = (_element(f) for f in page._histogram_figures())
-    assert rates_ping.opts.get().kwargs["title"] == "Per-cell E rates, PING (test set; ping-seed42 at epoch 4)"
+    assert rates_ping.opts.get().kwargs["title"] == "Per-cell E rates, PING (test set)\nping-seed42 at epoch 4"
     assert w_in.opts.get().kwargs["title"] == "W_in values, init vs end, PING (ping-seed42 at epoch 3)"
 
 
@@ -101,3 +101,21 @@ def test_a_study_waits_for_the_other_training_runs_ahead_of_it_in_the_queue(jobs
     page._apply(*page._read())
     said = html.unescape(page.header.object)
     assert "about 28 min left for its training" in said and "with the server's other training runs" in said
+
+
+def test_three_seeds_in_training_keep_each_title_line_within_the_plot(jobs):  # noqa: F811
+    """"Per-cell E rates, PING (test set; ping-seed43 at epoch 3); ping-seed44: written after
+    its first epoch" ran past the plot's width and was cut (Chromium, the study of session 9)."""
+    study = jobs.submit_study("nb024", {"tier": "smoke", "epochs": 100, "seed": [42, 43, 44], "n_e": 8, "n_i": 2})
+    members = {m.label: m.run_id for m in study.members if m.role == "train"}
+    for label in ("ping-seed42", "ping-seed43"):
+        run = RunDir(jobs.data.run_dir(members[label]))
+        run.artifacts.mkdir(parents=True)
+        np.savez(run.artifacts / "rates.npz", rate_e_hz=np.full(8, 7.0), rate_i_hz=np.full(2, 30.0),
+                 epoch=np.array(94 if label.endswith("42") else 50))
+        jobs.store.claim(members[label])
+    page = StudyPage(_Services(jobs), None, jobs.get_study(study.id))
+    title = _element(page._histogram_figures()[0]).opts.get().kwargs["title"]
+    assert title.split("\n") == ["Per-cell E rates, PING (test set)", "ping-seed42 at epoch 94, ping-seed43 at epoch 50",
+                                  "ping-seed44: written after its first epoch"]
+    assert max(len(line) for line in title.split("\n")) <= 60  # about what a half-width plot holds
