@@ -1,7 +1,7 @@
 """The command line against a server: `--server URL` on train/study/force, `runs` and `queue`.
 
     spikeboard train --server http://gpu-box:8000 --tier smoke --epochs 3   # queue, then show its epochs
-    spikeboard runs list|show|follow|cancel|front|download --server http://gpu-box:8000
+    spikeboard runs list|show|follow|cancel|front|requeue|download --server http://gpu-box:8000
     spikeboard queue pause|resume|show --server http://gpu-box:8000   # queue and order runs, then resume
 
 Everything goes through the REST API (`app.client.Client`); nothing opens a data
@@ -59,6 +59,10 @@ def add_remote_arguments(sub: argparse._SubParsersAction, train: argparse.Argume
     front = verbs.add_parser("front", parents=[server],
                              help="queued runs start next, in the order given (before every run queued so far)")
     front.add_argument("run_ids", nargs="+", metavar="run_id")
+    requeue = verbs.add_parser("requeue", parents=[server],
+                               help="running runs go back to the queue: each stops at its next batch, gives its "
+                                    "slot to the next queued run and resumes from its checkpoint in its turn")
+    requeue.add_argument("run_ids", nargs="+", metavar="run_id")
     queue = sub.add_parser("queue", help="pause or resume a server's queue (queue and order runs, then resume)")
     queue_verbs = queue.add_subparsers(dest="verb", required=True)
     queue_verbs.add_parser("show", parents=[server], help="paused or serving, and how many runs wait and run")
@@ -263,6 +267,16 @@ def runs_front(client: Client, args: argparse.Namespace) -> int:
     return _each_run(args.run_ids, front, act_order=reversed)
 
 
+def runs_requeue(client: Client, args: argparse.Namespace) -> int:
+    def requeue(run_id: str) -> str:
+        run = client.requeue(run_id)
+        if run.cancel_requested:  # a cancel asked before stands
+            return f"{run.id} {run.state.value} (cancel requested: it will not be requeued)"
+        return f"{run.id} {run.state.value} (going back to the queue at its next batch)"
+
+    return _each_run(args.run_ids, requeue)
+
+
 def _each_run(run_ids: list[str], act: Callable[[str], str], act_order: Callable = iter) -> int:
     """`act` on each run (in `act_order`), then its lines in the order given; an API error
     is printed and the others go on (exit status 2)."""
@@ -304,4 +318,4 @@ def runs_download(client: Client, args: argparse.Namespace) -> int:
 
 
 RUNS = {"list": runs_list, "show": runs_show, "follow": runs_follow, "cancel": runs_cancel,
-        "front": runs_front, "download": runs_download}
+        "front": runs_front, "requeue": runs_requeue, "download": runs_download}

@@ -183,6 +183,11 @@ class Client:
         """A queued run starts next, before every run queued so far; not queued: Conflict."""
         return self._post(RunPublic, f"/api/runs/{_id(run)}/front")
 
+    def requeue(self, run: str | RunPublic) -> RunPublic:
+        """A running run goes back to the queue (it stops at its next batch, resumes from its
+        checkpoint when it next gets a slot, and waits its turn); not running: Conflict."""
+        return self._post(RunPublic, f"/api/runs/{_id(run)}/requeue")
+
     def rerun(self, run: str | RunPublic) -> RunPublic:
         """A new run with the same config."""
         return self._post(RunPublic, f"/api/runs/{_id(run)}/rerun")

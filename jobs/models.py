@@ -116,11 +116,13 @@ class Run:
     n_epochs: int
     restarts: int = 0  # requeues by a server stop or restart: not counted as crashes
     priority: int = 0  # queued runs are served highest first, then oldest first (after resumed ones; jobs.schema)
+    requeued_at: float | None = None  # when its user sent it back to the queue (jobs.schema)
 
     @property
     def queue_key(self) -> tuple:
         """Sorts queued runs in the order the store serves them (jobs.schema.QUEUE_ORDER)."""
-        return self.attempt == 0, -self.priority, self.created_at, self.id
+        sent_back = self.requeued_at is not None
+        return self.attempt == 0 or sent_back, -self.priority, self.requeued_at or self.created_at, self.id
 
     @property
     def crashes(self) -> int:
@@ -140,6 +142,7 @@ class Run:
             resumed_from_epoch=row["resumed_from_epoch"], n_epochs=row["n_epochs"],
             restarts=row["restarts"] if "restarts" in row.keys() else 0,
             priority=row["priority"] if "priority" in row.keys() else 0,
+            requeued_at=row["requeued_at"] if "requeued_at" in row.keys() else None,
         )
 
 

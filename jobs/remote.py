@@ -54,10 +54,11 @@ class WorkerReports:
             raise Conflict(f"run {run_id} attempt {attempt} was superseded by attempt {run.attempt}")
         return run
 
-    def heartbeat(self, run_id: str, attempt: int, progress: float | None) -> tuple[bool, bool]:
-        """(held, cancel_requested)."""
+    def heartbeat(self, run_id: str, attempt: int, progress: float | None) -> tuple[bool, bool, bool]:
+        """(held, cancel_requested, requeue_requested)."""
         held = self.store.heartbeat(run_id, attempt, progress=progress)
-        return held, self.store.cancel_requested(run_id)
+        cancel = self.store.cancel_requested(run_id)
+        return held, cancel, not cancel and self.store.stop_requested(run_id)
 
     def mark_resumed(self, run_id: str, attempt: int, epoch: int) -> None:
         self._held(run_id, attempt)

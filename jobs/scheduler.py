@@ -114,6 +114,9 @@ class Scheduler:
             return
         if run.cancel_requested:
             target, error = RunState.CANCELLED, None
+        elif run.requeued_at is not None:  # sent back to the queue, and its worker had to be killed: not a crash
+            self.store.requeue(run.id, run.attempt, restart=True)
+            return
         elif run.crashes < self.max_attempts:
             log.warning("run %s: worker exited with code %d; requeued", run.id, exited.returncode)
             self.store.requeue(run.id, run.attempt)

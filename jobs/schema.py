@@ -89,12 +89,18 @@ CREATE TABLE IF NOT EXISTS run_credentials (
 # priority: the queue is served highest priority first, then oldest first; "move to
 # the front" gives a queued run one more than any run has (a study's COBA half need not
 # wait days behind its PING half).
-ADDED_RUN_COLUMNS = {"restarts": "INTEGER NOT NULL DEFAULT 0", "priority": "INTEGER NOT NULL DEFAULT 0"}
+# requeued_at: when a user sent the running run back to the queue (its worker stops at the
+# next batch and requeues it, as a restart). Queued, it stands at the end of the queue as it
+# was then, as if submitted at that moment, instead of taking the next free slot back (or,
+# by its age, the one after). Cleared when it is claimed.
+ADDED_RUN_COLUMNS = {"restarts": "INTEGER NOT NULL DEFAULT 0", "priority": "INTEGER NOT NULL DEFAULT 0",
+                     "requeued_at": "REAL"}
 
 # The order queued runs are served in (jobs.packing sorts its pack-mates the same way).
 # Runs that have run before (a server stop requeued them, or a crash) come first: a restart
-# gives their slots back to them, not to runs queued or moved to the front meanwhile.
-QUEUE_ORDER = "attempt > 0 DESC, priority DESC, created_at, id"
+# gives their slots back to them, not to runs queued or moved to the front meanwhile. A run
+# its user sent back to the queue (`requeued_at`) does not: it gave its slot away on purpose.
+QUEUE_ORDER = "(attempt > 0 AND requeued_at IS NULL) DESC, priority DESC, COALESCE(requeued_at, created_at), id"
 
 # Every read of a run goes through this projection, so `Run.from_row` sees one shape.
 RUN_COLUMNS = """

@@ -96,6 +96,15 @@ class JobService:
             self._cancel_worker(run_id)
         return run
 
+    def requeue_run(self, run_id: str) -> Run:
+        """A running run goes back to the queue (409 otherwise): it stops at its next batch,
+        resumes from its last checkpoint when it next gets a slot, and waits its turn; the
+        epoch in progress is trained again. Its slot goes to the queue's next run."""
+        run = self.store.request_requeue(run_id)
+        if run.requeued_at is not None:  # not when a cancel was asked first: the cancel stands
+            self._cancel_worker(run_id)  # SIGTERM: the worker stops and requeues the run (record_outcome)
+        return run
+
     def move_to_front(self, run_id: str) -> Run:
         """Queued runs only (409 otherwise): the next free slot starts this one."""
         return self.store.move_to_front(run_id)

@@ -115,7 +115,7 @@ class RunStore:
         with self._tx() as conn:
             row = conn.execute(
                 "UPDATE runs SET state = 'running', attempt = attempt + 1, heartbeat_at = ?, "
-                "started_at = COALESCE(started_at, ?), worker_pid = NULL "
+                "started_at = COALESCE(started_at, ?), worker_pid = NULL, requeued_at = NULL "
                 f"WHERE id = (SELECT id FROM runs WHERE state = 'queued' {of_kinds}"
                 "AND NOT EXISTS (SELECT 1 FROM queue_pause) "
                 f"ORDER BY {QUEUE_ORDER} LIMIT 1) "
@@ -130,6 +130,26 @@ class RunStore:
                 raise Conflict(f"run {run_id} is {state.value}; only a queued run can move to the front of the queue")
             conn.execute("UPDATE runs SET priority = 1 + (SELECT MAX(priority) FROM runs) WHERE id = ?", (run_id,))
         return self.get_run(run_id)
+
+    def request_requeue(self, run_id: str, now: float | None = None) -> Run:
+        """A running run goes back to the end of the queue: its worker sees `requeued_at` at
+        its next heartbeat (or a signal), stops at the next batch and requeues the run as a
+        restart; queued, it is served as if submitted now, with no priority from an earlier
+        "Start next". Only a running run (409 otherwise); a cancel asked first stands."""
+        now = time.time() if now is None else now
+        with self._tx() as conn:
+            state = _state(conn, run_id)
+            if state is not RunState.RUNNING:
+                raise Conflict(f"run {run_id} is {state.value}; only a running run can go back to the queue")
+            conn.execute("UPDATE runs SET requeued_at = ?, priority = 0 WHERE id = ? AND cancel_requested = 0",
+                         (now, run_id))
+        return self.get_run(run_id)
+
+    def stop_requested(self, run_id: str) -> bool:
+        """Whether a running run's worker is to stop: cancelled, or sent back to the queue."""
+        rows = self._read("SELECT cancel_requested OR (requeued_at IS NOT NULL AND state = 'running') "
+                          "FROM runs WHERE id = ?", (run_id,))
+        return bool(rows and rows[0][0])
 
     def pause_queue(self, now: float | None = None) -> float:
         """No queued run starts until `resume_queue`; returns when the pause began (a
@@ -155,7 +175,7 @@ class RunStore:
         with self._tx() as conn:
             row = conn.execute(
                 "UPDATE runs SET state = 'running', attempt = attempt + 1, heartbeat_at = ?, "
-                "started_at = COALESCE(started_at, ?), worker_pid = NULL "
+                "started_at = COALESCE(started_at, ?), worker_pid = NULL, requeued_at = NULL "
                 "WHERE id = ? AND state = 'queued' AND NOT EXISTS (SELECT 1 FROM queue_pause) "
                 "RETURNING id", (now, now, run_id)).fetchone()
         return None if row is None else self.get_run(row["id"])

@@ -65,7 +65,7 @@ class Transport(Protocol):
         """The folder of another run this one reads (an analysis's trained run)."""
 
     def beat(self, progress: float | None) -> bool:
-        """Alive; False when the run is to stop (lease lost or cancel asked)."""
+        """Alive; False when the run is to stop (lease lost, cancel asked, or sent back to the queue)."""
 
     def mark_resumed(self, epoch: int) -> None: ...
 
@@ -108,7 +108,7 @@ class StoreTransport:
 
     def beat(self, progress: float | None) -> bool:
         held = self.store.heartbeat(self.run_id, self.attempt, progress=progress)
-        return held and not self.store.cancel_requested(self.run_id)
+        return held and not self.store.stop_requested(self.run_id)
 
     def mark_resumed(self, epoch: int) -> None:
         self.store.mark_resumed(self.run_id, self.attempt, epoch)
@@ -216,7 +216,7 @@ class HttpTransport:
             reply = self._worker_call("POST", "/heartbeat", json={"progress": progress})
         except LeaseLost:
             return False
-        return reply["held"] and not reply["cancel_requested"]
+        return reply["held"] and not reply["cancel_requested"] and not reply.get("requeue_requested", False)
 
     def mark_resumed(self, epoch: int) -> None:
         self._worker_call("POST", "/resumed", json={"epoch": epoch})

@@ -102,6 +102,14 @@ def move_to_front(run_id: RunId, jobs: JobServiceDep) -> RunPublic:
     return RunPublic.of(jobs.move_to_front(run_id))
 
 
+@router.post("/{run_id}/requeue", dependencies=[Authorized], responses={**WRITE, **ONE_RUN, **CONFLICT})
+def requeue(run_id: RunId, jobs: JobServiceDep) -> RunPublic:
+    """A running run goes back to the queue: it stops at its next batch and resumes from its
+    last checkpoint when it next gets a slot, waiting its turn (priority, then age) like a run
+    that never ran; its slot goes to the queue's next run. Not running: 409."""
+    return RunPublic.of(jobs.requeue_run(run_id))
+
+
 @router.post("/{run_id}/rerun", status_code=status.HTTP_201_CREATED, dependencies=[Authorized],
              responses={**WRITE, **ONE_RUN, **CONFLICT})
 def rerun(run_id: RunId, jobs: JobServiceDep) -> RunPublic:

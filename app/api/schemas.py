@@ -67,6 +67,9 @@ class RunPublic(BaseModel):
     n_epochs: int
     resumed_from_epoch: int | None
     cancel_requested: bool
+    # sent back to the queue by its user (POST /api/runs/{id}/requeue): running, its worker is
+    # stopping; queued, it waits its turn instead of taking the next free slot back
+    requeue_requested: bool
     worker_pid: int | None
     heartbeat_at: float | None
 
@@ -78,7 +81,7 @@ class RunPublic(BaseModel):
                    source_run_id=run.source_run_id, attempt=run.attempt, restarts=run.restarts,
                    priority=run.priority, n_epochs=run.n_epochs,
                    resumed_from_epoch=run.resumed_from_epoch, cancel_requested=run.cancel_requested,
-                   worker_pid=run.worker_pid, heartbeat_at=run.heartbeat_at)
+                   requeue_requested=run.requeued_at is not None, worker_pid=run.worker_pid, heartbeat_at=run.heartbeat_at)
 
 
 class RunsPublic(BaseModel):

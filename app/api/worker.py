@@ -69,6 +69,8 @@ class HeartbeatIn(BaseModel):
 class HeartbeatOut(BaseModel):
     held: bool = Field(description="false: the attempt lost the run (requeued, finished, claimed again)")
     cancel_requested: bool
+    requeue_requested: bool = Field(False, description="the run was sent back to the queue: stop at the next "
+                                                       "batch and requeue it (`POST /api/runs/{id}/requeue`)")
 
 
 class EpochIn(BaseModel):
@@ -115,8 +117,8 @@ def get_assignment(worker: WorkerAttempt) -> AssignmentPublic:
 
 @router.post("/heartbeat", responses={**WRITE, **CREDENTIAL})
 def heartbeat(body: HeartbeatIn, worker: WorkerAttempt) -> HeartbeatOut:
-    held, cancel = worker.reports.heartbeat(worker.run_id, worker.attempt, body.progress)
-    return HeartbeatOut(held=held, cancel_requested=cancel)
+    held, cancel, requeue = worker.reports.heartbeat(worker.run_id, worker.attempt, body.progress)
+    return HeartbeatOut(held=held, cancel_requested=cancel, requeue_requested=requeue)
 
 
 @router.post("/epochs", responses=REPORT)

@@ -237,6 +237,11 @@ class RunsPage(param.Parameterized):
     def rerun(self, _event=None) -> None:
         self._act("re-run", self.jobs.rerun)
 
+    def back_to_queue(self, _event=None) -> None:
+        # a running run gives its slot to the queue's next run and waits its turn (a long
+        # study run in the way of a short one); it resumes from its checkpoint
+        self._act("send back to the queue", self.jobs.requeue_run)
+
     def start_next(self, _event=None) -> None:
         # the run moved last starts first: move the ticked runs in reverse, so they
         # start in the order the table lists them
@@ -286,7 +291,8 @@ class RunsPage(param.Parameterized):
                               sizing_mode=None)
         actions = pn.Row(*(self._button(label, handler, kind) for label, handler, kind in (
             ("Compare selected", self.compare, "primary"), ("Cancel", self.cancel, "warning"),
-            ("Start next", self.start_next, "default"), ("Re-run", self.rerun, "default"),
+            ("Start next", self.start_next, "default"), ("Back to queue", self.back_to_queue, "default"),
+            ("Re-run", self.rerun, "default"),
             ("Delete", self.delete, "danger"))))
         filters = pn.Row(
             pn.widgets.Select.from_param(self.param.state, label="state", width=130),

@@ -78,3 +78,44 @@ def test_pause_queue_shows_the_banner_and_a_resume_elsewhere_clears_it(queue_onl
         httpx.post(queue_only_server.url + "/api/queue/resume")
     context.close()
     assert page.console.errors == [], page.console.errors
+
+
+def test_back_to_queue_sends_a_running_run_back_and_refuses_a_queued_one(tmp_path, browser):  # noqa: F811
+    server = start_server(tmp_path / "data", workers=1, dashboard=True)
+    try:
+        with server.client() as client:
+            running = client.submit(small_config(epochs=50))["id"]
+            _wait_running(client, running)
+            waiting = client.submit(small_config(epochs=1, seed=3))["id"]
+        context = browser.new_context(viewport={"width": 1500, "height": 1000})
+        context.set_default_navigation_timeout(120_000)
+        page = context.new_page()
+        page.console = Console(page)
+        page.goto(server.url + "/")
+        for run_id in (running, waiting):
+            row = page.locator(".tabulator-row", has_text=run_id)
+            row.wait_for(timeout=60_000)
+            row.locator("input[type=checkbox]").check()
+        page.get_by_role("button", name="Back to queue").click()
+        # the queued one is refused with the reason, the running one goes back
+        page.get_by_text("only a running run can go back to the queue").wait_for(timeout=30_000)
+        page.get_by_text("Send back to the queue: 1 run(s).").wait_for(timeout=5_000)
+        with server.client() as client:
+            done = client.wait(waiting, timeout_s=120)  # it took the slot the long run gave away
+            sent_back = client.get(running)
+            client.cancel(running)
+        assert done["state"] == "succeeded"
+        assert sent_back["restarts"] == 1 and sent_back["attempt"] >= 1 and sent_back["n_epochs"] < 50
+        context.close()
+        assert page.console.errors == [], page.console.errors
+    finally:
+        server.stop()
+
+
+def _wait_running(client, run_id: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 120
+    while client.get(run_id)["n_epochs"] < 1:
+        assert time.monotonic() < deadline, "the run did not train an epoch"
+        time.sleep(0.2)

@@ -202,3 +202,32 @@ def test_a_backup_taken_mid_run_is_served_elsewhere_and_the_run_resumes(server_f
     assert done["resumed_from_epoch"] >= 1  # from the copied checkpoint, not from zero
     jsonl = [json.loads(line)["epoch"] for line in (tmp_path / "new" / "runs" / run["id"] / "metrics.jsonl").open()]
     assert jsonl == [1, 2, 3, 4]
+
+
+def test_a_running_run_sent_back_gives_its_slot_away_and_resumes_in_its_turn(server_factory):
+    """One slot, a long run training and a short one waiting: `runs requeue` stops the long
+    one at its next batch, the short one trains, then the long one resumes from its
+    checkpoint; a restart, not a crash, and no epoch lost or stored twice."""
+    from app.cli import main as cli_main
+
+    server = server_factory(workers=1)
+    with server.client() as api:
+        long = api.submit(small_config(epochs=4))
+        _wait_for(lambda: api.get(long["id"])["n_epochs"] >= 1, 120)
+        short = api.submit(small_config(epochs=1, seed=7))
+        assert cli_main(["runs", "requeue", long["id"], "--server", server.url]) == 0
+        # the short run takes the slot while the long one waits behind it
+        seen = _wait_for(lambda: (lambda s, l: (s, l) if s["state"] != "queued" else None)(
+            api.get(short["id"]), api.get(long["id"])), 60)
+        done_long = api.wait(long["id"], timeout_s=180, poll_s=0.2)
+        done_short = api.get(short["id"])
+        metrics = api.metrics(long["id"])
+        # a run that is not running cannot be sent back: a clear refusal, exit status 2
+        assert cli_main(["runs", "requeue", long["id"], "--server", server.url]) == 2
+    short_now, long_then = seen
+    assert long_then["state"] == "queued" and long_then["requeue_requested"] and long_then["n_epochs"] < 4
+    assert done_short["state"] == "succeeded" and done_short["finished_at"] < done_long["finished_at"]
+    assert done_long["state"] == "succeeded", done_long["error"]
+    assert done_long["restarts"] == 1 and done_long["attempt"] == 2 and not done_long["requeue_requested"]
+    assert done_long["resumed_from_epoch"] >= 1  # from its checkpoint, not from zero
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]

@@ -1,5 +1,6 @@
 import itertools
 import threading
+import time
 
 import pytest
 
@@ -215,3 +216,43 @@ def test_sweep_creates_its_children_in_one_go(store):
     assert len(sweep.run_ids) == 3 and sweep.state is RunState.RUNNING
     runs, count = store.list_runs(sweep_id=sweep.id)
     assert count == 3 and {r.config["seed"] for r in runs} == {1, 2, 3}
+
+
+def test_a_run_sent_back_goes_to_the_end_of_the_queue(store):
+    """`runs requeue`: a running run gives its slot away on purpose, so unlike a run a
+    restart requeued it does not take the next free slot back, nor (by its age) the one
+    after: it is served as if submitted when it was sent back, without the priority of an
+    earlier "Start next", and loses the mark when it runs again."""
+    sent_back = store.create_run(RunKind.TRAIN, {"seed": 1})
+    restarted = store.create_run(RunKind.TRAIN, {"seed": 2})
+    waiting = store.create_run(RunKind.TRAIN, {"seed": 3})
+    store.move_to_front(sent_back.id)
+    for run in (sent_back, restarted):
+        store.claim(run.id)
+    with pytest.raises(Conflict, match="only a running run can go back to the queue"):
+        store.request_requeue(waiting.id)
+    time.sleep(0.01)
+    marked = store.request_requeue(sent_back.id)
+    assert marked.requeued_at is not None and marked.priority == 0 and store.stop_requested(sent_back.id)
+    assert not store.stop_requested(restarted.id)
+    assert store.requeue(sent_back.id, 1, restart=True)  # its worker stopped and gave it back
+    assert store.requeue(restarted.id, 1, restart=True)  # the server stopped
+    time.sleep(0.01)
+    later = store.create_run(RunKind.TRAIN, {"seed": 4})
+    fronted = store.create_run(RunKind.TRAIN, {"seed": 5})
+    store.move_to_front(fronted.id)
+    queued = [store.get_run(r.id) for r in (sent_back, restarted, waiting, later, fronted)]
+    assert queued[0].requeued_at is not None and not store.stop_requested(sent_back.id)  # queued: nothing to stop
+    by_key = [r.id for r in sorted(queued, key=lambda r: r.queue_key)]
+    claimed = [store.claim_next().id for _ in range(5)]
+    # behind what waited when it was sent back, ahead of what was submitted later
+    assert claimed == [restarted.id, fronted.id, waiting.id, sent_back.id, later.id] == by_key
+    again = store.get_run(sent_back.id)
+    assert again.requeued_at is None and again.restarts == 1 and again.crashes == 1  # a restart, not a crash
+
+
+def test_a_cancel_asked_first_stands_over_a_requeue(store):
+    run = store.create_run(RunKind.TRAIN, {})
+    store.claim(run.id)
+    store.request_cancel(run.id)
+    assert store.request_requeue(run.id).requeued_at is None and store.stop_requested(run.id)
