@@ -47,6 +47,10 @@ def starting(run: Run) -> bool:
     return run.state is RunState.RUNNING and not run.progress and run.n_epochs == 0
 
 
+SENT_BACK_NOTE = "sent back to the queue: resumes from its checkpoint in its turn"
+STOPPING_NOTE = "going back to the queue at its next batch"
+
+
 def run_row(run: Run, last: dict | None) -> dict:
     config = run.config
     train = run.kind is RunKind.TRAIN
@@ -60,7 +64,10 @@ def run_row(run: Run, last: dict | None) -> dict:
         detail = f"FORCE {config.get('experiment', '')}"
     else:
         detail = ""
-    if starting(run) and not error:
+    if run.requeued_at is not None and not error:  # sent back: say why it waits (or is stopping)
+        note = SENT_BACK_NOTE if run.state is RunState.QUEUED else STOPPING_NOTE
+        detail = f"{detail} · {note}" if detail else note
+    elif starting(run) and not error:
         detail = f"{detail} · {STARTING_NOTE}" if detail else STARTING_NOTE
     # the table has each run's last epoch only: its pace is that epoch's (the Run page's, the median of ten)
     elif (left := time_left.describe(time_left.seconds_left(run, [last] if last else []))) and not error:

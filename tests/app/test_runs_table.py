@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from app.dashboard.runs_page import run_row
@@ -114,3 +115,11 @@ def test_queueing_on_a_server_without_a_queue_endpoint_still_succeeds(capsys):
 
     warn_if_paused(OlderServer())
     assert capsys.readouterr().err == ""
+
+
+def test_a_run_sent_back_says_why_it_waits():
+    run = dataclasses.replace(a_run(RunKind.TRAIN, {"arch": "ping", "epochs": 10}), n_epochs=4)
+    stopping = dataclasses.replace(run, state=RunState.RUNNING, requeued_at=time.time())
+    assert run_row(stopping, {"epoch": 4, "epoch_s": 60.0})["detail"] == "going back to the queue at its next batch"
+    waiting = dataclasses.replace(stopping, state=RunState.QUEUED)
+    assert run_row(waiting, None)["detail"] == "sent back to the queue: resumes from its checkpoint in its turn"
