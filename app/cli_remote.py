@@ -270,8 +270,6 @@ def runs_front(client: Client, args: argparse.Namespace) -> int:
 def runs_requeue(client: Client, args: argparse.Namespace) -> int:
     def requeue(run_id: str) -> str:
         run = client.requeue(run_id)
-        if run.cancel_requested:  # a cancel asked before stands
-            return f"{run.id} {run.state.value} (cancel requested: it will not be requeued)"
         return f"{run.id} {run.state.value} (going back to the queue at its next batch)"
 
     return _each_run(args.run_ids, requeue)

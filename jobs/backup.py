@@ -8,7 +8,8 @@ every epoch. `backup` therefore takes
 
 1. the store through SQLite's online backup API: one consistent snapshot;
 2. then each run folder the snapshot knows, file by file (each opened before it is sized,
-   so a file replaced meanwhile is read whole, old or new), **the checkpoint first**.
+   so a file replaced meanwhile is read whole, old or new; files still being written, named
+   `*.tmp*`, are left out), **the checkpoint first**.
    The engine appends an epoch's record before it saves that epoch's checkpoint
    (engine.train), so a folder copied in this order never has a checkpoint ahead of its
    records; records past the checkpoint are dropped when the run resumes
@@ -29,15 +30,15 @@ import shutil
 import sqlite3
 import tarfile
 import tempfile
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from jobs.models import JobsError, RunState
-from jobs.paths import DB_NAME, DataDir
+from jobs.paths import DB_NAME, DataDir, is_temporary
 from jobs.store import RunStore
 
-# Files a writer is still filling (engine.rundir writes NAME.partial, then renames it).
-PARTIAL_SUFFIX = ".partial"
+PARTIAL_SUFFIX = ".partial"  # the archive while it is written: renamed into place when whole
 CHECKPOINTS = "checkpoints"
 
 
@@ -62,11 +63,29 @@ class RestoreSummary:
 
 def backup(data_dir: DataDir, out: str | os.PathLike) -> BackupSummary:
     """Write `data_dir` to the .tar.gz `out` (atomically: a failed backup leaves no file)."""
+    try:
+        return _backup(data_dir, Path(out))
+    except OSError as exc:  # a full disk, a folder without write access: said, not a traceback
+        raise BackupError(f"backup failed: {exc}") from exc
+
+
+def restore(archive: str | os.PathLike, data_dir: DataDir) -> RestoreSummary:
+    """Unpack the backup `archive` into `data_dir`, which must be new or empty: a backup
+    is a whole store, and merging two stores' runs is not what a user restoring expects."""
+    try:
+        return _restore(Path(archive), data_dir)
+    except OSError as exc:
+        raise BackupError(f"restore failed: {exc}") from exc
+
+
+def _backup(data_dir: DataDir, out: Path) -> BackupSummary:
     if not data_dir.db_path.is_file():
         raise BackupError(f"no spikeboard store in {data_dir.root} ({DB_NAME} not found)")
-    out = Path(out).resolve()
+    out = out.resolve()
     if out.is_relative_to(data_dir.root):
         raise BackupError(f"{out} is inside the data directory it backs up: write it elsewhere")
+    if out.is_dir():
+        raise BackupError(f"{out} is a directory: name the archive file to write, e.g. {out / 'study.tar.gz'}")
     if not out.parent.is_dir():
         raise BackupError(f"{out.parent}: no such directory")
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
@@ -86,23 +105,25 @@ def backup(data_dir: DataDir, out: str | os.PathLike) -> BackupSummary:
     return BackupSummary(out, len(run_ids), files + 1, out.stat().st_size)
 
 
-def restore(archive: str | os.PathLike, data_dir: DataDir) -> RestoreSummary:
-    """Unpack the backup `archive` into `data_dir`, which must be new or empty: a backup
-    is a whole store, and merging two stores' runs is not what a user restoring expects."""
-    archive = Path(archive)
+def _restore(archive: Path, data_dir: DataDir) -> RestoreSummary:
     if not archive.is_file():
         raise BackupError(f"{archive}: no such file")
     target = data_dir.root
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise BackupError(f"{target} is not empty: restore into a new data directory")
-    staging = target.with_name(f".{target.name}.restoring")
+    # unpacked beside the target, or inside it when it exists (an empty mount point of a new
+    # disk cannot be replaced), then moved into place: a failed restore leaves no store
+    staging = target / ".restoring" if target.exists() else target.with_name(f".{target.name}.restoring")
     shutil.rmtree(staging, ignore_errors=True)  # left by a restore that was interrupted
     try:
         _unpack(archive, staging)
         runs, requeued = _requeue_running(staging / DB_NAME)
         if target.exists():
-            target.rmdir()  # empty (checked above)
-        os.replace(staging, target)
+            for entry in staging.iterdir():
+                entry.rename(target / entry.name)
+            staging.rmdir()
+        else:
+            os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -135,7 +156,7 @@ def _add_run_folder(tar: tarfile.TarFile, folder: Path, arcname: PurePosixPath) 
                    key=lambda p: (p.relative_to(folder).parts[0] != CHECKPOINTS, p.relative_to(folder).parts))
     added = 0
     for path in paths:
-        if path.name.endswith(PARTIAL_SUFFIX):
+        if is_temporary(path):
             continue
         try:
             with path.open("rb") as f:  # sized from the open file: a replaced path is read whole
@@ -173,7 +194,7 @@ def _unpack(archive: Path, staging: Path) -> None:
 
 def _requeue_running(db_path: Path) -> tuple[int, list[str]]:
     try:
-        with sqlite3.connect(db_path) as conn:
+        with closing(sqlite3.connect(db_path)) as conn:  # closed: no -wal or -shm left beside it
             check = conn.execute("PRAGMA integrity_check").fetchone()[0]
     except sqlite3.Error as exc:
         raise BackupError(f"the backup's store is damaged: {exc}") from exc

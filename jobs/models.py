@@ -122,7 +122,8 @@ class Run:
     def queue_key(self) -> tuple:
         """Sorts queued runs in the order the store serves them (jobs.schema.QUEUE_ORDER)."""
         sent_back = self.requeued_at is not None
-        return self.attempt == 0 or sent_back, -self.priority, self.requeued_at or self.created_at, self.id
+        queued_at = self.requeued_at if sent_back else self.created_at
+        return self.attempt == 0 or sent_back, -self.priority, queued_at, self.id
 
     @property
     def crashes(self) -> int:

@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_DATA_DIR = "./spikeboard-data"
+TEMPORARY_MARK = ".tmp"  # in the name of a file still being written (renamed into place when whole)
+
+
+def is_temporary(path: Path) -> bool:
+    """A file a writer is still filling (engine.rundir, analyses, the remote copy of a run folder)."""
+    return TEMPORARY_MARK in path.name
 DB_NAME = "spikeboard.db"
 
 

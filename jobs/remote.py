@@ -57,8 +57,8 @@ class WorkerReports:
     def heartbeat(self, run_id: str, attempt: int, progress: float | None) -> tuple[bool, bool, bool]:
         """(held, cancel_requested, requeue_requested)."""
         held = self.store.heartbeat(run_id, attempt, progress=progress)
-        cancel = self.store.cancel_requested(run_id)
-        return held, cancel, not cancel and self.store.stop_requested(run_id)
+        cancel, requeue = self.store.stop_flags(run_id)
+        return held, cancel, requeue
 
     def mark_resumed(self, run_id: str, attempt: int, epoch: int) -> None:
         self._held(run_id, attempt)

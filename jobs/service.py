@@ -21,7 +21,7 @@ from jobs.models import (Conflict, InvalidRequest, InvalidTransition, QueueStatu
                          RunNotFound, RunState, Sweep)
 from jobs.finetune import check_source
 from jobs.limits import RunLimits
-from jobs.paths import DataDir
+from jobs.paths import DataDir, is_temporary
 from jobs.store import RunStore
 from jobs.studies import Study
 from jobs.sweeps import expand_grid
@@ -99,10 +99,10 @@ class JobService:
     def requeue_run(self, run_id: str) -> Run:
         """A running run goes back to the queue (409 otherwise): it stops at its next batch,
         resumes from its last checkpoint when it next gets a slot, and waits its turn; the
-        epoch in progress is trained again. Its slot goes to the queue's next run."""
+        epoch in progress is trained again. Its slot goes to the queue's next run (a run of a
+        pack leaves the pack; the pack's slot frees when its last run does)."""
         run = self.store.request_requeue(run_id)
-        if run.requeued_at is not None:  # not when a cancel was asked first: the cancel stands
-            self._cancel_worker(run_id)  # SIGTERM: the worker stops and requeues the run (record_outcome)
+        self._cancel_worker(run_id)  # SIGTERM: the worker stops and requeues the run (record_outcome)
         return run
 
     def move_to_front(self, run_id: str) -> Run:
@@ -168,7 +168,7 @@ class JobService:
         # only what artifact_path would serve: no links out, no half-written temporaries
         return [{"name": p.relative_to(root).as_posix(), "size_bytes": p.stat().st_size}
                 for p in sorted(root.rglob("*"))
-                if p.is_file() and p.resolve().is_relative_to(root) and ".tmp" not in p.name]
+                if p.is_file() and p.resolve().is_relative_to(root) and not is_temporary(p)]
 
     def artifact_path(self, run_id: str, name: str) -> Path:
         """The file `name` inside the run's folder; anything resolving outside it

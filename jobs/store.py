@@ -25,6 +25,10 @@ from jobs.schema import ADDED_RUN_COLUMNS, QUEUE_ORDER, RUN_COLUMNS, SCHEMA
 from jobs.studies import Study, StudyNotFound
 
 BUSY_TIMEOUT_MS = 10_000
+# Queued -> running, the same for a run claimed from the queue and for a pack-mate
+# (params: now, now); it starts a new attempt and clears a "sent back" mark.
+CLAIM = ("UPDATE runs SET state = 'running', attempt = attempt + 1, heartbeat_at = ?, "
+         "started_at = COALESCE(started_at, ?), worker_pid = NULL, requeued_at = NULL ")
 
 
 def new_id() -> str:
@@ -114,9 +118,7 @@ class RunStore:
         of_kinds = f"AND kind IN ({', '.join('?' * len(only))}) " if only is not None else ""
         with self._tx() as conn:
             row = conn.execute(
-                "UPDATE runs SET state = 'running', attempt = attempt + 1, heartbeat_at = ?, "
-                "started_at = COALESCE(started_at, ?), worker_pid = NULL, requeued_at = NULL "
-                f"WHERE id = (SELECT id FROM runs WHERE state = 'queued' {of_kinds}"
+                CLAIM + f"WHERE id = (SELECT id FROM runs WHERE state = 'queued' {of_kinds}"
                 "AND NOT EXISTS (SELECT 1 FROM queue_pause) "
                 f"ORDER BY {QUEUE_ORDER} LIMIT 1) "
                 "AND state = 'queued' RETURNING id", (now, now, *(only or []))).fetchone()
@@ -135,21 +137,28 @@ class RunStore:
         """A running run goes back to the end of the queue: its worker sees `requeued_at` at
         its next heartbeat (or a signal), stops at the next batch and requeues the run as a
         restart; queued, it is served as if submitted now, with no priority from an earlier
-        "Start next". Only a running run (409 otherwise); a cancel asked first stands."""
+        "Start next". Only a running run that is not being cancelled (409 otherwise)."""
         now = time.time() if now is None else now
         with self._tx() as conn:
             state = _state(conn, run_id)
             if state is not RunState.RUNNING:
                 raise Conflict(f"run {run_id} is {state.value}; only a running run can go back to the queue")
-            conn.execute("UPDATE runs SET requeued_at = ?, priority = 0 WHERE id = ? AND cancel_requested = 0",
+            if conn.execute("SELECT cancel_requested FROM runs WHERE id = ?", (run_id,)).fetchone()[0]:
+                raise Conflict(f"run {run_id} is being cancelled; it will not go back to the queue")
+            # a second request (a double click) keeps the first one's place
+            conn.execute("UPDATE runs SET requeued_at = COALESCE(requeued_at, ?), priority = 0 WHERE id = ?",
                          (now, run_id))
         return self.get_run(run_id)
 
+    def stop_flags(self, run_id: str) -> tuple[bool, bool]:
+        """(cancel requested, sent back to the queue while running): why a worker is to stop."""
+        rows = self._read("SELECT cancel_requested, requeued_at IS NOT NULL AND state = 'running' "
+                          "FROM runs WHERE id = ?", (run_id,))
+        return (bool(rows[0][0]), bool(rows[0][1])) if rows else (False, False)
+
     def stop_requested(self, run_id: str) -> bool:
         """Whether a running run's worker is to stop: cancelled, or sent back to the queue."""
-        rows = self._read("SELECT cancel_requested OR (requeued_at IS NOT NULL AND state = 'running') "
-                          "FROM runs WHERE id = ?", (run_id,))
-        return bool(rows and rows[0][0])
+        return any(self.stop_flags(run_id))
 
     def pause_queue(self, now: float | None = None) -> float:
         """No queued run starts until `resume_queue`; returns when the pause began (a
@@ -174,9 +183,7 @@ class RunStore:
         now = time.time() if now is None else now
         with self._tx() as conn:
             row = conn.execute(
-                "UPDATE runs SET state = 'running', attempt = attempt + 1, heartbeat_at = ?, "
-                "started_at = COALESCE(started_at, ?), worker_pid = NULL, requeued_at = NULL "
-                "WHERE id = ? AND state = 'queued' AND NOT EXISTS (SELECT 1 FROM queue_pause) "
+                CLAIM + "WHERE id = ? AND state = 'queued' AND NOT EXISTS (SELECT 1 FROM queue_pause) "
                 "RETURNING id", (now, now, run_id)).fetchone()
         return None if row is None else self.get_run(row["id"])
 
@@ -446,10 +453,11 @@ def _transition(conn: sqlite3.Connection, run_id: str, target: RunState, *, erro
     now = time.time()
     finished = now if target in FINISHED_STATES else None
     sql = ("UPDATE runs SET state = ?, error = COALESCE(?, error), finished_at = ?, "
+           "requeued_at = CASE WHEN ? IS NULL THEN requeued_at END, "  # finished: no longer sent back
            "progress = CASE WHEN ? = 'succeeded' THEN 1.0 ELSE progress END, "
            "started_at = CASE WHEN ? = 'running' THEN COALESCE(started_at, ?) ELSE started_at END "
            "WHERE id = ?")
-    params: tuple = (target.value, error, finished, target.value, target.value, now, run_id)
+    params: tuple = (target.value, error, finished, finished, target.value, target.value, now, run_id)
     if attempt is not None:
         sql += " AND attempt = ?"
         params += (attempt,)

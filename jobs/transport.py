@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from jobs.models import Conflict, InvalidTransition, Run, RunKind, RunState
-from jobs.paths import DataDir
+from jobs.paths import DataDir, is_temporary
 from jobs.store import RunStore
 
 log = logging.getLogger("jobs.transport")
@@ -77,6 +77,9 @@ class Transport(Protocol):
 
     def cancel_requested(self) -> bool: ...
 
+    def stop_requested(self) -> bool:
+        """Cancelled, or sent back to the queue (the worker stops at the next batch either way)."""
+
     def requeue(self) -> bool:
         """Give the run back to the queue, not as its fault (the worker was told to stop)."""
 
@@ -121,6 +124,9 @@ class StoreTransport:
 
     def cancel_requested(self) -> bool:
         return self.store.cancel_requested(self.run_id)
+
+    def stop_requested(self) -> bool:
+        return self.store.stop_requested(self.run_id)
 
     def requeue(self) -> bool:
         return self.store.requeue(self.run_id, self.attempt, restart=True)
@@ -233,7 +239,7 @@ class HttpTransport:
         changed = []
         for path in sorted(root.rglob("*")):
             name = path.relative_to(root).as_posix()
-            if path.is_file() and ".tmp" not in path.name and self._sent.get(name) != _signature(path):
+            if path.is_file() and not is_temporary(path) and self._sent.get(name) != _signature(path):
                 changed.append(name)
         changed.sort(key=lambda name: name == CHECKPOINT)
         for name in changed:
@@ -248,6 +254,13 @@ class HttpTransport:
             return bool(self._worker_call("GET")["cancel_requested"])
         except LeaseLost:
             return False
+
+    def stop_requested(self) -> bool:
+        try:
+            assignment = self._worker_call("GET")
+        except LeaseLost:
+            return True  # a newer attempt owns the run: stop
+        return bool(assignment["cancel_requested"] or assignment.get("requeue_requested"))
 
     def requeue(self) -> bool:
         return self._outcome(RunState.QUEUED, None)

@@ -135,7 +135,7 @@ def _train(run: Assignment, run_dir, transport: Transport, on_progress, stop: th
         except LeaseLost:
             stop.set()  # a newer attempt owns the run: stop at the next batch, record nothing
         else:
-            stop_if_cancelled(transport, stop)
+            stop_if_asked(transport, stop)
 
     engine.train(config, run_dir, resume=True, on_epoch=on_epoch, should_stop=stop.is_set,
                  on_progress=on_progress)
@@ -158,16 +158,16 @@ def _force(run: Assignment, run_dir, on_progress, stop: threading.Event) -> None
                    should_stop=stop.is_set)
 
 
-def stop_if_cancelled(transport: Transport, stop: threading.Event) -> None:
+def stop_if_asked(transport: Transport, stop: threading.Event) -> None:
     """Asked at each stored epoch, not only by the heartbeat: a heartbeat can come late
     on a loaded machine (or be starved by the training thread), and a run of a pack
-    gets no SIGTERM, so a cancel requested during epoch e would otherwise race the
-    rest of the run. With this, the run never trains past the epoch after the cancel."""
+    gets no SIGTERM, so a cancel or a requeue requested during epoch e would otherwise
+    race the rest of the run. With this, the run never trains past the epoch after it."""
     try:
-        if transport.cancel_requested():
+        if transport.stop_requested():
             stop.set()
     except Exception:  # the store or server is busy: the heartbeat asks again
-        log.exception("could not read the cancel flag")
+        log.exception("could not read the stop flags")
 
 
 def record_outcome(transport: Transport, stop: threading.Event, exc: BaseException | None) -> RunState | None:
@@ -357,7 +357,7 @@ def _train_pack(members: list[PackMember], finish) -> None:
         except LeaseLost:
             members[k].stop.set()  # a newer attempt owns the run: it leaves the pack at the next batch
         else:
-            stop_if_cancelled(members[k].transport, members[k].stop)
+            stop_if_asked(members[k].transport, members[k].stop)
 
     def on_progress(k: int, done: int, total: int) -> None:
         members[k].beat.progress = done / total if total else None

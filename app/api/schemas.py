@@ -62,14 +62,15 @@ class RunPublic(BaseModel):
     sweep_id: str | None
     source_run_id: str | None
     attempt: int
-    restarts: int  # attempts that a server stop or restart ended (not counted against the retry budget)
-    priority: int  # queued runs are served highest priority first, then oldest first
+    # defaults: a newer client reads the runs of a server from before these fields
+    restarts: int = 0  # attempts that a server stop or restart ended (not counted against the retry budget)
+    priority: int = 0  # queued runs are served highest priority first, then oldest first
     n_epochs: int
     resumed_from_epoch: int | None
     cancel_requested: bool
     # sent back to the queue by its user (POST /api/runs/{id}/requeue): running, its worker is
     # stopping; queued, it waits its turn instead of taking the next free slot back
-    requeue_requested: bool
+    requeue_requested: bool = False
     worker_pid: int | None
     heartbeat_at: float | None
 

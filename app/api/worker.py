@@ -59,6 +59,7 @@ class AssignmentPublic(BaseModel):
     source_run_id: str | None
     n_epochs: int = Field(description="epochs the server holds already")
     cancel_requested: bool
+    requeue_requested: bool = Field(False, description="sent back to the queue: stop at the next batch")
 
 
 class HeartbeatIn(BaseModel):
@@ -112,7 +113,8 @@ def get_assignment(worker: WorkerAttempt) -> AssignmentPublic:
     run = worker.reports.assignment(worker.run_id, worker.attempt)
     return AssignmentPublic(id=run.id, kind=run.kind, state=run.state, config=run.config, attempt=run.attempt,
                             source_run_id=run.source_run_id, n_epochs=run.n_epochs,
-                            cancel_requested=run.cancel_requested)
+                            cancel_requested=run.cancel_requested,
+                            requeue_requested=run.requeued_at is not None and run.state is RunState.RUNNING)
 
 
 @router.post("/heartbeat", responses={**WRITE, **CREDENTIAL})

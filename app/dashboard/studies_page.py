@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import html
 import json
+import textwrap
 from collections import Counter
 from typing import Any
 
@@ -31,6 +32,7 @@ DEFAULT = "preset's"
 MAX_STUDIES = 200
 MAX_HISTOGRAM_RUNS = len(plots.SERIES_COLORS)  # one colour per overlaid run
 NOT_YET = "written after its first epoch"  # why a run's rates or weights are missing
+TITLE_LINE = 60  # characters: about what a half-width figure's title holds
 STUDY_COLUMNS = ["study", "preset", "state", "progress", "runs", "created", "source", "report"]
 
 
@@ -262,18 +264,16 @@ class StudyPage(param.Parameterized):
 
     def _read_queue(self, study: Study) -> tuple[dict[str, Run], list[tuple[Run, list[dict]]]]:
         """For the time left: the study's unfinished training runs by label, and the server's
-        other training runs that hold a slot or wait for one, with their latest epochs."""
+        other training runs that hold a slot or wait for one, with their last epoch (one
+        query for all: their pace is that epoch's, as in the Runs table)."""
         if study.state.finished or self.workers == 0:
             return {}, []
         labels = {m.run_id: m.label for m in study.members if m.role == "train" and m.state is not None}
-        mine, others = {}, []
-        for state in (RunState.RUNNING, RunState.QUEUED):
-            for run in self.jobs.list_runs(state=state, kind=RunKind.TRAIN, limit=10_000)[0]:
-                if run.id in labels:
-                    mine[labels[run.id]] = run
-                else:
-                    latest = self.jobs.metrics(run.id, after_epoch=max(0, run.n_epochs - time_left.PACE_EPOCHS))
-                    others.append((run, latest))
+        waiting = [run for state in (RunState.RUNNING, RunState.QUEUED)
+                   for run in self.jobs.list_runs(state=state, kind=RunKind.TRAIN, limit=10_000)[0]]
+        last = self.jobs.last_epochs([run.id for run in waiting if run.id not in labels])
+        mine = {labels[run.id]: run for run in waiting if run.id in labels}
+        others = [(run, [last[run.id]] if run.id in last else []) for run in waiting if run.id not in labels]
         return mine, others
 
     def _apply(self, study: Study, report: dict, metrics: dict, queue: tuple) -> None:
@@ -292,8 +292,10 @@ class StudyPage(param.Parameterized):
     def _relevant(self, news: News) -> bool:
         ids = set(self.study.run_ids)
         trained = {m.run_id for m in self.study.members if m.role == "train"}
+        # any training run that starts, ends or is queued moves an unfinished study's time left
         return bool(ids & (set(news.runs) | set(news.epochs))) or any(
-            r.source_run_id in trained for r in news.runs.values() if r.id not in ids)
+            r.source_run_id in trained or (r.kind is RunKind.TRAIN and not self.study.state.finished)
+            for r in news.runs.values() if r.id not in ids)
 
     def _on_news(self, news: News) -> None:
         if self._relevant(news):
@@ -367,7 +369,7 @@ class StudyPage(param.Parameterized):
         """A title's second line, "ping-seed42 at epoch 94", for the runs whose figures are not
         final yet (on one line with the title, three seeds ran past the plot's width)."""
         training = [f"{label} at epoch {epoch}" for label, epoch in epochs.items() if epoch is not None]
-        return f"\n{', '.join(training)}" if training else ""
+        return "\n" + textwrap.fill(", ".join(training), TITLE_LINE, break_on_hyphens=False) if training else ""
 
     # --- header and tables ---------------------------------------------------------------
     def _render_header(self) -> None:

@@ -90,10 +90,16 @@ def study_seconds_left(entries: Sequence[QueueEntry], workers: int) -> float | N
     paced = [(e, _pace(e.records)) for e in entries]
     if not any(pace for _, pace in paced) or workers < 1:
         return None
+    unit_paces: dict[tuple, float] = {}  # (recipe, arch) -> seconds per unit of work
 
     def seconds(entry: QueueEntry, pace: float | None) -> float:
         to_go = max(0, int(entry.config["epochs"]) - entry.epochs_done)
-        return to_go * (pace or _unit_pace(entry.config, paced) * work_units(entry.config))
+        if pace:
+            return to_go * pace
+        kind = (entry.config.get("recipe"), entry.config.get("arch"))
+        if kind not in unit_paces:
+            unit_paces[kind] = _unit_pace(entry.config, paced)
+        return to_go * unit_paces[kind] * work_units(entry.config)
 
     waiting = [(e, p) for e, p in paced if e.state is not None and not e.state.finished]
     running = sorted((seconds(e, p), e.member) for e, p in waiting if e.state is RunState.RUNNING)

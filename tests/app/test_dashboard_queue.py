@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from tests.app.conftest import start_server
+from tests.app.test_lifecycle import _wait_for
 from tests.app.test_dashboard import CHROMIUM, Console, browser  # noqa: F401 (fixture)
 from tests.conftest import small_config
 
@@ -85,7 +86,7 @@ def test_back_to_queue_sends_a_running_run_back_and_refuses_a_queued_one(tmp_pat
     try:
         with server.client() as client:
             running = client.submit(small_config(epochs=50))["id"]
-            _wait_running(client, running)
+            _wait_for(lambda: client.get(running)["n_epochs"] >= 1, 120)
             waiting = client.submit(small_config(epochs=1, seed=3))["id"]
         context = browser.new_context(viewport={"width": 1500, "height": 1000})
         context.set_default_navigation_timeout(120_000)
@@ -102,20 +103,14 @@ def test_back_to_queue_sends_a_running_run_back_and_refuses_a_queued_one(tmp_pat
         page.get_by_text("Send back to the queue: 1 run(s).").wait_for(timeout=5_000)
         with server.client() as client:
             done = client.wait(waiting, timeout_s=120)  # it took the slot the long run gave away
-            sent_back = client.get(running)
+            # then the long run got the slot back, resuming from its checkpoint
+            again = _wait_for(lambda: (lambda r: r if r["attempt"] == 2 and r["resumed_from_epoch"] else None)(
+                client.get(running)), 60)
             client.cancel(running)
-        assert done["state"] == "succeeded"
-        assert sent_back["restarts"] == 1 and sent_back["attempt"] >= 1 and sent_back["n_epochs"] < 50
+        assert done["state"] == "succeeded" and done["started_at"] > again["started_at"]
+        assert again["restarts"] == 1 and not again["requeue_requested"]
         context.close()
         assert page.console.errors == [], page.console.errors
     finally:
         server.stop()
 
-
-def _wait_running(client, run_id: str) -> None:
-    import time
-
-    deadline = time.monotonic() + 120
-    while client.get(run_id)["n_epochs"] < 1:
-        assert time.monotonic() < deadline, "the run did not train an epoch"
-        time.sleep(0.2)

@@ -7,7 +7,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from jobs.scheduler import pid_alive
 from tests.conftest import small_config
@@ -182,15 +181,11 @@ def test_a_backup_taken_mid_run_is_served_elsewhere_and_the_run_resumes(server_f
 
     server = server_factory(tmp_path / "data")
     with server.client() as api:
-        run = api.submit(small_config(epochs=4))
+        run = api.submit(small_config(epochs=8))  # about 2 s an epoch: still training at the backup
         _wait_for(lambda: api.get(run["id"])["n_epochs"] >= 1, 120)
         assert cli_main(["backup", "--data-dir", str(tmp_path / "data"), "--to", str(tmp_path / "b.tar.gz")]) == 0
-        backed_up = api.get(run["id"])
     server.kill()  # the machine is gone: nothing after the backup survives
-    if backed_up["state"] == "running":  # the backup caught it training (all but always)
-        assert cli_main(["restore", str(tmp_path / "b.tar.gz"), "--data-dir", str(tmp_path / "new")]) == 0
-    else:
-        pytest.skip("the run finished before the backup")
+    assert cli_main(["restore", str(tmp_path / "b.tar.gz"), "--data-dir", str(tmp_path / "new")]) == 0
     elsewhere = server_factory(tmp_path / "new", log_name="server2.log")
     with elsewhere.client() as api:
         restored = api.get(run["id"])
@@ -198,10 +193,10 @@ def test_a_backup_taken_mid_run_is_served_elsewhere_and_the_run_resumes(server_f
         done = api.wait(run["id"], timeout_s=180, poll_s=0.2)
         metrics = api.metrics(run["id"])
     assert done["state"] == "succeeded", done["error"]
-    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert [m["epoch"] for m in metrics] == list(range(1, 9))
     assert done["resumed_from_epoch"] >= 1  # from the copied checkpoint, not from zero
     jsonl = [json.loads(line)["epoch"] for line in (tmp_path / "new" / "runs" / run["id"] / "metrics.jsonl").open()]
-    assert jsonl == [1, 2, 3, 4]
+    assert jsonl == list(range(1, 9))
 
 
 def test_a_running_run_sent_back_gives_its_slot_away_and_resumes_in_its_turn(server_factory):
@@ -212,7 +207,7 @@ def test_a_running_run_sent_back_gives_its_slot_away_and_resumes_in_its_turn(ser
 
     server = server_factory(workers=1)
     with server.client() as api:
-        long = api.submit(small_config(epochs=4))
+        long = api.submit(small_config(epochs=8))  # about 2 s an epoch: still training when sent back
         _wait_for(lambda: api.get(long["id"])["n_epochs"] >= 1, 120)
         short = api.submit(small_config(epochs=1, seed=7))
         assert cli_main(["runs", "requeue", long["id"], "--server", server.url]) == 0
@@ -225,9 +220,9 @@ def test_a_running_run_sent_back_gives_its_slot_away_and_resumes_in_its_turn(ser
         # a run that is not running cannot be sent back: a clear refusal, exit status 2
         assert cli_main(["runs", "requeue", long["id"], "--server", server.url]) == 2
     short_now, long_then = seen
-    assert long_then["state"] == "queued" and long_then["requeue_requested"] and long_then["n_epochs"] < 4
+    assert long_then["state"] == "queued" and long_then["requeue_requested"] and long_then["n_epochs"] < 8
     assert done_short["state"] == "succeeded" and done_short["finished_at"] < done_long["finished_at"]
     assert done_long["state"] == "succeeded", done_long["error"]
     assert done_long["restarts"] == 1 and done_long["attempt"] == 2 and not done_long["requeue_requested"]
     assert done_long["resumed_from_epoch"] >= 1  # from its checkpoint, not from zero
-    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4]
+    assert [m["epoch"] for m in metrics] == list(range(1, 9))

@@ -108,14 +108,34 @@ def test_three_seeds_in_training_keep_each_title_line_within_the_plot(jobs):  # 
     its first epoch" ran past the plot's width and was cut (Chromium, the study of session 9)."""
     study = jobs.submit_study("nb024", {"tier": "smoke", "epochs": 100, "seed": [42, 43, 44], "n_e": 8, "n_i": 2})
     members = {m.label: m.run_id for m in study.members if m.role == "train"}
-    for label in ("ping-seed42", "ping-seed43"):
+
+    def training(label: str, epoch: int) -> None:
         run = RunDir(jobs.data.run_dir(members[label]))
         run.artifacts.mkdir(parents=True)
         np.savez(run.artifacts / "rates.npz", rate_e_hz=np.full(8, 7.0), rate_i_hz=np.full(2, 30.0),
-                 epoch=np.array(94 if label.endswith("42") else 50))
+                 epoch=np.array(epoch))
         jobs.store.claim(members[label])
+
+    training("ping-seed42", 94)
+    training("ping-seed43", 50)
     page = StudyPage(_Services(jobs), None, jobs.get_study(study.id))
     title = _element(page._histogram_figures()[0]).opts.get().kwargs["title"]
     assert title.split("\n") == ["Per-cell E rates, PING (test set)", "ping-seed42 at epoch 94, ping-seed43 at epoch 50",
                                   "ping-seed44: written after its first epoch"]
+    training("ping-seed44", 12)  # all three training: the epochs wrap onto a second line
+    page = StudyPage(_Services(jobs), None, jobs.get_study(study.id))
+    title = _element(page._histogram_figures()[0]).opts.get().kwargs["title"]
+    assert title.split("\n") == ["Per-cell E rates, PING (test set)", "ping-seed42 at epoch 94, ping-seed43 at epoch 50,",
+                                  "ping-seed44 at epoch 12"]
     assert max(len(line) for line in title.split("\n")) <= 60  # about what a half-width plot holds
+
+
+def test_the_time_left_follows_other_training_runs_too(jobs):  # noqa: F811
+    """All of a study's runs can wait while another study's train: their starts and ends move
+    its time left, so news of any training run refreshes an unfinished study's page."""
+    from app.dashboard.live import News
+
+    study = jobs.submit_study("nb024", {"tier": "smoke", "epochs": 10, "seed": [42], "n_e": 8, "n_i": 2})
+    other = jobs.submit_run({"arch": "coba", "tier": "smoke", "epochs": 10, "n_e": 8, "n_i": 2})
+    page = StudyPage(_Services(jobs), None, jobs.get_study(study.id))
+    assert page._relevant(News(runs={other.id: jobs.get_run(other.id)}, epochs={}))

@@ -34,7 +34,9 @@ def _live_data_dir(root):
         (folder / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(1, epochs + 1)))
         (folder / "artifacts").mkdir()
         (folder / "artifacts" / "rates.npz").write_bytes(b"rates")
-    (data.run_dir(running.id) / "artifacts" / "rates.npz.partial").write_bytes(b"half written")
+    # files still being written, as the engine names them (renamed into place when whole)
+    (data.run_dir(running.id) / "checkpoints" / "last.tmp").write_bytes(b"half a checkpoint")
+    (data.run_dir(running.id) / "artifacts" / "rates.tmp.npz").write_bytes(b"half written")
     return data, store, running, done, queued
 
 
@@ -60,7 +62,8 @@ def test_a_live_store_restores_whole_with_its_running_runs_queued_to_resume(tmp_
     copy = tmp_path / "elsewhere" / "runs" / running.id
     assert (copy / "checkpoints" / "last.pt").read_bytes() == b"weights at epoch 2"
     assert (copy / "metrics.jsonl").read_text().count("\n") == 2
-    assert not (copy / "artifacts" / "rates.npz.partial").exists()  # a file still being written is left out
+    assert not (copy / "checkpoints" / "last.tmp").exists()  # files still being written are left out
+    assert not (copy / "artifacts" / "rates.tmp.npz").exists()
     assert not (tmp_path / "elsewhere" / "runs" / queued.id).exists()
 
 
@@ -100,6 +103,9 @@ def test_backup_refuses_what_it_cannot_do_and_leaves_no_file(tmp_path):
         backup(data, tmp_path / "data" / "b.tar.gz")
     with pytest.raises(BackupError, match="no such directory"):
         backup(data, tmp_path / "missing" / "b.tar.gz")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(BackupError, match="is a directory"):
+        backup(data, tmp_path / "folder")
     assert not list(tmp_path.glob("*.tar.gz*"))
 
 
@@ -130,8 +136,9 @@ def test_restore_never_merges_into_a_store(tmp_path):
     path = backup(data, tmp_path / "b.tar.gz").path
     with pytest.raises(BackupError, match="is not empty"):
         restore(path, data)
-    (tmp_path / "empty").mkdir()
-    assert restore(path, DataDir.at(tmp_path / "empty")).runs == 3  # an empty folder is fine
+    (tmp_path / "empty").mkdir()  # the mount point of a new disk: kept, filled
+    assert restore(path, DataDir.at(tmp_path / "empty")).runs == 3
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["runs", "spikeboard.db"]
     (tmp_path / "text.tar.gz").write_text("hello")
     with pytest.raises(BackupError, match="not a tar archive"):
         restore(tmp_path / "text.tar.gz", DataDir.at(tmp_path / "t2"))

@@ -231,8 +231,7 @@ def test_a_run_sent_back_goes_to_the_end_of_the_queue(store):
         store.claim(run.id)
     with pytest.raises(Conflict, match="only a running run can go back to the queue"):
         store.request_requeue(waiting.id)
-    time.sleep(0.01)
-    marked = store.request_requeue(sent_back.id)
+    marked = store.request_requeue(sent_back.id, now=waiting.created_at + 1e-3)
     assert marked.requeued_at is not None and marked.priority == 0 and store.stop_requested(sent_back.id)
     assert not store.stop_requested(restarted.id)
     assert store.requeue(sent_back.id, 1, restart=True)  # its worker stopped and gave it back
@@ -251,8 +250,17 @@ def test_a_run_sent_back_goes_to_the_end_of_the_queue(store):
     assert again.requeued_at is None and again.restarts == 1 and again.crashes == 1  # a restart, not a crash
 
 
-def test_a_cancel_asked_first_stands_over_a_requeue(store):
+def test_a_cancel_asked_first_stands_over_a_requeue_and_a_finished_run_is_not_sent_back(store):
     run = store.create_run(RunKind.TRAIN, {})
     store.claim(run.id)
     store.request_cancel(run.id)
-    assert store.request_requeue(run.id).requeued_at is None and store.stop_requested(run.id)
+    with pytest.raises(Conflict, match="being cancelled"):
+        store.request_requeue(run.id)
+    assert store.stop_requested(run.id) and store.get_run(run.id).requeued_at is None
+    other = store.create_run(RunKind.TRAIN, {})
+    store.claim(other.id)
+    first = store.request_requeue(other.id, now=100.0).requeued_at
+    assert store.request_requeue(other.id, now=200.0).requeued_at == first == 100.0  # a double click keeps its place
+    store.transition(other.id, RunState.SUCCEEDED)  # it finished before its worker saw the request
+    done = store.get_run(other.id)
+    assert done.requeued_at is None and store.stop_flags(other.id) == (False, False)
