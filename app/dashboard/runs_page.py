@@ -306,7 +306,9 @@ class RunsPage(param.Parameterized):
             pn.widgets.Select.from_param(self.param.kind, label="kind", width=130),
             pn.widgets.TextInput.from_param(self.param.text, label="search", placeholder="id, arch, sweep...",
                                             width=220))
-        runs = layout.section("Runs", pn.Row(filters, pn.Spacer(), actions, sizing_mode="stretch_width"),
+        # the actions get a row of their own: beside the filters, six buttons pushed the page
+        # wider than a 1400 px window
+        runs = layout.section("Runs", filters, actions,
                               pn.Row(self.queue_button, self.queue_note, sizing_mode="stretch_width"), self.table)
         sweeps = layout.section("Sweeps", self.sweeps)
         return layout.page("Runs", "/", pn.Row(form, pn.Column(runs, sweeps, sizing_mode="stretch_width"),

@@ -127,3 +127,15 @@ def test_back_to_queue_sends_a_running_run_back_and_refuses_a_queued_one(tmp_pat
     finally:
         server.stop()
 
+
+
+def test_the_runs_page_fits_a_1400_px_window(queue_only_server, browser):  # noqa: F811
+    """With "Back to queue" the sixth action pushed the page wider than its window."""
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    context.set_default_navigation_timeout(120_000)
+    page = context.new_page()
+    page.goto(queue_only_server.url + "/")
+    page.get_by_role("button", name="Back to queue").wait_for(timeout=60_000)
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    context.close()
+    assert overflow <= 0, f"the page is {overflow} px wider than the window"
