@@ -53,6 +53,7 @@ class Heartbeat(threading.Thread):
         self.transport, self.stop = transport, stop
         self.progress: float | None = None
         self.parent = os.getppid()
+        self.nice = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the niceness the session has (main())
         self._done = threading.Event()
 
     def run(self) -> None:
@@ -69,6 +70,7 @@ class Heartbeat(threading.Thread):
             go_on = False
         if not go_on or os.getppid() != self.parent:
             self.stop.set()
+        self.nice = share_cpu_as_niced(self.nice)  # a `renice` of the worker reaches its session
 
     def finish(self) -> None:
         self._done.set()
@@ -199,20 +201,24 @@ def open_transport(argv: list[str]) -> Transport:
     return StoreTransport(DataDir.at(argv[0]), argv[1], int(argv[2]))
 
 
-def share_cpu_as_niced() -> None:
-    """Give the worker's session the niceness it inherited. Executors start each worker
-    in a session of its own (a Ctrl-C on the server's terminal must not reach it), and
-    Linux with sched_autogroup shares the CPU between sessions, not processes: niceness
-    then orders only a session's own threads, and the runs of `nice -n 19 spikeboard
-    serve` took as much CPU as anything else on the machine (found running nb024 for
-    days in the background). The session's autogroup takes the process's nice value."""
-    autogroup = Path("/proc/self/autogroup")
-    nice = os.nice(0)
-    if nice > 0 and autogroup.exists():
+def share_cpu_as_niced(last: int | None = None) -> int:
+    """Give the worker's session the niceness of its process; returns that niceness, for
+    the next call. Executors start each worker in a session of its own (a Ctrl-C on the
+    server's terminal must not reach it), and Linux with sched_autogroup shares the CPU
+    between sessions, not processes: niceness then orders only a session's own threads,
+    and the runs of `nice -n 19 spikeboard serve` took as much CPU as anything else on
+    the machine (found running nb024 for days in the background). The session's autogroup
+    takes the process's nice value at start (if above 0), and again whenever it changes
+    (the heartbeat asks): `renice` of a worker reached only its main thread, and the study
+    kept its autogroup's 19 until /proc was written by hand."""
+    nice = os.getpriority(os.PRIO_PROCESS, os.getpid())  # the main thread's: what `renice -p PID` sets
+    if nice != (0 if last is None else last):
+        autogroup = Path("/proc/self/autogroup")
         try:
             autogroup.write_text(str(nice))
-        except OSError:  # a kernel without autogroup writes, or a read-only /proc
+        except OSError:  # no sched_autogroup, a kernel without autogroup writes, or a read-only /proc
             pass
+    return nice
 
 
 def main(argv: list[str]) -> int:

@@ -272,3 +272,15 @@ def test_a_niced_worker_session_yields_the_cpu():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          start_new_session=True, preexec_fn=lambda: os.nice(7))
     assert out.stdout.split()[-2:] == ["nice", "7"], out.stdout + out.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="no sched_autogroup in this kernel")
+def test_a_reniced_worker_hands_its_new_niceness_to_its_session():
+    """`renice` of a running worker changed its main thread only: the session kept the
+    niceness of its start until /proc was written by hand (the study, session 9)."""
+    code = ("import os; from jobs.worker import share_cpu_as_niced; last = share_cpu_as_niced(); "
+            "os.setpriority(os.PRIO_PROCESS, os.getpid(), 12); share_cpu_as_niced(last); "
+            "print(open('/proc/self/autogroup').read())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         start_new_session=True, preexec_fn=lambda: os.nice(7))
+    assert out.stdout.split()[-2:] == ["nice", "12"], out.stdout + out.stderr
