@@ -51,6 +51,15 @@ SENT_BACK_NOTE = "sent back to the queue: resumes from its checkpoint in its tur
 STOPPING_NOTE = "going back to the queue at its next batch"
 
 
+def _state_note(run: Run, last: dict | None) -> str:
+    if run.requeued_at is not None:  # sent back: say why it waits (or that it is stopping)
+        return SENT_BACK_NOTE if run.state is RunState.QUEUED else STOPPING_NOTE
+    if starting(run):
+        return STARTING_NOTE
+    # the table has each run's last epoch only: its pace is that epoch's (the Run page's, the median of ten)
+    return time_left.describe(time_left.seconds_left(run, [last] if last else []))
+
+
 def run_row(run: Run, last: dict | None) -> dict:
     config = run.config
     train = run.kind is RunKind.TRAIN
@@ -64,14 +73,9 @@ def run_row(run: Run, last: dict | None) -> dict:
         detail = f"FORCE {config.get('experiment', '')}"
     else:
         detail = ""
-    if run.requeued_at is not None and not error:  # sent back: say why it waits (or is stopping)
-        note = SENT_BACK_NOTE if run.state is RunState.QUEUED else STOPPING_NOTE
-        detail = f"{detail} · {note}" if detail else note
-    elif starting(run) and not error:
-        detail = f"{detail} · {STARTING_NOTE}" if detail else STARTING_NOTE
-    # the table has each run's last epoch only: its pace is that epoch's (the Run page's, the median of ten)
-    elif (left := time_left.describe(time_left.seconds_left(run, [last] if last else []))) and not error:
-        detail = f"{detail} · {left}" if detail else left
+    if not error:  # one note on why the run waits, or how long it has left
+        if (note := _state_note(run, last)):
+            detail = f"{detail} · {note}" if detail else note
     return {
         "id": run.id, "kind": run.kind.value, "state": STARTING if starting(run) else run.state.value,
         "progress": round(100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress or 0.0)),
