@@ -138,8 +138,9 @@ def histograms(samples: dict[str, np.ndarray], labels: Sequence[str], *, title: 
     layers.append(hv.Text((low + edges[-1]) / 2, 1 if logy else (-0.5 if note else 0), note).opts(
         color="#718096", text_font_size="11pt"))
     overlay = hv.Overlay(layers)
-    if logy and not finite:  # a log axis over no counts has no range: give the note one
-        overlay = overlay.redim.range(count=(0.1, 10))
+    if logy and not finite:  # a log axis over no counts has no range: give the note one.
+        # Three decades: over two, Bokeh's log ticker labels 1, 2, ..., 10 in a crowd
+        overlay = overlay.redim.range(count=(0.1, 100))
     return overlay.opts(title=title, logy=logy, legend_position="top_right", **BASE)
 
 

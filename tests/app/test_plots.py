@@ -204,6 +204,8 @@ def test_a_live_histogram_draws_its_first_data_into_the_same_glyphs(logy):
     glyphs = list(figure.renderers)
     if logy:  # the empty plot's note needs a log range to stand on (0..1 drew nothing)
         assert 0 < figure.y_range.start < 1 < figure.y_range.end
+        # ... of three decades or more: over two (0.1..10), BokehJS labelled 1, 2, ..., 10 in a crowd
+        assert figure.y_range.end / figure.y_range.start >= 1000
     samples.update(init=rng.normal(size=500), end=3.0 * rng.normal(size=500))
     stream.event(counter=1)
     assert list(figure.renderers) == glyphs  # the same glyphs, now holding the data
