@@ -394,6 +394,14 @@ class JobService:
                                                      "params": validate_force(experiment, params)},
                                      code_version=code_version())
 
+    def finished_force_work(self, limit: int = 50) -> list[tuple[dict[str, Any], float, float]]:
+        """(config, seconds, units of work) of the latest FORCE runs that succeeded on their
+        first attempt: the paces a FORCE estimate goes by (a resumed attempt's time covers
+        only what it ran)."""
+        runs, _ = self.store.list_runs(kind=RunKind.FORCE, state=RunState.SUCCEEDED, limit=limit)
+        return [(r.config, r.finished_at - r.started_at, force_work(r.config["experiment"], r.config["params"]))
+                for r in runs if r.attempt == 1 and r.started_at and r.finished_at]
+
     # --- live events ------------------------------------------------------------------
     def changes(self, since: float) -> tuple[list[Run], list[tuple[str, float, dict]]]:
         """Runs and epochs that changed since `since`, for all runs at once (the dashboard's live feed)."""
@@ -469,6 +477,13 @@ def list_force_experiments() -> list[dict[str, Any]]:
 
     return [{"name": name, "description": spec.description, "defaults": spec.validate({})}
             for name, spec in sorted(EXPERIMENTS.items())]
+
+
+def force_work(experiment: str, params: dict[str, Any]) -> float:
+    """What a FORCE experiment's time scales with, for its validated params."""
+    from engine.force.experiments import work
+
+    return work(experiment, params)
 
 
 def validate_force(experiment: str, params: dict[str, Any] | None) -> dict[str, Any]:

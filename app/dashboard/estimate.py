@@ -85,3 +85,36 @@ def format_duration(seconds: float) -> str:
     if seconds < 48 * 3600:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+# --- FORCE ---------------------------------------------------------------------------------
+# A FORCE experiment's time scales with its network-steps x N^2 (engine.force.experiments.work).
+# Its pace comes from FORCE runs that finished here on their first attempt (a resumed attempt's
+# time covers only what it ran), per experiment where one has finished, else over all of them;
+# always per device and dtype (a float64 CPU step costs several float32 GPU ones).
+@dataclass(frozen=True)
+class ForceCalibration:
+    paces: tuple[tuple[str, str, str, float], ...]  # (experiment, device, dtype, seconds per unit of work)
+
+    @classmethod
+    def from_runs(cls, finished: Iterable[tuple[dict[str, Any], float, float]]) -> "ForceCalibration":
+        """`finished`: (run config {experiment, params}, seconds, units of work) of succeeded FORCE runs."""
+        paces = []
+        for config, seconds, units in finished:
+            c = config["params"]["config"]
+            if seconds > 0 and units > 0:
+                paces.append((config["experiment"], c.get("device", "cpu"), c.get("dtype", "float64"),
+                              seconds / units))
+        return cls(tuple(paces))
+
+    def describe(self, experiment: str, params: dict[str, Any], units: float) -> str:
+        """"about 20 min once it starts (...)" for a validated experiment's params."""
+        device, dtype = params["config"].get("device", "cpu"), params["config"].get("dtype", "float64")
+        alike = [p for e, d, t, p in self.paces if (d, t) == (device, dtype)]
+        same = [p for e, d, t, p in self.paces if (e, d, t) == (experiment, device, dtype)]
+        if not alike:
+            return (f"no estimate yet: no FORCE run has finished on this server on {device} in {dtype} "
+                    "(a short train run gives the first one)")
+        basis = f"{len(same)} finished {experiment} run(s)" if same else f"{len(alike)} finished FORCE run(s)"
+        return (f"about {format_duration(units * statistics.median(same or alike))} once it starts, "
+                f"from the pace of {basis} on this server (a rough guide: small runs overstate it)")

@@ -23,11 +23,12 @@ import param
 
 from app.api.deps import Services
 from app.dashboard import force_plots as fp
-from app.dashboard import layout, plots
+from app.dashboard import layout, plots, time_left
+from app.dashboard.estimate import ForceCalibration
 from app.dashboard.live import LiveFeed, News
 from engine.force.config import BACKENDS, DTYPES, ENCODERS, TASKS, ForceConfig
 from jobs.models import InvalidRequest, JobsError, Run, RunKind, RunState
-from jobs.service import list_force_experiments
+from jobs.service import force_work, list_force_experiments, validate_force
 
 CHOICES: dict[str, tuple[str, ...]] = {"task": TASKS, "encoder": ENCODERS, "dtype": tuple(DTYPES), "backend": BACKENDS}
 # Config fields shown first; the others sit in the "All config fields" card.
@@ -68,6 +69,11 @@ class ForceForm:
             widget.sizing_mode = "stretch_width"
         self._advanced = pn.Card(title="All config fields", collapsed=True, sizing_mode="stretch_width")
         self._advanced.param.watch(self._fill_advanced, "collapsed")
+
+    def watch(self, callback) -> None:
+        """Call `callback(event)` whenever a field's value changes."""
+        for widget in [*self.params.values(), *self.config.values()]:
+            widget.param.watch(callback, "value")
 
     def _field(self, key: str) -> pn.Column:
         widget = self.config[key[7:]] if key.startswith("config.") else self.params[key]
@@ -147,11 +153,13 @@ def _summary(run: Run) -> str:
 
 def run_row(run: Run) -> dict:
     error = (run.error or "").strip().splitlines()
+    # a grid at N 2000 runs for hours: its row says how long it has left (from its own pace)
+    detail = error[-1][:100] if error else time_left.describe(time_left.seconds_left(run, []))
     return {"id": run.id, "experiment": run.config.get("experiment", ""), "state": run.state.value,
             "progress": round(100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress or 0.0)),
             "summary": _summary(run),
             "created": dt.datetime.fromtimestamp(run.created_at).strftime("%Y-%m-%d %H:%M:%S"),
-            "detail": error[-1][:100] if error else ""}
+            "detail": detail}
 
 
 # --- the page -----------------------------------------------------------------------------
@@ -169,6 +177,8 @@ class ForcePage(param.Parameterized):
         self.param.experiment.objects = list(self.experiments)
         self.status = layout.status_line()
         self.form_holder = pn.Column(sizing_mode="stretch_width")
+        self.estimate = pn.pane.HTML("", css_classes=["muted"], margin=(0, 10), sizing_mode="stretch_width")
+        self.calibration = ForceCalibration.from_runs(self.jobs.finished_force_work())
         self.form = self._build_form()
         self.param.watch(lambda _e: self._build_form(), "experiment")
         self.table = pn.widgets.Tabulator(
@@ -190,7 +200,20 @@ class ForcePage(param.Parameterized):
     def _build_form(self) -> ForceForm:
         self.form = ForceForm(self.experiments[self.experiment])
         self.form_holder.objects = [self.form.panel()]
+        self.form.watch(lambda _event: self._show_estimate())
+        self._show_estimate()
         return self.form
+
+    def _show_estimate(self) -> None:
+        """How long the form's experiment would take here; nothing while a field is invalid
+        (Launch marks it)."""
+        try:
+            params = validate_force(self.experiment, self.form.values())
+        except (ValueError, InvalidRequest):
+            self.estimate.object = ""
+            return
+        note = self.calibration.describe(self.experiment, params, force_work(self.experiment, params))
+        self.estimate.object = f"<p>Time: {html.escape(note)}</p>"
 
     def launch(self, _event=None) -> None:
         self.form.clear_errors()
@@ -240,6 +263,9 @@ class ForcePage(param.Parameterized):
     def _on_news(self, news: News) -> None:
         if any(r.kind is RunKind.FORCE for r in news.runs.values()):
             self.table.value = self._runs_frame()
+        if any(r.kind is RunKind.FORCE and r.state is RunState.SUCCEEDED for r in news.runs.values()):
+            self.calibration = ForceCalibration.from_runs(self.jobs.finished_force_work())
+            self._show_estimate()
         if self.run is not None and self.run.id in news.runs:
             self.run = news.runs[self.run.id]
             self._load()
@@ -254,7 +280,8 @@ class ForcePage(param.Parameterized):
         done, total = self.result.get("units_done"), self.result.get("units_total")
         facts = [("experiment", run.config.get("experiment")), ("state", run.state.value),
                  ("progress", f"{100 * (1.0 if run.state is RunState.SUCCEEDED else run.progress):.0f} %"
-                  + (f" ({done} of {total} units)" if total else "")),
+                  + (f" ({done} of {total} units)" if total else "")
+                  + (f", {left}" if (left := time_left.describe(time_left.seconds_left(run, []))) else "")),
                  ("task", c.get("task")), ("N", ", ".join(map(str, params.get("n_values", []))) or c.get("n")),
                  ("Q, G", f"{c.get('q')}, {c.get('g')}" if "q_values" not in params else
                   f"{len(params['q_values'])} × {len(params['g_values'])} grid"),
@@ -445,7 +472,7 @@ class ForcePage(param.Parameterized):
         launch.on_click(self.launch)
         experiment = pn.widgets.Select.from_param(self.param.experiment, name="experiment",
                                                   sizing_mode="stretch_width")
-        form = layout.section("Launch a FORCE experiment", experiment, self.form_holder, launch, width=460,
+        form = layout.section("Launch a FORCE experiment", experiment, self.form_holder, self.estimate, launch, width=460,
                               sizing_mode=None)
         side = [layout.section("FORCE runs (click an id)", self.table)]
         title, results = "FORCE: LIF networks vs rate twins", []

@@ -415,6 +415,7 @@ class ExperimentSpec:
     check: Callable[[dict], dict]
     execute: Callable[[dict, ResultWriter], None]
     units: Callable[[dict], int] = lambda params: 1
+    work: Callable[[dict], float] = lambda params: _steps_n2(params, networks=2)
 
     def validate(self, params: dict[str, Any] | None) -> dict[str, Any]:
         params = dict(params or {})
@@ -427,20 +428,50 @@ class ExperimentSpec:
         return checked
 
 
-def _spec(name, description, execute, config=None, extra=None, check=None, units=None) -> ExperimentSpec:
+def _spec(name, description, execute, config=None, extra=None, check=None, units=None, work=None) -> ExperimentSpec:
     defaults = {"config": dict(config or {}), **(extra or {})}
     return ExperimentSpec(name, description, defaults, check or (lambda p: dict(p)), execute,
-                          units or (lambda params: 1))
+                          units or (lambda params: 1), work or (lambda params: _steps_n2(params, networks=2)))
+
+
+# --- work: what an experiment's time scales with ---------------------------------------------
+# Network-steps x N^2 over every network the experiment simulates (batch rows count once
+# each): a rate step and an RLS update are N^2 products, so N^2 per step is the cost's shape
+# (a LIF step pays only its spiking columns, which the per-experiment calibration absorbs).
+def _steps_n2(params: dict, networks: int = 2, batch: int = 1, extra_test_rows: int = 0,
+              extra_steps: int = 0) -> float:
+    """`networks` networks of `batch` rows over warm-up, learning and test; then
+    `extra_test_rows` more test phases and `extra_steps` more steps (of one row each)."""
+    c = ForceConfig.from_dict(params["config"])
+    return float(c.n) ** 2 * (networks * batch * c.n_steps + extra_test_rows * c.test_steps + extra_steps)
+
+
+def _protocols_work(p: dict) -> float:
+    c = ForceConfig.from_dict(p["config"])
+    closed_loop = c.test_steps + int(round(p["run_in_s"] / c.dt_s))  # per receiver, per batch row
+    return _steps_n2(p, batch=len(p["alphas"]), extra_steps=2 * closed_loop * len(p["alphas"]) * len(p["protocols"]))
+
+
+def _size_work(p: dict) -> float:
+    extra = 2 * p["trials"]
+    return sum(_steps_n2({**p, "config": {**p["config"], "n": n}}, extra_test_rows=extra) for n in p["n_values"])
+
+
+def _pca_work(p: dict) -> float:
+    c = ForceConfig.from_dict(p["config"])
+    return float(c.n) ** 2 * 2 * (c.warmup_steps + c.learn_steps)
 
 
 # The study's Q x G grid and reference point use p 0.4 and its encoder law.
 _STUDY = {"p": 0.4, "encoder": "centred", "q": 20.0, "g": 0.125}
 EXPERIMENTS: dict[str, ExperimentSpec] = {s.name: s for s in (
     _spec("train", "one FORCE training: target vs output traces, errors, decoders", train_run,
-          extra={"networks": ["lif", "rate"]}, check=lambda p: {**p, "networks": _networks(p)}),
+          extra={"networks": ["lif", "rate"]}, check=lambda p: {**p, "networks": _networks(p)},
+          work=lambda p: _steps_n2(p, networks=len(p["networks"]))),
     _spec("alpha", "slow vs fast alpha for both twins: errors and decoder correlation", alpha_run, config=_STUDY,
           extra={"alphas": [5e-6, 5e-4]},
-          check=lambda p: {**p, "alphas": _numbers(p, "alphas", 1e-12, 1e3, 8)}),
+          check=lambda p: {**p, "alphas": _numbers(p, "alphas", 1e-12, 1e3, 8)},
+          work=lambda p: _steps_n2(p, batch=len(p["alphas"]))),
     _spec("grid", "Q x G grid: log10 test error per twin and decoder correlation per point", grid_run,
           config={"p": 0.4, "encoder": "centred"},
           extra={"q_values": [float(q) for q in np.linspace(2, 30, 8)],
@@ -449,27 +480,32 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {s.name: s for s in (
           check=lambda p: {**p, "q_values": _numbers(p, "q_values", 0, 1e4, 100),
                            "g_values": _numbers(p, "g_values", 0, 1e4, 100), "networks": _networks(p),
                            "batch": _integer(p, "batch", 1, 4096), "processes": _integer(p, "processes", 1, 64)},
-          units=lambda p: len(p["q_values"]) * len(p["g_values"])),
-    _spec("transfer", "decoders swapped between the twins, both directions", transfer_run, config=_STUDY),
+          units=lambda p: len(p["q_values"]) * len(p["g_values"]),
+          work=lambda p: _steps_n2(p, networks=len(p["networks"]), batch=len(p["q_values"]) * len(p["g_values"]))),
+    _spec("transfer", "decoders swapped between the twins, both directions", transfer_run, config=_STUDY,
+          work=lambda p: _steps_n2(p, extra_test_rows=2)),
     _spec("transfer_protocols", "decoders moved between the twins by several protocols (feedback and/or readout, "
           "receiver's or donor's state, run-in), at slow and fast alpha", transfer_protocols_run, config=_STUDY,
           extra={"alphas": [5e-6, 5e-4], "protocols": list(TRANSFER_PROTOCOLS), "run_in_s": 2.0},
           check=lambda p: {**p, "alphas": _numbers(p, "alphas", 1e-12, 1e3, 8), "protocols": _protocols(p),
-                           "run_in_s": _number(p, "run_in_s", 0, 1e3)}),
+                           "run_in_s": _number(p, "run_in_s", 0, 1e3)},
+          work=_protocols_work),
     _spec("size", "error and decoder correlation against N", size_run, config=_STUDY,
           extra={"n_values": [250, 500, 1000, 2000], "trials": 0, "jitter_mv": 1.0, "jitter_frac": 0.01},
           check=lambda p: {**p, "n_values": sorted(set(_numbers(p, "n_values", 2, 20000, 20, integer=True))),
                            "trials": 0 if p["trials"] == 0 else _integer(p, "trials", 2, 1000),
                            "jitter_mv": _number(p, "jitter_mv", 0, 100), "jitter_frac": _number(p, "jitter_frac", 0, 1)},
-          units=lambda p: len(p["n_values"])),
+          units=lambda p: len(p["n_values"]), work=_size_work),
     _spec("bias_variance", "bias^2 and variance of the output over repeated test trials", bias_variance_run,
           config=_STUDY, extra={"trials": 10, "jitter_mv": 1.0, "jitter_frac": 0.01},
           check=lambda p: {**p, "trials": _integer(p, "trials", 2, 1000),
-                           "jitter_mv": _number(p, "jitter_mv", 0, 100), "jitter_frac": _number(p, "jitter_frac", 0, 1)}),
+                           "jitter_mv": _number(p, "jitter_mv", 0, 100), "jitter_frac": _number(p, "jitter_frac", 0, 1)},
+          work=lambda p: _steps_n2(p, extra_test_rows=2 * p["trials"])),
     _spec("pca", "PCA of filtered rates, decoders per PC, RLS gain alpha / (1 + alpha M lambda)", pca_run,
           config=_STUDY, extra={"alphas": [5e-6, 5e-4], "components": 200},
           check=lambda p: {**p, "alphas": _numbers(p, "alphas", 1e-12, 1e3, 8),
-                           "components": _integer(p, "components", 1, 20000)}),
+                           "components": _integer(p, "components", 1, 20000)},
+          work=_pca_work),
 )}
 
 
@@ -477,6 +513,11 @@ def validate(name: str, params: dict[str, Any] | None) -> dict[str, Any]:
     if name not in EXPERIMENTS:
         raise ExperimentError("experiment", f"must be one of {sorted(EXPERIMENTS)}, got {name!r}")
     return EXPERIMENTS[name].validate(params)
+
+
+def work(name: str, params: dict[str, Any]) -> float:
+    """What the experiment's time scales with (network-steps x N^2), for validated `params`."""
+    return EXPERIMENTS[name].work(params)
 
 
 def run_experiment(name: str, params: dict[str, Any] | None, out_dir: str | Path, *,

@@ -29,3 +29,26 @@ def test_no_estimate_without_a_measurement_on_the_plans_backend():
 
 def test_durations_read_naturally():
     assert [format_duration(s) for s in (42, 600, 5 * 3600, 5 * 86400)] == ["42 s", "10 min", "5.0 h", "5.0 days"]
+
+
+def force_run(experiment: str, seconds: float, units: float, device: str = "cpu", dtype: str = "float32"):
+    return {"experiment": experiment, "params": {"config": {"device": device, "dtype": dtype}}}, seconds, units
+
+
+def test_a_force_estimate_goes_by_the_same_experiment_then_any_on_the_same_device_and_dtype():
+    from app.dashboard.estimate import ForceCalibration
+
+    calibration = ForceCalibration.from_runs([
+        force_run("train", 10.0, 1e10), force_run("train", 30.0, 1e10),  # median pace 2e-9 s per unit
+        force_run("grid", 100.0, 1e10),  # another experiment: used only when no train run finished
+        force_run("train", 1.0, 1e10, device="cuda"), force_run("train", 0.0, 1e10)])  # no time: ignored
+    params = {"config": {"device": "cpu", "dtype": "float32"}}
+    assert calibration.describe("train", params, 3e11).startswith(
+        "about 10 min once it starts, from the pace of 2 finished train run(s)")
+    assert calibration.describe("size", params, 3e11).startswith(
+        "about 15 min once it starts, from the pace of 3 finished FORCE run(s)")  # median of 1, 3, 10 ns per unit
+    on_gpu = {"config": {"device": "cuda", "dtype": "float32"}}
+    assert calibration.describe("train", on_gpu, 3e11).startswith("about 30 s once it starts, from the pace of 1 finished")
+    in_float64 = {"config": {"device": "cpu", "dtype": "float64"}}
+    assert calibration.describe("train", in_float64, 3e11).startswith(
+        "no estimate yet: no FORCE run has finished on this server on cpu in float64")

@@ -123,3 +123,20 @@ def test_a_run_sent_back_says_why_it_waits():
     assert run_row(stopping, {"epoch": 4, "epoch_s": 60.0})["detail"] == "going back to the queue at its next batch"
     waiting = dataclasses.replace(stopping, state=RunState.QUEUED)
     assert run_row(waiting, None)["detail"] == "sent back to the queue: resumes from its checkpoint in its turn"
+
+
+def test_a_running_force_run_says_how_long_it_has_left_on_the_force_page():
+    """A FORCE grid runs for hours: its row on the FORCE page gives its time left, from its
+    own pace (100 s for the first half: about 2 min to go); a failed run's row gives its error."""
+    from app.dashboard import force_page
+
+    config = {"experiment": "grid", "params": {"config": {"task": "sine", "n": 2000}, "q_values": [1.0],
+                                               "g_values": [0.1]}}
+    now = time.time()
+    running = dataclasses.replace(a_run(RunKind.FORCE, config), state=RunState.RUNNING, started_at=now - 100,
+                                  progress=0.5)
+    assert force_page.run_row(running)["detail"] == "about 2 min left"
+    restarted = dataclasses.replace(running, attempt=2)  # its first attempt's time is not kept
+    assert force_page.run_row(restarted)["detail"] == ""
+    failed = dataclasses.replace(running, state=RunState.FAILED, error="Traceback\nValueError: diverged\n")
+    assert force_page.run_row(failed)["detail"] == "ValueError: diverged"

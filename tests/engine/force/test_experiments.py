@@ -136,3 +136,26 @@ def test_defaults_are_complete_and_valid():
         checked = validate(name, {})
         assert set(checked) == set(spec.defaults) and checked["config"]["n"] == 2000
         assert validate(name, checked) == checked  # a stored params dict validates to itself
+
+
+def test_work_counts_network_steps_times_n_squared():
+    """The FORCE form's time estimate scales a measured pace by `work`: network-steps x N^2
+    over every network, batch row, extra test phase and size the experiment simulates."""
+    from engine.force.experiments import work
+
+    def w(name, config=None, **extra):
+        return work(name, validate(name, {"config": {**TINY, **(config or {})}, **extra}))
+
+    steps = 400 + 1000 + 400  # TINY's phases at dt 0.05 ms
+    assert w("train") == 2 * steps * 30 ** 2
+    assert w("train", networks=["rate"]) == steps * 30 ** 2
+    assert w("train", {"n": 60}) == 4 * w("train")
+    assert w("alpha", alphas=[1e-5, 1e-4, 1e-3]) == 3 * w("train")
+    assert w("grid", q_values=[1.0, 2.0, 3.0], g_values=[0.1, 0.2]) == 6 * w("train")
+    assert w("transfer") == w("train") + 2 * 400 * 30 ** 2  # two swapped test phases
+    assert w("bias_variance", trials=5) == w("train") + 2 * 5 * 400 * 30 ** 2
+    assert w("size", n_values=[30, 60], trials=0) == w("train") + w("train", {"n": 60})
+    assert w("pca") == 2 * (400 + 1000) * 30 ** 2  # learning only, no test phase
+    protocols = w("transfer_protocols", alphas=[1e-5], protocols=["own", "swap_both"], run_in_s=0.01)
+    assert protocols == w("train") + 2 * 2 * (400 + 200) * 30 ** 2  # both receivers x 2 protocols x closed loop
+    assert all(work(n, validate(n, {})) > 0 for n in EXPERIMENTS)
