@@ -16,6 +16,7 @@ a run, sweep or study take its id or the model itself. An answer of 4xx/5xx rais
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -27,7 +28,6 @@ from pydantic import BaseModel
 from app.api.schemas import (ArtifactPublic, ArtifactsPublic, ForceExperimentsPublic, Health, MetricsPublic,
                              QueuePublic, RunPublic, RunsPublic, StudiesPublic, StudyPresetsPublic, StudyPublic, SweepPublic,
                              SweepsPublic)
-from jobs.client import parse_sse
 from jobs.models import FINISHED_STATES, RunKind, RunState
 
 if TYPE_CHECKING:
@@ -99,6 +99,24 @@ class Event(NamedTuple):
     error, n_epochs), `epoch` (data: that epoch's metrics record) or `end`."""
     name: str
     data: dict[str, Any]
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(event, JSON data) from Server-Sent Events lines; comments (keep-alives) skipped."""
+    event, data = "message", []
+    for line in lines:
+        if line.startswith(":"):
+            continue  # keep-alive comment
+        if not line:
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].lstrip())
+    if data:
+        yield event, json.loads("\n".join(data))
 
 
 def _id(item: str | BaseModel) -> str:

@@ -1,2 +1,3 @@
 """Runs as durable records: the SQLite store, the state machine, scheduling,
-executors, sweeps, the worker entry point and a REST client. No UI imports."""
+executors, sweeps and the worker entry point. No UI imports (the REST API's Python
+client, `spikeboard.Client`, lives in app/client.py)."""

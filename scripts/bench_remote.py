@@ -26,7 +26,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.client import Client
+from app.client import Client
+from jobs.models import FINISHED_STATES, RunState
 from tests.app.conftest import free_port, start_server
 from tests.jobs.cluster import ADMIN, ClusterServer, RayCluster, short_tmp
 
@@ -44,28 +45,28 @@ def cluster_figures(runs: int, slots: int, epochs: int, cpus_per_node: int) -> N
         with Client(server.url, token=ADMIN) as api:
             submitted, first = {}, {}
             for _ in range(runs):
-                run = api.submit({**CONFIG, "epochs": epochs})
-                submitted[run["id"]] = time.monotonic()
+                run = api.submit_run({**CONFIG, "epochs": epochs})
+                submitted[run.id] = time.monotonic()
             seen_epochs: dict[str, int] = {}
             t_first_epoch = None
             while True:
-                listing = api.list(limit=1000)["data"]
+                listing = api.list_runs(limit=1000).data
                 now = time.monotonic()
                 for run in listing:
-                    if run["n_epochs"] and run["id"] not in first:
-                        first[run["id"]] = now
-                    seen_epochs[run["id"]] = run["n_epochs"]
+                    if run.n_epochs and run.id not in first:
+                        first[run.id] = now
+                    seen_epochs[run.id] = run.n_epochs
                 if t_first_epoch is None and first:
                     t_first_epoch = now
-                if all(r["state"] in ("succeeded", "failed", "cancelled") for r in listing):
+                if all(r.state in FINISHED_STATES for r in listing):
                     break
                 time.sleep(0.2)
             done = time.monotonic()
-            states = [r["state"] for r in listing]
+            states = [r.state for r in listing]
         waits = sorted(first[i] - submitted[i] for i in first)
         total = sum(seen_epochs.values())
         print(f"{runs} runs x {epochs} epochs, {slots} at a time on 2 nodes x {cpus_per_node} CPUs: "
-              f"{states.count('succeeded')} succeeded")
+              f"{states.count(RunState.SUCCEEDED)} succeeded")
         print(f"submit -> first epoch: first run {waits[0]:.1f} s, median {statistics.median(waits):.1f} s, "
               f"last {waits[-1]:.1f} s (later runs wait for a slot)")
         print(f"epochs over the API: {total} in {done - t_first_epoch:.1f} s from the first one = "
@@ -82,11 +83,11 @@ def local_first_epoch(epochs: int) -> None:
     try:
         with Client(server.url, token=ADMIN) as api:
             started = time.monotonic()
-            run = api.submit({**CONFIG, "epochs": epochs})
-            while not api.metrics(run["id"]):
+            run = api.submit_run({**CONFIG, "epochs": epochs})
+            while api.metrics(run).empty:
                 time.sleep(0.1)
             print(f"baseline, local executor: submit -> first epoch {time.monotonic() - started:.1f} s")
-            api.wait(run["id"], timeout_s=300)
+            api.wait(run, timeout_s=300)
     finally:
         server.stop()
 

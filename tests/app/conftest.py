@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jobs.client import Client
+from app.client import Client
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,7 +33,9 @@ class Server:
     token: str | None = None
 
     def client(self, token: str | None = "default") -> Client:
-        return Client(self.url, token=self.token if token == "default" else token)
+        """The typed client of this server; `token=None`: none sent (never SPIKEBOARD_TOKEN's)."""
+        token = self.token if token == "default" else token
+        return Client(self.url, token=token or "")
 
     def kill(self) -> None:
         """kill -9: no shutdown code runs."""

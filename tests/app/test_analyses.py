@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from jobs.client import ApiError
+from app.client import ApiError
+from jobs.models import RunKind, RunState
 
 from tests.conftest import small_config
 
@@ -23,16 +24,16 @@ def _small_params():
 def test_coupling_sweep_on_a_finished_run(server_factory):
     server = server_factory()
     with server.client() as api:
-        source = api.submit(small_config(epochs=1))
-        assert api.wait(source["id"], timeout_s=120)["state"] == "succeeded"
-        analysis = api.analyse(source["id"], "coupling_sweep", _small_params())
-        assert analysis["kind"] == "analysis" and analysis["source_run_id"] == source["id"]
-        done = api.wait(analysis["id"], timeout_s=180)
-        assert done["state"] == "succeeded", done["error"]
-        names = {a["name"] for a in api.artifacts(analysis["id"])}
+        source = api.submit_run(small_config(epochs=1))
+        assert api.wait(source.id, timeout_s=120).state == RunState.SUCCEEDED
+        analysis = api.submit_analysis(source.id, "coupling_sweep", _small_params())
+        assert analysis.kind == RunKind.ANALYSIS and analysis.source_run_id == source.id
+        done = api.wait(analysis.id, timeout_s=180)
+        assert done.state == RunState.SUCCEEDED, done.error
+        names = {a.name for a in api.artifacts(analysis.id)}
         assert "result.json" in names
-        result = json.loads(api.download(analysis["id"], "result.json"))
-        assert result["complete"] and len(result["cells"]) == 4 and done["progress"] == 1.0
+        result = json.loads(api.download(analysis.id, "result.json"))
+        assert result["complete"] and len(result["cells"]) == 4 and done.progress == 1.0
         with pytest.raises(ApiError) as bad:
-            api.analyse(source["id"], "coupling_sweep", {"factors": [-1]})
+            api.submit_analysis(source.id, "coupling_sweep", {"factors": [-1]})
         assert bad.value.status_code == 422 and bad.value.detail[0]["loc"] == ["body", "params", "factors"]

@@ -14,6 +14,7 @@ import pytest
 
 from app.dashboard.compare_page import ARCH_COLORS
 from app.dashboard.sessions import origin_allowed
+from jobs.models import RunState
 from tests.app.conftest import REPO, start_server
 from tests.conftest import small_config
 
@@ -69,9 +70,9 @@ def server(tmp_path_factory):
 def finished_run(server):
     """A trained run long enough (100 ms trials) for a spectrum."""
     with server.client() as client:
-        run = client.submit(small_config(t_ms=100.0, epochs=3, lr=1e-2))
-        assert client.wait(run["id"], timeout_s=300)["state"] == "succeeded"
-    return run["id"]
+        run = client.submit_run(small_config(t_ms=100.0, epochs=3, lr=1e-2))
+        assert client.wait(run.id, timeout_s=300).state == RunState.SUCCEEDED
+    return run.id
 
 
 @pytest.fixture(scope="module")
@@ -216,14 +217,14 @@ def test_a_small_coupling_sweep_fills_in_and_a_cell_opens(server, finished_run, 
 
 def test_compare_page_overlays_runs_and_tabulates_seeds(server, finished_run, page):
     with server.client() as client:
-        other = client.submit(small_config(arch="coba", t_ms=100.0, epochs=2, lr=1e-2))
+        other = client.submit_run(small_config(arch="coba", t_ms=100.0, epochs=2, lr=1e-2))
         # the seed's recipe too: the table gains a recipe column
-        seed = client.submit(small_config(recipe="seed", n_i=10, t_ms=40.0, epochs=1))
-        assert client.wait(other["id"], timeout_s=300)["state"] == "succeeded"
-        assert client.wait(seed["id"], timeout_s=300)["state"] == "succeeded"
+        seed = client.submit_run(small_config(recipe="seed", n_i=10, t_ms=40.0, epochs=1))
+        assert client.wait(other.id, timeout_s=300).state == RunState.SUCCEEDED
+        assert client.wait(seed.id, timeout_s=300).state == RunState.SUCCEEDED
     # reached as a user does: tick the rows, press "Compare selected"
     page.goto(server.url + "/")
-    for run_id in (finished_run, other["id"], seed["id"]):
+    for run_id in (finished_run, other.id, seed.id):
         # the row whose id this is (an analysis row names its source run too)
         page.get_by_role("row", name=re.compile(rf"^Select Row {run_id}\b")).get_by_label("Select Row").check()
     page.get_by_role("button", name="Compare selected").click()
@@ -244,7 +245,7 @@ def test_compare_page_overlays_runs_and_tabulates_seeds(server, finished_run, pa
     mappers = page.evaluate(BAR_COLORS_JS)
     bars = next(m for m in mappers if any(f.endswith(finished_run[:4]) for f in m["factors"]))
     colors = dict(zip(bars["factors"], bars["palette"]))
-    for arch, run_id in (("ping", finished_run), ("coba", other["id"])):
+    for arch, run_id in (("ping", finished_run), ("coba", other.id)):
         name = next(f for f in bars["factors"] if f.endswith(run_id[:4]))
         assert colors[name].lower() == ARCH_COLORS[arch].lower(), (name, colors)
 

@@ -10,6 +10,7 @@ import re
 import httpx
 import pytest
 
+from jobs.models import RunState
 from tests.app.conftest import start_server
 from tests.app.test_dashboard import CHROMIUM, Console, browser  # noqa: F401 (fixture)
 from tests.conftest import small_config
@@ -54,8 +55,8 @@ def finished_run(server, first_runs: dict) -> str:
     """The first test's run, or one made now when a test runs on its own."""
     if "a" not in first_runs:
         with server.client() as client:
-            first_runs["a"] = client.submit(small_config())["id"]
-            assert client.wait(first_runs["a"], timeout_s=300)["state"] == "succeeded"
+            first_runs["a"] = client.submit_run(small_config()).id
+            assert client.wait(first_runs["a"], timeout_s=300).state == RunState.SUCCEEDED
     return first_runs["a"]
 
 
@@ -86,13 +87,13 @@ def test_the_first_runs_appear_in_an_empty_runs_table_without_a_reload(fresh_ser
     page.goto(fresh_server.url + "/")
     page.get_by_text("Launch a run or a sweep").wait_for(timeout=60_000)
     with fresh_server.client() as client:
-        first_runs["a"] = client.submit(small_config())["id"]
-        first_runs["b"] = client.submit(small_config(arch="coba"))["id"]
+        first_runs["a"] = client.submit_run(small_config()).id
+        first_runs["b"] = client.submit_run(small_config(arch="coba")).id
     for run_id in first_runs.values():
         page.locator(".tabulator-row", has_text=run_id).wait_for(timeout=30_000)
     with fresh_server.client() as client:
         for run_id in first_runs.values():
-            assert client.wait(run_id, timeout_s=300)["state"] == "succeeded"
+            assert client.wait(run_id, timeout_s=300).state == RunState.SUCCEEDED
     # live updates reach the rows: both show their final state
     for run_id in first_runs.values():
         page.locator(".tabulator-row", has_text=run_id).filter(has_text="succeeded").wait_for(timeout=30_000)
@@ -111,7 +112,7 @@ def test_compare_selected_opens_the_compare_page(fresh_server, first_runs, page)
 
 def test_the_runs_table_shows_integer_seeds_no_nan_and_readable_headers_and_fits(fresh_server, first_runs, page):
     with fresh_server.client() as client:  # a row without seed, accuracy or rate
-        client.analyse(first_runs["a"], "coupling_sweep", {"factors": [1.0], "samples": 5})
+        client.submit_analysis(first_runs["a"], "coupling_sweep", {"factors": [1.0], "samples": 5})
     page.goto(fresh_server.url + "/")
     table = page.locator(".tabulator").first
     table.locator(".tabulator-row", has_text="coupling_sweep").wait_for(timeout=30_000)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from jobs.models import RunState
 from tests.app.conftest import start_server
 from tests.app.test_lifecycle import _wait_for
 from tests.app.test_dashboard import CHROMIUM, Console, browser  # noqa: F401 (fixture)
@@ -38,7 +39,7 @@ def queue_only_server(tmp_path_factory):
 
 def test_start_next_moves_the_ticked_run_to_the_front(queue_only_server, browser):  # noqa: F811
     with queue_only_server.client() as client:
-        ids = [client.submit(small_config(seed=seed))["id"] for seed in (1, 2, 3)]
+        ids = [client.submit_run(small_config(seed=seed)).id for seed in (1, 2, 3)]
     context = browser.new_context(viewport={"width": 1500, "height": 1000})
     context.set_default_navigation_timeout(120_000)
     page = context.new_page()
@@ -50,7 +51,7 @@ def test_start_next_moves_the_ticked_run_to_the_front(queue_only_server, browser
     page.get_by_role("button", name="Start next").click()
     page.get_by_text("Start next: 1 run(s).").wait_for(timeout=30_000)
     with queue_only_server.client() as client:
-        priorities = [client.get(run_id)["priority"] for run_id in ids]
+        priorities = [client.get_run(run_id).priority for run_id in ids]
         assert priorities[2] > priorities[0] == priorities[1] == 0
         client.cancel(ids[0])
     # a run that is no longer queued cannot move: the page says why, the others still move
@@ -61,7 +62,7 @@ def test_start_next_moves_the_ticked_run_to_the_front(queue_only_server, browser
     page.get_by_role("button", name="Start next").click()
     page.get_by_text("only a queued run can move to the front").wait_for(timeout=30_000)
     with queue_only_server.client() as client:
-        assert client.get(ids[1])["priority"] > priorities[2]
+        assert client.get_run(ids[1]).priority > priorities[2]
     context.close()
     assert page.console.errors == [], page.console.errors
 
@@ -79,7 +80,7 @@ def test_pause_queue_shows_the_banner_and_a_resume_elsewhere_clears_it(queue_onl
         page.get_by_role("button", name="Resume queue").wait_for(timeout=30_000)
         assert httpx.get(queue_only_server.url + "/api/queue").json()["paused"] is True
         with queue_only_server.client() as client:
-            run_id = client.submit(small_config(seed=9))["id"]
+            run_id = client.submit_run(small_config(seed=9)).id
         # the queued run's own page says why it waits
         run_page = context.new_page()
         run_page.goto(f"{queue_only_server.url}/run?id={run_id}")
@@ -98,9 +99,9 @@ def test_back_to_queue_sends_a_running_run_back_and_refuses_a_queued_one(tmp_pat
     server = start_server(tmp_path / "data", workers=1, dashboard=True)
     try:
         with server.client() as client:
-            running = client.submit(small_config(epochs=50))["id"]
-            _wait_for(lambda: client.get(running)["n_epochs"] >= 1, 120)
-            waiting = client.submit(small_config(epochs=1, seed=3))["id"]
+            running = client.submit_run(small_config(epochs=50)).id
+            _wait_for(lambda: client.get_run(running).n_epochs >= 1, 120)
+            waiting = client.submit_run(small_config(epochs=1, seed=3)).id
         context = browser.new_context(viewport={"width": 1500, "height": 1000})
         context.set_default_navigation_timeout(120_000)
         page = context.new_page()
@@ -117,11 +118,11 @@ def test_back_to_queue_sends_a_running_run_back_and_refuses_a_queued_one(tmp_pat
         with server.client() as client:
             done = client.wait(waiting, timeout_s=120)  # it took the slot the long run gave away
             # then the long run got the slot back, resuming from its checkpoint
-            again = _wait_for(lambda: (lambda r: r if r["attempt"] == 2 and r["resumed_from_epoch"] else None)(
-                client.get(running)), 60)
+            again = _wait_for(lambda: (lambda r: r if r.attempt == 2 and r.resumed_from_epoch else None)(
+                client.get_run(running)), 60)
             client.cancel(running)
-        assert done["state"] == "succeeded" and done["started_at"] > again["started_at"]
-        assert again["restarts"] == 1 and not again["requeue_requested"]
+        assert done.state == RunState.SUCCEEDED and done.started_at > again.started_at
+        assert again.restarts == 1 and not again.requeue_requested
         context.close()
         assert page.console.errors == [], page.console.errors
     finally:

@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 
+from jobs.models import RunState
 from tests.app.test_dashboard import TITLES_JS, browser, page, server  # noqa: F401 (fixtures)
 from tests.conftest import small_config
 
@@ -41,9 +42,9 @@ def wait_study(http: httpx.Client, study_id: str, timeout_s: float = 240) -> dic
 @pytest.fixture(scope="module")
 def source_run(server):  # noqa: F811
     with server.client() as client:
-        run = client.submit(small_config(t_ms=60.0, epochs=1, lr=1e-2))
-        assert client.wait(run["id"], timeout_s=300)["state"] == "succeeded"
-    return run["id"]
+        run = client.submit_run(small_config(t_ms=60.0, epochs=1, lr=1e-2))
+        assert client.wait(run.id, timeout_s=300).state == RunState.SUCCEEDED
+    return run.id
 
 
 def test_launch_a_smoke_study_and_see_it_finish_live(server, page):  # noqa: F811

@@ -5,6 +5,8 @@ import json
 
 import httpx
 
+from jobs.models import RunState
+
 TINY = {"n": 30, "warmup_s": 0.02, "learn_s": 0.05, "test_s": 0.02}
 
 
@@ -39,9 +41,9 @@ def test_tiny_grid_completes_through_the_api(server_factory):
     assert run["config"]["params"]["config"]["n"] == 30  # stored complete: defaults filled in
     with server.client() as api:
         done = api.wait(run["id"], timeout_s=180)
-        assert done["state"] == "succeeded", done["error"]
-        assert done["progress"] == 1.0
-        assert "result.json" in {a["name"] for a in api.artifacts(run["id"])}
+        assert done.state == RunState.SUCCEEDED, done.error
+        assert done.progress == 1.0
+        assert "result.json" in {a.name for a in api.artifacts(run["id"])}
         result = json.loads(api.download(run["id"], "result.json"))
     assert result["complete"] and result["experiment"] == "grid"
     assert sorted((p["q"], p["g"]) for p in result["points"]) == [(5.0, 0.05), (5.0, 0.1), (10.0, 0.05), (10.0, 0.1)]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.models import RunState
 from tests.app.conftest import REPO
 
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```$", re.M | re.S)
@@ -81,5 +82,5 @@ def test_readme_examples_run_against_a_served_instance(server_factory, tmp_path,
     cwd.mkdir()
     check_outputs(run_examples(server.url, token, cwd), cwd)
     with server.client() as api:  # everything the examples queued finished well
-        runs = api.list(limit=1000)["data"]
-    assert len(runs) == 1 + 1 + 3 + 1 and {r["state"] for r in runs} == {"succeeded"}
+        runs = api.list_runs(limit=1000).data
+    assert len(runs) == 1 + 1 + 3 + 1 and {r.state for r in runs} == {RunState.SUCCEEDED}

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from jobs.client import Client
+from app.client import Client
+from jobs.models import RunState
 
 from tests.app.conftest import free_port
 from tests.conftest import small_config
@@ -64,7 +65,12 @@ def _wait_for(predicate, timeout_s: float, what: str, server: ClusterServer):
 
 
 def _epochs(api: Client, run_id: str) -> list[int]:
-    return [m["epoch"] for m in api.metrics(run_id)]
+    return api.metrics(run_id)["epoch"].tolist()
+
+
+def _n_epochs(api: Client, run_id: str) -> int:
+    """Epochs stored so far (the metrics' rows)."""
+    return len(api.metrics(run_id))
 
 
 def _worker_of(cluster: RayCluster, server: ClusterServer, run_id: str) -> int:
@@ -73,60 +79,60 @@ def _worker_of(cluster: RayCluster, server: ClusterServer, run_id: str) -> int:
 
 def test_a_run_trains_to_success_on_another_node(cluster, server, api):
     started = time.monotonic()
-    run = api.submit(small_config(epochs=EPOCHS))
-    pid = _worker_of(cluster, server, run["id"])
+    run = api.submit_run(small_config(epochs=EPOCHS))
+    pid = _worker_of(cluster, server, run.id)
     assert cluster.node_running(pid) is not None  # a worker node's process, not the server's
     env = environ_of(pid)
     assert env["SPIKEBOARD_RUN_CREDENTIAL"] and ADMIN not in env.values()  # its run's credential only
     assert os.readlink(f"/proc/{pid}/cwd") != str(server.root)
-    _wait_for(lambda: api.metrics(run["id"]), 180, "the first epoch", server)
+    _wait_for(lambda: _n_epochs(api, run.id), 180, "the first epoch", server)
     print(f"\nsubmit -> first epoch on the remote node: {time.monotonic() - started:.1f} s")
-    done = api.wait(run["id"], timeout_s=240)
-    assert done["state"] == "succeeded", (done, server.log()[-4000:])
-    assert _epochs(api, run["id"]) == list(range(1, EPOCHS + 1)) and done["attempt"] == 1
-    folder = server.data_dir / "runs" / run["id"]  # the server's disk holds the run folder
+    done = api.wait(run.id, timeout_s=240)
+    assert done.state == RunState.SUCCEEDED, (done, server.log()[-4000:])
+    assert _epochs(api, run.id) == list(range(1, EPOCHS + 1)) and done.attempt == 1
+    folder = server.data_dir / "runs" / run.id  # the server's disk holds the run folder
     assert (folder / "checkpoints" / "last.pt").is_file() and (folder / "artifacts" / "weights_final.npz").is_file()
     assert not (cluster.nodes_dir / "data").exists()
 
 
 def test_cancel_stops_the_remote_worker(cluster, server, api):
-    run = api.submit(small_config(epochs=50))
-    pid = _worker_of(cluster, server, run["id"])
-    _wait_for(lambda: api.metrics(run["id"]), 180, "the first epoch", server)
+    run = api.submit_run(small_config(epochs=50))
+    pid = _worker_of(cluster, server, run.id)
+    _wait_for(lambda: _n_epochs(api, run.id), 180, "the first epoch", server)
     asked = time.monotonic()
-    api.cancel(run["id"])
-    done = api.wait(run["id"], timeout_s=60)
-    assert done["state"] == "cancelled", done
-    _wait_for(lambda: not worker_processes(run["id"]), 30, "the worker to exit", server)
+    api.cancel(run.id)
+    done = api.wait(run.id, timeout_s=60)
+    assert done.state == RunState.CANCELLED, done
+    _wait_for(lambda: not worker_processes(run.id), 30, "the worker to exit", server)
     print(f"\ncancel -> worker gone: {time.monotonic() - asked:.1f} s (pid {pid})")
 
 
 def test_a_server_restart_resumes_the_remote_run_from_its_checkpoint(cluster, server, api):
-    run = api.submit(small_config(epochs=EPOCHS))
-    _wait_for(lambda: api.metrics(run["id"]), 180, "the first epoch", server)
+    run = api.submit_run(small_config(epochs=EPOCHS))
+    _wait_for(lambda: _n_epochs(api, run.id), 180, "the first epoch", server)
     server.kill()  # kill -9: the Ray driver dies with it, and its tasks
     server.start()
     with Client(server.url, token=ADMIN) as again:
-        done = again.wait(run["id"], timeout_s=300)
-        assert done["state"] == "succeeded", (done, server.log()[-4000:])
-        assert _epochs(again, run["id"]) == list(range(1, EPOCHS + 1))  # none lost, none twice
-        assert done["attempt"] >= 2 and done["resumed_from_epoch"] >= 1
+        done = again.wait(run.id, timeout_s=300)
+        assert done.state == RunState.SUCCEEDED, (done, server.log()[-4000:])
+        assert _epochs(again, run.id) == list(range(1, EPOCHS + 1))  # none lost, none twice
+        assert done.attempt >= 2 and done.resumed_from_epoch >= 1
 
 
 def test_kill_9_of_the_worker_node_resumes_on_another_node_from_the_last_checkpoint(cluster, server, api):
-    run = api.submit(small_config(epochs=EPOCHS))
-    pid = _worker_of(cluster, server, run["id"])
+    run = api.submit_run(small_config(epochs=EPOCHS))
+    pid = _worker_of(cluster, server, run.id)
     node = cluster.node_running(pid)
-    _wait_for(lambda: len(api.metrics(run["id"])) >= 2, 240, "two epochs", server)
-    held = len(api.metrics(run["id"]))
+    _wait_for(lambda: _n_epochs(api, run.id) >= 2, 240, "two epochs", server)
+    held = _n_epochs(api, run.id)
     cluster.kill_node(node)
     killed = time.monotonic()
-    resumed_pid = _worker_of(cluster, server, run["id"])
+    resumed_pid = _worker_of(cluster, server, run.id)
     assert cluster.node_running(resumed_pid) is not node
-    done = api.wait(run["id"], timeout_s=300)
-    assert done["state"] == "succeeded", (done, server.log()[-4000:])
-    assert _epochs(api, run["id"]) == list(range(1, EPOCHS + 1))  # none lost, none twice
-    assert done["attempt"] == 2 and done["resumed_from_epoch"] >= held
-    print(f"\nnode killed with {held} epochs held; resumed from epoch {done['resumed_from_epoch']} "
-          f"({held - done['resumed_from_epoch']} epochs lost); "
+    done = api.wait(run.id, timeout_s=300)
+    assert done.state == RunState.SUCCEEDED, (done, server.log()[-4000:])
+    assert _epochs(api, run.id) == list(range(1, EPOCHS + 1))  # none lost, none twice
+    assert done.attempt == 2 and done.resumed_from_epoch >= held
+    print(f"\nnode killed with {held} epochs held; resumed from epoch {done.resumed_from_epoch} "
+          f"({held - done.resumed_from_epoch} epochs lost); "
           f"kill -> worker on the other node {time.monotonic() - killed:.1f} s")

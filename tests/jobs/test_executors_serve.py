@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from app.cli import build_parser
+from app.client import Client
 from app.settings import Settings
-from jobs.client import Client
+from jobs.models import RunState
 
 from tests.app.conftest import free_port
 from tests.conftest import small_config
@@ -82,11 +83,11 @@ def test_spikeboard_serve_with_the_ray_executor_runs_a_run(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_healthy(url, process, log, 90)
-        with Client(url) as client:
-            run = client.submit(small_config())
-            done = client.wait(run["id"], timeout_s=120)
-            assert done["state"] == "succeeded", (done, log.read_text()[-3000:])
-            assert [m["epoch"] for m in client.metrics(run["id"])] == [1, 2]
+        with Client(url, token="") as client:  # "": no token, whatever SPIKEBOARD_TOKEN says
+            run = client.submit_run(small_config())
+            done = client.wait(run.id, timeout_s=120)
+            assert done.state == RunState.SUCCEEDED, (done, log.read_text()[-3000:])
+            assert client.metrics(run.id)["epoch"].tolist() == [1, 2]
         assert "ray executor" in log.read_text()
     finally:
         process.send_signal(signal.SIGTERM)  # a graceful stop shuts its Ray instance down
