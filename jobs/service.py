@@ -394,13 +394,24 @@ class JobService:
                                                      "params": validate_force(experiment, params)},
                                      code_version=code_version())
 
-    def finished_force_work(self, limit: int = 50) -> list[tuple[dict[str, Any], float, float]]:
-        """(config, seconds, units of work) of the latest FORCE runs that succeeded on their
-        first attempt: the paces a FORCE estimate goes by (a resumed attempt's time covers
-        only what it ran)."""
+    def finished_force_work(self, limit: int = 50) -> list[tuple[str, dict[str, Any], float, float]]:
+        """(experiment, params, seconds, units of work) of the latest `limit` FORCE runs that
+        succeeded on their first attempt: the paces a FORCE estimate goes by (a resumed
+        attempt's time covers only what it ran). Params are validated again, so a run stored
+        before a parameter was added gets its default; one that no longer validates (a
+        parameter since removed) lends no pace."""
         runs, _ = self.store.list_runs(kind=RunKind.FORCE, state=RunState.SUCCEEDED, limit=limit)
-        return [(r.config, r.finished_at - r.started_at, force_work(r.config["experiment"], r.config["params"]))
-                for r in runs if r.attempt == 1 and r.started_at and r.finished_at]
+        finished = []
+        for run in runs:
+            if run.attempt != 1 or not run.started_at or not run.finished_at:
+                continue
+            experiment = run.config.get("experiment")
+            try:
+                params = validate_force(experiment, run.config.get("params"))
+            except InvalidRequest:
+                continue
+            finished.append((experiment, params, run.finished_at - run.started_at, force_work(experiment, params)))
+        return finished
 
     # --- live events ------------------------------------------------------------------
     def changes(self, since: float) -> tuple[list[Run], list[tuple[str, float, dict]]]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from engine.data import TIER_SIZES
+from engine.force.config import ForceConfig
 
 RECENT_RUNS = 20
 
@@ -90,31 +91,42 @@ def format_duration(seconds: float) -> str:
 # --- FORCE ---------------------------------------------------------------------------------
 # A FORCE experiment's time scales with its network-steps x N^2 (engine.force.experiments.work).
 # Its pace comes from FORCE runs that finished here on their first attempt (a resumed attempt's
-# time covers only what it ran), per experiment where one has finished, else over all of them;
-# always per device and dtype (a float64 CPU step costs several float32 GPU ones).
+# time covers only what it ran), of the same experiment where one has finished, else of any;
+# always among runs that go at comparable speed (`pace_key`): a float64 CPU step costs several
+# float32 GPU ones, the reference loop many compiled ones, and a grid on 8 processes finishes its
+# work faster than on one.
+def pace_key(params: dict[str, Any]) -> tuple[str, str, str, int]:
+    """(device kind, dtype, loop, processes) of validated FORCE params."""
+    c = ForceConfig.from_dict(params["config"])
+    return ("cuda" if c.device.startswith("cuda") else "cpu", c.dtype, "compiled" if c.compiled else "reference",
+            int(params.get("processes", 1)))
+
+
+def _where(key: tuple[str, str, str, int]) -> str:
+    device, dtype, loop, processes = key
+    return f"{device}, {dtype}, {loop}" + (f", {processes} processes" if processes > 1 else "")
+
+
 @dataclass(frozen=True)
 class ForceCalibration:
-    paces: tuple[tuple[str, str, str, float], ...]  # (experiment, device, dtype, seconds per unit of work)
+    paces: tuple[tuple[str, tuple, float], ...]  # (experiment, pace_key, seconds per unit of work)
 
     @classmethod
-    def from_runs(cls, finished: Iterable[tuple[dict[str, Any], float, float]]) -> "ForceCalibration":
-        """`finished`: (run config {experiment, params}, seconds, units of work) of succeeded FORCE runs."""
-        paces = []
-        for config, seconds, units in finished:
-            c = config["params"]["config"]
-            if seconds > 0 and units > 0:
-                paces.append((config["experiment"], c.get("device", "cpu"), c.get("dtype", "float64"),
-                              seconds / units))
-        return cls(tuple(paces))
+    def from_runs(cls, finished: Iterable[tuple[str, dict[str, Any], float, float]]) -> "ForceCalibration":
+        """`finished`: (experiment, validated params, seconds, units of work) of succeeded FORCE runs."""
+        return cls(tuple((experiment, pace_key(params), seconds / units)
+                         for experiment, params, seconds, units in finished if seconds > 0 and units > 0))
 
     def describe(self, experiment: str, params: dict[str, Any], units: float) -> str:
-        """"about 20 min once it starts (...)" for a validated experiment's params."""
-        device, dtype = params["config"].get("device", "cpu"), params["config"].get("dtype", "float64")
-        alike = [p for e, d, t, p in self.paces if (d, t) == (device, dtype)]
-        same = [p for e, d, t, p in self.paces if (e, d, t) == (experiment, device, dtype)]
+        """How long validated params would take once they start, or why there is no estimate."""
+        key = pace_key(params)
+        alike = [(e, pace) for e, k, pace in self.paces if k == key]
+        same = [pace for e, pace in alike if e == experiment]
         if not alike:
-            return (f"no estimate yet: no FORCE run has finished on this server on {device} in {dtype} "
-                    "(a short train run gives the first one)")
-        basis = f"{len(same)} finished {experiment} run(s)" if same else f"{len(alike)} finished FORCE run(s)"
-        return (f"about {format_duration(units * statistics.median(same or alike))} once it starts, "
-                f"from the pace of {basis} on this server (a rough guide: small runs overstate it)")
+            return (f"Time once it starts: no estimate yet, as no FORCE run on {_where(key)} has finished on "
+                    "this server (a short train run gives the first).")
+        basis = (f"{len(same)} finished run(s) of the {experiment} experiment" if same
+                 else f"{len(alike)} finished run(s) of other FORCE experiments")
+        duration = format_duration(units * statistics.median(same or [pace for _, pace in alike]))
+        return (f"Time once it starts: about {duration}, at the pace of {basis} on this server "
+                f"({_where(key)}). Rough: start-up time inflates a short run's pace, and batching changes a grid's.")

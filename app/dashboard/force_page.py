@@ -213,7 +213,7 @@ class ForcePage(param.Parameterized):
             self.estimate.object = ""
             return
         note = self.calibration.describe(self.experiment, params, force_work(self.experiment, params))
-        self.estimate.object = f"<p>Time: {html.escape(note)}</p>"
+        self.estimate.object = f"<p>{html.escape(note)}</p>"
 
     def launch(self, _event=None) -> None:
         self.form.clear_errors()

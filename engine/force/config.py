@@ -119,7 +119,9 @@ class ForceConfig:
 
 
 def _steps(seconds: float, dt_s: float) -> int:
-    return int(round(seconds / dt_s))
+    steps = seconds / dt_s
+    # a tiny dt_ms (1e-310) made int() overflow: any count this large fails the run's step limit
+    return int(round(steps)) if steps < 1e15 else 10**15
 
 
 def _number(config: ForceConfig, name: str, low: float, high: float, *, integer: bool = False,

@@ -58,7 +58,7 @@ def _number(params: dict, key: str, low: float, high: float) -> float:
 
 def _networks(params: dict) -> list[str]:
     values = params["networks"]
-    if not isinstance(values, list) or not values or any(v not in NETWORKS for v in values) \
+    if not isinstance(values, list) or not values or any(not isinstance(v, str) or v not in NETWORKS for v in values) \
             or len(set(values)) != len(values):
         raise ExperimentError("networks", f"must be a non-empty list of distinct names from {list(NETWORKS)}")
     return list(values)
@@ -66,7 +66,9 @@ def _networks(params: dict) -> list[str]:
 
 def _protocols(params: dict) -> list[str]:
     values = params["protocols"]
-    if not isinstance(values, list) or not values or any(v not in TRANSFER_PROTOCOLS for v in values) \
+    # a name must be a string before the lookup: [["own"]] raised TypeError (unhashable)
+    if not isinstance(values, list) or not values \
+            or any(not isinstance(v, str) or v not in TRANSFER_PROTOCOLS for v in values) \
             or len(set(values)) != len(values):
         raise ExperimentError("protocols", f"must be a non-empty list of distinct names from {list(TRANSFER_PROTOCOLS)}")
     return list(values)

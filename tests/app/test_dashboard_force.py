@@ -47,7 +47,7 @@ def launch(page, experiment: str) -> str:
 def test_a_training_run_launched_from_the_form_shows_its_traces_as_it_learns(server, page):
     open_form(page, server.url)
     # an empty server has no FORCE pace to estimate by (this module's first test)
-    page.get_by_text("Time: no estimate yet: no FORCE run has finished on this server").wait_for(timeout=30_000)
+    page.get_by_text("Time once it starts: no estimate yet, as no FORCE run on cpu").wait_for(timeout=30_000)
     # 4 s of model time at dt 0.05 ms: 80,000 steps per network, traces one sample per ms;
     # N 1000 so that the run outlasts opening the page (about 12 s on an idle 2-core box)
     fill(page, {"n": "1000", "warmup_s": "0.1", "learn_s": "3.8", "test_s": "0.1"})
@@ -77,10 +77,10 @@ def test_a_training_run_launched_from_the_form_shows_its_traces_as_it_learns(ser
         run = http.get(f"/api/runs/{run_id}").json()
     pace = (run["finished_at"] - run["started_at"]) / work("train", run["config"]["params"])
     open_form(page, server.url)
-    page.get_by_text("once it starts, from the pace of 1 finished train run(s)").wait_for(timeout=30_000)
+    page.get_by_text("at the pace of 1 finished run(s) of the train experiment").wait_for(timeout=30_000)
     fill(page, {"n": "4000"})
     expected = format_duration(pace * work("train", validate("train", {"config": {"n": 4000}})))
-    page.get_by_text(f"Time: about {expected} once it starts").wait_for(timeout=30_000)
+    page.get_by_text(f"Time once it starts: about {expected}, at the pace").wait_for(timeout=30_000)
 
 
 def test_a_tiny_grid_fills_both_heatmaps_and_a_clicked_cell_opens(server, page):

@@ -31,24 +31,36 @@ def test_durations_read_naturally():
     assert [format_duration(s) for s in (42, 600, 5 * 3600, 5 * 86400)] == ["42 s", "10 min", "5.0 h", "5.0 days"]
 
 
-def force_run(experiment: str, seconds: float, units: float, device: str = "cpu", dtype: str = "float32"):
-    return {"experiment": experiment, "params": {"config": {"device": device, "dtype": dtype}}}, seconds, units
+def force_run(experiment: str, seconds: float, units: float, device: str = "cpu", dtype: str = "float32",
+              **params):
+    return experiment, {"config": {"device": device, "dtype": dtype}, **params}, seconds, units
 
 
-def test_a_force_estimate_goes_by_the_same_experiment_then_any_on_the_same_device_and_dtype():
+def test_a_force_estimate_goes_by_the_same_experiment_then_any_that_runs_at_a_comparable_speed():
     from app.dashboard.estimate import ForceCalibration
 
     calibration = ForceCalibration.from_runs([
         force_run("train", 10.0, 1e10), force_run("train", 30.0, 1e10),  # median pace 2e-9 s per unit
         force_run("grid", 100.0, 1e10),  # another experiment: used only when no train run finished
-        force_run("train", 1.0, 1e10, device="cuda"), force_run("train", 0.0, 1e10)])  # no time: ignored
-    params = {"config": {"device": "cpu", "dtype": "float32"}}
-    assert calibration.describe("train", params, 3e11).startswith(
-        "about 10 min once it starts, from the pace of 2 finished train run(s)")
-    assert calibration.describe("size", params, 3e11).startswith(
-        "about 15 min once it starts, from the pace of 3 finished FORCE run(s)")  # median of 1, 3, 10 ns per unit
-    on_gpu = {"config": {"device": "cuda", "dtype": "float32"}}
-    assert calibration.describe("train", on_gpu, 3e11).startswith("about 30 s once it starts, from the pace of 1 finished")
-    in_float64 = {"config": {"device": "cpu", "dtype": "float64"}}
-    assert calibration.describe("train", in_float64, 3e11).startswith(
-        "no estimate yet: no FORCE run has finished on this server on cpu in float64")
+        force_run("train", 1.0, 1e10, device="cuda:0"),  # a GPU: its own pace
+        force_run("grid", 1.0, 1e10, processes=8),  # 8 processes finish the work faster: not for 1
+        force_run("train", 0.0, 1e10)])  # no time: ignored
+    cpu = {"config": {"device": "cpu", "dtype": "float32"}}
+    assert calibration.describe("train", cpu, 3e11).startswith(
+        "Time once it starts: about 10 min, at the pace of 2 finished run(s) of the train experiment on this "
+        "server (cpu, float32, compiled).")
+    assert calibration.describe("grid", {**cpu, "processes": 1}, 3e11).startswith(
+        "Time once it starts: about 50 min, at the pace of 1 finished run(s) of the grid experiment")
+    assert calibration.describe("size", cpu, 3e11).startswith(  # the median of 1, 3 and 10 ns per unit
+        "Time once it starts: about 15 min, at the pace of 3 finished run(s) of other FORCE experiments")
+    assert calibration.describe("train", {"config": {"device": "cuda", "dtype": "float32"}}, 3e11).startswith(
+        "Time once it starts: about 30 s, at the pace of 1 finished run(s) of the train experiment on this "
+        "server (cuda, float32, reference).")
+    assert calibration.describe("grid", {**cpu, "processes": 8}, 3e11).startswith(
+        "Time once it starts: about 30 s, at the pace of 1 finished run(s) of the grid experiment on this "
+        "server (cpu, float32, compiled, 8 processes)")
+    assert calibration.describe("train", {"config": {"device": "cpu", "dtype": "float64"}}, 3e11) == (
+        "Time once it starts: no estimate yet, as no FORCE run on cpu, float64, compiled has finished on this "
+        "server (a short train run gives the first).")
+    reference = {"config": {"device": "cpu", "dtype": "float32", "backend": "reference"}}
+    assert calibration.describe("train", reference, 3e11).startswith("Time once it starts: no estimate yet")

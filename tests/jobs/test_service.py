@@ -151,3 +151,23 @@ def test_a_training_run_can_be_analysed_at_its_latest_checkpoint(service):
     assert analysis.source_run_id == run.id
     result = run_analysis("fi_curve", folder, analysis.config["params"], folder.parent / "out")
     assert result["complete"] and result["weights_epoch"] == 1
+
+
+def test_finished_force_runs_lend_their_pace_even_when_stored_by_older_code(service):
+    """The FORCE form's estimate reads every finished FORCE run's work; a run stored before a
+    parameter existed (a size run without "trials") lent a KeyError that kept the page from
+    opening, and one with a parameter since removed must lend nothing."""
+    from jobs.service import force_work, validate_force
+
+    size = validate_force("size", {"config": {"n": 30}, "n_values": [20, 30]})
+    del size["trials"]  # as stored before size runs had trials
+    stored = {"size": {"experiment": "size", "params": size},
+              "removed": {"experiment": "train", "params": {"config": {"n": 30}, "old_knob": 1}},
+              "gone": {"experiment": "no_longer_an_experiment", "params": {}}}
+    for config in stored.values():
+        run = service.store.create_run(RunKind.FORCE, config)
+        service.store.claim(run.id, now=run.created_at - 10.0)
+        service.store.transition(run.id, RunState.SUCCEEDED)
+    (experiment, params, seconds, units), = service.finished_force_work()
+    assert experiment == "size" and params["trials"] == 0 and seconds >= 10.0
+    assert units == force_work("size", params) > 0

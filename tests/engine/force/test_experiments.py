@@ -124,6 +124,9 @@ def test_grid_in_a_pool_of_processes(tmp_path):
     ("train", {"networks": ["lif", "lif"]}, "networks"), ("train", {"epochs": 3}, "epochs"),
     ("pca", {"alphas": ["fast"]}, "alphas"), ("nope", {}, "experiment"),
     ("bias_variance", {"config": {"task": "xor"}}, "config.task"), ("alpha", {"config": []}, "config"),
+    # these raised TypeError (a list or dict looked up in a dict) and OverflowError (int(inf) steps)
+    ("transfer_protocols", {"protocols": [["own"]]}, "protocols"), ("train", {"networks": [{}]}, "networks"),
+    ("train", {"config": {"dt_ms": 1e-310}}, "config.test_s"),
 ])
 def test_bad_parameter_is_named(name, params, field):
     with pytest.raises(ExperimentError) as caught:
