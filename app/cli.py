@@ -317,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Write the store and every run folder to one .tar.gz: a consistent "
                                         "snapshot, safe while the server trains (docs/RELIABILITY.md).")
     backup.add_argument("--to", required=True, metavar="FILE", help="the .tar.gz to write (outside the data dir)")
-    backup.add_argument("--data-dir", help="the data directory (env SPIKEBOARD_DATA_DIR, default spikeboard-data)")
+    backup.add_argument("--data-dir", help="the data directory (env SPIKEBOARD_DATA_DIR, default spikeboard-data; "
+                                           "not with --server)")
     restore = sub.add_parser("restore", help="unpack a backup into a new data directory, to serve from",
                              description="Unpack a `spikeboard backup` into a new or empty data directory. "
                                          "Runs that were running when it was taken are queued again and "
@@ -328,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="benchmark reference vs fast engine (see --help after bench); `bench force`: FORCE per grid point", add_help=False)
     from app.cli_remote import add_remote_arguments  # --server on train/study/force, and `runs`
 
-    add_remote_arguments(sub, train=train, study=study, force=force)
+    add_remote_arguments(sub, train=train, study=study, force=force, backup=backup)
     return parser
 
 

@@ -23,8 +23,13 @@ if TYPE_CHECKING:  # app.client loads the API's models: only when a remote comma
 
 
 def add_remote_arguments(sub: argparse._SubParsersAction, train: argparse.ArgumentParser,
-                         study: argparse.ArgumentParser, force: argparse.ArgumentParser) -> None:
-    """--server/--token on the queueing commands, and the `runs` command group."""
+                         study: argparse.ArgumentParser, force: argparse.ArgumentParser,
+                         backup: argparse.ArgumentParser) -> None:
+    """--server/--token on the queueing commands and on backup, and the `runs` command group."""
+    group = backup.add_argument_group("from a server (download through its REST API, for a copy off its machine)")
+    group.add_argument("--server", metavar="URL", help="back up this spikeboard server's data directory, "
+                                                       "e.g. http://gpu-box:8000")
+    group.add_argument("--token", help="its bearer token (default: SPIKEBOARD_TOKEN)")
     for parser in (train, study, force):
         group = parser.add_argument_group("against a server (queue through its REST API, nothing local)")
         group.add_argument("--server", metavar="URL", help="queue on this spikeboard server, e.g. http://gpu-box:8000")
@@ -85,7 +90,18 @@ def remote_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
         parser.error("train: --out is required (or --server URL to queue the run on a server)")
     if args.command in QUEUE and getattr(args, "server", None):
         return _with_client(args, QUEUE[args.command])
+    if args.command == "backup" and args.server:
+        if args.data_dir:
+            parser.error("backup: --data-dir names a local data directory; with --server the server's is backed up")
+        return _with_client(args, download_backup)
     return None
+
+
+def download_backup(client: Client, args: argparse.Namespace) -> int:
+    path = client.backup(args.to)
+    print(f"backed up {client.url} to {path} ({path.stat().st_size / 1e6:.1f} MB); "
+          f"serve it with: spikeboard restore {path} --data-dir NEW && spikeboard serve --data-dir NEW")
+    return 0
 
 
 def _with_client(args: argparse.Namespace, command: Callable[["Client", argparse.Namespace], int]) -> int:

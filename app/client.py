@@ -244,9 +244,28 @@ class Client:
         target = Path(dest)
         if target.is_dir():
             target = target / Path(name).name
+        return self._stream_to(path, target)
+
+    def backup(self, dest: str | Path) -> Path:
+        """The server's whole data directory (its store and every run folder) as one .tar.gz,
+        written to the file `dest`, which appears only when whole; `spikeboard restore` serves
+        it elsewhere. The server writes the archive before it sends a byte: no read timeout."""
+        target = Path(dest)
+        if target.is_dir():
+            raise ValueError(f"{target} is a directory: name the archive file to write, e.g. {target / 'backup.tar.gz'}")
+        partial = target.with_name(target.name + ".partial")
+        try:
+            self._stream_to("/api/backup", partial, timeout=httpx.Timeout(self._http.timeout.connect, read=None))
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    def _stream_to(self, path: str, target: Path, timeout: httpx.Timeout | None = None) -> Path:
+        """GET `path` into the file `target` (its folder made), chunk by chunk."""
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with self._http.stream("GET", path) as response:
+            with self._http.stream("GET", path, timeout=timeout or self._http.timeout) as response:
                 if response.status_code >= 400:
                     response.read()
                     _raise_for_error(response, "GET", path)

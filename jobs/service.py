@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from engine.config import Config, ConfigError
+from jobs.backup import BackupSummary, backup
 from jobs.models import (Conflict, InvalidRequest, InvalidTransition, QueueStatus, Run, RunKind,
                          RunNotFound, RunState, Sweep)
 from jobs.finetune import check_source
@@ -386,6 +387,11 @@ class JobService:
                 if study.source_run_id:
                     entry["state"] = member.state.value
         return list(entries.values())
+
+    # --- the data directory as a whole ---------------------------------------------------
+    def backup(self, out: Path) -> BackupSummary:
+        """The store and every run folder as one .tar.gz at `out` (jobs.backup), taken live."""
+        return backup(self.data, out)
 
     # --- FORCE experiments (engine.force) ---------------------------------------------
     def submit_force(self, experiment: str, params: dict[str, Any] | None = None) -> Run:

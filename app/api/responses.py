@@ -30,6 +30,9 @@ WRITE: dict[int | str, dict[str, Any]] = {
     415: _error("the body is not JSON"),
     429: _error("too many wrong tokens from this client"),
 }
+# GET /api/backup: the archive could not be written
+BACKUP_FAILED: dict[int | str, dict[str, Any]] = {
+    503: _error("the archive could not be written (e.g. no room left in the server's temp folder)")}
 
 
 class MarkdownResponse(PlainTextResponse):

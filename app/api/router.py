@@ -6,7 +6,7 @@ schema (app/api/responses.py), so a generated client knows each status."""
 from fastapi import APIRouter, Depends
 from fastapi.routing import APIRoute
 
-from app.api import analyses, force, health, queue, runs, studies, sweeps, whatif, worker
+from app.api import analyses, backup, force, health, queue, runs, studies, sweeps, whatif, worker
 from app.api.errors import finite_json_body
 from app.api.responses import ANY_REQUEST
 
@@ -28,3 +28,4 @@ api_router.include_router(studies.router)
 api_router.include_router(force.router)
 api_router.include_router(whatif.router)
 api_router.include_router(worker.router)
+api_router.include_router(backup.router)

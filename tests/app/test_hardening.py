@@ -355,3 +355,22 @@ def test_the_run_page_shows_the_divergence_flag():
     assert divergence_html([{"epoch": 1, "divergence": None}]) == ""
     shown = divergence_html([{"epoch": 2, "divergence": "E rate 491 Hz is at the refractory ceiling (500 Hz)"}])
     assert "Diverged" in shown and "epoch 2" in shown and "refractory ceiling" in shown
+
+
+# --- a backup the server cannot write ---------------------------------------------------------
+
+def test_a_backup_without_room_to_write_it_is_a_503_that_says_why(api, tmp_path, monkeypatch):
+    """GET /api/backup writes the archive to the temp folder first: one that is missing (or
+    full) is said as a 503 naming the cause, never a 500, and leaves nothing behind."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    response = api.get("/api/backup")
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("backup failed: no temp folder to write it in")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr("jobs.backup._snapshot_store", lambda db, snapshot: (_ for _ in ()).throw(
+        OSError(28, "No space left on device")))
+    response = api.get("/api/backup")
+    assert response.status_code == 503 and "No space left on device" in response.json()["detail"]
+    assert list(tmp_path.iterdir()) == []
