@@ -98,7 +98,11 @@ def remote_command(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def download_backup(client: Client, args: argparse.Namespace) -> int:
-    path = client.backup(args.to)
+    try:
+        path = client.backup(args.to)
+    except OSError as exc:  # the local file: a folder without write access, a full disk
+        print(f"spikeboard: backup failed: {exc}", file=sys.stderr)
+        return 2
     print(f"backed up {client.url} to {path} ({path.stat().st_size / 1e6:.1f} MB); "
           f"serve it with: spikeboard restore {path} --data-dir NEW && spikeboard serve --data-dir NEW")
     return 0

@@ -42,6 +42,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 WILDCARD_BINDS = ("0.0.0.0", "::", "")
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# GETs a page on another site must not be able to start: each writes a copy of the whole store
+COSTLY_READS = frozenset({"/api/backup"})
 JSON_TYPES = ("application/json",)
 # Raw files a remote worker uploads (/api/worker/runs/{id}/files/...). Not a
 # CORS-safelisted type: a page on another site cannot send it without a preflight,
@@ -220,11 +222,11 @@ class RequestGuard:
         if scope["type"] == "websocket":
             return await self._websocket(scope, receive, send, host)
         method = scope.get("method", "GET")
-        if method in MUTATING:
+        if method in MUTATING or path in COSTLY_READS:
             refusal = self._cross_site(scope, host)
             if refusal:
                 return await _send_json(send, 403, refusal)
-            if path.startswith("/api/") and not self._json_or_empty(scope):
+            if method in MUTATING and path.startswith("/api/") and not self._json_or_empty(scope):
                 return await _send_json(send, 415, "request bodies must be JSON (Content-Type: application/json)")
         guarded = (path.startswith("/api/") and _header(scope, b"authorization") is not None) or \
             (path == "/login" and method == "POST")

@@ -30,8 +30,9 @@ WRITE: dict[int | str, dict[str, Any]] = {
     415: _error("the body is not JSON"),
     429: _error("too many wrong tokens from this client"),
 }
-# GET /api/backup: the archive could not be written
-BACKUP_FAILED: dict[int | str, dict[str, Any]] = {
+# GET /api/backup: one archive at a time, written before it is sent
+BACKUP: dict[int | str, dict[str, Any]] = {
+    429: _error("a backup is being written (retry after Retry-After), or too many wrong tokens from this client"),
     503: _error("the archive could not be written (e.g. no room left in the server's temp folder)")}
 
 

@@ -61,3 +61,24 @@ def test_a_server_is_backed_up_over_http_and_restores_whole(server_factory, tmp_
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "HTTP 401" in refused.stderr and "Traceback" not in refused.stderr
     assert not (tmp_path / "no.tar.gz").exists() and not (tmp_path / "no.tar.gz.partial").exists()
+
+
+def test_a_download_cut_off_midway_keeps_the_previous_backup_and_leaves_no_partial_file(tmp_path):
+    """Client.backup writes FILE.partial and renames it only when whole: a connection lost
+    after the first chunk must neither replace nor truncate yesterday's backup."""
+    from app.client import Client, ServerUnreachable
+
+    class CutOff(httpx.SyncByteStream):
+        def __iter__(self):
+            yield b"\x1f\x8b first chunk of a new archive"
+            raise httpx.ReadError("connection reset by peer")
+
+    dest = tmp_path / "study.tar.gz"
+    dest.write_bytes(b"yesterday's backup")
+    client = Client("http://127.0.0.1:9", token="")
+    client._http = httpx.Client(base_url=client.url, transport=httpx.MockTransport(
+        lambda request: httpx.Response(200, stream=CutOff())))
+    with client, pytest.raises(ServerUnreachable, match="connection reset"):
+        client.backup(dest)
+    assert dest.read_bytes() == b"yesterday's backup"
+    assert not (tmp_path / "study.tar.gz.partial").exists()

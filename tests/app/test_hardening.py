@@ -357,7 +357,7 @@ def test_the_run_page_shows_the_divergence_flag():
     assert "Diverged" in shown and "epoch 2" in shown and "refractory ceiling" in shown
 
 
-# --- a backup the server cannot write ---------------------------------------------------------
+# --- GET /api/backup: it writes a copy of the whole store ------------------------------------
 
 def test_a_backup_without_room_to_write_it_is_a_503_that_says_why(api, tmp_path, monkeypatch):
     """GET /api/backup writes the archive to the temp folder first: one that is missing (or
@@ -367,10 +367,31 @@ def test_a_backup_without_room_to_write_it_is_a_503_that_says_why(api, tmp_path,
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
     response = api.get("/api/backup")
     assert response.status_code == 503
-    assert response.json()["detail"].startswith("backup failed: no temp folder to write it in")
+    assert response.json()["detail"].startswith("backup failed: [Errno 2] No such file or directory")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr("jobs.backup._snapshot_store", lambda db, snapshot: (_ for _ in ()).throw(
         OSError(28, "No space left on device")))
     response = api.get("/api/backup")
-    assert response.status_code == 503 and "No space left on device" in response.json()["detail"]
+    assert response.status_code == 503
+    assert response.json()["detail"] == "backup failed: [Errno 28] No space left on device"
     assert list(tmp_path.iterdir()) == []
+    assert api.get("/api/backup").status_code == 503  # each failure let go of the one-at-a-time lock
+
+
+def test_a_backup_is_one_at_a_time_whole_and_never_started_by_another_site(api, tmp_path, monkeypatch):
+    import tempfile
+
+    from app.api import backup
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # a page on another site cannot make a visitor's browser write copies of the store
+    assert api.get("/api/backup", headers={"origin": "http://evil.example"}).status_code == 403
+    assert api.get("/api/backup", headers={"sec-fetch-site": "cross-site"}).status_code == 403
+    with backup._writing:  # another backup is being written
+        busy = api.get("/api/backup")
+    assert busy.status_code == 429 and busy.headers["retry-after"] == str(backup.RETRY_AFTER_S)
+    # no byte ranges: each request is a new archive, so a resumed download would splice two
+    whole = api.get("/api/backup", headers={"range": "bytes=0-9"})
+    assert whole.status_code == 200 and int(whole.headers["content-length"]) == len(whole.content) > 10
+    assert whole.content[:2] == b"\x1f\x8b" and "accept-ranges" not in whole.headers  # gzip, from its start
+    assert list(tmp_path.iterdir()) == []  # sent, then removed
