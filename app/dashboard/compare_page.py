@@ -200,10 +200,7 @@ class ComparePage(param.Parameterized):
     @param.depends("version")
     def budget(self):
         frame = self._budget_frame()
-        # the bars in the table's order: left to HoloViews, five runs stood in reverse order
-        # (its categorical keys keep first-seen order only for some names)
-        runs = hv.Dimension("run", values=list(dict.fromkeys(frame["run"])))
-        return hv.Bars(frame, ["measure", runs], "rate (Hz)").opts(
+        return hv.Bars(frame, ["measure", plots.in_given_order(frame, "run")], "rate (Hz)").opts(
             title="Spike budget (each run's last epoch, test set)", tools=["hover"], multi_level=True,
             xrotation=45, cmap=self._run_colors(), color="run", show_legend=False, **{**plots.BASE, "height": 340})
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from app.dashboard.plots import (ACC_COLOR, BASE, BUDGET_MEASURES, CURVE, E_COLOR, I_COLOR, SERIES_COLORS,
-                                 TOTAL_COLOR)
+                                 TOTAL_COLOR, in_given_order)
 
 ARCH_COLORS = {"ping": "#1a202c", "coba": "#c53030"}  # the seed's figures: PING black, COBA red
 MARKERS = ("circle", "square", "triangle", "diamond", "inverted_triangle", "hex")
@@ -90,7 +90,8 @@ def spike_budget(rows: list[dict], so_far: bool = False) -> hv.Bars:
         when = "when a seed has an epoch at every grid point" if so_far else "when a run finishes"
         return hv.Bars(spike_budget_frame(rows), ["measure", "group"], ["rate (Hz)", "arch"]).opts(
             title=f"{'Spike budget so far' if so_far else title}: {when}", show_legend=False, **BASE)
-    return hv.Bars(spike_budget_frame(rows), ["measure", "group"], ["rate (Hz)", "arch"]).opts(
+    frame = spike_budget_frame(rows)
+    return hv.Bars(frame, ["measure", in_given_order(frame, "group")], ["rate (Hz)", "arch"]).opts(
         title=title, tools=["hover"], multi_level=True,
         color="arch", cmap={a.upper(): c for a, c in ARCH_COLORS.items()}, show_legend=False, **BASE)
 

@@ -128,6 +128,18 @@ def test_the_spike_budget_so_far_says_which_seeds_and_epoch_it_compares():
     assert none_yet == "Spike budget so far: when a seed has an epoch at every grid point"
 
 
+
+def test_a_studys_spike_budget_keeps_its_grid_order():
+    """nb036's grid points as the report lists them, not in HoloViews' own order of names
+    (which reversed five runs' bars on the Compare page)."""
+    from app.dashboard import study_plots
+
+    groups = ["ei_strength0.2-ie_strength1.0", "ei_strength0.05-ie_strength2.0", "ei_strength1.0-ie_strength0.5"]
+    rows = [{"group": g, "arch": "ping", "rate_e_hz": 8.0, "rate_i_hz": 36.0, "rate_e_plus_i_hz": 44.0,
+             "per_cell_total_hz": 13.6} for g in groups]
+    factors = hv.render(study_plots.spike_budget(rows)).x_range.factors
+    assert [str(g) for m, g in factors if m == "E"] == [g.upper() for g in groups]
+
 def test_a_studys_progress_counts_its_runs_by_state():
     """It read "6 of 6 runs queued" while two of them were running."""
     from types import SimpleNamespace
