@@ -19,7 +19,7 @@ reports the largest h and the share of (image, cell, step) triples at h >= 2.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -45,9 +45,6 @@ class EulerCheck:
     @property
     def unstable(self) -> bool:
         return self.step_factor_max >= UNSTABLE_STEP_FACTOR
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "unstable": self.unstable}
 
 
 def step_factor(g_ampa: torch.Tensor, g_gaba: torch.Tensor, p) -> torch.Tensor:

@@ -278,12 +278,6 @@ class RunStore:
             return None
         return int(rows[0]["attempt"])
 
-    def holds(self, run_id: str, attempt: int) -> bool:
-        """Whether `attempt` is still the running attempt of the run (its lease)."""
-        rows = self._read("SELECT 1 FROM runs WHERE id = ? AND attempt = ? AND state = 'running'",
-                          (run_id, attempt))
-        return bool(rows)
-
     # --- metrics --------------------------------------------------------------------
     def record_epoch(self, run_id: str, epoch: int, record: dict[str, Any]) -> bool:
         """Store one epoch; a replayed epoch (resume) is ignored. True if new."""
