@@ -6,10 +6,15 @@ restore` serves it elsewhere, and the runs it caught training resume from their 
 Each request writes a new archive of the whole store, so it is not free: one is written at a
 time (another request meanwhile gets 429), a page on another site cannot start one
 (app/security.py refuses a cross-site GET here), and there are no byte ranges, since a resumed
-download would splice two different archives."""
+download would splice two different archives.
+
+The archive's temp folder carries the server's pid: a server killed while sending leaves
+its folder behind, and the next backup (of any server sharing the TMPDIR) removes the
+folders of servers no longer running, never another live server's."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -27,6 +32,7 @@ from jobs.backup import BackupError
 router = APIRouter(tags=["backup"])
 CHUNK = 1 << 20
 RETRY_AFTER_S = 30
+PREFIX = "spikeboard-backup-"  # then the writing server's pid
 _writing = threading.Lock()  # held from the request until its archive is sent (or the client left)
 
 
@@ -43,7 +49,8 @@ def download_backup(jobs: JobServiceDep) -> StreamingResponse:
                             headers={"Retry-After": str(RETRY_AFTER_S)})
     folder = None
     try:
-        folder = Path(tempfile.mkdtemp(prefix="spikeboard-backup-"))
+        _remove_leftovers(Path(tempfile.gettempdir()))
+        folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
         summary = jobs.backup(folder / "spikeboard-backup.tar.gz")
     except (BackupError, OSError) as exc:  # a missing or full temp folder: said, not a 500
         _done(folder)
@@ -62,6 +69,24 @@ def _chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as archive:
         while chunk := archive.read(CHUNK):
             yield chunk
+
+
+def _remove_leftovers(temp: Path) -> None:
+    """The archive folders of servers killed while sending (their pid no longer runs)."""
+    for folder in temp.glob(f"{PREFIX}*-*"):
+        pid = folder.name[len(PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal: whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _done(folder: Path | None) -> None:

@@ -25,6 +25,15 @@ def test_a_server_is_backed_up_over_http_and_restores_whole(server_factory, tmp_
     server_tmp = tmp_path / "server-tmp"  # the server writes the archive here before sending it
     server_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(server_tmp))
+    # a server killed while sending left its folder; another server on this TMPDIR is sending
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left_by_dead = server_tmp / f"spikeboard-backup-{dead.pid}-x1"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    sending = server_tmp / f"spikeboard-backup-{live.pid}-x2"
+    for folder in (left_by_dead, sending):
+        folder.mkdir()
+        (folder / "spikeboard-backup.tar.gz").write_bytes(b"partial archive")
     server = server_factory(token=TOKEN)
     with server.client() as api:
         run = api.submit_run(small_config(epochs=2))
@@ -36,9 +45,11 @@ def test_a_server_is_backed_up_over_http_and_restores_whole(server_factory, tmp_
         archive = api.backup(tmp_path / "over-http.tar.gz")
     assert not list(tmp_path.glob("*.partial"))
     deadline = time.monotonic() + 10  # the server's copy is removed once sent (just after the response)
-    while list(server_tmp.glob("spikeboard-backup-*")) and time.monotonic() < deadline:
+    while len(list(server_tmp.glob("spikeboard-backup-*"))) > 1 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not list(server_tmp.glob("spikeboard-backup-*"))
+    assert list(server_tmp.glob("spikeboard-backup-*")) == [sending]  # the dead server's removed, not the live one's
+    live.kill()
+    live.wait()
 
     restored = DataDir.at(tmp_path / "restored")
     summary = restore(archive, restored)
