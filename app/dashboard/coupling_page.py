@@ -226,8 +226,12 @@ def _latest_sweep(services: Services, run_id: str) -> Run | None:
     return sweeps[0] if sweeps else None  # newest first
 
 
-def _picker(services: Services) -> pn.Column:
-    return layout.page("Coupling sweep", "/coupling", layout.section("Which run?", pn.pane.HTML(picker_html(services))))
+def _picker(services: Services, asked: str | None = None) -> pn.Column:
+    """Which run to sweep; an id that is neither a training run nor one's coupling sweep is
+    named (the page showed the list as if none had been given)."""
+    unknown = (f"<p>No training run or coupling sweep <code>{html.escape(asked)}</code>.</p>" if asked else "")
+    return layout.page("Coupling sweep", "/coupling",
+                       layout.section("Which run?", pn.pane.HTML(unknown + picker_html(services))))
 
 
 def picker_html(services: Services) -> str:
@@ -256,16 +260,21 @@ def picker_html(services: Services) -> str:
 
 def create(services: Services, feed: LiveFeed) -> pn.Column:
     run_id, analysis_id = layout.query_param("run"), layout.query_param("analysis")
+    analysis = _get(services, analysis_id, RunKind.ANALYSIS)
+    if analysis is not None and analysis.config.get("name") != ANALYSIS:
+        analysis = None
+    # a sweep's id alone (/coupling?analysis=ID) finds the run it swept
+    run = _get(services, run_id or (analysis.source_run_id if analysis else None), RunKind.TRAIN)
+    if run is None:
+        return _picker(services, asked=run_id or analysis_id)
+    if analysis is None or analysis.source_run_id != run.id:  # another run's sweep is not this run's
+        analysis = _latest_sweep(services, run.id)
+    return CouplingPage(services, feed, run, analysis).view()
+
+
+def _get(services: Services, run_id: str | None, kind: RunKind) -> Run | None:
     try:
-        run = services.jobs.get_run(run_id or "")
+        run = services.jobs.get_run(run_id) if run_id else None
     except JobsError:
-        return _picker(services)
-    if run.kind is not RunKind.TRAIN:
-        return _picker(services)
-    analysis = None
-    if analysis_id:
-        try:
-            analysis = services.jobs.get_run(analysis_id)
-        except JobsError:
-            analysis = None
-    return CouplingPage(services, feed, run, analysis or _latest_sweep(services, run.id)).view()
+        return None
+    return run if run is not None and run.kind is kind else None
