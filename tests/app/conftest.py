@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,9 +21,26 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for a test server, below the kernel's ephemeral range: a port the kernel
+    handed out (bind to 0) was free only until the next process asked for one, and a Ray
+    instance starting in the server before uvicorn bound took it (EADDRINUSE, a flaky
+    failure). Above Ray's worker ports (10002-19999); nothing is given these ports unasked."""
+    low, high = 20000, min(_ephemeral_low(), 32768)
+    for port in random.sample(range(low, high), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{high - 1}")
+
+
+def _ephemeral_low() -> int:
+    try:  # Linux; elsewhere the range starts higher (49152 on macOS and Windows)
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49152
 
 
 @dataclass
