@@ -21,7 +21,7 @@ from tests.conftest import small_config
 TOKEN = "backup-test-token"
 
 
-def test_a_server_is_backed_up_over_http_and_restores_whole(server_factory, tmp_path, monkeypatch):
+def test_a_server_is_backed_up_over_http_and_restores_whole(server_factory, tmp_path, monkeypatch, request):
     server_tmp = tmp_path / "server-tmp"  # the server writes the archive here before sending it
     server_tmp.mkdir()
     monkeypatch.setenv("TMPDIR", str(server_tmp))
@@ -30,6 +30,7 @@ def test_a_server_is_backed_up_over_http_and_restores_whole(server_factory, tmp_
     dead.wait()
     left_by_dead = server_tmp / f"spikeboard-backup-{dead.pid}-x1"
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    request.addfinalizer(lambda: (live.kill(), live.wait()))  # stopped even if an assertion fails first
     sending = server_tmp / f"spikeboard-backup-{live.pid}-x2"
     for folder in (left_by_dead, sending):
         folder.mkdir()
@@ -48,8 +49,6 @@ def test_a_server_is_backed_up_over_http_and_restores_whole(server_factory, tmp_
     while len(list(server_tmp.glob("spikeboard-backup-*"))) > 1 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert list(server_tmp.glob("spikeboard-backup-*")) == [sending]  # the dead server's removed, not the live one's
-    live.kill()
-    live.wait()
 
     restored = DataDir.at(tmp_path / "restored")
     summary = restore(archive, restored)
