@@ -186,7 +186,8 @@ class ForcePage(param.Parameterized):
             layout="fit_data_stretch", pagination="local", page_size=8,
             sorters=[{"field": "created", "dir": "desc"}],
             formatters={"progress": {"type": "progress", "legend": True, "color": "#2b6cb0"},
-                        "id": {"type": "link", "urlPrefix": "/force?id=", "target": "_self"}})
+                        "id": {"type": "link", "urlPrefix": "/force?id=", "target": "_self"}},
+            configuration={"placeholder": "No FORCE runs yet: launch one with the form on the left."})
         self.header = pn.pane.HTML(sizing_mode="stretch_width")
         self.point_info = pn.pane.HTML('<p class="muted">Click a cell of either heatmap.</p>',
                                        sizing_mode="stretch_width")

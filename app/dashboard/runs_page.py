@@ -22,6 +22,8 @@ COLUMNS = ["id", "kind", "state", "progress", "epochs", "arch", "seed", "tier", 
 # with these the table fits beside the form on a 1500-px-wide window; detail takes the rest
 COLUMN_WIDTHS = {"id": 103, "kind": 58, "state": 74, "progress": 74, "epochs": 64, "arch": 50, "seed": 50,
                  "tier": 54, "size": 56, "test_acc": 64, "rate_e_hz": 62, "created": 118, "sweep": 62}
+# the runs and sweeps sections' least width: the columns above, the checkboxes, a sliver of detail
+TABLES_MIN_WIDTH = 1030
 # Tabulator keeps 25 px right of a sortable header's title for its arrow: at these widths
 # "progress", "epochs", "arch", "seed", "acc (%)" and "E (Hz)" showed as "pr…", "e…", "a…",
 # "s…", "a…", "E …". A smaller arrow and title let every header read in full.
@@ -114,7 +116,8 @@ class RunsPage(param.Parameterized):
             # a cut cell shows in full on hover; "acc (%)" may take two lines rather than an ellipsis
             configuration={"columnDefaults": {"tooltip": True, "headerWordWrap": True},
                            # an empty store showed a blank table
-                           "placeholder": "No runs to show: launch one with the form on the left "
+                           # (the form is beside the table or, in a narrow window, above it)
+                           "placeholder": "No runs to show: launch one with the launch form "
                                           "(or widen the filters)."},
             stylesheets=[COMPACT_HEADERS])
         self.table.add_filter(pn.bind(self._filter, state=self.param.state, kind=self.param.kind,
@@ -122,7 +125,9 @@ class RunsPage(param.Parameterized):
         self.sweeps = pn.widgets.Tabulator(self._sweeps_frame(), show_index=False, disabled=True,
                                            sizing_mode="stretch_width", height=220, layout="fit_data_stretch",
                                            formatters={"compare": {"type": "link", "target": "_self",
-                                                                   "label": "compare"}})
+                                                                   "label": "compare"}},
+                                           configuration={"placeholder": "No sweeps yet: a JSON grid in the "
+                                                                         "launch form queues one."})
         self.queue_note = pn.pane.Alert("", alert_type="warning", visible=False, margin=(0, 10),
                                         sizing_mode="stretch_width")
         self.queue_button = pn.widgets.Button(label="Pause queue", button_type="default", align="end")
@@ -315,8 +320,11 @@ class RunsPage(param.Parameterized):
         runs = layout.section("Runs", filters, actions,
                               pn.Row(self.queue_button, self.queue_note, sizing_mode="stretch_width"), self.table)
         sweeps = layout.section("Sweeps", self.sweeps)
-        return layout.page("Runs", "/", pn.Row(form, pn.Column(runs, sweeps, sizing_mode="stretch_width"),
-                                               sizing_mode="stretch_width"), status=self.status)
+        # the tables go below the form where the window is too narrow for both side by side
+        # (1280-1440 px laptops): beside it, the runs table scrolled sideways, "detail" out of view
+        tables = pn.Column(runs, sweeps, sizing_mode="stretch_width", styles={"flex": f"1 1 {TABLES_MIN_WIDTH}px"})
+        return layout.page("Runs", "/", pn.FlexBox(form, tables, flex_wrap="wrap", align_items="flex-start",
+                                                   sizing_mode="stretch_width"), status=self.status)
 
     @staticmethod
     def _button(label: str, handler, kind: str) -> pn.widgets.Button:

@@ -102,7 +102,8 @@ class StudiesPage(param.Parameterized):
             formatters={"progress": {"type": "progress", "legend": True, "color": "#2b6cb0"},
                         "study": {"type": "link", "urlPrefix": "/studies?id=", "target": "_self"},
                         "report": {"type": "link", "target": "_self", "label": "report"},
-                        "source": {"type": "link", "urlPrefix": "/run?id=", "target": "_self"}})
+                        "source": {"type": "link", "urlPrefix": "/run?id=", "target": "_self"}},
+            configuration={"placeholder": "No studies yet: launch a preset above."})
         if pn.state.curdoc:
             key = feed.subscribe(pn.state.curdoc, self._on_news)
             pn.state.on_session_destroyed(lambda _ctx: feed.unsubscribe(key))

@@ -69,7 +69,12 @@ def test_every_page_of_an_empty_store_says_where_to_start(fresh_server, page):
     "There is no run ." and /whatif "Pick a trained run:" above an empty list; What-if was in no menu."""
     assert httpx.get(fresh_server.url + "/api/runs").json()["count"] == 0
     page.goto(fresh_server.url + "/")  # the runs table was a blank box
-    page.get_by_text("No runs to show: launch one with the form on the left").wait_for(timeout=60_000)
+    page.get_by_text("No runs to show: launch one with the launch form").wait_for(timeout=60_000)
+    page.get_by_text("No sweeps yet: a JSON grid in the launch form queues one.").wait_for(timeout=10_000)
+    page.goto(fresh_server.url + "/studies")  # these two tables were blank strips
+    page.get_by_text("No studies yet: launch a preset above.").wait_for(timeout=60_000)
+    page.goto(fresh_server.url + "/force")
+    page.get_by_text("No FORCE runs yet: launch one with the form on the left.").wait_for(timeout=60_000)
     page.goto(fresh_server.url + "/run")
     page.get_by_text("Which run?").wait_for(timeout=60_000)
     assert page.get_by_text("There is no run").count() == 0
@@ -128,6 +133,24 @@ def test_the_runs_table_shows_integer_seeds_no_nan_and_readable_headers_and_fits
     # each header's title fits its room (9 of 14 showed as "pr…", "a…", "s…", "E …", ...)
     clipped = [(title, width, room) for title, width, room in table.evaluate(HEADER_TEXT_JS) if width > room + 0.5]
     assert clipped == [], clipped
+
+
+@pytest.mark.parametrize("width", [1280, 1400])
+def test_a_laptop_window_shows_the_whole_runs_table_below_the_form(fresh_server, first_runs, browser, width):  # noqa: F811
+    """Beside the form, the runs table needs ~1450 px: at 1280 and 1400 it scrolled sideways, with
+    "sweep" and "detail" (errors, time left) out of view. Now the tables wrap below the form."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    page = context.new_page()
+    page.goto(fresh_server.url + "/")
+    table = page.locator(".tabulator").first
+    table.locator(".tabulator-col[tabulator-field=detail]").wait_for(timeout=60_000)
+    widths = table.locator(".tabulator-tableholder").evaluate("h => [h.scrollWidth, h.clientWidth]")
+    form = page.locator(".sb-section", has_text="Launch a run or a sweep").bounding_box()
+    runs = table.bounding_box()
+    context.close()
+    assert widths[0] <= widths[1] + 1, f"the table scrolls sideways at {width} px: {widths}"
+    assert runs["y"] >= form["y"] + form["height"], (form, runs)  # below the form, not beside it
+    assert runs["x"] + runs["width"] <= width
 
 
 def test_docs_render_with_the_network_blocked(fresh_server, browser):  # noqa: F811
