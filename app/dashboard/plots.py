@@ -83,14 +83,19 @@ def metrics_frame(records: Sequence[dict]) -> pd.DataFrame:
 
 
 def trajectories(df: pd.DataFrame, columns: dict[str, str], *, title: str, ylabel: str,
-                 colors: Sequence[str] = SERIES_COLORS, logy: bool = False) -> hv.Overlay:
-    """One line with markers per column against epoch; `columns` maps column -> legend label."""
+                 colors: Sequence[str] = SERIES_COLORS, logy: bool = False,
+                 markers: Sequence[str] | None = None, dashes: Sequence[str] | None = None) -> hv.Overlay:
+    """One line with markers per column against epoch; `columns` maps column -> legend label
+    (`markers` and `dashes` tell apart the lines that share a colour)."""
     layers = []
-    for (column, label), color in zip(columns.items(), colors):
+    n = len(columns)
+    for (column, label), color, marker, dash in zip(columns.items(), colors, markers or ["circle"] * n,
+                                                    dashes or ["solid"] * n):
         data = df[["epoch", column]].dropna() if column in df else pd.DataFrame({"epoch": [], column: []})
         data = data.rename(columns={column: ylabel})
-        layers.append(hv.Curve(data, "epoch", ylabel, label=label).opts(color=color, **CURVE))
-        layers.append(hv.Scatter(data, "epoch", ylabel, label=label).opts(color=color, size=5, **LAYER))
+        layers.append(hv.Curve(data, "epoch", ylabel, label=label).opts(color=color, line_dash=dash, **CURVE))
+        layers.append(hv.Scatter(data, "epoch", ylabel, label=label).opts(color=color, marker=marker, size=5,
+                                                                          **LAYER))
     return hv.Overlay(layers).opts(title=title, legend_position="bottom_right", logy=logy, **EPOCH_AXIS, **BASE)
 
 
@@ -343,7 +348,10 @@ def coupling_diagonal_accuracy(cells: list[dict], factors: Sequence[float]) -> h
 MPL_STYLE = {"color": "color", "line_color": "edgecolor", "fill_color": "facecolor", "line_width": "linewidth",
              "fill_alpha": "alpha", "line_dash": "linestyle", "marker": "marker", "cmap": "cmap"}
 MPL_DASH = {"dotdash": "dashdot"}
-MPL_MARKERS = {"star": "*", "x": "x", "circle": "o", "square": "s", "triangle": "^"}
+# every marker a page figure uses: a name matplotlib does not know ("diamond") failed the
+# export of nb044's dt audit, whose 8 runs take 6 markers
+MPL_MARKERS = {"star": "*", "x": "x", "circle": "o", "square": "s", "triangle": "^", "diamond": "D",
+               "inverted_triangle": "v", "hex": "h"}
 COLOR_OPTIONS = {"color", "line_color", "fill_color"}
 
 

@@ -243,6 +243,7 @@ class StudyPage(param.Parameterized):
         self.labels = [r["label"] for r in self.plan["runs"]]
         self.archs = [r["config"]["arch"] for r in self.plan["runs"]]
         self.colors = study_plots.run_colors(self.labels, self.archs)
+        self.markers, self.dashes = study_plots.run_marks(self.labels, self.archs)
         self.files = RunFiles(self.jobs)
         self._refreshing, self._again = False, False
         self.header = pn.pane.HTML(sizing_mode="stretch_width", margin=(0, 10))
@@ -423,7 +424,7 @@ class StudyPage(param.Parameterized):
     def _trajectory(self, column: str, title: str, ylabel: str, logy: bool = False):
         frame = study_plots.wide_frame(self.metrics, column)
         element = plots.trajectories(frame, {label: label for label in self.labels}, title=title, ylabel=ylabel,
-                                     colors=self.colors, logy=logy)
+                                     colors=self.colors, markers=self.markers, dashes=self.dashes, logy=logy)
         return element.opts(show_legend=len(self.labels) <= MAX_HISTOGRAM_RUNS, legend_position="right")
 
     def _budget_rows(self) -> tuple[list[dict], bool]:
@@ -445,10 +446,10 @@ class StudyPage(param.Parameterized):
                                         c.replace(".", "-"), "metrics")
         budget = f(lambda: study_plots.spike_budget(*self._budget_rows()),
                    lambda: study_plots.spike_budget_frame(self._budget_rows()[0]), "spike-budget")
+        paths = lambda: study_plots.accuracy_vs_rate_runs(self.metrics, self.colors, self.dashes)  # noqa: E731
         return [
             layout.section("Seed table (final epoch; slopes over the last 10 epochs)", self.seed_table,
-                           grid(budget, f(lambda: study_plots.accuracy_vs_rate_runs(self.metrics, self.colors),
-                                          wide("rate_e_hz"), "accuracy-vs-rate", "metrics"))),
+                           grid(budget, f(paths, wide("rate_e_hz"), "accuracy-vs-rate", "metrics"))),
             layout.section("Trajectories", grid(*(figure(*c) for c in curves))),
             layout.section("Weights", grid(*(figure(*c) for c in weights))),
             layout.section("Per-cell rates and weight values (final, or each run's latest epoch)",

@@ -19,6 +19,7 @@ from app.dashboard.plots import (ACC_COLOR, BASE, BUDGET_MEASURES, CURVE, E_COLO
 
 ARCH_COLORS = {"ping": "#1a202c", "coba": "#c53030"}  # the seed's figures: PING black, COBA red
 MARKERS = ("circle", "square", "triangle", "diamond", "inverted_triangle", "hex")
+DASHES = ("solid", "dashed", "dotted", "dotdash")  # those matplotlib draws apart too (export)
 EI_CLASSES = ("no loop", "stretched COBA", "PING")
 EI_CLASS_COLORS = ("#cbd5e0", "#dd6b20", "#2b6cb0")
 
@@ -27,11 +28,25 @@ def _num(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _by_arch(labels: Sequence[str], archs: Sequence[str]) -> bool:
+    return len(set(archs)) > 1 and len(labels) <= 2 * len(MARKERS)
+
+
 def run_colors(labels: Sequence[str], archs: Sequence[str]) -> list[str]:
     """Colour by architecture when runs differ only in arch and seed (nb024), else one colour per run."""
-    if len(set(archs)) > 1 and len(labels) <= 2 * len(MARKERS):
+    if _by_arch(labels, archs):
         return [ARCH_COLORS.get(a, TOTAL_COLOR) for a in archs]
     return [SERIES_COLORS[i % len(SERIES_COLORS)] for i in range(len(labels))]
+
+
+def run_marks(labels: Sequence[str], archs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Each run's marker and line dash. Where run_colors colours by arch, a run's place
+    among its arch's runs picks them: the seeds of one arch shared one colour and could
+    not be told apart (nb024's ping-seed43 and ping-seed44 drew the same black line)."""
+    if not _by_arch(labels, archs):
+        return ["circle"] * len(labels), ["solid"] * len(labels)
+    places = [archs[:i].count(arch) for i, arch in enumerate(archs)]
+    return [MARKERS[p % len(MARKERS)] for p in places], [DASHES[p % len(DASHES)] for p in places]
 
 
 # --- training -------------------------------------------------------------------------
@@ -50,14 +65,16 @@ def wide_frame(metrics: dict[str, list[dict]], column: str) -> pd.DataFrame:
     return frame.sort_values("epoch").reset_index(drop=True)
 
 
-def accuracy_vs_rate_runs(metrics: dict[str, list[dict]], colors: Sequence[str]) -> hv.Overlay:
+def accuracy_vs_rate_runs(metrics: dict[str, list[dict]], colors: Sequence[str],
+                          dashes: Sequence[str] | None = None) -> hv.Overlay:
     """The seed's trajectory figure: test accuracy against E rate, one path per run;
     an open circle on epoch 1 and a star on the last epoch."""
     x, y = "E rate (Hz)", "test accuracy (%)"
     layers = []
-    for (label, records), color in zip(metrics.items(), colors):
+    for (label, records), color, dash in zip(metrics.items(), colors, dashes or ["solid"] * len(metrics)):
         points = np.array([[r["rate_e_hz"], r["test_acc"]] for r in records], dtype=float).reshape(-1, 2)
-        layers.append(hv.Curve(points, x, y, label=label).opts(color=color, line_width=1.5, tools=["hover"]))
+        layers.append(hv.Curve(points, x, y, label=label).opts(color=color, line_dash=dash, line_width=1.5,
+                                                               tools=["hover"]))
         layers.append(hv.Scatter(points[:1], x, y).opts(marker="circle", size=12, fill_alpha=0,
                                                         line_color=color, line_width=2))
         layers.append(hv.Scatter(points[-1:], x, y).opts(marker="star", size=16, color=color,

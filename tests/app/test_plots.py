@@ -431,3 +431,49 @@ def test_exported_epoch_axes_tick_whole_epochs_only():
     (colorbar,) = [p.handles["cbar"] for p in plot.subplots.values() if "cbar" in p.handles]
     ticks = colorbar.get_ticks()
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)  # the epoch colour bar too
+
+
+def test_the_seeds_of_one_arch_are_told_apart_by_marker_and_dash_on_the_page_and_in_the_export():
+    """nb024 colours runs by arch (PING black, COBA red): ping-seed43 and ping-seed44 drew the same
+    black line with the same dots, on the page and in its PNG."""
+    from app.dashboard import study_plots
+
+    labels = ["ping-seed42", "ping-seed43", "coba-seed42", "coba-seed43"]
+    archs = ["ping", "ping", "coba", "coba"]
+    markers, dashes = study_plots.run_marks(labels, archs)
+    colors = study_plots.run_colors(labels, archs)
+    styles = list(zip(colors, markers, dashes))
+    assert colors[0] == colors[1] and len(set(styles)) == 4, styles
+    assert study_plots.run_marks(["a", "b"], ["ping", "ping"]) == (["circle"] * 2, ["solid"] * 2)  # a colour each
+    frame = pd.DataFrame({"epoch": [1.0, 2.0], **{label: [1.0, 2.0] for label in labels}})
+    figure = plots.trajectories(frame, {label: label for label in labels}, title="t", ylabel="y", colors=colors,
+                                markers=markers, dashes=dashes)
+    rendered = hv.render(figure)
+    drawn = {(r.glyph.line_color, str(r.glyph.line_dash)) for r in rendered.renderers if hasattr(r.glyph, "line_dash")
+             and type(r.glyph).__name__ == "Line"}
+    assert len(drawn) == 4, drawn
+    shapes = {r.glyph.marker for r in rendered.renderers if type(r.glyph).__name__ == "Scatter"}
+    assert shapes == {"circle", "square"}, shapes
+    exported = plots.for_matplotlib(figure)
+    lines = {(hv.Store.lookup_options("matplotlib", e, "style").kwargs.get("color"),
+              hv.Store.lookup_options("matplotlib", e, "style").kwargs.get("linestyle"))
+             for e in exported if isinstance(e, hv.Curve)}
+    assert len(lines) == 4, lines
+    paths = study_plots.accuracy_vs_rate_runs({label: [{"rate_e_hz": 1.0, "test_acc": 50.0}] for label in labels},
+                                              colors, dashes)
+    assert {hv.Store.lookup_options("bokeh", e, "style").kwargs["line_dash"]
+            for e in paths if isinstance(e, hv.Curve)} == {"solid", "dashed"}
+
+
+def test_a_dt_audit_of_eight_runs_exports():
+    """nb044 trains 2 archs x 4 dt: its figures take six markers, and "diamond" (the 4th)
+    made matplotlib raise, so the PNG and SVG buttons failed."""
+    from app.dashboard import study_plots
+
+    labels = [f"{arch}-dt{dt}" for arch in ("ping", "coba") for dt in (0.05, 0.1, 0.25, 0.5)]
+    rows = [{"label": label, "dt_ms": dt, "rate_e_hz": 5.0 + i} for i, label in enumerate(labels)
+            for dt in (0.05, 0.1, 0.25)]
+    colors = study_plots.run_colors(labels, [label.split("-")[0] for label in labels])
+    build = lambda: study_plots.dt_audit({"rows": rows}, labels, colors, "rate_e_hz", "E rate (Hz)", "E rate")  # noqa: E731
+    svg = plots._image(build, "svg").getvalue()
+    assert b"nothing to draw" not in svg and b"ping-dt0.25" in svg
