@@ -400,11 +400,18 @@ def _carry_style(element: hv.Element) -> hv.Element:
 
 
 def _bars_by_inner_key(element: hv.Element) -> bool:
-    """Grouped bars coloured by their inner key (a run within a measure), whose export names
-    the inner key in a legend."""
+    """Grouped bars coloured by their inner key (a run within a measure), or by a column that
+    gives each inner key its own colour (nb024's budget: group PING or COBA, coloured by arch),
+    whose export names the inner key in a legend. Not a grid of PING points, all one colour."""
     if not isinstance(element, hv.Bars) or len(element.kdims) != 2:
         return False
-    return _bokeh_options(element, "style").get("color") == element.kdims[1].name
+    color, inner = _bokeh_options(element, "style").get("color"), element.kdims[1].name
+    if color == inner:
+        return True
+    if not isinstance(color, str) or color not in element.dimensions(label="name"):
+        return False
+    pairs = element.dframe()[[inner, color]].drop_duplicates()
+    return len(pairs) == pairs[inner].nunique() == pairs[color].nunique()
 
 
 def _fit_bars(plot, _element) -> None:

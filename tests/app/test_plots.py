@@ -477,3 +477,19 @@ def test_a_dt_audit_of_eight_runs_exports():
     build = lambda: study_plots.dt_audit({"rows": rows}, labels, colors, "rate_e_hz", "E rate (Hz)", "E rate")  # noqa: E731
     svg = plots._image(build, "svg").getvalue()
     assert b"nothing to draw" not in svg and b"ping-dt0.25" in svg
+
+
+def test_an_nb024_budget_exports_in_the_pages_arch_colours():
+    """Its groups are the archs and its bars take the arch's colour (PING black, COBA red) on
+    the page; the PNG had matplotlib's own blue and orange, "PINGCOBA" run together under them."""
+    from matplotlib.colors import to_hex
+
+    from app.dashboard import study_plots
+
+    rows = [{"group": arch, "arch": arch, "rate_e_hz": e, "rate_i_hz": i, "rate_e_plus_i_hz": e + i,
+             "per_cell_total_hz": (4 * e + i) / 5} for arch, e, i in (("ping", 8.8, 39.5), ("coba", 75.3, 0.0))]
+    plot = hv.renderer("matplotlib").get_plot(plots.for_matplotlib(study_plots.spike_budget(rows)))
+    colours = {to_hex(bar.get_facecolor()) for bar in plot.handles["axis"].patches if bar.get_height() > 0}
+    assert colours == set(study_plots.ARCH_COLORS.values()), colours
+    legend = plot.handles["axis"].get_legend()
+    assert legend is not None and {t.get_text() for t in legend.get_texts()} == {"PING", "COBA"}
