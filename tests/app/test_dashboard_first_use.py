@@ -136,7 +136,7 @@ def test_the_runs_table_shows_integer_seeds_no_nan_and_readable_headers_and_fits
 
 
 @pytest.mark.parametrize("width", [1280, 1400])
-def test_a_laptop_window_shows_the_whole_runs_table_below_the_form(fresh_server, first_runs, browser, width):  # noqa: F811
+def test_a_laptop_window_shows_the_whole_runs_table_below_the_form(fresh_server, browser, width):  # noqa: F811
     """Beside the form, the runs table needs ~1450 px: at 1280 and 1400 it scrolled sideways, with
     "sweep" and "detail" (errors, time left) out of view. Now the tables wrap below the form."""
     context = browser.new_context(viewport={"width": width, "height": 900})

@@ -474,8 +474,8 @@ def test_a_dt_audit_of_eight_runs_exports():
     rows = [{"label": label, "dt_ms": dt, "rate_e_hz": 5.0 + i} for i, label in enumerate(labels)
             for dt in (0.05, 0.1, 0.25)]
     colors = study_plots.run_colors(labels, [label.split("-")[0] for label in labels])
-    build = lambda: study_plots.dt_audit({"rows": rows}, labels, colors, "rate_e_hz", "E rate (Hz)", "E rate")  # noqa: E731
-    svg = plots._image(build, "svg").getvalue()
+    svg = plots._image(lambda: study_plots.dt_audit({"rows": rows}, labels, colors, "rate_e_hz", "E rate (Hz)",
+                                                    "E rate"), "svg").getvalue()
     assert b"nothing to draw" not in svg and b"ping-dt0.25" in svg
 
 
